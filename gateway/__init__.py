@@ -1,0 +1,1 @@
+"""nomic-gateway: a caching, accounting gateway in front of Nomic's embedding API."""

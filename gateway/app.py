@@ -1,0 +1,63 @@
+"""``create_app(settings)``: wiring, and the lifetime of every resource (``cleanup_ctx``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from gateway.appkeys import LIMITS, PIPELINE, SETTINGS, STORE
+from gateway.config import Settings
+from gateway.forms import Limits
+from gateway.middlewares import request_context
+from gateway.pipeline import Pipeline
+from gateway.routes import embeddings, ops, user
+from gateway.store import MemoryStore, RedisStore, Store
+from gateway.upstream import NomicClient
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[request_context], client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app[LIMITS] = Limits(settings.max_image_bytes, settings.max_items)
+    app.cleanup_ctx.extend([_store_ctx, _pipeline_ctx])
+    app.router.add_post("/v1/embedding/image", embeddings.embed_image)
+    app.router.add_get("/v1/user", user.current_user)
+    app.router.add_get("/v1/user/", user.current_user)
+    app.router.add_get("/healthz", ops.healthz)
+    app.router.add_get("/readyz", ops.readyz)
+    app.router.add_get("/metrics", ops.prometheus)
+    return app
+
+
+def open_store(settings: Settings) -> Store:
+    if settings.redis_url is None:
+        return MemoryStore(settings.memory_store_bytes)
+    return RedisStore(settings.redis_url, timeout_seconds=settings.redis_timeout_seconds)
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    store = app[STORE] = open_store(settings)
+    log.info("store: %s", "redis" if settings.redis_url else "embedded memory")
+    yield
+    await store.close()
+
+
+async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    timeout = aiohttp.ClientTimeout(total=settings.upstream_timeout_seconds)
+    async with aiohttp.ClientSession(timeout=timeout, raise_for_status=False) as session:
+        upstream = NomicClient(session, settings.upstream_url, settings.nomic_api_key)
+        pipeline = app[PIPELINE] = Pipeline(
+            app[STORE],
+            upstream,
+            batch_size=settings.upstream_batch_size,
+            url_ttl_seconds=settings.url_ttl_seconds,
+        )
+        yield
+        await pipeline.drain()

@@ -1,0 +1,15 @@
+"""Typed keys for what the application holds."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.config import Settings
+from gateway.forms import Limits
+from gateway.pipeline import Pipeline
+from gateway.store import Store
+
+SETTINGS = web.AppKey("settings", Settings)
+LIMITS = web.AppKey("limits", Limits)
+STORE = web.AppKey("store", Store)
+PIPELINE = web.AppKey("pipeline", Pipeline)

@@ -1,0 +1,58 @@
+"""The command line: ``nomic-gateway serve``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from gateway.app import create_app
+from gateway.config import Settings, SettingsError, add_arguments
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nomic-gateway", description="A caching gateway in front of Nomic's embedding API."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the gateway")
+    add_arguments(serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(vars(args))
+    raise AssertionError(args.command)
+
+
+def serve(flags: dict[str, str | None]) -> int:
+    try:
+        settings = Settings.from_sources(flags, os.environ)
+    except SettingsError as exc:
+        print(f"nomic-gateway: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("gateway").info(
+        "nomic-gateway listening on http://%s:%d, upstream %s",
+        settings.host,
+        settings.port,
+        settings.upstream_url,
+    )
+    web.run_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        shutdown_timeout=settings.shutdown_timeout_seconds,
+        print=None,
+        access_log=None,
+    )
+    logging.getLogger("gateway").info("nomic-gateway stopped")
+    return 0

@@ -1,0 +1,155 @@
+"""Settings: one frozen dataclass, read once from flags and ``GATEWAY_*`` environment variables.
+
+Every field names its environment variable and its parser in the field's metadata, so the
+command line, the environment and the docs all come from this one table. A missing or
+malformed setting raises :class:`SettingsError` naming the variable; ``serve`` prints that one
+line and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+MiB = 1024 * 1024
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names it."""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text.replace("_", ""))
+    if value <= 0:
+        raise ValueError("must be a positive whole number")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a port number from 0 to 65535")
+    return value
+
+
+def _http_url(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("must be an http:// or https:// URL")
+    return text.rstrip("/")
+
+
+def _redis_url(text: str) -> str:
+    if urlsplit(text).scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    return text
+
+
+def _log_level(text: str) -> str:
+    level = text.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError("must be one of debug, info, warning, error")
+    return level
+
+
+def _setting(
+    env: str, parse: Callable[[str], Any], help: str, default: Any = dataclasses.MISSING
+) -> Any:
+    return dataclasses.field(default=default, metadata={"env": env, "parse": parse, "help": help})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the gateway reads from its environment, validated once at start-up."""
+
+    nomic_api_key: str = _setting(
+        "NOMIC_API_KEY", str, "the organisation's Nomic API key (required; never logged)"
+    )
+    host: str = _setting("GATEWAY_HOST", str, "address to listen on", "127.0.0.1")
+    port: int = _setting("GATEWAY_PORT", _port, "port to listen on", 8080)
+    upstream_url: str = _setting(
+        "GATEWAY_UPSTREAM_URL", _http_url, "Nomic's API base URL", "https://api-atlas.nomic.ai"
+    )
+    redis_url: str | None = _setting(
+        "GATEWAY_REDIS_URL", _redis_url, "Redis URL; unset: the embedded in-process store", None
+    )
+    redis_timeout_seconds: float = _setting(
+        "GATEWAY_REDIS_TIMEOUT_SECONDS", _positive_float, "timeout of one Redis operation", 1.0
+    )
+    memory_store_bytes: int = _setting(
+        "GATEWAY_MEMORY_STORE_BYTES", _positive_int, "embedded store size in bytes", 256 * MiB
+    )
+    max_image_bytes: int = _setting(
+        "GATEWAY_MAX_IMAGE_BYTES", _positive_int, "largest image accepted, in bytes", 20 * MiB
+    )
+    max_body_bytes: int = _setting(
+        "GATEWAY_MAX_BODY_BYTES", _positive_int, "largest request body, in bytes", 64 * MiB
+    )
+    max_items: int = _setting(
+        "GATEWAY_MAX_ITEMS", _positive_int, "most images or URLs in one request", 512
+    )
+    url_ttl_seconds: int = _setting(
+        "GATEWAY_URL_TTL_SECONDS", _positive_int, "how long a URL's embedding is cached", 86400
+    )
+    upstream_batch_size: int = _setting(
+        "GATEWAY_UPSTREAM_BATCH_SIZE", _positive_int, "most items in one upstream call", 64
+    )
+    upstream_timeout_seconds: float = _setting(
+        "GATEWAY_UPSTREAM_TIMEOUT_SECONDS", _positive_float, "timeout of one upstream call", 60.0
+    )
+    shutdown_timeout_seconds: float = _setting(
+        "GATEWAY_SHUTDOWN_TIMEOUT_SECONDS",
+        _positive_float,
+        "how long in-flight requests may run after SIGTERM",
+        30.0,
+    )
+    log_level: str = _setting("GATEWAY_LOG_LEVEL", _log_level, "log level", "INFO")
+
+    def __repr__(self) -> str:
+        shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        shown["nomic_api_key"] = "***"
+        return f"Settings({shown})"
+
+    @classmethod
+    def from_sources(cls, flags: Mapping[str, str | None], env: Mapping[str, str]) -> Settings:
+        """Build settings from flag values (by field name) over environment variables."""
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            name: str = field.metadata["env"]
+            raw = flags.get(field.name)
+            source = f"--{field.name.replace('_', '-')}"
+            if raw is None:
+                raw, source = env.get(name), name
+            if raw is None or raw == "":
+                if field.default is dataclasses.MISSING:
+                    raise SettingsError(f"{name} is not set: {field.metadata['help']}")
+                continue
+            try:
+                values[field.name] = field.metadata["parse"](raw)
+            except ValueError as exc:
+                shown = "***" if field.name == "nomic_api_key" else repr(raw)
+                raise SettingsError(f"{source}={shown} is not valid: {exc}") from None
+        return cls(**values)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one ``--flag`` per setting (except secrets, which come only from the environment)."""
+    for field in dataclasses.fields(Settings):
+        if field.name == "nomic_api_key":
+            continue
+        parser.add_argument(
+            f"--{field.name.replace('_', '-')}",
+            dest=field.name,
+            default=None,
+            help=f"{field.metadata['help']} (env {field.metadata['env']})",
+        )

@@ -1,0 +1,73 @@
+"""The error tree. Raised deep, mapped to Nomic-shaped HTTP answers in one middleware.
+
+Every answer that is not a 200 carries ``{"detail": [{"loc": [...], "msg": ..., "type": ...}]}``,
+the shape Nomic (FastAPI) uses, so clients parse the gateway's errors like Nomic's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+Loc = tuple[str | int, ...]
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway answers on purpose."""
+
+    status = 500
+    kind = "gateway_error"
+
+    def __init__(self, msg: str, *, loc: Loc = ("body",), retry_after: float | None = None) -> None:
+        super().__init__(msg)
+        self.msg = msg
+        self.loc = loc
+        self.retry_after = retry_after
+
+    def detail(self) -> list[dict[str, Any]]:
+        return [{"loc": list(self.loc), "msg": self.msg, "type": self.kind}]
+
+
+class InvalidRequest(GatewayError):
+    """The client's request is malformed; ``loc`` points at the offending input."""
+
+    status = 422
+    kind = "value_error"
+
+
+class ItemRejected(InvalidRequest):
+    """Upstream refused one item; re-pointed at that item's place in each client request."""
+
+    kind = "value_error.upstream"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    kind = "value_error.body_too_large"
+
+
+class UpstreamError(GatewayError):
+    """Nomic answered something unusable, or could not be reached."""
+
+    status = 502
+    kind = "upstream_error"
+
+
+class UpstreamCredentialsRefused(UpstreamError):
+    kind = "upstream_error.credentials"
+
+
+class UpstreamUnavailable(UpstreamError):
+    """Nomic is rate limiting or overloaded; the client should come back later."""
+
+    status = 503
+    kind = "upstream_error.unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    kind = "upstream_error.timeout"
+
+
+class StoreUnavailable(GatewayError):
+    status = 503
+    kind = "store_error"

@@ -1,0 +1,242 @@
+"""Request bodies → validated items, with Nomic-shaped errors. Pure: no I/O.
+
+A body parser is fed the body chunk by chunk as it arrives (:meth:`feed`) and gives the
+validated request at the end (:meth:`finish`). Oversized images are refused as soon as they
+cross the limit, so a client cannot make the gateway hold more than one image's worth of
+bytes beyond the limit. Every error names the offending input by its position among the
+client's own ``images`` or ``urls`` fields.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple, Protocol
+from urllib.parse import parse_qsl, urlsplit
+
+import multipart
+
+from gateway.errors import InvalidRequest
+
+Kind = Literal["image", "url"]
+MODELS = frozenset({"nomic-embed-vision-v1", "nomic-embed-vision-v1.5"})
+DEFAULT_MODEL = "nomic-embed-vision-v1.5"
+MAX_URL_LENGTH = 2048
+MAX_FIELD_BYTES = 64 * 1024
+
+_FIELD_FOR: dict[Kind, str] = {"image": "images", "url": "urls"}
+
+
+class Limits(NamedTuple):
+    max_image_bytes: int
+    max_items: int
+
+
+class ParsedRequest(NamedTuple):
+    """A validated embedding request: the model and the items in the client's order."""
+
+    model: str
+    kind: Kind
+    items: list[bytes]  # image bytes, or URLs encoded as UTF-8
+
+    def loc(self, index: int) -> tuple[str | int, ...]:
+        """Where item ``index`` stands in the client's request, for error ``loc``s."""
+        return ("body", _FIELD_FOR[self.kind], index)
+
+
+class BodyParser(Protocol):
+    def feed(self, chunk: bytes) -> None: ...
+
+    def finish(self) -> ParsedRequest: ...
+
+
+def image_format(data: bytes) -> str | None:
+    """The image format by its leading bytes (magic numbers), or None if not PNG/JPEG/WebP."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def parser_for(content_type: str, limits: Limits) -> BodyParser:
+    """The parser for a request's ``Content-Type`` header; 422 if it is not one Nomic takes."""
+    mime, options = multipart.parse_options_header(content_type or "")
+    if mime == "multipart/form-data":
+        boundary = options.get("boundary", "")
+        if not boundary:
+            raise InvalidRequest("multipart/form-data without a boundary")
+        return MultipartBody(boundary, limits)
+    if mime == "application/x-www-form-urlencoded":
+        return UrlencodedBody(limits)
+    raise InvalidRequest(
+        f"unsupported Content-Type {mime or 'none'!r}: send multipart/form-data "
+        "with images, or application/x-www-form-urlencoded with urls",
+        loc=("header", "content-type"),
+    )
+
+
+class _Fields:
+    """What both encodings share: collecting fields, then one validation at the end."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.model: str | None = None
+        self.images: list[bytes] = []
+        self.urls: list[bytes] = []
+
+    def add_model(self, value: str) -> None:
+        self.model = value.strip()
+
+    def add_image(self, data: bytes) -> None:
+        index = len(self.images)
+        self._check_count("images", index)
+        if not data:
+            raise InvalidRequest("empty image", loc=("body", "images", index))
+        if image_format(data) is None:
+            raise InvalidRequest(
+                "not a PNG, JPEG or WebP image (judged by its content)",
+                loc=("body", "images", index),
+            )
+        self.images.append(data)
+
+    def add_url(self, value: str) -> None:
+        index = len(self.urls)
+        self._check_count("urls", index)
+        url = value.strip()
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise InvalidRequest("not an http(s) URL", loc=("body", "urls", index))
+        if len(url) > MAX_URL_LENGTH:
+            raise InvalidRequest(
+                f"URL longer than {MAX_URL_LENGTH} characters", loc=("body", "urls", index)
+            )
+        self.urls.append(url.encode())
+
+    def _check_count(self, field: str, index: int) -> None:
+        if index >= self.limits.max_items:
+            raise InvalidRequest(
+                f"more than {self.limits.max_items} {field} in one request",
+                loc=("body", field, index),
+            )
+
+    def validated(self) -> ParsedRequest:
+        model = DEFAULT_MODEL if self.model is None else self.model
+        if model not in MODELS:
+            raise InvalidRequest(
+                f"unknown model {model[:100]!r}; expected one of {', '.join(sorted(MODELS))}",
+                loc=("body", "model"),
+            )
+        if self.images and self.urls:
+            raise InvalidRequest("send either images or urls, not both")
+        if self.images:
+            return ParsedRequest(model, "image", self.images)
+        if self.urls:
+            return ParsedRequest(model, "url", self.urls)
+        raise InvalidRequest("no images or urls in the request")
+
+
+class MultipartBody(_Fields):
+    """``multipart/form-data``: ``images`` file parts, ``urls`` and ``model`` fields."""
+
+    def __init__(self, boundary: str, limits: Limits) -> None:
+        super().__init__(limits)
+        try:
+            self._parser = multipart.PushMultipartParser(boundary, max_header_count=16)
+        except multipart.MultipartError as exc:
+            raise InvalidRequest(f"malformed multipart body: {exc}") from None
+        self._name = ""
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._limit = 0
+
+    def feed(self, chunk: bytes) -> None:
+        try:
+            for event in self._parser.parse(chunk):
+                if isinstance(event, multipart.MultipartSegment):
+                    self._start(event.name)
+                elif event is None:
+                    self._end()
+                else:
+                    self._data(event)
+        except multipart.MultipartError as exc:
+            raise InvalidRequest(f"malformed multipart body: {exc}") from None
+
+    def _start(self, name: str) -> None:
+        self._name, self._chunks, self._size = name, [], 0
+        self._limit = self.limits.max_image_bytes if name == "images" else MAX_FIELD_BYTES
+
+    def _data(self, data: bytes) -> None:
+        self._size += len(data)
+        if self._size > self._limit:
+            if self._name == "images":
+                raise InvalidRequest(
+                    f"image larger than {self._limit} bytes",
+                    loc=("body", "images", len(self.images)),
+                )
+            raise InvalidRequest(
+                f"field {self._name[:40]!r} larger than {self._limit} bytes",
+                loc=("body", self._name[:40]),
+            )
+        if self._name in ("images", "urls", "model"):
+            self._chunks.append(data)
+
+    def _end(self) -> None:
+        data = b"".join(self._chunks)
+        self._chunks = []
+        if self._name == "images":
+            self.add_image(data)
+        elif self._name in ("urls", "model"):
+            try:
+                text = data.decode()
+            except UnicodeDecodeError:
+                raise InvalidRequest(
+                    f"{self._name} is not UTF-8 text", loc=("body", self._name)
+                ) from None
+            if self._name == "model":
+                self.add_model(text)
+            else:
+                self.add_url(text)
+
+    def finish(self) -> ParsedRequest:
+        try:
+            self._parser.close()
+        except multipart.MultipartError as exc:
+            raise InvalidRequest(f"malformed or truncated multipart body: {exc}") from None
+        return self.validated()
+
+
+class UrlencodedBody(_Fields):
+    """``application/x-www-form-urlencoded``: repeated ``urls`` and a ``model``."""
+
+    def __init__(self, limits: Limits) -> None:
+        super().__init__(limits)
+        self._body = bytearray()
+
+    def feed(self, chunk: bytes) -> None:
+        self._body += chunk
+
+    def finish(self) -> ParsedRequest:
+        if self._body.count(b"&") > self.limits.max_items + 16:
+            raise InvalidRequest(
+                f"more than {self.limits.max_items} urls in one request",
+                loc=("body", "urls", self.limits.max_items),
+            )
+        try:
+            text = self._body.decode("ascii")
+            pairs = parse_qsl(
+                text, keep_blank_values=True, strict_parsing=bool(text), errors="strict"
+            )
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise InvalidRequest(f"malformed urlencoded body: {exc}") from None
+        for name, value in pairs:
+            if name == "model":
+                self.add_model(value)
+            elif name == "urls":
+                self.add_url(value)
+            elif name == "images":
+                raise InvalidRequest(
+                    "images must be sent as multipart/form-data file parts",
+                    loc=("body", "images"),
+                )
+        return self.validated()

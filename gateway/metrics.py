@@ -1,0 +1,35 @@
+"""Every Prometheus metric, defined once. Labels are bounded: never a key, an image or a URL."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+REQUESTS = Counter("gateway_requests_total", "HTTP requests answered", ["route", "status_class"])
+REQUEST_SECONDS = Histogram(
+    "gateway_request_seconds", "HTTP request latency", ["route"], buckets=_LATENCY_BUCKETS
+)
+ITEMS = Counter(
+    "gateway_items_total",
+    "Embedding inputs by how they were answered (hit: cache; miss: not in cache; "
+    "coalesced: a miss that joined another request's upstream call)",
+    ["model", "outcome"],
+)
+UPSTREAM_CALLS = Counter(
+    "gateway_upstream_calls_total", "Calls to Nomic by HTTP status or failure kind", ["outcome"]
+)
+UPSTREAM_ITEMS = Histogram(
+    "gateway_upstream_items_per_call", "Items sent in one upstream call", buckets=_BATCH_BUCKETS
+)
+UPSTREAM_SECONDS = Histogram(
+    "gateway_upstream_seconds", "Latency of one upstream call", buckets=_LATENCY_BUCKETS
+)
+BILLED_TOKENS = Counter(
+    "gateway_billed_tokens_total", "Tokens Nomic billed for the gateway's calls", ["model"]
+)
+SAVED_TOKENS = Counter(
+    "gateway_saved_tokens_total", "Tokens the cache saved (what hits would have cost)", ["model"]
+)
+STORE_ERRORS = Counter("gateway_store_errors_total", "Store operations that failed", ["operation"])

@@ -1,0 +1,66 @@
+"""Middlewares: request ids, Nomic-shaped errors, request metrics."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from gateway import metrics
+from gateway.errors import GatewayError
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID = web.RequestKey("request_id", str)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{1,64}")
+
+
+def error_response(
+    status: int, detail: list[dict[str, object]], retry_after: float | None = None
+) -> web.Response:
+    """An error in Nomic's shape: ``{"detail": [{"loc", "msg", "type"}]}``."""
+    response = web.json_response({"detail": detail}, status=status)
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, round(retry_after)))
+    return response
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give every request an id (the client's ``X-Request-Id`` if sane), time and count it."""
+    given = request.headers.get("X-Request-Id", "")
+    request_id = given if _CLIENT_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
+    route = request.match_info.route.resource
+    route_name = route.canonical if route is not None else "unmatched"
+    started = time.perf_counter()
+    response = await _answer_errors(request, handler)
+    response.headers["X-Request-Id"] = request_id
+    metrics.REQUESTS.labels(route=route_name, status_class=f"{response.status // 100}xx").inc()
+    metrics.REQUEST_SECONDS.labels(route=route_name).observe(time.perf_counter() - started)
+    return response
+
+
+async def _answer_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        if exc.status >= 500:
+            log.warning("%s %s: %s", request.method, request.path, exc.msg)
+        return error_response(exc.status, exc.detail(), exc.retry_after)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        detail: list[dict[str, object]] = [
+            {"loc": ["path"], "msg": exc.reason, "type": f"http_{exc.status}"}
+        ]
+        return error_response(exc.status, detail)
+    except Exception:
+        log.exception("unexpected error answering %s %s", request.method, request.path)
+        detail = [{"loc": [], "msg": "internal gateway error", "type": "internal_error"}]
+        return error_response(500, detail)

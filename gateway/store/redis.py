@@ -1,0 +1,49 @@
+"""The Redis store: shared by any number of gateway processes and machines."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gateway.store.base import StoreError
+
+
+class RedisStore:
+    """Cache entries as plain string keys: one MGET per lookup, one pipeline per write."""
+
+    def __init__(self, url: str, *, timeout_seconds: float = 1.0) -> None:
+        self._redis = aioredis.Redis.from_url(
+            url,
+            socket_timeout=timeout_seconds,
+            socket_connect_timeout=timeout_seconds,
+            health_check_interval=30,
+        )
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        try:
+            values = await self._redis.mget(keys)
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"Redis MGET failed: {type(exc).__name__}") from exc
+        return [value if isinstance(value, bytes | None) else value.encode() for value in values]
+
+    async def set_many(self, items: Sequence[tuple[str, bytes]], ttl_seconds: int | None) -> None:
+        if not items:
+            return
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key, value in items:
+                    pipe.set(key, value, ex=ttl_seconds)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"Redis SET failed: {type(exc).__name__}") from exc
+
+    async def ping(self) -> None:
+        try:
+            await self._redis.ping()
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"Redis PING failed: {type(exc).__name__}") from exc
+
+    async def close(self) -> None:
+        await self._redis.aclose()

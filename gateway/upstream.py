@@ -1,0 +1,140 @@
+"""The Nomic client: one upstream call per batch, answers and failures mapped to the error tree."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import aiohttp
+import orjson
+
+from gateway import metrics
+from gateway.errors import (
+    UpstreamCredentialsRefused,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from gateway.forms import Kind, image_format
+
+IMAGE_PATH = "/v1/embedding/image"
+_MAX_MSG = 300
+
+
+class UpstreamResult(NamedTuple):
+    embeddings: list[list[float]]
+    total_tokens: int
+
+
+class UpstreamItemRejected(Exception):
+    """Nomic refused the batch because of one item, at ``index`` in the batch."""
+
+    def __init__(self, index: int, msg: str) -> None:
+        super().__init__(msg)
+        self.index = index
+        self.msg = msg
+
+
+class NomicClient:
+    """Calls Nomic's image endpoint with the organisation's key."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, api_key: str) -> None:
+        self._session = session
+        self._url = base_url + IMAGE_PATH
+        self._headers = {"Authorization": f"Bearer {api_key}"}
+
+    async def embed(self, model: str, kind: Kind, items: Sequence[bytes]) -> UpstreamResult:
+        """Embed ``items`` in one call; raises an :class:`UpstreamError` or
+        :class:`UpstreamItemRejected`."""
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            async with self._session.post(
+                self._url, data=_form(model, kind, items), headers=self._headers
+            ) as response:
+                body = await response.read()
+                outcome = str(response.status)
+                return _result(response.status, response.headers, body, len(items))
+        except TimeoutError:
+            outcome = "timeout"
+            raise UpstreamTimeout("Nomic did not answer in time") from None
+        except aiohttp.ClientError as exc:
+            outcome = "connection"
+            raise UpstreamError(f"could not reach Nomic: {type(exc).__name__}") from None
+        finally:
+            metrics.UPSTREAM_CALLS.labels(outcome=outcome).inc()
+            metrics.UPSTREAM_ITEMS.observe(len(items))
+            metrics.UPSTREAM_SECONDS.observe(time.perf_counter() - started)
+
+
+def _form(model: str, kind: Kind, items: Sequence[bytes]) -> aiohttp.FormData:
+    if kind == "url":
+        return aiohttp.FormData([("model", model), *(("urls", url.decode()) for url in items)])
+    form = aiohttp.FormData()
+    form.add_field("model", model)
+    for data in items:
+        fmt = image_format(data) or "octet-stream"
+        form.add_field("images", data, filename=f"image.{fmt}", content_type=f"image/{fmt}")
+    return form
+
+
+def _result(status: int, headers: Any, body: bytes, count: int) -> UpstreamResult:
+    if status == 200:
+        return _parse_embeddings(body, count)
+    retry_after = _retry_after(headers.get("Retry-After"))
+    if status in (401, 403):
+        raise UpstreamCredentialsRefused(
+            "Nomic refused the gateway's upstream credentials; the operator must check "
+            "NOMIC_API_KEY"
+        )
+    if status == 422:
+        rejected = _rejected_item(body)
+        if rejected is not None:
+            raise rejected
+        raise UpstreamError("Nomic rejected the request without naming an item")
+    if status in (429, 503):
+        raise UpstreamUnavailable(
+            f"Nomic is {'rate limiting' if status == 429 else 'unavailable'}; retry later",
+            retry_after=retry_after,
+        )
+    raise UpstreamError(f"Nomic answered HTTP {status}", retry_after=retry_after)
+
+
+def _parse_embeddings(body: bytes, count: int) -> UpstreamResult:
+    try:
+        data = orjson.loads(body)
+        embeddings = data["embeddings"]
+        usage = data.get("usage") or {}
+        tokens = int(usage.get("total_tokens", usage.get("prompt_tokens", 0)))
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        raise UpstreamError(
+            "Nomic answered 200 with a body that is not an embedding answer"
+        ) from None
+    if not isinstance(embeddings, list) or len(embeddings) != count:
+        raise UpstreamError(f"Nomic answered a wrong number of embeddings for {count} items")
+    if not all(isinstance(vector, list) and vector for vector in embeddings) or tokens < 0:
+        raise UpstreamError("Nomic answered malformed embeddings")
+    return UpstreamResult(embeddings, tokens)
+
+
+def _rejected_item(body: bytes) -> UpstreamItemRejected | None:
+    """The first item a Nomic 422 names (``loc: ["body", "images", 3]``), if it names one."""
+    try:
+        details = orjson.loads(body)["detail"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    for detail in details if isinstance(details, list) else []:
+        loc = detail.get("loc") if isinstance(detail, dict) else None
+        if isinstance(loc, list) and len(loc) >= 3 and isinstance(loc[2], int):
+            msg = str(detail.get("msg", "rejected by Nomic"))[:_MAX_MSG]
+            return UpstreamItemRejected(loc[2], msg)
+    return None
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and 0 <= seconds < 86400 else None

@@ -1,0 +1,145 @@
+"""FakeNomic: a test double of Nomic's image embedding API, never used in production.
+
+Nomic cannot be reached from the machines that run these tests, so this aiohttp app stands in
+for ``https://api-atlas.nomic.ai``, following the documented contract (DESIGN.md section 5):
+
+- ``POST /v1/embedding/image`` takes multipart ``images`` parts or urlencoded ``urls``, and a
+  ``model`` (``nomic-embed-vision-v1`` or ``-v1.5``, default ``-v1.5``);
+- it checks ``Authorization: Bearer <api_key>`` (401 otherwise) and decodes every image with
+  Pillow, answering a FastAPI-shaped 422 naming the first item it cannot read;
+- it answers 768 float32-valued floats per input, deterministic in (model, input), with
+  ``usage`` of ``tokens_per_image`` per input;
+- faults are injected per call: ``fail_next`` takes HTTP statuses (with ``Retry-After`` when
+  ``retry_after`` is set) or ``"drop"`` to drop the connection; ``latency`` delays answers;
+- ``calls`` records what it received, so tests count exactly what went upstream.
+
+Its parser is aiohttp's, not the gateway's, so the two are checked against each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import random
+import time
+from array import array
+from dataclasses import dataclass, field
+
+import PIL.Image
+from aiohttp import web
+
+MODELS = ("nomic-embed-vision-v1", "nomic-embed-vision-v1.5")
+DIMENSIONS = 768
+FAKE_API_KEY = "nk-fake-organisation-key-0123456789"
+
+
+@dataclass
+class Call:
+    model: str
+    kind: str  # "image" or "url"
+    items: list[bytes]
+    at: float
+    status: int = 0
+
+
+@dataclass
+class FakeNomic:
+    """The fake. ``app`` is served by the tests on a free loopback port."""
+
+    api_key: str = FAKE_API_KEY
+    tokens_per_image: int = 10
+    latency: float = 0.0
+    fail_next: list[int | str] = field(default_factory=list)
+    retry_after: float | None = None
+    calls: list[Call] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.app = web.Application()
+        self.app.router.add_post("/v1/embedding/image", self._embed_image)
+
+    @property
+    def items_received(self) -> list[bytes]:
+        return [item for call in self.calls for item in call.items]
+
+    @staticmethod
+    def embedding(model: str, item: bytes) -> list[float]:
+        """What the fake answers for ``item``: float32 values, as a float list."""
+        seed = hashlib.sha256(model.encode() + b"\0" + item).digest()
+        rng = random.Random(seed)
+        return array("f", (rng.uniform(-0.2, 0.2) for _ in range(DIMENSIONS))).tolist()
+
+    async def _embed_image(self, request: web.Request) -> web.StreamResponse:
+        call = Call(model="", kind="", items=[], at=time.monotonic())
+        self.calls.append(call)
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        if self.fail_next:
+            fault = self.fail_next.pop(0)
+            if fault == "drop":
+                assert request.transport is not None
+                request.transport.close()
+                return web.Response()
+            assert isinstance(fault, int)
+            call.status = fault
+            headers = {"Retry-After": str(self.retry_after)} if self.retry_after else {}
+            return web.json_response({"detail": "injected fault"}, status=fault, headers=headers)
+        if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            call.status = 401
+            return web.json_response({"detail": "Invalid API key"}, status=401)
+        form = await request.post()
+        call.model = str(form.get("model", "nomic-embed-vision-v1.5"))
+        images = [part.file.read() for part in form.getall("images", [])]  # type: ignore[union-attr]
+        urls = [str(url).encode() for url in form.getall("urls", [])]
+        call.kind, call.items = ("image", images) if images else ("url", urls)
+        error = self._validate(call.model, images, urls)
+        if error is not None:
+            call.status = 422
+            return web.json_response({"detail": [error]}, status=422)
+        call.status = 200
+        tokens = self.tokens_per_image * len(call.items)
+        return web.Response(
+            text=json.dumps(
+                {
+                    "embeddings": [self.embedding(call.model, item) for item in call.items],
+                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                    "model": call.model,
+                }
+            ),
+            content_type="application/json",
+        )
+
+    @staticmethod
+    def _validate(model: str, images: list[bytes], urls: list[bytes]) -> dict[str, object] | None:
+        if model not in MODELS:
+            return {"loc": ["body", "model"], "msg": "unknown model", "type": "value_error"}
+        if not images and not urls:
+            return {"loc": ["body"], "msg": "no images or urls", "type": "value_error"}
+        for index, data in enumerate(images):
+            try:
+                PIL.Image.open(io.BytesIO(data)).verify()
+            except Exception:
+                return {
+                    "loc": ["body", "images", index],
+                    "msg": "cannot identify image file",
+                    "type": "value_error",
+                }
+        for index, url in enumerate(urls):
+            if b"unreachable" in url:
+                return {
+                    "loc": ["body", "urls", index],
+                    "msg": "could not fetch image from url",
+                    "type": "value_error",
+                }
+        return None
+
+
+def png(seed: int, size: int = 8) -> bytes:
+    """A small, valid, distinct PNG for each seed."""
+    rng = random.Random(seed)
+    image = PIL.Image.new("RGB", (size, size))
+    image.putdata([tuple(rng.randrange(256) for _ in range(3)) for _ in range(size * size)])
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
