@@ -1,0 +1,119 @@
+"""Upstream failures map to clear answers, and nothing from a failed call is cached."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from tests.conftest import GatewayFactory
+from tests.fake_nomic import FAKE_API_KEY, FakeNomic, png
+from tests.helpers import post_images, post_urls
+
+Client = TestClient[Any, Any]
+
+
+async def assert_nothing_cached(gateway: Client, fake: FakeNomic, images: list[bytes]) -> None:
+    fake.calls.clear()
+    response = await post_images(gateway, images)
+    assert response.status == 200
+    assert response.headers["X-Cache"] == "MISS"
+    assert fake.items_received == images
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "kind"),
+    [
+        (500, 502, "upstream_error"),
+        (502, 502, "upstream_error"),
+        (503, 503, "upstream_error.unavailable"),
+        (429, 503, "upstream_error.unavailable"),
+        ("drop", 502, "upstream_error"),
+    ],
+)
+async def test_upstream_faults(
+    gateway: Client, fake_nomic: FakeNomic, fault: int | str, status: int, kind: str
+) -> None:
+    fake_nomic.fail_next = [fault]
+    response = await post_images(gateway, [png(1)])
+    assert response.status == status
+    assert (await response.json())["detail"][0]["type"] == kind
+    await assert_nothing_cached(gateway, fake_nomic, [png(1)])
+
+
+async def test_rate_limit_passes_retry_after_on(gateway: Client, fake_nomic: FakeNomic) -> None:
+    fake_nomic.fail_next, fake_nomic.retry_after = [429], 7
+    response = await post_images(gateway, [png(1)])
+    assert response.status == 503
+    assert response.headers["Retry-After"] == "7"
+
+
+async def test_timeout_is_a_504(make_gateway: GatewayFactory, fake_nomic: FakeNomic) -> None:
+    gateway = await make_gateway(upstream_timeout_seconds=0.2)
+    fake_nomic.latency = 1.0
+    response = await post_images(gateway, [png(1)])
+    assert response.status == 504
+    fake_nomic.latency = 0
+    await assert_nothing_cached(gateway, fake_nomic, [png(1)])
+
+
+async def test_refused_credentials_are_a_502_that_never_shows_the_key(
+    make_gateway: GatewayFactory, fake_nomic: FakeNomic, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "nk-the-real-organisation-key-must-stay-secret"
+    gateway = await make_gateway(nomic_api_key=secret)
+    response = await post_images(gateway, [png(1)])
+    assert response.status == 502
+    text = await response.text()
+    assert "credentials" in text
+    assert secret not in text
+    assert FAKE_API_KEY not in text
+    assert secret not in caplog.text
+    metrics = await (await gateway.get("/metrics")).text()
+    assert secret not in metrics
+
+
+async def test_unreachable_upstream_is_a_502(make_gateway: GatewayFactory) -> None:
+    from tests.conftest import free_port
+
+    gateway = await make_gateway(upstream_url=f"http://127.0.0.1:{free_port()}")
+    response = await post_images(gateway, [png(1)])
+    assert response.status == 502
+    assert "could not reach Nomic" in (await response.json())["detail"][0]["msg"]
+
+
+async def test_one_corrupt_image_gets_a_422_at_its_position_and_the_rest_is_kept(
+    gateway: Client, fake_nomic: FakeNomic
+) -> None:
+    corrupt = b"\x89PNG\r\n\x1a\n" + b"definitely not the rest of a PNG"
+    images = [png(0), png(1), corrupt, png(3)]
+    response = await post_images(gateway, images)
+    assert response.status == 422
+    detail = (await response.json())["detail"][0]
+    assert detail["loc"] == ["body", "images", 2]
+    assert "cannot identify image file" in detail["msg"]
+    # the batch was resent without the corrupt image, and the good ones were cached
+    assert fake_nomic.calls[-1].items == [png(0), png(1), png(3)]
+    fake_nomic.calls.clear()
+    again = await post_images(gateway, [png(3), png(0), png(1)])
+    assert again.headers["X-Cache"] == "HIT"
+    assert fake_nomic.calls == []
+
+
+async def test_unfetchable_url_gets_a_422_at_its_position(
+    gateway: Client, fake_nomic: FakeNomic
+) -> None:
+    urls = ["https://example.com/ok.png", "https://unreachable.example/x.png"]
+    response = await post_urls(gateway, urls)
+    assert response.status == 422
+    assert (await response.json())["detail"][0]["loc"] == ["body", "urls", 1]
+
+
+async def test_malformed_upstream_answer_is_a_502(
+    gateway: Client, fake_nomic: FakeNomic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(FakeNomic, "embedding", staticmethod(lambda model, item: []))
+    response = await post_images(gateway, [png(1)])
+    assert response.status == 502
+    assert "malformed" in (await response.json())["detail"][0]["msg"]
