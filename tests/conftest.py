@@ -124,4 +124,3 @@ async def make_gateway(
 async def gateway(make_gateway: GatewayFactory) -> TestClient[Any, Any]:
     client: TestClient[Any, Any] = await make_gateway()
     return client
-

@@ -129,9 +129,7 @@ async def test_urls_are_cached_with_their_ttl(
         assert all(3500 < ttl <= 3600 for ttl in ttls)
 
 
-async def test_image_entries_do_not_expire_on_redis(
-    gateway: Client, store_url: str | None
-) -> None:
+async def test_image_entries_do_not_expire_on_redis(gateway: Client, store_url: str | None) -> None:
     assert (await post_images(gateway, [png(1)])).status == 200
     if store_url is not None:
         import redis
@@ -184,3 +182,19 @@ async def test_unknown_path_is_a_nomic_shaped_404(gateway: Client) -> None:
     response = await gateway.get("/v1/nothing")
     assert response.status == 404
     assert (await response.json())["detail"][0]["type"] == "http_404"
+
+
+async def test_unreachable_redis_bypasses_the_cache_and_is_not_ready(
+    make_gateway: GatewayFactory, fake_nomic: FakeNomic
+) -> None:
+    from tests.conftest import free_port
+
+    gateway = await make_gateway(
+        redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_timeout_seconds=0.2
+    )
+    response = await post_images(gateway, [png(1)])
+    assert response.status == 200
+    assert response.headers["X-Cache"] == "MISS"
+    assert fake_nomic.items_received == [png(1)]
+    assert (await gateway.get("/readyz")).status == 503
+    assert (await gateway.get("/healthz")).status == 200

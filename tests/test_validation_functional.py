@@ -84,7 +84,9 @@ async def test_not_an_image_despite_its_filename(checked: Client) -> None:
     await assert_422(response, ["body", "images", 1], "not a PNG, JPEG or WebP")
 
 
-async def test_image_over_the_size_limit(make_gateway: GatewayFactory, fake_nomic: FakeNomic) -> None:
+async def test_image_over_the_size_limit(
+    make_gateway: GatewayFactory, fake_nomic: FakeNomic
+) -> None:
     gateway = await make_gateway(max_image_bytes=1000)
     big = png(2, size=64)
     assert len(big) > 1000
@@ -93,7 +95,9 @@ async def test_image_over_the_size_limit(make_gateway: GatewayFactory, fake_nomi
     assert fake_nomic.calls == []
 
 
-async def test_more_items_than_the_limit(make_gateway: GatewayFactory, fake_nomic: FakeNomic) -> None:
+async def test_more_items_than_the_limit(
+    make_gateway: GatewayFactory, fake_nomic: FakeNomic
+) -> None:
     gateway = await make_gateway(max_items=3)
     await assert_422(await post_images(gateway, [png(i) for i in range(4)]),
                      ["body", "images", 3], "more than 3 images")  # fmt: skip
@@ -165,7 +169,9 @@ async def test_body_over_the_limit_is_refused_before_reading(
     assert (await gateway.get("/healthz")).status == 200
 
 
-async def test_unknown_fields_are_ignored_like_nomic(gateway: Client, fake_nomic: FakeNomic) -> None:
+async def test_unknown_fields_are_ignored_like_nomic(
+    gateway: Client, fake_nomic: FakeNomic
+) -> None:
     body = multipart_body([("images", png(1)), ("comment", b"hello")])
     response = await post_raw(gateway, body, f"multipart/form-data; boundary={BOUNDARY}")
     assert response.status == 200

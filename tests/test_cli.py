@@ -1,0 +1,95 @@
+"""``nomic-gateway serve`` as a user runs it: a real process, settings from env and flags."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import aiohttp
+
+from tests.conftest import free_port
+from tests.fake_nomic import FAKE_API_KEY, FakeNomic, png
+from tests.helpers import image_form
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "NOMIC_"))}
+    return {**env, **extra}
+
+
+def test_missing_nomic_key_stops_startup_with_one_line_naming_it() -> None:
+    result = run_cli("serve", env=clean_env())
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "nomic-gateway: NOMIC_API_KEY is not set: the organisation's Nomic API key "
+        "(required; never logged)"
+    ]
+
+
+def test_malformed_flag_and_env_stop_startup_naming_them() -> None:
+    result = run_cli("serve", "--port", "http", env=clean_env(NOMIC_API_KEY="nk-x"))
+    assert result.returncode == 2
+    assert "--port='http' is not valid" in result.stderr
+    result = run_cli("serve", env=clean_env(NOMIC_API_KEY="nk-x", GATEWAY_MAX_ITEMS="many"))
+    assert result.returncode == 2
+    assert "GATEWAY_MAX_ITEMS='many' is not valid" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+async def wait_healthy(session: aiohttp.ClientSession, url: str) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            async with session.get(url + "/healthz") as response:
+                if response.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError("the gateway did not become healthy")
+
+
+async def test_serve_answers_and_finishes_in_flight_requests_on_sigterm(
+    fake_nomic: FakeNomic,
+) -> None:
+    port = free_port()
+    env = clean_env(NOMIC_API_KEY=FAKE_API_KEY, GATEWAY_UPSTREAM_URL=fake_nomic.url)  # type: ignore[attr-defined]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "serve", "--port", str(port), env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            await wait_healthy(session, url)
+            fake_nomic.latency = 1.0
+            in_flight = asyncio.ensure_future(
+                session.post(url + "/v1/embedding/image", data=image_form([png(1)]))
+            )
+            while not fake_nomic.calls:
+                await asyncio.sleep(0.01)
+            process.send_signal(signal.SIGTERM)
+            response = await in_flight
+            assert response.status == 200
+            assert len((await response.json())["embeddings"]) == 1
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.stdout is not None
+    logs = (await process.stdout.read()).decode()
+    assert "listening on http://127.0.0.1" in logs
+    assert "stopped" in logs
+    assert FAKE_API_KEY not in logs

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import pytest
+
+from gateway.config import Settings, SettingsError
+
+KEY = {"NOMIC_API_KEY": "nk-secret-value"}
+
+
+def test_defaults() -> None:
+    settings = Settings.from_sources({}, KEY)
+    assert settings.port == 8080
+    assert settings.upstream_url == "https://api-atlas.nomic.ai"
+    assert settings.redis_url is None
+    assert settings.max_image_bytes == 20 * 1024 * 1024
+    assert settings.max_items == 512
+    assert settings.url_ttl_seconds == 86400
+
+
+def test_environment_and_flags_flags_win() -> None:
+    env = {**KEY, "GATEWAY_PORT": "9000", "GATEWAY_REDIS_URL": "redis://r:6379/0"}
+    assert Settings.from_sources({}, env).port == 9000
+    settings = Settings.from_sources({"port": "9100"}, env)
+    assert settings.port == 9100
+    assert settings.redis_url == "redis://r:6379/0"
+
+
+def test_missing_key_names_it() -> None:
+    with pytest.raises(SettingsError, match="NOMIC_API_KEY is not set"):
+        Settings.from_sources({}, {})
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"GATEWAY_PORT": "eighty"}, "GATEWAY_PORT='eighty'"),
+        ({"GATEWAY_PORT": "70000"}, "GATEWAY_PORT"),
+        ({"GATEWAY_UPSTREAM_URL": "ftp://x"}, "GATEWAY_UPSTREAM_URL"),
+        ({"GATEWAY_REDIS_URL": "localhost:6379"}, "GATEWAY_REDIS_URL"),
+        ({"GATEWAY_MAX_ITEMS": "0"}, "GATEWAY_MAX_ITEMS"),
+        ({"GATEWAY_URL_TTL_SECONDS": "-5"}, "GATEWAY_URL_TTL_SECONDS"),
+        ({"GATEWAY_LOG_LEVEL": "loud"}, "GATEWAY_LOG_LEVEL"),
+    ],
+)
+def test_malformed_setting_names_itself(env: dict[str, str], named: str) -> None:
+    with pytest.raises(SettingsError, match=named):
+        Settings.from_sources({}, {**KEY, **env})
+
+
+def test_malformed_flag_names_the_flag() -> None:
+    with pytest.raises(SettingsError, match="--max-items"):
+        Settings.from_sources({"max_items": "lots"}, KEY)
+
+
+def test_settings_are_frozen_and_never_show_the_key() -> None:
+    settings = Settings.from_sources({}, KEY)
+    assert "nk-secret-value" not in repr(settings)
+    with pytest.raises(AttributeError):
+        settings.port = 1  # type: ignore[misc]

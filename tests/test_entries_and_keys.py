@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import random
+from array import array
+
+import orjson
+import pytest
+
+from gateway import entries
+from gateway.keys import PREFIX, cache_key
+from gateway.pipeline import answer_body, split_tokens
+from tests.fake_nomic import FakeNomic
+
+
+def test_float32_vectors_are_stored_in_4_bytes_and_read_back_exactly() -> None:
+    vector = FakeNomic.embedding("m", b"x")
+    blob = entries.encode(vector, 42)
+    assert len(blob) == 8 + 4 * 768
+    entry = entries.decode(blob)
+    assert entry.tokens == 42
+    assert orjson.loads(entry.embedding_json) == vector
+
+
+def test_float64_vectors_fall_back_to_8_bytes_and_read_back_exactly() -> None:
+    rng = random.Random(1)
+    vector = [rng.uniform(-1, 1) for _ in range(768)]
+    assert array("f", vector).tolist() != vector
+    blob = entries.encode(vector, 1)
+    assert len(blob) == 8 + 8 * 768
+    assert orjson.loads(entries.decode(blob).embedding_json) == vector
+
+
+def test_json_text_from_upstream_survives_the_round_trip() -> None:
+    upstream_text = b"[0.10000000149011612,-0.25,3.4028234663852886e38,1e-45,0]"
+    vector = orjson.loads(upstream_text)
+    decoded = orjson.loads(entries.decode(entries.encode(vector, 0)).embedding_json)
+    assert decoded == vector
+
+
+@pytest.mark.parametrize("blob", [b"", b"\x01\x04", b"\x02\x04\x01\x00\x00\x00\x00\x00abcd",
+                                  b"\x01\x04\x02\x00\x00\x00\x00\x00abcd"])  # fmt: skip
+def test_corrupt_entries_are_refused(blob: bytes) -> None:
+    with pytest.raises(entries.CorruptEntry):
+        entries.decode(blob)
+
+
+def test_keys_cover_model_kind_and_content() -> None:
+    key = cache_key("m1", "image", b"abc")
+    assert key.startswith(PREFIX)
+    assert key == cache_key("m1", "image", b"abc")
+    others = {cache_key("m2", "image", b"abc"), cache_key("m1", "url", b"abc"),
+              cache_key("m1", "image", b"abd"), cache_key("m1", "image", b"")}  # fmt: skip
+    assert key not in others
+    assert len(others) == 4
+
+
+@pytest.mark.parametrize(("total", "count"), [(0, 3), (10, 3), (7, 7), (5, 8), (1000, 64)])
+def test_token_split_adds_up_to_what_was_billed(total: int, count: int) -> None:
+    shares = split_tokens(total, count)
+    assert sum(shares) == total
+    assert len(shares) == count
+    assert max(shares) - min(shares) <= 1
+
+
+def test_answer_body_is_nomics_shape() -> None:
+    body = orjson.loads(answer_body("m", [b"[1.5,2.0]", b"[3.0]"], 12))
+    assert body == {"embeddings": [[1.5, 2.0], [3.0]],
+                    "usage": {"prompt_tokens": 12, "total_tokens": 12}, "model": "m"}  # fmt: skip

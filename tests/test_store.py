@@ -1,0 +1,78 @@
+"""The store contract, run on both implementations; then what only the embedded one does."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from gateway.store import MemoryStore, RedisStore, Store, StoreError
+from gateway.store.memory import ENTRY_OVERHEAD
+from tests.conftest import free_port
+
+
+@pytest.fixture
+async def store(store_url: str | None) -> AsyncIterator[Store]:
+    opened: Store = MemoryStore(10_000_000) if store_url is None else RedisStore(store_url)
+    yield opened
+    await opened.close()
+
+
+async def test_get_many_answers_in_order_with_none_for_missing(store: Store) -> None:
+    await store.set_many([("a", b"1"), ("c", b"3")], None)
+    assert await store.get_many(["a", "b", "c", "a"]) == [b"1", None, b"3", b"1"]
+
+
+async def test_set_overwrites(store: Store) -> None:
+    await store.set_many([("a", b"1")], None)
+    await store.set_many([("a", b"2")], 60)
+    assert await store.get_many(["a"]) == [b"2"]
+
+
+async def test_empty_writes_are_fine(store: Store) -> None:
+    await store.set_many([], None)
+    await store.ping()
+
+
+async def test_binary_values_round_trip(store: Store) -> None:
+    value = bytes(range(256)) * 20
+    await store.set_many([("bin", value)], None)
+    assert await store.get_many(["bin"]) == [value]
+
+
+async def test_memory_store_expires_entries_by_its_clock() -> None:
+    now = [1000.0]
+    store = MemoryStore(10_000, clock=lambda: now[0])
+    await store.set_many([("url", b"v")], 60)
+    await store.set_many([("image", b"v")], None)
+    now[0] += 59.9
+    assert await store.get_many(["url", "image"]) == [b"v", b"v"]
+    now[0] += 0.2
+    assert await store.get_many(["url", "image"]) == [None, b"v"]
+    assert len(store) == 1
+
+
+async def test_memory_store_evicts_least_recently_used_by_bytes() -> None:
+    entry = 1 + 100 + ENTRY_OVERHEAD
+    store = MemoryStore(3 * entry)
+    await store.set_many([("a", b"x" * 100), ("b", b"x" * 100), ("c", b"x" * 100)], None)
+    await store.get_many(["a"])  # a is now the most recently used
+    await store.set_many([("d", b"x" * 100)], None)
+    assert await store.get_many(["a", "b", "c", "d"]) == [b"x" * 100, None, b"x" * 100, b"x" * 100]
+    assert store.used_bytes == 3 * entry
+
+
+async def test_memory_store_skips_an_entry_larger_than_itself() -> None:
+    store = MemoryStore(100)
+    await store.set_many([("big", b"x" * 1000)], None)
+    assert await store.get_many(["big"]) == [None]
+    assert store.used_bytes == 0
+
+
+async def test_redis_store_that_cannot_connect_raises_store_error() -> None:
+    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout_seconds=0.2)
+    with pytest.raises(StoreError, match="MGET"):
+        await store.get_many(["a"])
+    with pytest.raises(StoreError):
+        await store.ping()
+    await store.close()
