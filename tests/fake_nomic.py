@@ -143,3 +143,20 @@ def png(seed: int, size: int = 8) -> bytes:
     out = io.BytesIO()
     image.save(out, format="PNG")
     return out.getvalue()
+
+
+def main() -> None:
+    """Serve the fake on its own, to try the gateway without a Nomic account:
+    ``python -m tests.fake_nomic --port 9999`` (key: ``FAKE_API_KEY`` above)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="FakeNomic, a test double of Nomic's API")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9999)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to answers")
+    args = parser.parse_args()
+    web.run_app(FakeNomic(latency=args.latency).app, host=args.host, port=args.port)
+
+
+if __name__ == "__main__":
+    main()
