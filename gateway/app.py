@@ -58,6 +58,7 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
             upstream,
             batch_size=settings.upstream_batch_size,
             url_ttl_seconds=settings.url_ttl_seconds,
+            linger_seconds=settings.redis_timeout_seconds + 1.0,
         )
         yield
         await pipeline.drain()

@@ -67,12 +67,19 @@ class Pipeline:
     """Answers embedding requests from the store, and from upstream for what it misses."""
 
     def __init__(
-        self, store: Store, upstream: Embedder, *, batch_size: int, url_ttl_seconds: int
+        self,
+        store: Store,
+        upstream: Embedder,
+        *,
+        batch_size: int,
+        url_ttl_seconds: int,
+        linger_seconds: float = 2.0,
     ) -> None:
         self._store = store
         self._upstream = upstream
         self._batch_size = batch_size
         self._url_ttl_seconds = url_ttl_seconds
+        self._linger_seconds = linger_seconds
         self._inflight: dict[str, asyncio.Future[Entry]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -131,15 +138,27 @@ class Pipeline:
         task.add_done_callback(self._tasks.discard)
 
     async def _fetch(self, request: ParsedRequest, pairs: list[tuple[str, bytes]]) -> None:
+        mine = {key: self._inflight[key] for key, _ in pairs}
         size = self._batch_size
         batches = [pairs[i : i + size] for i in range(0, len(pairs), size)]
         try:
             await asyncio.gather(*(self._fetch_batch(request, batch) for batch in batches))
+        except Exception:
+            log.exception("unexpected error fetching %d items upstream", len(pairs))
         finally:
-            for key, _ in pairs:
-                future = self._inflight.pop(key, None)
-                if future is not None and not future.done():
+            loop = asyncio.get_running_loop()
+            for key, future in mine.items():
+                if not future.done():
                     future.set_exception(UpstreamError("the upstream call was abandoned"))
+                    self._forget(key, future)
+                elif future.exception() is None:
+                    # Lookups that began before the entry was stored may still miss it:
+                    # they find the answer here for a while instead of fetching again.
+                    loop.call_later(self._linger_seconds, self._forget, key, future)
+
+    def _forget(self, key: str, future: asyncio.Future[Entry]) -> None:
+        if self._inflight.get(key) is future:
+            del self._inflight[key]
 
     async def _fetch_batch(self, request: ParsedRequest, pairs: list[tuple[str, bytes]]) -> None:
         while pairs:
@@ -177,6 +196,7 @@ class Pipeline:
             log.warning("could not store %d fetched embeddings: %s", len(stored), exc)
 
     def _fail(self, pairs: list[tuple[str, bytes]], error: GatewayError) -> None:
+        """Fail these items, and forget them at once: the next request asks upstream again."""
         for key, _ in pairs:
             future = self._inflight.pop(key)
             future.set_exception(error)

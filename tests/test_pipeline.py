@@ -1,0 +1,97 @@
+"""The pipeline with a counting embedder, for orderings the HTTP tests cannot force."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import orjson
+
+from gateway.errors import UpstreamUnavailable
+from gateway.forms import Kind, ParsedRequest
+from gateway.pipeline import Pipeline
+from gateway.store import MemoryStore
+from gateway.upstream import UpstreamResult
+from tests.fake_nomic import FakeNomic, png
+
+MODEL = "nomic-embed-vision-v1.5"
+
+
+class CountingEmbedder:
+    def __init__(self) -> None:
+        self.items: list[bytes] = []
+        self.fail_with: Exception | None = None
+
+    async def embed(self, model: str, kind: Kind, items: Sequence[bytes]) -> UpstreamResult:
+        self.items.extend(items)
+        await asyncio.sleep(0)
+        if self.fail_with is not None:
+            raise self.fail_with
+        return UpstreamResult([FakeNomic.embedding(model, item) for item in items], 3 * len(items))
+
+
+class StaleReadStore(MemoryStore):
+    """Reads, then holds the answer until ``release`` is set: a lookup overtaken by a write."""
+
+    def __init__(self) -> None:
+        super().__init__(10_000_000)
+        self.hold = False
+        self.release = asyncio.Event()
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        values = await super().get_many(keys)
+        if self.hold:
+            self.hold = False
+            await self.release.wait()
+        return values
+
+
+def request(*images: bytes) -> ParsedRequest:
+    return ParsedRequest(MODEL, "image", list(images))
+
+
+async def test_a_lookup_overtaken_by_another_requests_fill_does_not_fetch_again() -> None:
+    store, embedder = StaleReadStore(), CountingEmbedder()
+    pipeline = Pipeline(store, embedder, batch_size=8, url_ttl_seconds=60)
+    store.hold = True
+    slow = asyncio.create_task(pipeline.embed(request(png(1))))  # its lookup saw nothing yet
+    await asyncio.sleep(0.01)
+    fast = await pipeline.embed(request(png(1)))  # fetches, stores, finishes
+    store.release.set()
+    late = await slow
+    assert embedder.items == [png(1)]
+    assert fast.billed_tokens == 3
+    assert late.billed_tokens == 0
+    assert late.body == fast.body
+    await pipeline.drain()
+
+
+async def test_a_failed_fetch_is_forgotten_at_once_so_the_next_request_retries() -> None:
+    embedder = CountingEmbedder()
+    pipeline = Pipeline(MemoryStore(10_000_000), embedder, batch_size=8, url_ttl_seconds=60)
+    embedder.fail_with = UpstreamUnavailable("down")
+    try:
+        await pipeline.embed(request(png(1)))
+        raise AssertionError("expected the upstream failure")
+    except UpstreamUnavailable:
+        pass
+    embedder.fail_with = None
+    answer = await pipeline.embed(request(png(1)))
+    assert embedder.items == [png(1), png(1)]
+    assert orjson.loads(answer.body)["embeddings"] == [FakeNomic.embedding(MODEL, png(1))]
+
+
+async def test_a_client_that_goes_away_does_not_cancel_the_fetch_others_wait_for() -> None:
+    embedder = CountingEmbedder()
+    store = MemoryStore(10_000_000)
+    pipeline = Pipeline(store, embedder, batch_size=8, url_ttl_seconds=60)
+    first = asyncio.create_task(pipeline.embed(request(png(1))))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(pipeline.embed(request(png(1))))
+    await asyncio.sleep(0)
+    first.cancel()
+    answer = await second
+    assert orjson.loads(answer.body)["embeddings"] == [FakeNomic.embedding(MODEL, png(1))]
+    await pipeline.drain()
+    assert embedder.items == [png(1)]
+    assert len(store) == 1
