@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from gateway.appkeys import LIMITS, PIPELINE, SETTINGS, STORE
+from gateway.appkeys import LIMITS, PIPELINE, SETTINGS, STORE, UPSTREAM
 from gateway.config import Settings
 from gateway.forms import Limits
 from gateway.middlewares import request_context
@@ -52,7 +52,9 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     timeout = aiohttp.ClientTimeout(total=settings.upstream_timeout_seconds)
     async with aiohttp.ClientSession(timeout=timeout, raise_for_status=False) as session:
-        upstream = NomicClient(session, settings.upstream_url, settings.nomic_api_key)
+        upstream = app[UPSTREAM] = NomicClient(
+            session, settings.upstream_url, settings.nomic_api_key
+        )
         pipeline = app[PIPELINE] = Pipeline(
             app[STORE],
             upstream,

@@ -8,8 +8,10 @@ from gateway.config import Settings
 from gateway.forms import Limits
 from gateway.pipeline import Pipeline
 from gateway.store import Store
+from gateway.upstream import NomicClient
 
 SETTINGS = web.AppKey("settings", Settings)
 LIMITS = web.AppKey("limits", Limits)
 STORE = web.AppKey("store", Store)
 PIPELINE = web.AppKey("pipeline", Pipeline)
+UPSTREAM = web.AppKey("upstream", NomicClient)

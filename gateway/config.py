@@ -35,6 +35,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _api_key(text: str) -> str:
+    key = text.strip()  # secret files and env files often end in a newline
+    if not key or not key.isprintable() or " " in key:
+        raise ValueError("must be one token without spaces or control characters")
+    return key
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -73,7 +80,7 @@ class Settings:
     """Everything the gateway reads from its environment, validated once at start-up."""
 
     nomic_api_key: str = _setting(
-        "NOMIC_API_KEY", str, "the organisation's Nomic API key (required; never logged)"
+        "NOMIC_API_KEY", _api_key, "the organisation's Nomic API key (required; never logged)"
     )
     host: str = _setting("GATEWAY_HOST", str, "address to listen on", "127.0.0.1")
     port: int = _setting("GATEWAY_PORT", _port, "port to listen on", 8080)
@@ -106,6 +113,12 @@ class Settings:
     )
     upstream_timeout_seconds: float = _setting(
         "GATEWAY_UPSTREAM_TIMEOUT_SECONDS", _positive_float, "timeout of one upstream call", 60.0
+    )
+    body_timeout_seconds: float = _setting(
+        "GATEWAY_BODY_TIMEOUT_SECONDS",
+        _positive_float,
+        "how long a client may take to send its request body",
+        60.0,
     )
     shutdown_timeout_seconds: float = _setting(
         "GATEWAY_SHUTDOWN_TIMEOUT_SECONDS",

@@ -31,13 +31,20 @@ class CorruptEntry(ValueError):
 
 
 def encode(vector: list[float], tokens: int) -> bytes:
-    """The stored form of one embedding and the tokens it cost upstream."""
-    values = array("f", vector)
-    if values.tolist() != vector:
-        values = array("d", vector)
+    """The stored form of one embedding and the tokens it cost upstream.
+
+    Raises ValueError for what cannot be stored: non-numbers, more than 65,535 values, or a
+    token count outside 0..2**32-1."""
+    try:
+        values = array("f", vector)
+        if values.tolist() != vector:
+            values = array("d", vector)
+        header = _HEADER.pack(VERSION, values.itemsize, len(vector), tokens)
+    except (TypeError, OverflowError, struct.error) as exc:
+        raise ValueError(f"not a storable embedding: {exc}") from None
     if _SWAP:
         values.byteswap()
-    return _HEADER.pack(VERSION, values.itemsize, len(vector), tokens) + values.tobytes()
+    return header + values.tobytes()
 
 
 def decode(blob: bytes) -> Entry:

@@ -40,6 +40,11 @@ class ItemRejected(InvalidRequest):
     kind = "value_error.upstream"
 
 
+class BodyTimeout(GatewayError):
+    status = 408
+    kind = "value_error.body_timeout"
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
     kind = "value_error.body_too_large"

@@ -9,8 +9,9 @@ client's own ``images`` or ``urls`` fields.
 
 from __future__ import annotations
 
+import sys
 from typing import Literal, NamedTuple, Protocol
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
 import multipart
 
@@ -86,7 +87,7 @@ class _Fields:
         self.urls: list[bytes] = []
 
     def add_model(self, value: str) -> None:
-        self.model = value.strip()
+        self.model = value
 
     def add_image(self, data: bytes) -> None:
         index = len(self.images)
@@ -103,7 +104,7 @@ class _Fields:
     def add_url(self, value: str) -> None:
         index = len(self.urls)
         self._check_count("urls", index)
-        url = value.strip()
+        url = value
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise InvalidRequest("not an http(s) URL", loc=("body", "urls", index))
@@ -164,7 +165,12 @@ class MultipartBody(_Fields):
 
     def _start(self, name: str) -> None:
         self._name, self._chunks, self._size = name, [], 0
-        self._limit = self.limits.max_image_bytes if name == "images" else MAX_FIELD_BYTES
+        if name == "images":
+            self._limit = self.limits.max_image_bytes
+        elif name in ("urls", "model"):
+            self._limit = MAX_FIELD_BYTES
+        else:
+            self._limit = sys.maxsize  # ignored like Nomic does; its bytes are not kept
 
     def _data(self, data: bytes) -> None:
         self._size += len(data)
@@ -190,9 +196,10 @@ class MultipartBody(_Fields):
             try:
                 text = data.decode()
             except UnicodeDecodeError:
-                raise InvalidRequest(
-                    f"{self._name} is not UTF-8 text", loc=("body", self._name)
-                ) from None
+                loc: tuple[str | int, ...] = ("body", "model")
+                if self._name == "urls":
+                    loc = ("body", "urls", len(self.urls))
+                raise InvalidRequest(f"{self._name} is not UTF-8 text", loc=loc) from None
             if self._name == "model":
                 self.add_model(text)
             else:
@@ -207,36 +214,46 @@ class MultipartBody(_Fields):
 
 
 class UrlencodedBody(_Fields):
-    """``application/x-www-form-urlencoded``: repeated ``urls`` and a ``model``."""
+    """``application/x-www-form-urlencoded``: repeated ``urls`` and a ``model``.
+
+    Fields are split off as the body streams in, so no field is held beyond its limit and
+    the body is never decoded whole.
+    """
 
     def __init__(self, limits: Limits) -> None:
         super().__init__(limits)
-        self._body = bytearray()
+        self._pending = b""
 
     def feed(self, chunk: bytes) -> None:
-        self._body += chunk
+        *fields, self._pending = (self._pending + chunk).split(b"&")
+        for raw in fields:
+            self._field(raw)
+        if len(self._pending) > MAX_FIELD_BYTES:
+            self._field(self._pending)  # refuses it, naming the field
+
+    def _field(self, raw: bytes) -> None:
+        if not raw:
+            return
+        raw_name, _, raw_value = raw.partition(b"=")
+        try:
+            name = unquote_plus(raw_name.decode("ascii"), errors="strict")
+            if len(raw) > MAX_FIELD_BYTES:
+                raise InvalidRequest(
+                    f"field {name[:40]!r} larger than {MAX_FIELD_BYTES} bytes",
+                    loc=("body", name[:40]),
+                )
+            value = unquote_plus(raw_value.decode("ascii"), errors="strict")
+        except UnicodeDecodeError:
+            raise InvalidRequest("malformed urlencoded body: not ASCII or not UTF-8") from None
+        if name == "model":
+            self.add_model(value)
+        elif name == "urls":
+            self.add_url(value)
+        elif name == "images":
+            raise InvalidRequest(
+                "images must be sent as multipart/form-data file parts", loc=("body", "images")
+            )
 
     def finish(self) -> ParsedRequest:
-        if self._body.count(b"&") > self.limits.max_items + 16:
-            raise InvalidRequest(
-                f"more than {self.limits.max_items} urls in one request",
-                loc=("body", "urls", self.limits.max_items),
-            )
-        try:
-            text = self._body.decode("ascii")
-            pairs = parse_qsl(
-                text, keep_blank_values=True, strict_parsing=bool(text), errors="strict"
-            )
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise InvalidRequest(f"malformed urlencoded body: {exc}") from None
-        for name, value in pairs:
-            if name == "model":
-                self.add_model(value)
-            elif name == "urls":
-                self.add_url(value)
-            elif name == "images":
-                raise InvalidRequest(
-                    "images must be sent as multipart/form-data file parts",
-                    loc=("body", "images"),
-                )
+        self._field(self._pending)
         return self.validated()

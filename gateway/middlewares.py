@@ -59,7 +59,10 @@ async def _answer_errors(request: web.Request, handler: Handler) -> web.StreamRe
         detail: list[dict[str, object]] = [
             {"loc": ["path"], "msg": exc.reason, "type": f"http_{exc.status}"}
         ]
-        return error_response(exc.status, detail)
+        response = error_response(exc.status, detail)
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except Exception:
         log.exception("unexpected error answering %s %s", request.method, request.path)
         detail = [{"loc": [], "msg": "internal gateway error", "type": "internal_error"}]

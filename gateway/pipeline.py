@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 
 CacheStatus = Literal["HIT", "MISS", "PARTIAL"]
 
+# Each rejection costs an upstream call; past this many in one batch the rest is not resent,
+# so a request full of undecodable images cannot spend Nomic's rate limit one item at a time.
+MAX_REJECTIONS_PER_BATCH = 3
+
 
 class Embedder(Protocol):
     async def embed(self, model: str, kind: Kind, items: Sequence[bytes]) -> UpstreamResult: ...
@@ -161,6 +165,7 @@ class Pipeline:
             del self._inflight[key]
 
     async def _fetch_batch(self, request: ParsedRequest, pairs: list[tuple[str, bytes]]) -> None:
+        rejections = 0
         while pairs:
             try:
                 result = await self._upstream.embed(
@@ -172,6 +177,11 @@ class Pipeline:
                     return
                 key, _ = pairs.pop(rejected.index)
                 self._fail([(key, b"")], ItemRejected(f"rejected by Nomic: {rejected.msg}"))
+                rejections += 1
+                if rejections >= MAX_REJECTIONS_PER_BATCH:
+                    error = UpstreamError("Nomic rejected several items sent with this one")
+                    self._fail(pairs, error)
+                    return
                 continue  # the batch without the rejected item
             except GatewayError as exc:
                 self._fail(pairs, exc)
@@ -183,11 +193,17 @@ class Pipeline:
         self, request: ParsedRequest, pairs: list[tuple[str, bytes]], result: UpstreamResult
     ) -> None:
         costs = split_tokens(result.total_tokens, len(pairs))
+        try:
+            stored = [
+                (key, entries.encode(vector, tokens))
+                for (key, _), vector, tokens in zip(pairs, result.embeddings, costs, strict=True)
+            ]
+        except ValueError:
+            self._fail(pairs, UpstreamError("Nomic answered malformed embeddings"))
+            return
         metrics.BILLED_TOKENS.labels(model=request.model).inc(result.total_tokens)
-        stored = []
         for (key, _), vector, tokens in zip(pairs, result.embeddings, costs, strict=True):
             self._inflight[key].set_result(Entry(orjson.dumps(vector), tokens))
-            stored.append((key, entries.encode(vector, tokens)))
         ttl = None if request.kind == "image" else self._url_ttl_seconds
         try:
             await self._store.set_many(stored, ttl)
@@ -238,14 +254,12 @@ class Pipeline:
 def _first_failure(
     request: ParsedRequest, keys: list[str], failed: dict[str, GatewayError]
 ) -> GatewayError:
-    """The failure of the first failed item; an item's rejection points at its position."""
-    for index, key in enumerate(keys):
-        error = failed.get(key)
+    """The first item Nomic rejected, pointed at its position; else the first failure."""
+    failures = [(index, failed[key]) for index, key in enumerate(keys) if key in failed]
+    for index, error in failures:
         if isinstance(error, ItemRejected):
             return ItemRejected(error.msg, loc=request.loc(index))
-        if error is not None:
-            return error
-    raise AssertionError("a failure for a key the request does not have")
+    return failures[0][1]
 
 
 def _consume_exception(future: asyncio.Future[Entry]) -> None:

@@ -43,6 +43,7 @@ class NomicClient:
         self._session = session
         self._url = base_url + IMAGE_PATH
         self._headers = {"Authorization": f"Bearer {api_key}"}
+        self.last_outcome = "no call yet"  # the last call's HTTP status or failure kind
 
     async def embed(self, model: str, kind: Kind, items: Sequence[bytes]) -> UpstreamResult:
         """Embed ``items`` in one call; raises an :class:`UpstreamError` or
@@ -63,6 +64,7 @@ class NomicClient:
             outcome = "connection"
             raise UpstreamError(f"could not reach Nomic: {type(exc).__name__}") from None
         finally:
+            self.last_outcome = outcome
             metrics.UPSTREAM_CALLS.labels(outcome=outcome).inc()
             metrics.UPSTREAM_ITEMS.observe(len(items))
             metrics.UPSTREAM_SECONDS.observe(time.perf_counter() - started)
@@ -113,7 +115,8 @@ def _parse_embeddings(body: bytes, count: int) -> UpstreamResult:
         ) from None
     if not isinstance(embeddings, list) or len(embeddings) != count:
         raise UpstreamError(f"Nomic answered a wrong number of embeddings for {count} items")
-    if not all(isinstance(vector, list) and vector for vector in embeddings) or tokens < 0:
+    lengths = {len(vector) if isinstance(vector, list) else 0 for vector in embeddings}
+    if len(lengths) > 1 or 0 in lengths or tokens < 0:
         raise UpstreamError("Nomic answered malformed embeddings")
     return UpstreamResult(embeddings, tokens)
 

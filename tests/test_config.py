@@ -57,3 +57,15 @@ def test_settings_are_frozen_and_never_show_the_key() -> None:
     assert "nk-secret-value" not in repr(settings)
     with pytest.raises(AttributeError):
         settings.port = 1  # type: ignore[misc]
+
+
+def test_nomic_key_is_trimmed_of_a_trailing_newline() -> None:
+    assert Settings.from_sources({}, {"NOMIC_API_KEY": "nk-abc\n"}).nomic_api_key == "nk-abc"
+
+
+@pytest.mark.parametrize("bad", ["nk-a b", "nk-a\x00b", "  \n"])
+def test_nomic_key_with_spaces_or_control_characters_is_refused_unshown(bad: str) -> None:
+    with pytest.raises(SettingsError, match=r"NOMIC_API_KEY") as raised:
+        Settings.from_sources({}, {"NOMIC_API_KEY": bad})
+    if bad.strip():
+        assert bad not in str(raised.value)

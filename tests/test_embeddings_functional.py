@@ -198,3 +198,37 @@ async def test_unreachable_redis_bypasses_the_cache_and_is_not_ready(
     assert fake_nomic.items_received == [png(1)]
     assert (await gateway.get("/readyz")).status == 503
     assert (await gateway.get("/healthz")).status == 200
+
+
+async def test_a_client_too_slow_to_send_its_body_gets_a_408(
+    make_gateway: GatewayFactory, fake_nomic: FakeNomic
+) -> None:
+    gateway = await make_gateway(body_timeout_seconds=0.3)
+    reader, writer = await asyncio.open_connection(gateway.host, gateway.port)
+    writer.write(
+        b"POST /v1/embedding/image HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\n\r\nurls=http"
+    )
+    await writer.drain()
+    head = await asyncio.wait_for(reader.read(4096), 5)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 408")
+    assert b"request body not received within 0.3 seconds" in head
+    assert fake_nomic.calls == []
+
+
+async def test_wrong_method_is_a_405_with_allow(gateway: Client) -> None:
+    response = await gateway.get("/v1/embedding/image")
+    assert response.status == 405
+    assert response.headers["Allow"] == "POST"
+
+
+async def test_readiness_reports_the_last_upstream_outcome(
+    gateway: Client, fake_nomic: FakeNomic
+) -> None:
+    assert (await (await gateway.get("/readyz")).json())["upstream_last_call"] == "no call yet"
+    fake_nomic.fail_next = [500]
+    await post_images(gateway, [png(1)])
+    ready = await gateway.get("/readyz")
+    assert ready.status == 200
+    assert (await ready.json())["upstream_last_call"] == "500"

@@ -73,9 +73,41 @@ def test_oversized_image_is_refused_while_streaming() -> None:
     assert raised.value.loc == ("body", "images", 0)
 
 
-def test_oversized_text_field_is_refused() -> None:
-    with pytest.raises(InvalidRequest, match="field 'notes' larger"):
-        parse(CT, body(("notes", b"x" * 70_000)))
+def test_unknown_fields_of_any_size_are_ignored_and_not_kept() -> None:
+    parsed = parse(CT, body(("notes", b"x" * 200_000), ("images", png(1))), chunk=4096)
+    assert parsed.items == [png(1)]
+
+
+def test_oversized_model_field_is_refused() -> None:
+    with pytest.raises(InvalidRequest, match="field 'model' larger"):
+        parse(CT, body(("images", png(1)), ("model", b"x" * 70_000)))
+
+
+def test_urlencoded_field_over_the_limit_is_refused_while_streaming() -> None:
+    parser = parser_for("application/x-www-form-urlencoded", LIMITS)
+    parser.feed(b"urls=http%3A%2F%2Fa%2F")
+    with pytest.raises(InvalidRequest, match="field 'urls' larger") as raised:
+        for _ in range(100):  # 400 KB at most, refused long before
+            parser.feed(b"%41" * 1365)
+    assert raised.value.loc == ("body", "urls")
+
+
+def test_urlencoded_tolerates_empty_fields() -> None:
+    parsed = parse(
+        "application/x-www-form-urlencoded", b"urls=http://a/&&model=nomic-embed-vision-v1&"
+    )
+    assert parsed == ParsedRequest("nomic-embed-vision-v1", "url", [b"http://a/"])
+
+
+def test_model_is_compared_exactly_as_sent() -> None:
+    with pytest.raises(InvalidRequest, match="unknown model"):
+        parse(CT, body(("images", png(1)), ("model", b" nomic-embed-vision-v1 ")))
+
+
+def test_non_utf8_url_in_multipart_names_its_position() -> None:
+    with pytest.raises(InvalidRequest) as raised:
+        parse(CT, body(("urls", b"http://a/"), ("urls", b"http://\xff/")))
+    assert raised.value.loc == ("body", "urls", 1)
 
 
 def test_non_utf8_model_is_refused() -> None:

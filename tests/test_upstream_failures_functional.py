@@ -117,3 +117,40 @@ async def test_malformed_upstream_answer_is_a_502(
     response = await post_images(gateway, [png(1)])
     assert response.status == 502
     assert "malformed" in (await response.json())["detail"][0]["msg"]
+
+
+async def test_a_request_full_of_rejected_images_costs_at_most_three_upstream_calls(
+    gateway: Client, fake_nomic: FakeNomic
+) -> None:
+    corrupt = [b"\xff\xd8\xff" + bytes([seed]) * 20 for seed in range(10)]
+    response = await post_images(gateway, [png(0), *corrupt, png(1)])
+    assert response.status == 422
+    assert (await response.json())["detail"][0]["loc"] == ["body", "images", 1]
+    assert len(fake_nomic.calls) == 3
+
+
+async def test_non_numbers_in_an_upstream_vector_are_a_502_and_not_cached(
+    gateway: Client, fake_nomic: FakeNomic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = FakeNomic.embedding
+    monkeypatch.setattr(
+        FakeNomic, "embedding", staticmethod(lambda model, item: [*real(model, item)[:-1], "0.1"])
+    )
+    response = await post_images(gateway, [png(1)])
+    assert response.status == 502
+    monkeypatch.setattr(FakeNomic, "embedding", staticmethod(real))
+    await assert_nothing_cached(gateway, fake_nomic, [png(1)])
+
+
+async def test_vectors_of_different_lengths_are_a_502(
+    gateway: Client, fake_nomic: FakeNomic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = FakeNomic.embedding
+
+    def uneven(model: str, item: bytes) -> list[float]:
+        return real(model, item)[: 768 if item == png(1) else 10]
+
+    monkeypatch.setattr(FakeNomic, "embedding", staticmethod(uneven))
+    response = await post_images(gateway, [png(1), png(2), png(3)])
+    assert response.status == 502
+    assert "malformed" in (await response.json())["detail"][0]["msg"]

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from gateway import forms
 from gateway.appkeys import LIMITS, PIPELINE, SETTINGS
-from gateway.errors import PayloadTooLarge
+from gateway.errors import BodyTimeout, PayloadTooLarge
 
 
 async def embed_image(request: web.Request) -> web.Response:
-    parsed = await read_form(request)
+    seconds = request.app[SETTINGS].body_timeout_seconds
+    try:
+        async with asyncio.timeout(seconds):
+            parsed = await read_form(request)
+    except TimeoutError:
+        raise BodyTimeout(f"request body not received within {seconds:g} seconds") from None
     answer = await request.app[PIPELINE].embed(parsed)
     return web.Response(
         body=answer.body,

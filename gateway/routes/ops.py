@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway.appkeys import STORE
+from gateway.appkeys import STORE, UPSTREAM
 from gateway.store import StoreError
 
 
@@ -14,11 +14,15 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """Ready when the store answers. Nomic's health is reported, not required: a gateway whose
+    upstream fails still serves every hit, so it should stay in the load balancer."""
+    upstream = request.app[UPSTREAM].last_outcome
     try:
         await request.app[STORE].ping()
     except StoreError as exc:
-        return web.json_response({"status": "unavailable", "store": str(exc)}, status=503)
-    return web.json_response({"status": "ok", "store": "ok"})
+        body = {"status": "unavailable", "store": str(exc), "upstream_last_call": upstream}
+        return web.json_response(body, status=503)
+    return web.json_response({"status": "ok", "store": "ok", "upstream_last_call": upstream})
 
 
 async def prometheus(request: web.Request) -> web.Response:
