@@ -8,13 +8,19 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from gateway.appkeys import LIMITS, PIPELINE, SETTINGS, STORE, UPSTREAM
+from gateway import teams_file
+from gateway.accounts import Accounts, flushing
+from gateway.appkeys import ACCOUNTS, AUTH, LEDGER, LIMITS, PIPELINE, SETTINGS, STORE, UPSTREAM
+from gateway.auth import Authenticator
 from gateway.config import Settings
 from gateway.forms import Limits
 from gateway.middlewares import request_context
 from gateway.pipeline import Pipeline
-from gateway.routes import embeddings, ops, user
+from gateway.quota import TokenEstimator
+from gateway.routes import admin, embeddings, ops, user
 from gateway.store import MemoryStore, RedisStore, Store
+from gateway.store.memory_ledger import MemoryLedger
+from gateway.store.redis_ledger import RedisLedger
 from gateway.upstream import NomicClient
 
 log = logging.getLogger(__name__)
@@ -28,28 +34,38 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post("/v1/embedding/image", embeddings.embed_image)
     app.router.add_get("/v1/user", user.current_user)
     app.router.add_get("/v1/user/", user.current_user)
+    app.router.add_get("/v1/usage", user.own_usage)
     app.router.add_get("/healthz", ops.healthz)
     app.router.add_get("/readyz", ops.readyz)
     app.router.add_get("/metrics", ops.prometheus)
+    if settings.admin_token is not None:
+        app.add_subapp("/admin", admin.create_admin(settings.admin_token))
     return app
-
-
-def open_store(settings: Settings) -> Store:
-    if settings.redis_url is None:
-        return MemoryStore(settings.memory_store_bytes)
-    return RedisStore(settings.redis_url, timeout_seconds=settings.redis_timeout_seconds)
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    store = app[STORE] = open_store(settings)
+    store: Store
+    if settings.redis_url is None:
+        app[STORE] = store = MemoryStore(settings.memory_store_bytes)
+        app[LEDGER] = MemoryLedger()
+    else:
+        redis = RedisStore(settings.redis_url, timeout_seconds=settings.redis_timeout_seconds)
+        app[STORE] = store = redis
+        app[LEDGER] = RedisLedger(redis.client)
     log.info("store: %s", "redis" if settings.redis_url else "embedded memory")
+    app[AUTH] = auth = Authenticator(app[LEDGER], settings.key_cache_seconds)
+    if settings.teams_file is not None:
+        await teams_file.apply(teams_file.load(settings.teams_file), app[LEDGER])
     yield
+    await auth.drain()
     await store.close()
 
 
 async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
+    estimator = TokenEstimator(settings.tokens_per_item_estimate)
+    accounts = app[ACCOUNTS] = Accounts(app[LEDGER], estimator)
     timeout = aiohttp.ClientTimeout(total=settings.upstream_timeout_seconds)
     async with aiohttp.ClientSession(timeout=timeout, raise_for_status=False) as session:
         upstream = app[UPSTREAM] = NomicClient(
@@ -60,7 +76,9 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
             upstream,
             batch_size=settings.upstream_batch_size,
             url_ttl_seconds=settings.url_ttl_seconds,
+            estimator=estimator,
             linger_seconds=settings.redis_timeout_seconds + 1.0,
         )
-        yield
-        await pipeline.drain()
+        async with flushing(accounts, settings.usage_flush_seconds):
+            yield
+            await pipeline.drain()

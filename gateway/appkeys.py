@@ -4,14 +4,20 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.accounts import Accounts
+from gateway.auth import Authenticator
 from gateway.config import Settings
 from gateway.forms import Limits
 from gateway.pipeline import Pipeline
 from gateway.store import Store
+from gateway.store.base import Ledger
 from gateway.upstream import NomicClient
 
 SETTINGS = web.AppKey("settings", Settings)
 LIMITS = web.AppKey("limits", Limits)
 STORE = web.AppKey("store", Store)
+LEDGER = web.AppKey("ledger", Ledger)
+AUTH = web.AppKey("auth", Authenticator)
+ACCOUNTS = web.AppKey("accounts", Accounts)
 PIPELINE = web.AppKey("pipeline", Pipeline)
 UPSTREAM = web.AppKey("upstream", NomicClient)

@@ -1,4 +1,4 @@
-"""The command line: ``nomic-gateway serve``."""
+"""The command line: ``nomic-gateway serve``, and ``teams``, ``keys``, ``usage``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
+from gateway import admin_cli, teams_file
 from gateway.app import create_app
 from gateway.config import Settings, SettingsError, add_arguments
 
@@ -21,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the gateway")
     add_arguments(serve)
+    admin_cli.add_commands(commands)
     return parser
 
 
@@ -28,13 +30,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return serve(vars(args))
-    raise AssertionError(args.command)
+    return admin_cli.run(args)
 
 
 def serve(flags: dict[str, str | None]) -> int:
     try:
         settings = Settings.from_sources(flags, os.environ)
-    except SettingsError as exc:
+        if settings.teams_file is not None:
+            teams_file.load(settings.teams_file)  # refused here in one line, not at start-up
+    except (SettingsError, teams_file.TeamsFileError) as exc:
         print(f"nomic-gateway: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 MiB = 1024 * 1024
+SECRETS = ("nomic_api_key", "admin_token")  # read from the environment only, never shown
 
 
 class SettingsError(ValueError):
@@ -40,6 +42,12 @@ def _api_key(text: str) -> str:
     if not key or not key.isprintable() or " " in key:
         raise ValueError("must be one token without spaces or control characters")
     return key
+
+
+def _readable_file(text: str) -> str:
+    if not os.path.isfile(text) or not os.access(text, os.R_OK):
+        raise ValueError("must be a readable file")
+    return text
 
 
 def _port(text: str) -> int:
@@ -81,6 +89,12 @@ class Settings:
 
     nomic_api_key: str = _setting(
         "NOMIC_API_KEY", _api_key, "the organisation's Nomic API key (required; never logged)"
+    )
+    admin_token: str | None = _setting(
+        "GATEWAY_ADMIN_TOKEN",
+        _api_key,
+        "bearer token of the admin API; unset: the admin API is off (never logged)",
+        None,
     )
     host: str = _setting("GATEWAY_HOST", str, "address to listen on", "127.0.0.1")
     port: int = _setting("GATEWAY_PORT", _port, "port to listen on", 8080)
@@ -126,11 +140,33 @@ class Settings:
         "how long in-flight requests may run after SIGTERM",
         30.0,
     )
+    teams_file: str | None = _setting(
+        "GATEWAY_TEAMS_FILE", _readable_file, "TOML file of teams applied at start-up", None
+    )
+    key_cache_seconds: float = _setting(
+        "GATEWAY_KEY_CACHE_SECONDS",
+        _positive_float,
+        "how long a key lookup is cached in the process (a revoked key works that long)",
+        5.0,
+    )
+    tokens_per_item_estimate: int = _setting(
+        "GATEWAY_TOKENS_PER_ITEM_ESTIMATE",
+        _positive_int,
+        "tokens reserved per miss until Nomic's first answer shows the real cost",
+        1,
+    )
+    usage_flush_seconds: float = _setting(
+        "GATEWAY_USAGE_FLUSH_SECONDS",
+        _positive_float,
+        "how often usage counted in the process is written to the store",
+        1.0,
+    )
     log_level: str = _setting("GATEWAY_LOG_LEVEL", _log_level, "log level", "INFO")
 
     def __repr__(self) -> str:
         shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        shown["nomic_api_key"] = "***"
+        for name in SECRETS:
+            shown[name] = "***" if shown[name] is not None else None
         return f"Settings({shown})"
 
     @classmethod
@@ -150,7 +186,7 @@ class Settings:
             try:
                 values[field.name] = field.metadata["parse"](raw)
             except ValueError as exc:
-                shown = "***" if field.name == "nomic_api_key" else repr(raw)
+                shown = "***" if field.name in SECRETS else repr(raw)
                 raise SettingsError(f"{source}={shown} is not valid: {exc}") from None
         return cls(**values)
 
@@ -158,7 +194,7 @@ class Settings:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one ``--flag`` per setting (except secrets, which come only from the environment)."""
     for field in dataclasses.fields(Settings):
-        if field.name == "nomic_api_key":
+        if field.name in SECRETS:
             continue
         parser.add_argument(
             f"--{field.name.replace('_', '-')}",

@@ -17,11 +17,19 @@ class GatewayError(Exception):
     status = 500
     kind = "gateway_error"
 
-    def __init__(self, msg: str, *, loc: Loc = ("body",), retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        msg: str,
+        *,
+        loc: Loc = ("body",),
+        retry_after: float | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(msg)
         self.msg = msg
         self.loc = loc
         self.retry_after = retry_after
+        self.headers = headers or {}
 
     def detail(self) -> list[dict[str, Any]]:
         return [{"loc": list(self.loc), "msg": self.msg, "type": self.kind}]
@@ -38,6 +46,35 @@ class ItemRejected(InvalidRequest):
     """Upstream refused one item; re-pointed at that item's place in each client request."""
 
     kind = "value_error.upstream"
+
+
+class Unauthorized(GatewayError):
+    """No team key, or one that is malformed, unknown, revoked or expired."""
+
+    status = 401
+    kind = "authentication_error"
+
+    def __init__(self, msg: str) -> None:
+        super().__init__(
+            msg, loc=("header", "authorization"), headers={"WWW-Authenticate": "Bearer"}
+        )
+
+
+class NotFound(GatewayError):
+    status = 404
+    kind = "not_found"
+
+
+class Conflict(GatewayError):
+    status = 409
+    kind = "conflict"
+
+
+class QuotaExceeded(GatewayError):
+    """A team limit would be passed; ``loc`` names the limit."""
+
+    status = 429
+    kind = "rate_limit_exceeded"
 
 
 class BodyTimeout(GatewayError):

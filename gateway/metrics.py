@@ -27,9 +27,16 @@ UPSTREAM_SECONDS = Histogram(
     "gateway_upstream_seconds", "Latency of one upstream call", buckets=_LATENCY_BUCKETS
 )
 BILLED_TOKENS = Counter(
-    "gateway_billed_tokens_total", "Tokens Nomic billed for the gateway's calls", ["model"]
+    "gateway_billed_tokens_total",
+    "Tokens Nomic billed, by the team that caused them",
+    ["team", "model"],
 )
 SAVED_TOKENS = Counter(
-    "gateway_saved_tokens_total", "Tokens the cache saved (what hits would have cost)", ["model"]
+    "gateway_saved_tokens_total",
+    "Tokens the cache saved a team (what its hits would have cost)",
+    ["team", "model"],
+)
+QUOTA_REJECTIONS = Counter(
+    "gateway_quota_rejections_total", "Requests refused for a team limit", ["team", "limit"]
 )
 STORE_ERRORS = Counter("gateway_store_errors_total", "Store operations that failed", ["operation"])

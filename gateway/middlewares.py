@@ -52,7 +52,9 @@ async def _answer_errors(request: web.Request, handler: Handler) -> web.StreamRe
     except GatewayError as exc:
         if exc.status >= 500:
             log.warning("%s %s: %s", request.method, request.path, exc.msg)
-        return error_response(exc.status, exc.detail(), exc.retry_after)
+        response = error_response(exc.status, exc.detail(), exc.retry_after)
+        response.headers.update(exc.headers)
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

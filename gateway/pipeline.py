@@ -20,6 +20,7 @@ from gateway.entries import Entry
 from gateway.errors import GatewayError, ItemRejected, UpstreamError
 from gateway.forms import Kind, ParsedRequest
 from gateway.keys import cache_key
+from gateway.quota import TokenEstimator
 from gateway.store import Store, StoreError
 from gateway.upstream import UpstreamItemRejected, UpstreamResult
 
@@ -32,15 +33,43 @@ CacheStatus = Literal["HIT", "MISS", "PARTIAL"]
 MAX_REJECTIONS_PER_BATCH = 3
 
 
+class Lookup(NamedTuple):
+    """A request after its one batched cache lookup."""
+
+    request: ParsedRequest
+    keys: list[str]  # one per input, in the client's order
+    first_item: dict[str, bytes]  # each distinct key once, in order, with its content
+    found: dict[str, Entry]
+    missing: list[str]  # distinct keys not in the cache
+
+    @property
+    def cached_inputs(self) -> int:
+        return sum(1 for key in self.keys if key in self.found)
+
+
+class FetchFailed(Exception):
+    """The request failed upstream; ``billed_tokens`` is what its items that did succeed
+    cost (they are cached, and the team pays for them)."""
+
+    def __init__(self, error: GatewayError, billed_tokens: int) -> None:
+        super().__init__(error.msg)
+        self.error = error
+        self.billed_tokens = billed_tokens
+
+
 class Embedder(Protocol):
     async def embed(self, model: str, kind: Kind, items: Sequence[bytes]) -> UpstreamResult: ...
 
 
 class Answer(NamedTuple):
+    """A request's answer and its accounting. ``misses`` are the inputs this request paid
+    upstream for (billed); ``hits`` all the others: found in the cache, the same image again
+    in the request, or fetched by a concurrent request. ``usage_tokens`` is what Nomic would
+    have reported for the whole request; ``usage_tokens - billed_tokens`` is what was saved."""
+
     body: bytes
     hits: int
     misses: int
-    coalesced: int
     billed_tokens: int
     usage_tokens: int
 
@@ -77,8 +106,10 @@ class Pipeline:
         *,
         batch_size: int,
         url_ttl_seconds: int,
+        estimator: TokenEstimator,
         linger_seconds: float = 2.0,
     ) -> None:
+        self._estimator = estimator
         self._store = store
         self._upstream = upstream
         self._batch_size = batch_size
@@ -87,14 +118,25 @@ class Pipeline:
         self._inflight: dict[str, asyncio.Future[Entry]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def embed(self, request: ParsedRequest) -> Answer:
+    async def lookup(self, request: ParsedRequest) -> Lookup:
+        """Key every input and look all of them up in one store call."""
         keys = [cache_key(request.model, request.kind, item) for item in request.items]
         first_item = dict(zip(keys, request.items, strict=True))  # same key, same content
         found = await self._lookup(list(first_item))
-        waits, owned = self._claim([key for key in first_item if key not in found])
-        if owned:
-            self._spawn(self._fetch(request, [(key, first_item[key]) for key in owned]))
+        missing = [key for key in first_item if key not in found]
+        return Lookup(request, keys, first_item, found, missing)
 
+    def assemble(self, lookup: Lookup) -> Answer:
+        """The answer of a lookup that found everything."""
+        return self._answer(lookup, {}, set())
+
+    async def complete(self, lookup: Lookup) -> Answer:
+        """Fetch what the lookup missed (joining fetches in flight) and answer; raises
+        :class:`FetchFailed`."""
+        waits, owned = self._claim(lookup.missing)
+        if owned:
+            pairs = [(key, lookup.first_item[key]) for key in owned]
+            self._spawn(self._fetch(lookup.request, pairs))
         fetched: dict[str, Entry] = {}
         failed: dict[str, GatewayError] = {}
         for key, future in waits.items():
@@ -103,8 +145,9 @@ class Pipeline:
             except GatewayError as exc:
                 failed[key] = exc
         if failed:
-            raise _first_failure(request, keys, failed)
-        return self._answer(request, keys, found, fetched, set(owned))
+            billed = sum(fetched[key].tokens for key in owned if key in fetched)
+            raise FetchFailed(_first_failure(lookup.request, lookup.keys, failed), billed)
+        return self._answer(lookup, fetched, set(owned))
 
     async def _lookup(self, keys: list[str]) -> dict[str, Entry]:
         try:
@@ -201,7 +244,7 @@ class Pipeline:
         except ValueError:
             self._fail(pairs, UpstreamError("Nomic answered malformed embeddings"))
             return
-        metrics.BILLED_TOKENS.labels(model=request.model).inc(result.total_tokens)
+        self._estimator.observe(request.model, result.total_tokens, len(pairs))
         for (key, _), vector, tokens in zip(pairs, result.embeddings, costs, strict=True):
             self._inflight[key].set_result(Entry(orjson.dumps(vector), tokens))
         ttl = None if request.kind == "image" else self._url_ttl_seconds
@@ -217,33 +260,30 @@ class Pipeline:
             future = self._inflight.pop(key)
             future.set_exception(error)
 
-    def _answer(
-        self,
-        request: ParsedRequest,
-        keys: list[str],
-        found: dict[str, Entry],
-        fetched: dict[str, Entry],
-        owned: set[str],
-    ) -> Answer:
+    def _answer(self, lookup: Lookup, fetched: dict[str, Entry], owned: set[str]) -> Answer:
+        model = lookup.request.model
         embeddings: list[bytes] = []
         outcomes = {"hit": 0, "miss": 0, "coalesced": 0}
-        usage = 0
-        for key in keys:
-            entry = found.get(key)
+        usage = billed = 0
+        for key in lookup.keys:
+            entry = lookup.found.get(key)
             if entry is not None:
                 outcomes["hit"] += 1
             else:
                 entry = fetched[key]
-                outcomes["miss" if key in owned else "coalesced"] += 1
+                if key in owned:
+                    owned.discard(key)  # the first place it stands is the one paid for
+                    outcomes["miss"] += 1
+                    billed += entry.tokens
+                else:
+                    outcomes["coalesced"] += 1
             embeddings.append(entry.embedding_json)
             usage += entry.tokens
-        billed = sum(fetched[key].tokens for key in owned)
         for outcome, count in outcomes.items():
-            metrics.ITEMS.labels(model=request.model, outcome=outcome).inc(count)
-        metrics.SAVED_TOKENS.labels(model=request.model).inc(usage - billed)
-        body = answer_body(request.model, embeddings, usage)
-        hits = outcomes["hit"]
-        return Answer(body, hits, len(keys) - hits, outcomes["coalesced"], billed, usage)
+            metrics.ITEMS.labels(model=model, outcome=outcome).inc(count)
+        body = answer_body(model, embeddings, usage)
+        misses = outcomes["miss"]
+        return Answer(body, len(lookup.keys) - misses, misses, billed, usage)
 
     async def drain(self) -> None:
         """Wait for upstream fetches still running (at shutdown: their results get stored)."""

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import aiohttp
 import pytest
 import redis
 from aiohttp.test_utils import TestClient, TestServer
@@ -28,33 +29,38 @@ def free_port() -> int:
         return port
 
 
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    """A redis-server of the suite's own, on a free port, gone at the end of the session."""
+def spawn_redis(port: int, workdir: str) -> subprocess.Popen[bytes]:
+    """A redis-server of the suite's own on ``port``, answering PING when this returns."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server is not installed: run the README's test command, it installs it")
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", workdir],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                pytest.fail("redis-server did not start")
+            time.sleep(0.02)
+    client.close()
+    return process
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """The session's redis-server, on a free port, gone at the end of the session."""
     port = free_port()
     with tempfile.TemporaryDirectory() as workdir:
-        process = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", workdir],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        url = f"redis://127.0.0.1:{port}/0"
-        client = redis.Redis.from_url(url)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    process.kill()
-                    pytest.fail("redis-server did not start")
-                time.sleep(0.02)
-        client.close()
-        yield url
+        process = spawn_redis(port, workdir)
+        yield f"redis://127.0.0.1:{port}/0"
         process.terminate()
         process.wait(10)
 
@@ -99,19 +105,48 @@ def gateway_settings(fake: FakeNomic, store_url: str | None, **overrides: Any) -
 
 
 GatewayFactory = Callable[..., Any]
+ADMIN_TOKEN = "admin-token-for-tests-0123456789"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+async def make_team(
+    session: aiohttp.ClientSession, base: str, team_id: str = "test", **fields: Any
+) -> str:
+    """Create ``team_id`` (if new) through the admin API and give it a new key."""
+    body = {"id": team_id, "name": team_id.title(), **fields}
+    async with session.post(f"{base}/admin/teams", json=body, headers=ADMIN) as response:
+        assert response.status in (201, 409), await response.text()
+    async with session.post(f"{base}/admin/teams/{team_id}/keys", headers=ADMIN) as response:
+        assert response.status == 201, await response.text()
+        key: str = (await response.json())["key"]
+    return key
 
 
 @pytest.fixture
 async def make_gateway(
     fake_nomic: FakeNomic, store_url: str | None
 ) -> AsyncIterator[GatewayFactory]:
-    """Start gateways (settings overridable) in front of the fake, on the parametrized store."""
+    """Start gateways (settings overridable) in front of the fake, on the parametrized store.
+
+    Each comes with team ``test`` (no limits) and sends its key by default; ``team_key`` is it.
+    """
     clients: list[TestClient[Any, Any]] = []
 
     async def start(**overrides: Any) -> TestClient[Any, Any]:
-        app = create_app(gateway_settings(fake_nomic, store_url, **overrides))
-        client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1"))
+        settings = gateway_settings(fake_nomic, store_url, admin_token=ADMIN_TOKEN, **overrides)
+        server = TestServer(create_app(settings), host="127.0.0.1")
+        await server.start_server()
+        try:
+            async with aiohttp.ClientSession() as session:
+                key = await make_team(session, str(server.make_url("")).rstrip("/"))
+        except BaseException:
+            await server.close()
+            raise
+        client: TestClient[Any, Any] = TestClient(
+            server, headers={"Authorization": f"Bearer {key}"}
+        )
         await client.start_server()
+        client.team_key = key  # type: ignore[attr-defined]
         clients.append(client)
         return client
 

@@ -8,17 +8,19 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import aiohttp
 
+from gateway.teams import key_hash, new_key
 from tests.conftest import free_port
 from tests.fake_nomic import FAKE_API_KEY, FakeNomic, png
 from tests.helpers import image_form
 
 
-def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, env: dict[str, str], stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
+        [sys.executable, "-m", "gateway", *args], input=stdin,
         env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
 
@@ -60,11 +62,24 @@ async def wait_healthy(session: aiohttp.ClientSession, url: str) -> None:
     raise AssertionError("the gateway did not become healthy")
 
 
+def teams_file_with_a_key(directory: Path) -> tuple[Path, str]:
+    key = new_key()
+    sha = run_cli("keys", "hash", env=clean_env(), stdin=key + "\n").stdout.strip()
+    path = directory / "teams.toml"
+    path.write_text(f'[teams.cli]\nname = "CLI"\n[[teams.cli.keys]]\nsha256 = "{sha}"\n')
+    return path, key
+
+
 async def test_serve_answers_and_finishes_in_flight_requests_on_sigterm(
-    fake_nomic: FakeNomic,
+    fake_nomic: FakeNomic, tmp_path: Path
 ) -> None:
     port = free_port()
-    env = clean_env(NOMIC_API_KEY=FAKE_API_KEY, GATEWAY_UPSTREAM_URL=fake_nomic.url)  # type: ignore[attr-defined]
+    teams, key = teams_file_with_a_key(tmp_path)
+    env = clean_env(
+        NOMIC_API_KEY=FAKE_API_KEY,
+        GATEWAY_UPSTREAM_URL=fake_nomic.url,  # type: ignore[attr-defined]
+        GATEWAY_TEAMS_FILE=str(teams),
+    )
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", "serve", "--port", str(port), env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
@@ -75,7 +90,11 @@ async def test_serve_answers_and_finishes_in_flight_requests_on_sigterm(
             await wait_healthy(session, url)
             fake_nomic.latency = 1.0
             in_flight = asyncio.ensure_future(
-                session.post(url + "/v1/embedding/image", data=image_form([png(1)]))
+                session.post(
+                    url + "/v1/embedding/image",
+                    data=image_form([png(1)]),
+                    headers={"Authorization": f"Bearer {key}"},
+                )
             )
             while not fake_nomic.calls:
                 await asyncio.sleep(0.01)
@@ -93,3 +112,25 @@ async def test_serve_answers_and_finishes_in_flight_requests_on_sigterm(
     assert "listening on http://127.0.0.1" in logs
     assert "stopped" in logs
     assert FAKE_API_KEY not in logs
+    assert key not in logs
+
+
+def test_keys_hash_prints_the_sha256_of_the_key_on_stdin() -> None:
+    key = new_key()
+    result = run_cli("keys", "hash", env=clean_env(), stdin=key + "\n")
+    assert result.returncode == 0
+    assert result.stdout.strip() == key_hash(key)
+    bad = run_cli("keys", "hash", env=clean_env(), stdin="not-a-key\n")
+    assert bad.returncode == 1
+    assert "does not hold a team key" in bad.stderr
+
+
+def test_a_broken_teams_file_stops_startup_naming_the_entry(tmp_path: Path) -> None:
+    path = tmp_path / "teams.toml"
+    path.write_text('[teams.research.limits]\ntokens_per_day = "lots"\n')
+    result = run_cli("serve", env=clean_env(NOMIC_API_KEY="nk-x", GATEWAY_TEAMS_FILE=str(path)))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"nomic-gateway: {path}: teams.research: limits.tokens_per_day must be a whole "
+        "number >= 0 or null"
+    ]

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import orjson
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
+from gateway.app import create_app
 from tests.conftest import GatewayFactory
 from tests.fake_nomic import FakeNomic, png
-from tests.helpers import post_images, post_urls
+from tests.helpers import image_form, post_images, post_urls
 
 Client = TestClient[Any, Any]
 
@@ -184,20 +186,40 @@ async def test_unknown_path_is_a_nomic_shaped_404(gateway: Client) -> None:
     assert (await response.json())["detail"][0]["type"] == "http_404"
 
 
-async def test_unreachable_redis_bypasses_the_cache_and_is_not_ready(
-    make_gateway: GatewayFactory, fake_nomic: FakeNomic
+async def test_redis_outage_answers_503_with_retry_after_then_recovers_by_itself(
+    fake_nomic: FakeNomic, tmp_path: Path
 ) -> None:
-    from tests.conftest import free_port
+    from tests.conftest import ADMIN_TOKEN, free_port, gateway_settings, make_team, spawn_redis
 
-    gateway = await make_gateway(
-        redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_timeout_seconds=0.2
-    )
-    response = await post_images(gateway, [png(1)])
-    assert response.status == 200
-    assert response.headers["X-Cache"] == "MISS"
-    assert fake_nomic.items_received == [png(1)]
-    assert (await gateway.get("/readyz")).status == 503
-    assert (await gateway.get("/healthz")).status == 200
+    port = free_port()
+    redis_process = spawn_redis(port, str(tmp_path))
+    settings = gateway_settings(
+        fake_nomic, f"redis://127.0.0.1:{port}/0", admin_token=ADMIN_TOKEN,
+        redis_timeout_seconds=0.2, key_cache_seconds=0.01,
+    )  # fmt: skip
+    client: Client = TestClient(TestServer(create_app(settings), host="127.0.0.1"))
+    await client.start_server()
+    try:
+        key = await make_team(client.session, str(client.make_url("")).rstrip("/"))
+        auth = {"Authorization": f"Bearer {key}"}
+        redis_process.terminate()
+        redis_process.wait(10)
+        down = await client.post("/v1/embedding/image", data=image_form([png(1)]), headers=auth)
+        assert down.status == 503
+        assert down.headers["Retry-After"] == "1"
+        assert (await client.get("/readyz")).status == 503
+        assert (await client.get("/healthz")).status == 200
+
+        redis_process = spawn_redis(port, str(tmp_path))  # empty: the team is gone with it
+        assert (await client.get("/readyz")).status == 200
+        key = await make_team(client.session, str(client.make_url("")).rstrip("/"))
+        auth = {"Authorization": f"Bearer {key}"}
+        up = await client.post("/v1/embedding/image", data=image_form([png(1)]), headers=auth)
+        assert up.status == 200
+    finally:
+        await client.close()
+        redis_process.terminate()
+        redis_process.wait(10)
 
 
 async def test_a_client_too_slow_to_send_its_body_gets_a_408(
@@ -205,9 +227,11 @@ async def test_a_client_too_slow_to_send_its_body_gets_a_408(
 ) -> None:
     gateway = await make_gateway(body_timeout_seconds=0.3)
     reader, writer = await asyncio.open_connection(gateway.host, gateway.port)
+    auth = f"Authorization: Bearer {gateway.team_key}\r\n".encode()  # type: ignore[attr-defined]
     writer.write(
         b"POST /v1/embedding/image HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n"
-        b"Content-Type: application/x-www-form-urlencoded\r\n\r\nurls=http"
+        + auth
+        + b"Content-Type: application/x-www-form-urlencoded\r\n\r\nurls=http"
     )
     await writer.drain()
     head = await asyncio.wait_for(reader.read(4096), 5)

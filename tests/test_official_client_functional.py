@@ -57,7 +57,7 @@ async def test_official_client_through_the_gateway_equals_nomic_directly(
     fake_nomic.calls.clear()
 
     gateway_url = str(gateway.server.make_url("")).rstrip("/")
-    team_key = "nk-some-team-key-0123456789abcdef"
+    team_key = gateway.team_key  # type: ignore[attr-defined]
     through = await run_client(gateway_url, team_key, tmp_path, inputs)
     assert through == direct
     assert len(through["files"]["embeddings"]) == 3

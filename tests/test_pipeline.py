@@ -6,10 +6,12 @@ import asyncio
 from collections.abc import Sequence
 
 import orjson
+import pytest
 
 from gateway.errors import UpstreamUnavailable
 from gateway.forms import Kind, ParsedRequest
-from gateway.pipeline import Pipeline
+from gateway.pipeline import Answer, FetchFailed, Pipeline
+from gateway.quota import TokenEstimator
 from gateway.store import MemoryStore
 from gateway.upstream import UpstreamResult
 from tests.fake_nomic import FakeNomic, png
@@ -46,17 +48,28 @@ class StaleReadStore(MemoryStore):
         return values
 
 
+def make_pipeline(store: MemoryStore, embedder: CountingEmbedder) -> Pipeline:
+    return Pipeline(store, embedder, batch_size=8, url_ttl_seconds=60, estimator=TokenEstimator(1))
+
+
+async def embed(pipeline: Pipeline, request: ParsedRequest) -> Answer:
+    lookup = await pipeline.lookup(request)
+    if not lookup.missing:
+        return pipeline.assemble(lookup)
+    return await pipeline.complete(lookup)
+
+
 def request(*images: bytes) -> ParsedRequest:
     return ParsedRequest(MODEL, "image", list(images))
 
 
 async def test_a_lookup_overtaken_by_another_requests_fill_does_not_fetch_again() -> None:
     store, embedder = StaleReadStore(), CountingEmbedder()
-    pipeline = Pipeline(store, embedder, batch_size=8, url_ttl_seconds=60)
+    pipeline = make_pipeline(store, embedder)
     store.hold = True
-    slow = asyncio.create_task(pipeline.embed(request(png(1))))  # its lookup saw nothing yet
+    slow = asyncio.create_task(embed(pipeline, request(png(1))))  # its lookup saw nothing yet
     await asyncio.sleep(0.01)
-    fast = await pipeline.embed(request(png(1)))  # fetches, stores, finishes
+    fast = await embed(pipeline, request(png(1)))  # fetches, stores, finishes
     store.release.set()
     late = await slow
     assert embedder.items == [png(1)]
@@ -68,15 +81,14 @@ async def test_a_lookup_overtaken_by_another_requests_fill_does_not_fetch_again(
 
 async def test_a_failed_fetch_is_forgotten_at_once_so_the_next_request_retries() -> None:
     embedder = CountingEmbedder()
-    pipeline = Pipeline(MemoryStore(10_000_000), embedder, batch_size=8, url_ttl_seconds=60)
+    pipeline = make_pipeline(MemoryStore(10_000_000), embedder)
     embedder.fail_with = UpstreamUnavailable("down")
-    try:
-        await pipeline.embed(request(png(1)))
-        raise AssertionError("expected the upstream failure")
-    except UpstreamUnavailable:
-        pass
+    with pytest.raises(FetchFailed) as failed:
+        await embed(pipeline, request(png(1)))
+    assert isinstance(failed.value.error, UpstreamUnavailable)
+    assert failed.value.billed_tokens == 0
     embedder.fail_with = None
-    answer = await pipeline.embed(request(png(1)))
+    answer = await embed(pipeline, request(png(1)))
     assert embedder.items == [png(1), png(1)]
     assert orjson.loads(answer.body)["embeddings"] == [FakeNomic.embedding(MODEL, png(1))]
 
@@ -84,10 +96,10 @@ async def test_a_failed_fetch_is_forgotten_at_once_so_the_next_request_retries()
 async def test_a_client_that_goes_away_does_not_cancel_the_fetch_others_wait_for() -> None:
     embedder = CountingEmbedder()
     store = MemoryStore(10_000_000)
-    pipeline = Pipeline(store, embedder, batch_size=8, url_ttl_seconds=60)
-    first = asyncio.create_task(pipeline.embed(request(png(1))))
+    pipeline = make_pipeline(store, embedder)
+    first = asyncio.create_task(embed(pipeline, request(png(1))))
     await asyncio.sleep(0)
-    second = asyncio.create_task(pipeline.embed(request(png(1))))
+    second = asyncio.create_task(embed(pipeline, request(png(1))))
     await asyncio.sleep(0)
     first.cancel()
     answer = await second

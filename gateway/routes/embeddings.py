@@ -7,18 +7,37 @@ import asyncio
 from aiohttp import web
 
 from gateway import forms
-from gateway.appkeys import LIMITS, PIPELINE, SETTINGS
+from gateway.appkeys import ACCOUNTS, AUTH, LIMITS, PIPELINE, SETTINGS
 from gateway.errors import BodyTimeout, PayloadTooLarge
+from gateway.pipeline import Answer, FetchFailed
 
 
 async def embed_image(request: web.Request) -> web.Response:
-    seconds = request.app[SETTINGS].body_timeout_seconds
+    team = await request.app[AUTH].team_for(request.headers.get("Authorization"))
+    parsed = await read_form(request)
+    pipeline, accounts = request.app[PIPELINE], request.app[ACCOUNTS]
+    lookup = await pipeline.lookup(parsed)
+    if not lookup.missing:
+        cached = pipeline.assemble(lookup)
+        await accounts.admit(team, lookup, cached)
+        return _response(cached)
+    reservation = await accounts.admit(team, lookup, None)
+    answer: Answer | None = None
+    billed = 0
     try:
-        async with asyncio.timeout(seconds):
-            parsed = await read_form(request)
-    except TimeoutError:
-        raise BodyTimeout(f"request body not received within {seconds:g} seconds") from None
-    answer = await request.app[PIPELINE].embed(parsed)
+        answer = await pipeline.complete(lookup)
+        billed = answer.billed_tokens
+    except FetchFailed as failed:
+        billed = failed.billed_tokens
+        raise failed.error from None
+    finally:
+        # Settled even if this handler is cancelled: a reservation must never leak.
+        await asyncio.shield(accounts.settle(reservation, answer, billed))
+    assert answer is not None
+    return _response(answer)
+
+
+def _response(answer: Answer) -> web.Response:
     return web.Response(
         body=answer.body,
         content_type="application/json",
@@ -32,7 +51,16 @@ async def embed_image(request: web.Request) -> web.Response:
 
 
 async def read_form(request: web.Request) -> forms.ParsedRequest:
-    """Stream the body into its parser, refusing it once it passes the body limit."""
+    """Stream the body into its parser, within the body time limit and the body size limit."""
+    seconds = request.app[SETTINGS].body_timeout_seconds
+    try:
+        async with asyncio.timeout(seconds):
+            return await _stream_form(request)
+    except TimeoutError:
+        raise BodyTimeout(f"request body not received within {seconds:g} seconds") from None
+
+
+async def _stream_form(request: web.Request) -> forms.ParsedRequest:
     limit = request.app[SETTINGS].max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body larger than {limit} bytes")

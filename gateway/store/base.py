@@ -1,9 +1,17 @@
-"""The store protocol: only the methods the gateway uses."""
+"""The store protocols: only the methods the gateway uses.
+
+:class:`Store` is the embedding cache. :class:`Ledger` holds teams, keys, usage and the quota
+counters; every decision that must be exact under concurrency is one atomic call in it.
+Both implementations (embedded memory, Redis) implement both protocols.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
+
+from gateway.quota import Decision, Demand, Window
+from gateway.teams import KeyRecord, Team
 
 
 class StoreError(Exception):
@@ -24,3 +32,53 @@ class Store(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class Ledger(Protocol):
+    async def create_team(self, team: Team) -> bool:
+        """Add a team; False if one with its id exists."""
+        ...
+
+    async def update_team(self, team: Team) -> None: ...
+
+    async def get_team(self, team_id: str) -> Team | None: ...
+
+    async def list_teams(self) -> list[Team]: ...
+
+    async def delete_team(self, team_id: str) -> bool:
+        """Remove a team (its usage stays); False if there was none."""
+        ...
+
+    async def put_key(self, record: KeyRecord) -> None:
+        """Add or replace a key record, findable by its hash and by its team."""
+        ...
+
+    async def get_key(self, sha256: str) -> KeyRecord | None: ...
+
+    async def list_keys(self, team_id: str) -> list[KeyRecord]:
+        """The team's keys, oldest first, with when each was last used."""
+        ...
+
+    async def touch_key(self, record: KeyRecord, now: float) -> None:
+        """Note that the key was used at ``now`` (kept apart from the record, so a write of
+        it can never undo a revocation)."""
+        ...
+
+    async def admit(
+        self, team: Team, want: Demand, at: Window, usage: Mapping[str, int]
+    ) -> Decision:
+        """Atomically: check ``want`` against the team's limits; if it fits, count it, reserve
+        its tokens and add ``usage`` to the day; if not, count a rejection."""
+        ...
+
+    async def settle(
+        self, team_id: str, day: str, month: str, reserved: int, billed: int,
+        usage: Mapping[str, int],
+    ) -> None:  # fmt: skip
+        """Release ``reserved`` tokens reserved on ``day`` (of ``month``), add ``billed`` to
+        that day and month, and ``usage`` to the day: one atomic step."""
+        ...
+
+    async def usage(self, team_id: str, days: Sequence[str]) -> list[dict[str, int]]:
+        """The team's usage of each day, in order (zeros where nothing was recorded)."""
+        ...

@@ -14,7 +14,7 @@ class RedisStore:
     """Cache entries as plain string keys: one MGET per lookup, one pipeline per write."""
 
     def __init__(self, url: str, *, timeout_seconds: float = 1.0) -> None:
-        self._redis = aioredis.Redis.from_url(
+        self.client = self._redis = aioredis.Redis.from_url(
             url,
             socket_timeout=timeout_seconds,
             socket_connect_timeout=timeout_seconds,

@@ -2,10 +2,12 @@
 
 ``.venv/bin/python -m tests.bench.hit_path [--seconds 10] [--connections 32]``
 
-Starts on loopback, by itself: a redis-server, the fake Nomic, each server pinned to CPU 0
-(``taskset``), and wrk pinned to CPU 1 posting the same 1-image multipart body (a cache hit
-after one warm-up request). Prints requests/s, latency percentiles and server CPU time per
-request, and stops everything it started. Needs ``wrk`` (Debian package) and ``taskset``.
+The gateway runs with every feature of the request path on: team key auth, quota checks
+and usage accounting (its team has no limits). It starts on loopback, by itself: a
+redis-server, the fake Nomic, each server pinned to CPU 0 (``taskset``), and wrk pinned to
+CPU 1 posting the same 1-image multipart body (a hit after one warm-up request). It prints
+requests/s, latency percentiles and server CPU time per request, and stops everything it
+started. Needs ``wrk`` (Debian package) and ``taskset``.
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ from pathlib import Path
 import orjson
 import redis
 
+from gateway.teams import key_hash, new_key
 from tests.bench.naive import key as naive_key
 from tests.conftest import free_port
 from tests.fake_nomic import FAKE_API_KEY, FakeNomic, png
 
 BOUNDARY = "benchboundary"
+KEY = new_key()  # the bench team's key, given to the gateway through a teams file
 PY = sys.executable
 
 
@@ -75,10 +79,12 @@ def wait_http(url: str) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-def post(url: str, body: bytes) -> bytes:
-    request = urllib.request.Request(
-        url, data=body, headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
-    )
+def post(url: str, body: bytes, key: str) -> bytes:
+    headers = {
+        "Content-Type": f"multipart/form-data; boundary={BOUNDARY}",
+        "Authorization": f"Bearer {key}",
+    }
+    request = urllib.request.Request(url, data=body, headers=headers)
     with urllib.request.urlopen(request, timeout=10) as response:
         return response.read()  # type: ignore[no-any-return]
 
@@ -94,6 +100,7 @@ def run_wrk(url: str, body_file: Path, seconds: int, connections: int) -> dict[s
         f'local f = io.open("{body_file}", "rb")\nwrk.body = f:read("*a")\nf:close()\n'
         f'wrk.method = "POST"\n'
         f'wrk.headers["Content-Type"] = "multipart/form-data; boundary={BOUNDARY}"\n'
+        f'wrk.headers["Authorization"] = "Bearer {KEY}"\n'
     )
     out = subprocess.run(
         ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
@@ -141,8 +148,11 @@ def main() -> None:
             process([PY, "-m", "tests.fake_nomic", "--port", str(fake_port)]),
         ):
             time.sleep(0.5)
+            teams = Path(tmp) / "teams.toml"
+            teams.write_text(f'[[teams.bench.keys]]\nsha256 = "{key_hash(KEY)}"\n')
             base_env = {**os.environ, "NOMIC_API_KEY": FAKE_API_KEY,
                         "GATEWAY_UPSTREAM_URL": f"http://127.0.0.1:{fake_port}",
+                        "GATEWAY_TEAMS_FILE": str(teams),
                         "GATEWAY_LOG_LEVEL": "warning"}  # fmt: skip
             for name, extra in (("gateway, embedded store", {}),
                                 ("gateway, Redis", {"GATEWAY_REDIS_URL": redis_url})):  # fmt: skip
@@ -151,7 +161,7 @@ def main() -> None:
                 with process(["taskset", "-c", "0", PY, "-m", "gateway", "serve"], env) as proc:
                     url = f"http://127.0.0.1:{port}"
                     wait_http(url + "/healthz")
-                    post(url + "/v1/embedding/image", body)  # the miss that fills the cache
+                    post(url + "/v1/embedding/image", body, KEY)  # the miss that fills the cache
                     rows.append(
                         measure(name, proc.pid, url + "/v1/embedding/image", body_file, args)
                     )

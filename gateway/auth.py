@@ -1,0 +1,97 @@
+"""Team keys → teams, with a short in-process cache in front of the ledger.
+
+A key's lookup, found or not, is cached for ``cache_seconds``: a revoked key stops working
+within that time, and a flood of wrong keys costs the store one read per key per period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+from gateway.errors import StoreUnavailable, Unauthorized
+from gateway.store import StoreError
+from gateway.store.base import Ledger
+from gateway.teams import KeyRecord, Team, key_hash, well_formed
+
+MAX_CACHED = 50_000
+TOUCH_EVERY_SECONDS = 60.0
+
+
+class _Cached(NamedTuple):
+    until: float
+    record: KeyRecord | None
+    team: Team | None
+
+
+class Authenticator:
+    def __init__(
+        self,
+        ledger: Ledger,
+        cache_seconds: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._ledger = ledger
+        self._cache_seconds = cache_seconds
+        self._clock = clock
+        self._cache: dict[str, _Cached] = {}
+        self._touched: dict[str, float] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def team_for(self, authorization: str | None) -> Team:
+        """The team whose key the ``Authorization`` header carries; raises 401s."""
+        key = _bearer(authorization)
+        sha = key_hash(key)
+        now = self._clock()
+        cached = self._cache.get(sha)
+        if cached is None or cached.until <= now:
+            cached = await self._load(sha, now)
+        if cached.record is None or cached.team is None or not cached.record.usable(now):
+            raise Unauthorized("unknown, revoked or expired team key")
+        self._touch(cached.record, now)
+        return cached.team
+
+    async def _load(self, sha: str, now: float) -> _Cached:
+        try:
+            record = await self._ledger.get_key(sha)
+            team = await self._ledger.get_team(record.team) if record is not None else None
+        except StoreError as exc:
+            raise StoreUnavailable(
+                "the key store is unavailable; retry shortly", retry_after=1
+            ) from exc
+        if len(self._cache) >= MAX_CACHED:
+            self._cache.clear()
+        cached = self._cache[sha] = _Cached(now + self._cache_seconds, record, team)
+        return cached
+
+    def _touch(self, record: KeyRecord, now: float) -> None:
+        """Note when a key was last used, at most once a minute per key and process."""
+        if now - self._touched.get(record.sha256, 0.0) < TOUCH_EVERY_SECONDS:
+            return
+        if len(self._touched) >= MAX_CACHED:
+            self._touched.clear()
+        self._touched[record.sha256] = now
+        task = asyncio.create_task(self._write_touch(record, now))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _write_touch(self, record: KeyRecord, now: float) -> None:
+        with contextlib.suppress(StoreError):  # informational: the next use tries again
+            await self._ledger.touch_key(record, now)
+
+    async def drain(self) -> None:
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _bearer(authorization: str | None) -> str:
+    if not authorization:
+        raise Unauthorized("missing team key: send Authorization: Bearer nk-...")
+    scheme, _, key = authorization.partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not well_formed(key):
+        raise Unauthorized("malformed team key: expected Authorization: Bearer nk-<43 characters>")
+    return key

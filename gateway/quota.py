@@ -1,0 +1,170 @@
+"""Limits and usage decisions: pure arithmetic over numbers the store returns, clock passed in.
+
+Rate limits count in fixed UTC minutes; token budgets per UTC day and month. Before misses go
+upstream a request reserves their expected cost against the budgets; afterwards the reservation
+is replaced by what Nomic billed. Each check-and-reserve is one atomic step in the store
+(``admit``), so requests racing on any number of replicas cannot pass a budget together.
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime
+import math
+import time
+from collections import deque
+from collections.abc import Mapping
+from typing import NamedTuple
+
+from gateway.teams import LimitName, Team
+
+USAGE_FIELDS = (
+    "requests", "images", "hits", "misses", "billed_tokens", "saved_tokens",
+    "upstream_errors", "rejected",
+)  # fmt: skip
+USAGE_DAYS_KEPT = 400
+MAX_USAGE_RANGE_DAYS = 400
+
+
+class Window(NamedTuple):
+    """Where ``now`` falls: the minute, day and month its counts belong to."""
+
+    minute: int
+    day: str
+    month: str
+    minute_reset: float  # seconds until the minute ends
+    day_reset: float
+    month_reset: float
+
+    def reset(self, limit: LimitName) -> float:
+        if limit.endswith("minute"):
+            return self.minute_reset
+        return self.day_reset if limit == "tokens_per_day" else self.month_reset
+
+
+def window(now: float) -> Window:
+    tm = time.gmtime(now)
+    day_start = calendar.timegm((tm.tm_year, tm.tm_mon, tm.tm_mday, 0, 0, 0))
+    year, month = (tm.tm_year + 1, 1) if tm.tm_mon == 12 else (tm.tm_year, tm.tm_mon + 1)
+    next_month = calendar.timegm((year, month, 1, 0, 0, 0))
+    return Window(
+        minute=int(now // 60),
+        day=time.strftime("%Y-%m-%d", tm),
+        month=time.strftime("%Y-%m", tm),
+        minute_reset=60 - now % 60,
+        day_reset=day_start + 86400 - now,
+        month_reset=next_month - now,
+    )
+
+
+class Demand(NamedTuple):
+    """What a request asks of its team's limits."""
+
+    requests: int
+    images: int
+    reserve_tokens: int
+
+
+class Decision(NamedTuple):
+    allowed: bool
+    limit: LimitName | None = None
+    limit_value: int = 0
+    remaining: int = 0
+
+
+def demand(team: Team, images: int, hits: int, unique_misses: int, estimate: int) -> Demand:
+    """A request of ``images`` inputs of which ``hits`` were found in the cache."""
+    counted = images if team.count_hits else images - hits
+    return Demand(1 if counted else 0, counted, unique_misses * estimate)
+
+
+def applies(team: Team, want: Demand) -> bool:
+    """Whether any limit of the team bears on ``want`` (if none, the store need not decide)."""
+    rpm, ipm, per_day, per_month = limit_values(team)
+    return (
+        (rpm >= 0 and want.requests > 0)
+        or (ipm >= 0 and want.images > 0)
+        or ((per_day >= 0 or per_month >= 0) and want.reserve_tokens > 0)
+    )
+
+
+def limit_values(team: Team) -> tuple[int, int, int, int]:
+    """The team's limits in ``LIMIT_NAMES`` order, -1 for unlimited (as the store takes them)."""
+    limits = team.limits
+    return tuple(  # type: ignore[return-value]
+        -1 if value is None else value
+        for value in (limits.requests_per_minute, limits.images_per_minute,
+                      limits.tokens_per_day, limits.tokens_per_month)
+    )  # fmt: skip
+
+
+def decide(
+    team: Team, want: Demand, minute_counts: tuple[int, int], budgets: tuple[int, int]
+) -> Decision:
+    """Admit ``want`` given this minute's counts (requests, images) and the tokens already
+    billed or reserved today and this month. The memory store calls this; the Redis store
+    runs the same rules in ``lua/admit.lua``."""
+    rpm, ipm, per_day, per_month = limit_values(team)
+    checks: tuple[tuple[LimitName, int, int, int], ...] = (
+        ("requests_per_minute", rpm, minute_counts[0], want.requests),
+        ("images_per_minute", ipm, minute_counts[1], want.images),
+        ("tokens_per_day", per_day, budgets[0], want.reserve_tokens),
+        ("tokens_per_month", per_month, budgets[1], want.reserve_tokens),
+    )
+    for name, limit, used, asked in checks:
+        if limit >= 0 and asked > 0 and used + asked > limit:
+            return Decision(False, name, limit, max(0, limit - used))
+    return Decision(True)
+
+
+def retry_after(decision: Decision, at: Window) -> int:
+    assert decision.limit is not None
+    return max(1, math.ceil(at.reset(decision.limit)))
+
+
+def merge(rows: list[Mapping[str, int]]) -> dict[str, int]:
+    total = dict.fromkeys(USAGE_FIELDS, 0)
+    for row in rows:
+        for field in USAGE_FIELDS:
+            total[field] += int(row.get(field, 0))
+    return total
+
+
+class TokenEstimator:
+    """Expected upstream cost of one item per model: the most any item cost in the last
+    ``window`` upstream answers, so reservations do not fall short while costs hold steady;
+    ``initial`` until the first answer."""
+
+    def __init__(self, initial: int, window: int = 100) -> None:
+        self._initial = initial
+        self._window = window
+        self._seen: dict[str, deque[int]] = {}
+
+    def observe(self, model: str, total_tokens: int, items: int) -> None:
+        seen = self._seen.setdefault(model, deque(maxlen=self._window))
+        seen.append(math.ceil(total_tokens / items))
+
+    def per_item(self, model: str) -> int:
+        seen = self._seen.get(model)
+        return max(seen) if seen else self._initial
+
+
+def days_between(since: str | None, until: str | None, today: str) -> list[str]:
+    """The UTC days from ``since`` to ``until`` (YYYY-MM-DD, both included); ``until``
+    defaults to today and ``since`` to six days before it. Raises ValueError naming the
+    problem."""
+    end = _parse_day(until or today, "until")
+    start = _parse_day(since, "since") if since else end - datetime.timedelta(days=6)
+    if start > end:
+        raise ValueError("since is after until")
+    count = (end - start).days + 1
+    if count > MAX_USAGE_RANGE_DAYS:
+        raise ValueError(f"at most {MAX_USAGE_RANGE_DAYS} days at once")
+    return [(start + datetime.timedelta(days=i)).isoformat() for i in range(count)]
+
+
+def _parse_day(text: str, name: str) -> datetime.date:
+    try:
+        return datetime.date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a day as YYYY-MM-DD") from None

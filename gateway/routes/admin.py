@@ -1,0 +1,214 @@
+"""The admin API under ``/admin/``: teams, their keys and limits, usage.
+
+Every call needs ``Authorization: Bearer $GATEWAY_ADMIN_TOKEN``; without that setting the
+admin API does not exist (404). The fixed parts of DESIGN.md section 1 are kept as written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import time
+from typing import Any
+
+from aiohttp import web
+
+from gateway import teams
+from gateway.accounts import usage_rows
+from gateway.appkeys import ACCOUNTS, LEDGER
+from gateway.errors import Conflict, InvalidRequest, NotFound, StoreUnavailable, Unauthorized
+from gateway.middlewares import Handler
+from gateway.routes.user import requested_days
+from gateway.store import StoreError
+from gateway.store.base import Ledger
+from gateway.teams import InvalidTeam, KeyRecord, Limits, Team
+
+DEFAULT_GRACE_SECONDS = 24 * 3600
+MAX_GRACE_SECONDS = 30 * 24 * 3600
+
+
+def create_admin(token: str) -> web.Application:
+    admin = web.Application(middlewares=[_require(token)])
+    admin.router.add_post("/teams", create_team)
+    admin.router.add_get("/teams", list_teams)
+    admin.router.add_get("/teams/{team}", show_team)
+    admin.router.add_patch("/teams/{team}", update_team)
+    admin.router.add_delete("/teams/{team}", delete_team)
+    admin.router.add_post("/teams/{team}/keys", create_key)
+    admin.router.add_get("/teams/{team}/keys", list_keys)
+    admin.router.add_delete("/teams/{team}/keys/{key_id}", revoke_key)
+    admin.router.add_post("/teams/{team}/keys/{key_id}/rotate", rotate_key)
+    admin.router.add_get("/usage", usage)
+    return admin
+
+
+def _require(token: str) -> Any:
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def require_admin_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+        given = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            raise Unauthorized("the admin API needs Authorization: Bearer <GATEWAY_ADMIN_TOKEN>")
+        try:
+            return await handler(request)
+        except InvalidTeam as exc:
+            raise InvalidRequest(str(exc)) from None
+        except StoreError as exc:
+            raise StoreUnavailable(
+                "the store is unavailable; retry shortly", retry_after=1
+            ) from exc
+
+    return require_admin_token
+
+
+def _ledger(request: web.Request) -> Ledger:
+    return request.config_dict[LEDGER]
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        data = await request.json()
+    except ValueError:
+        raise InvalidRequest("the body is not JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("the body must be a JSON object")
+    return data
+
+
+async def _team(request: web.Request) -> Team:
+    team = await _ledger(request).get_team(request.match_info["team"])
+    if team is None:
+        raise NotFound(f"no team {request.match_info['team']!r}", loc=("path", "team"))
+    return team
+
+
+def _check_fields(data: dict[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise InvalidRequest(f"unknown field {unknown[0]!r}", loc=("body", unknown[0]))
+
+
+def _count_hits(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidTeam("count_hits must be true or false")
+    return value
+
+
+async def create_team(request: web.Request) -> web.Response:
+    data = await _body(request)
+    _check_fields(data, {"id", "name", "limits", "count_hits"})
+    team_id = teams.check_team_id(data.get("id"))
+    team = Team(
+        team_id,
+        teams.check_name(data.get("name", team_id)),
+        Limits.from_json(data.get("limits") or {}),
+        _count_hits(data.get("count_hits", True)),
+        time.time(),
+    )
+    if not await _ledger(request).create_team(team):
+        raise Conflict(f"team {team_id!r} exists", loc=("body", "id"))
+    return web.json_response(team.to_json(), status=201)
+
+
+async def list_teams(request: web.Request) -> web.Response:
+    return web.json_response({"teams": [t.to_json() for t in await _ledger(request).list_teams()]})
+
+
+async def show_team(request: web.Request) -> web.Response:
+    return web.json_response((await _team(request)).to_json())
+
+
+async def update_team(request: web.Request) -> web.Response:
+    team = await _team(request)
+    data = await _body(request)
+    _check_fields(data, {"name", "limits", "count_hits"})
+    updated = dataclasses.replace(
+        team,
+        name=teams.check_name(data.get("name", team.name)),
+        limits=Limits.from_json(data.get("limits", {}), base=team.limits),
+        count_hits=_count_hits(data.get("count_hits", team.count_hits)),
+    )
+    await _ledger(request).update_team(updated)
+    return web.json_response(updated.to_json())
+
+
+async def delete_team(request: web.Request) -> web.Response:
+    team = await _team(request)
+    ledger = _ledger(request)
+    now = time.time()
+    for record in await ledger.list_keys(team.id):
+        if record.revoked is None:
+            await ledger.put_key(dataclasses.replace(record, revoked=now, last_used=None))
+    await ledger.delete_team(team.id)
+    return web.Response(status=204)
+
+
+async def create_key(request: web.Request) -> web.Response:
+    team = await _team(request)
+    key = teams.new_key()
+    record = teams.record_for(key, team.id, time.time())
+    await _ledger(request).put_key(record)
+    return web.json_response({"id": record.id, "key": key, **record.public()}, status=201)
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    team = await _team(request)
+    records = await _ledger(request).list_keys(team.id)
+    return web.json_response({"keys": [record.public() for record in records]})
+
+
+async def _key(request: web.Request, team: Team) -> KeyRecord:
+    key_id = request.match_info["key_id"]
+    for record in await _ledger(request).list_keys(team.id):
+        if record.id == key_id:
+            return record
+    raise NotFound(f"team {team.id!r} has no key {key_id!r}", loc=("path", "key_id"))
+
+
+async def revoke_key(request: web.Request) -> web.Response:
+    team = await _team(request)
+    record = await _key(request, team)
+    if record.revoked is None:
+        revoked = dataclasses.replace(record, revoked=time.time(), last_used=None)
+        await _ledger(request).put_key(revoked)
+    return web.Response(status=204)
+
+
+async def rotate_key(request: web.Request) -> web.Response:
+    """A new key for the team; the old one keeps working for ``grace_seconds`` (default 24 h)."""
+    team = await _team(request)
+    old = await _key(request, team)
+    data = await _body(request)
+    _check_fields(data, {"grace_seconds"})
+    grace = data.get("grace_seconds", DEFAULT_GRACE_SECONDS)
+    if type(grace) is not int or not 0 <= grace <= MAX_GRACE_SECONDS:
+        raise InvalidRequest(
+            f"grace_seconds must be a whole number from 0 to {MAX_GRACE_SECONDS}",
+            loc=("body", "grace_seconds"),
+        )
+    now = time.time()
+    if not old.usable(now):
+        raise Conflict(f"key {old.id!r} is revoked or expired", loc=("path", "key_id"))
+    key = teams.new_key()
+    record = teams.record_for(key, team.id, now)
+    ledger = _ledger(request)
+    await ledger.put_key(record)
+    await ledger.put_key(dataclasses.replace(old, expires=now + grace, last_used=None))
+    body = {"id": record.id, "key": key, **record.public(), "replaces": old.id,
+            "old_key_expires": now + grace}  # fmt: skip
+    return web.json_response(body, status=201)
+
+
+async def usage(request: web.Request) -> web.Response:
+    days = requested_days(request)
+    await request.config_dict[ACCOUNTS].buffer.flush()  # this process's latest counts
+    team_id = request.query.get("team")
+    ledger = _ledger(request)
+    if team_id is not None:  # a deleted team's usage is kept, and shown
+        team_ids = [teams.check_team_id(team_id)]
+    else:
+        team_ids = [team.id for team in await ledger.list_teams()]
+    return web.json_response({"usage": await usage_rows(ledger, team_ids, days)})

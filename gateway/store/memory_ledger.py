@@ -1,0 +1,107 @@
+"""The embedded ledger: teams, keys, usage and quota counters in the process's memory.
+
+Each method runs without awaiting anything, so on one event loop it is as atomic as a Lua
+script in Redis; it applies the same rules (:func:`gateway.quota.decide`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+from gateway import quota
+from gateway.quota import Decision, Demand, Window
+from gateway.teams import KeyRecord, Team
+
+
+class MemoryLedger:
+    def __init__(self) -> None:
+        self._teams: dict[str, Team] = {}
+        self._keys: dict[str, KeyRecord] = {}
+        self._team_keys: dict[str, dict[str, str]] = {}
+        self._last_used: dict[str, float] = {}
+        self._minutes: dict[str, tuple[int, int, int]] = {}  # team → minute, requests, images
+        self._days: dict[tuple[str, str], Counter[str]] = {}
+        self._months: dict[tuple[str, str], Counter[str]] = {}
+
+    async def create_team(self, team: Team) -> bool:
+        if team.id in self._teams:
+            return False
+        self._teams[team.id] = team
+        return True
+
+    async def update_team(self, team: Team) -> None:
+        self._teams[team.id] = team
+
+    async def get_team(self, team_id: str) -> Team | None:
+        return self._teams.get(team_id)
+
+    async def list_teams(self) -> list[Team]:
+        return sorted(self._teams.values(), key=lambda team: team.id)
+
+    async def delete_team(self, team_id: str) -> bool:
+        return self._teams.pop(team_id, None) is not None
+
+    async def put_key(self, record: KeyRecord) -> None:
+        self._keys[record.sha256] = record
+        self._team_keys.setdefault(record.team, {})[record.id] = record.sha256
+
+    async def get_key(self, sha256: str) -> KeyRecord | None:
+        return self._keys.get(sha256)
+
+    async def list_keys(self, team_id: str) -> list[KeyRecord]:
+        records = [
+            dataclasses.replace(self._keys[sha], last_used=self._last_used.get(sha))
+            for sha in self._team_keys.get(team_id, {}).values()
+        ]
+        return sorted(records, key=lambda key: key.created)
+
+    async def touch_key(self, record: KeyRecord, now: float) -> None:
+        self._last_used[record.sha256] = now
+
+    async def admit(
+        self, team: Team, want: Demand, at: Window, usage: Mapping[str, int]
+    ) -> Decision:
+        minute, requests, images = self._minutes.get(team.id, (at.minute, 0, 0))
+        if minute != at.minute:
+            requests = images = 0
+        day = self._day(team.id, at.day)
+        month = self._months.setdefault((team.id, at.month), Counter())
+        budgets = (
+            day["billed_tokens"] + day["reserved_tokens"],
+            month["billed_tokens"] + month["reserved_tokens"],
+        )
+        decision = quota.decide(team, want, (requests, images), budgets)
+        if not decision.allowed:
+            day["rejected"] += 1
+            return decision
+        self._minutes[team.id] = (at.minute, requests + want.requests, images + want.images)
+        day["reserved_tokens"] += want.reserve_tokens
+        month["reserved_tokens"] += want.reserve_tokens
+        day.update(usage)
+        return decision
+
+    async def settle(
+        self, team_id: str, day: str, month: str, reserved: int, billed: int,
+        usage: Mapping[str, int],
+    ) -> None:  # fmt: skip
+        day_counts = self._day(team_id, day)
+        month_counts = self._months.setdefault((team_id, month), Counter())
+        for counts in (day_counts, month_counts):
+            counts["reserved_tokens"] -= reserved
+            counts["billed_tokens"] += billed
+        day_counts.update(usage)
+
+    async def usage(self, team_id: str, days: Sequence[str]) -> list[dict[str, int]]:
+        empty: Counter[str] = Counter()
+        return [
+            {field: self._days.get((team_id, day), empty)[field] for field in quota.USAGE_FIELDS}
+            for day in days
+        ]
+
+    def _day(self, team_id: str, day: str) -> Counter[str]:
+        counts = self._days.get((team_id, day))
+        if counts is None:
+            counts = self._days[(team_id, day)] = Counter()
+        return counts

@@ -1,0 +1,152 @@
+"""The Redis ledger: teams, keys, usage and quota counters shared by every replica.
+
+A team's keys share the hash tag ``{t:<id>}``, so each Lua script touches one hash slot.
+Key records live under their hash (``ng:v1:key:<sha256>``) because a lookup starts from the
+key alone; writing one and its team's index are two commands, which only admin calls do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gateway import quota
+from gateway.quota import Decision, Demand, Window
+from gateway.store.base import StoreError
+from gateway.teams import LIMIT_NAMES, KeyRecord, Team
+
+TEAMS = "ng:v1:teams"
+MINUTE_TTL = 120
+DAY_TTL = (quota.USAGE_DAYS_KEPT + 1) * 86400
+MONTH_TTL = 40 * 86400
+
+
+def team_key(team_id: str, suffix: str) -> str:
+    return f"ng:v1:{{t:{team_id}}}:{suffix}"
+
+
+def _script(name: str) -> str:
+    return resources.files("gateway.store").joinpath("lua", name).read_text()
+
+
+def _float(value: bytes | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def _pairs(usage: Mapping[str, int]) -> list[Any]:
+    return [item for field, amount in usage.items() if amount for item in (field, amount)]
+
+
+class RedisLedger:
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._redis = client
+        self._admit = client.register_script(_script("admit.lua"))
+        self._settle = client.register_script(_script("settle.lua"))
+
+    async def _call(self, what: str, awaitable: Any) -> Any:
+        try:
+            return await awaitable
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"Redis {what} failed: {type(exc).__name__}") from exc
+
+    async def create_team(self, team: Team) -> bool:
+        created = await self._call(
+            "team write",
+            self._redis.set(team_key(team.id, "team"), orjson.dumps(team.to_json()), nx=True),
+        )
+        if created:
+            await self._call("team index", self._redis.sadd(TEAMS, team.id))
+        return bool(created)
+
+    async def update_team(self, team: Team) -> None:
+        await self._call(
+            "team write", self._redis.set(team_key(team.id, "team"), orjson.dumps(team.to_json()))
+        )
+        await self._call("team index", self._redis.sadd(TEAMS, team.id))
+
+    async def get_team(self, team_id: str) -> Team | None:
+        raw = await self._call("team read", self._redis.get(team_key(team_id, "team")))
+        return None if raw is None else Team.from_json(orjson.loads(raw))
+
+    async def list_teams(self) -> list[Team]:
+        ids = sorted(
+            member.decode()
+            for member in await self._call("team index", self._redis.smembers(TEAMS))
+        )
+        teams = [await self.get_team(team_id) for team_id in ids]
+        return [team for team in teams if team is not None]
+
+    async def delete_team(self, team_id: str) -> bool:
+        deleted = await self._call("team delete", self._redis.delete(team_key(team_id, "team")))
+        await self._call("team index", self._redis.srem(TEAMS, team_id))
+        return bool(deleted)
+
+    async def put_key(self, record: KeyRecord) -> None:
+        await self._call(
+            "key write",
+            self._redis.set(f"ng:v1:key:{record.sha256}", orjson.dumps(record.to_json())),
+        )
+        await self._call(
+            "key index", self._redis.hset(team_key(record.team, "keys"), record.id, record.sha256)
+        )
+
+    async def get_key(self, sha256: str) -> KeyRecord | None:
+        raw = await self._call("key read", self._redis.get(f"ng:v1:key:{sha256}"))
+        return None if raw is None else KeyRecord.from_json(orjson.loads(raw))
+
+    async def list_keys(self, team_id: str) -> list[KeyRecord]:
+        hashes = await self._call("key index", self._redis.hvals(team_key(team_id, "keys")))
+        used = await self._call("key use", self._redis.hgetall(team_key(team_id, "last_used")))
+        records = [await self.get_key(sha.decode()) for sha in hashes]
+        return sorted(
+            (
+                dataclasses.replace(r, last_used=_float(used.get(r.id.encode())))
+                for r in records
+                if r is not None
+            ),
+            key=lambda r: r.created,
+        )
+
+    async def touch_key(self, record: KeyRecord, now: float) -> None:
+        await self._call(
+            "key use", self._redis.hset(team_key(record.team, "last_used"), record.id, now)
+        )
+
+    async def admit(
+        self, team: Team, want: Demand, at: Window, usage: Mapping[str, int]
+    ) -> Decision:
+        keys = [
+            team_key(team.id, f"rpm:{at.minute}"),
+            team_key(team.id, f"ipm:{at.minute}"),
+            team_key(team.id, f"day:{at.day}"),
+            team_key(team.id, f"month:{at.month}"),
+        ]
+        args = [*want, *quota.limit_values(team), MINUTE_TTL, DAY_TTL, MONTH_TTL, *_pairs(usage)]
+        answer = await self._call("admit", self._admit(keys=keys, args=args))
+        if answer[0] == 1:
+            return Decision(True)
+        return Decision(False, LIMIT_NAMES[int(answer[1]) - 1], int(answer[2]), int(answer[3]))  # type: ignore[arg-type]
+
+    async def settle(
+        self, team_id: str, day: str, month: str, reserved: int, billed: int,
+        usage: Mapping[str, int],
+    ) -> None:  # fmt: skip
+        keys = [team_key(team_id, f"day:{day}"), team_key(team_id, f"month:{month}")]
+        args = [reserved, billed, DAY_TTL, MONTH_TTL, *_pairs(usage)]
+        await self._call("settle", self._settle(keys=keys, args=args))
+
+    async def usage(self, team_id: str, days: Sequence[str]) -> list[dict[str, int]]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for day in days:
+                pipe.hmget(team_key(team_id, f"day:{day}"), quota.USAGE_FIELDS)
+            rows = await self._call("usage read", pipe.execute())
+        return [
+            {field: int(value or 0) for field, value in zip(quota.USAGE_FIELDS, row, strict=True)}
+            for row in rows
+        ]

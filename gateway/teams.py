@@ -1,0 +1,147 @@
+"""Teams, their limits and their keys: values and pure rules, no I/O.
+
+A team key is ``nk-`` followed by 43 characters of URL-safe base64 (32 random bytes): the
+``nk-`` prefix lets the official ``nomic`` client use it without asking Nomic to refresh it.
+Only the key's SHA-256 is stored. Keys carry 256 bits of randomness, so a fast hash is enough,
+and looking a key up by its hash compares no secret byte by byte: the time taken depends on
+the hash, never on how much of a valid key a guess got right.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+import secrets
+from typing import Any, Literal
+
+KEY_PREFIX = "nk-"
+_KEY = re.compile(r"nk-[A-Za-z0-9_-]{43}")
+_TEAM_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+LIMIT_NAMES = ("requests_per_minute", "images_per_minute", "tokens_per_day", "tokens_per_month")
+LimitName = Literal[
+    "requests_per_minute", "images_per_minute", "tokens_per_day", "tokens_per_month"
+]
+
+
+class InvalidTeam(ValueError):
+    """A team or key field that is not acceptable; the message names it."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Limits:
+    """A team's limits; None is unlimited."""
+
+    requests_per_minute: int | None = None
+    images_per_minute: int | None = None
+    tokens_per_day: int | None = None
+    tokens_per_month: int | None = None
+
+    @classmethod
+    def from_json(cls, data: Any, base: Limits | None = None) -> Limits:
+        """Limits from a JSON object; names left out keep ``base``'s value (or unlimited)."""
+        if not isinstance(data, dict):
+            raise InvalidTeam("limits must be an object")
+        unknown = set(data) - set(LIMIT_NAMES)
+        if unknown:
+            raise InvalidTeam(
+                f"unknown limit {sorted(unknown)[0]!r}; known: {', '.join(LIMIT_NAMES)}"
+            )
+        values = dataclasses.asdict(base) if base is not None else {}
+        for name, value in data.items():
+            if value is not None and (type(value) is not int or value < 0):
+                raise InvalidTeam(f"limits.{name} must be a whole number >= 0 or null")
+            values[name] = value
+        return cls(**values)
+
+    def to_json(self) -> dict[str, int | None]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Team:
+    id: str
+    name: str
+    limits: Limits
+    count_hits: bool = True  # whether cache hits count toward the per-minute rate limits
+    created: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "limits": self.limits.to_json(),
+                "count_hits": self.count_hits, "created": self.created}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Team:
+        return cls(data["id"], data["name"], Limits(**data["limits"]),
+                   bool(data.get("count_hits", True)), float(data.get("created", 0.0)))  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """What is stored of a key: never the key itself."""
+
+    id: str
+    team: str
+    sha256: str
+    prefix: str  # the first characters, to recognise a key in a list
+    created: float
+    expires: float | None = None  # set when the key was rotated: valid until then
+    revoked: float | None = None
+    last_used: float | None = None
+
+    def usable(self, now: float) -> bool:
+        return self.revoked is None and (self.expires is None or now < self.expires)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> KeyRecord:
+        return cls(**data)
+
+    def public(self) -> dict[str, Any]:
+        """What the admin API shows: everything but the hash."""
+        shown = self.to_json()
+        del shown["sha256"]
+        return shown
+
+
+def check_team_id(team_id: object) -> str:
+    if not isinstance(team_id, str) or not _TEAM_ID.fullmatch(team_id):
+        raise InvalidTeam(
+            "team id must be 1 to 63 characters of a-z, 0-9, '-' and '_', starting with a "
+            "letter or digit"
+        )
+    return team_id
+
+
+def check_name(name: object) -> str:
+    if not isinstance(name, str) or not 0 < len(name) <= 200 or not name.isprintable():
+        raise InvalidTeam("name must be 1 to 200 printable characters")
+    return name
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def new_key_id() -> str:
+    return "key_" + secrets.token_hex(8)
+
+
+def key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def well_formed(key: str) -> bool:
+    return _KEY.fullmatch(key) is not None
+
+
+def check_key_hash(value: object) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise InvalidTeam("sha256 must be 64 lowercase hex digits (nomic-gateway keys hash)")
+    return value
+
+
+def record_for(key: str, team: str, now: float, key_id: str | None = None) -> KeyRecord:
+    return KeyRecord(key_id or new_key_id(), team, key_hash(key), key[:7], now)
