@@ -50,7 +50,11 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         app[STORE] = store = MemoryStore(settings.memory_store_bytes)
         app[LEDGER] = MemoryLedger()
     else:
-        redis = RedisStore(settings.redis_url, timeout_seconds=settings.redis_timeout_seconds)
+        redis = RedisStore(
+            settings.redis_url,
+            timeout_seconds=settings.redis_timeout_seconds,
+            max_connections=settings.redis_max_connections,
+        )
         app[STORE] = store = redis
         app[LEDGER] = RedisLedger(redis.client)
     log.info("store: %s", "redis" if settings.redis_url else "embedded memory")

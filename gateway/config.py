@@ -107,6 +107,12 @@ class Settings:
     redis_timeout_seconds: float = _setting(
         "GATEWAY_REDIS_TIMEOUT_SECONDS", _positive_float, "timeout of one Redis operation", 1.0
     )
+    redis_max_connections: int = _setting(
+        "GATEWAY_REDIS_MAX_CONNECTIONS",
+        _positive_int,
+        "Redis connections per process (more requests wait for one)",
+        64,
+    )
     memory_store_bytes: int = _setting(
         "GATEWAY_MEMORY_STORE_BYTES", _positive_int, "embedded store size in bytes", 256 * MiB
     )

@@ -122,33 +122,66 @@ async def make_team(
     return key
 
 
+async def team_headers(client: TestClient[Any, Any], team_id: str, **fields: Any) -> dict[str, str]:
+    """Make a team on the gateway behind ``client``; the headers that authenticate as it."""
+    key = await make_team(client.session, client.base, team_id, **fields)  # type: ignore[attr-defined]
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def admin_get(client: TestClient[Any, Any], path: str) -> Any:
+    response = await client.get(path, headers=ADMIN)
+    assert response.status == 200, await response.text()
+    return await response.json()
+
+
+async def start_gateway(
+    fake: FakeNomic, store_url: str | None, **overrides: Any
+) -> TestClient[Any, Any]:
+    """A gateway in front of ``fake`` with team ``test`` (no limits), whose key it sends by
+    default (``client.team_key``); ``client.base`` is its URL."""
+    settings = gateway_settings(fake, store_url, admin_token=ADMIN_TOKEN, **overrides)
+    server = TestServer(create_app(settings), host="127.0.0.1")
+    await server.start_server()
+    base = str(server.make_url("")).rstrip("/")
+    try:
+        async with aiohttp.ClientSession() as session:
+            key = await make_team(session, base)
+    except BaseException:
+        await server.close()
+        raise
+    client: TestClient[Any, Any] = TestClient(server, headers={"Authorization": f"Bearer {key}"})
+    await client.start_server()
+    client.team_key = key  # type: ignore[attr-defined]
+    client.base = base  # type: ignore[attr-defined]
+    return client
+
+
 @pytest.fixture
 async def make_gateway(
     fake_nomic: FakeNomic, store_url: str | None
 ) -> AsyncIterator[GatewayFactory]:
-    """Start gateways (settings overridable) in front of the fake, on the parametrized store.
-
-    Each comes with team ``test`` (no limits) and sends its key by default; ``team_key`` is it.
-    """
+    """Start gateways (settings overridable) in front of the fake, on the parametrized store."""
     clients: list[TestClient[Any, Any]] = []
 
     async def start(**overrides: Any) -> TestClient[Any, Any]:
-        settings = gateway_settings(fake_nomic, store_url, admin_token=ADMIN_TOKEN, **overrides)
-        server = TestServer(create_app(settings), host="127.0.0.1")
-        await server.start_server()
-        try:
-            async with aiohttp.ClientSession() as session:
-                key = await make_team(session, str(server.make_url("")).rstrip("/"))
-        except BaseException:
-            await server.close()
-            raise
-        client: TestClient[Any, Any] = TestClient(
-            server, headers={"Authorization": f"Bearer {key}"}
-        )
-        await client.start_server()
-        client.team_key = key  # type: ignore[attr-defined]
-        clients.append(client)
-        return client
+        clients.append(await start_gateway(fake_nomic, store_url, **overrides))
+        return clients[-1]
+
+    yield start
+    for client in clients:
+        await client.close()
+
+
+@pytest.fixture
+async def make_redis_gateway(
+    fake_nomic: FakeNomic, redis_client: redis.Redis, redis_url: str
+) -> AsyncIterator[GatewayFactory]:
+    """Start gateways that share the suite's (flushed) Redis, as replicas do."""
+    clients: list[TestClient[Any, Any]] = []
+
+    async def start(**overrides: Any) -> TestClient[Any, Any]:
+        clients.append(await start_gateway(fake_nomic, redis_url, **overrides))
+        return clients[-1]
 
     yield start
     for client in clients:

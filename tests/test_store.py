@@ -76,3 +76,17 @@ async def test_redis_store_that_cannot_connect_raises_store_error() -> None:
     with pytest.raises(StoreError):
         await store.ping()
     await store.close()
+
+
+async def test_more_concurrent_calls_than_connections_wait_their_turn(
+    store_url: str | None,
+) -> None:
+    import asyncio
+
+    store: Store = (
+        MemoryStore(10_000_000) if store_url is None else RedisStore(store_url, max_connections=4)
+    )
+    await store.set_many([("k", b"v")], None)
+    results = await asyncio.gather(*(store.get_many(["k"]) for _ in range(300)))
+    assert results == [[b"v"]] * 300
+    await store.close()

@@ -91,6 +91,11 @@ def _check_fields(data: dict[str, Any], allowed: set[str]) -> None:
         raise InvalidRequest(f"unknown field {unknown[0]!r}", loc=("body", unknown[0]))
 
 
+def _limits(data: dict[str, Any]) -> Any:
+    limits = data.get("limits", {})
+    return {} if limits is None else limits
+
+
 def _count_hits(value: object) -> bool:
     if not isinstance(value, bool):
         raise InvalidTeam("count_hits must be true or false")
@@ -104,7 +109,7 @@ async def create_team(request: web.Request) -> web.Response:
     team = Team(
         team_id,
         teams.check_name(data.get("name", team_id)),
-        Limits.from_json(data.get("limits") or {}),
+        Limits.from_json(_limits(data)),
         _count_hits(data.get("count_hits", True)),
         time.time(),
     )
@@ -128,7 +133,7 @@ async def update_team(request: web.Request) -> web.Response:
     updated = dataclasses.replace(
         team,
         name=teams.check_name(data.get("name", team.name)),
-        limits=Limits.from_json(data.get("limits", {}), base=team.limits),
+        limits=Limits.from_json(_limits(data), base=team.limits),
         count_hits=_count_hits(data.get("count_hits", team.count_hits)),
     )
     await _ledger(request).update_team(updated)

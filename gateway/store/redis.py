@@ -13,13 +13,20 @@ from gateway.store.base import StoreError
 class RedisStore:
     """Cache entries as plain string keys: one MGET per lookup, one pipeline per write."""
 
-    def __init__(self, url: str, *, timeout_seconds: float = 1.0) -> None:
-        self.client = self._redis = aioredis.Redis.from_url(
+    def __init__(
+        self, url: str, *, timeout_seconds: float = 1.0, max_connections: int = 64
+    ) -> None:
+        # A blocking pool: past max_connections a command waits (up to the timeout) for a
+        # connection instead of failing, so bursts queue rather than error.
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=max_connections,
+            timeout=timeout_seconds,
             socket_timeout=timeout_seconds,
             socket_connect_timeout=timeout_seconds,
             health_check_interval=30,
         )
+        self.client = self._redis = aioredis.Redis.from_pool(pool)
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         try:

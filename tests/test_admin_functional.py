@@ -1,0 +1,148 @@
+"""The admin API: the fixed contract of DESIGN.md section 1, and clear answers to bad calls."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway.app import create_app
+from tests.conftest import ADMIN, gateway_settings
+from tests.fake_nomic import FakeNomic
+
+Client = TestClient[Any, Any]
+LIMITS = {"requests_per_minute": 600, "images_per_minute": 6000,
+          "tokens_per_day": 1000000, "tokens_per_month": 20000000}  # fmt: skip
+
+
+async def call(client: Client, method: str, path: str, status: int, body: Any = None) -> Any:
+    response = await client.request(method, path, json=body, headers=ADMIN)
+    assert response.status == status, await response.text()
+    return await response.json() if response.status != 204 else None
+
+
+async def test_admin_api_is_off_without_a_token(fake_nomic: FakeNomic) -> None:
+    client: Client = TestClient(TestServer(create_app(gateway_settings(fake_nomic, None))))
+    await client.start_server()
+    try:
+        response = await client.get("/admin/teams", headers=ADMIN)
+        assert response.status == 404
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("authorization", ["", "Bearer wrong", f"{ADMIN['Authorization']}x"])
+async def test_admin_api_needs_the_token(gateway: Client, authorization: str) -> None:
+    response = await gateway.get("/admin/teams", headers={"Authorization": authorization})
+    assert response.status == 401
+    assert (await response.json())["detail"][0]["type"] == "authentication_error"
+
+
+async def test_team_lifecycle(gateway: Client) -> None:
+    created = await call(gateway, "POST", "/admin/teams", 201,
+                         {"id": "research", "name": "Research", "limits": LIMITS})  # fmt: skip
+    assert created["id"] == "research"
+    assert created["name"] == "Research"
+    assert created["limits"] == LIMITS
+    assert created["count_hits"] is True
+
+    partial = await call(gateway, "POST", "/admin/teams", 201,
+                         {"id": "ml", "name": "ML", "limits": {"tokens_per_day": 5}})  # fmt: skip
+    assert partial["limits"] == {"requests_per_minute": None, "images_per_minute": None,
+                                 "tokens_per_day": 5, "tokens_per_month": None}  # fmt: skip
+
+    listed = await call(gateway, "GET", "/admin/teams", 200)
+    assert [team["id"] for team in listed["teams"]] == ["ml", "research", "test"]
+    assert (await call(gateway, "GET", "/admin/teams/research", 200)) == created
+
+    updated = await call(gateway, "PATCH", "/admin/teams/research", 200,
+                         {"limits": {"tokens_per_day": None, "requests_per_minute": 10},
+                          "count_hits": False})  # fmt: skip
+    assert updated["limits"] == {**LIMITS, "tokens_per_day": None, "requests_per_minute": 10}
+    assert updated["count_hits"] is False
+    assert updated["name"] == "Research"
+
+    await call(gateway, "DELETE", "/admin/teams/research", 204)
+    await call(gateway, "GET", "/admin/teams/research", 404)
+    await call(gateway, "DELETE", "/admin/teams/research", 404)
+
+
+@pytest.mark.parametrize(
+    ("body", "word"),
+    [
+        ({"id": "Has Spaces"}, "team id"),
+        ({"id": ""}, "team id"),
+        ({"name": "no id"}, "team id"),
+        ({"id": "x", "limits": {"tokens_per_day": -1}}, "tokens_per_day"),
+        ({"id": "x", "limits": {"tokens_per_day": 1.5}}, "tokens_per_day"),
+        ({"id": "x", "limits": {"tokens_per_day": True}}, "tokens_per_day"),
+        ({"id": "x", "limits": {"per_year": 1}}, "unknown limit"),
+        ({"id": "x", "limits": []}, "limits must be an object"),
+        ({"id": "x", "count_hits": "yes"}, "count_hits"),
+        ({"id": "x", "colour": "red"}, "unknown field"),
+        ({"id": "x", "name": ""}, "name"),
+    ],
+)
+async def test_bad_team_bodies_are_422s_naming_the_field(
+    gateway: Client, body: dict[str, Any], word: str
+) -> None:
+    detail = (await call(gateway, "POST", "/admin/teams", 422, body))["detail"][0]
+    assert word in detail["msg"]
+
+
+async def test_bad_json_and_duplicates(gateway: Client) -> None:
+    response = await gateway.post("/admin/teams", data=b"{nope", headers=ADMIN)
+    assert response.status == 422
+    await call(gateway, "POST", "/admin/teams", 409, {"id": "test"})
+
+
+async def test_key_lifecycle(gateway: Client) -> None:
+    await call(gateway, "POST", "/admin/teams", 201, {"id": "keys"})
+    made = await call(gateway, "POST", "/admin/teams/keys/keys", 201)
+    assert made["key"].startswith("nk-")
+    assert len(made["key"]) == 46
+    assert made["id"].startswith("key_")
+    listed = (await call(gateway, "GET", "/admin/teams/keys/keys", 200))["keys"]
+    assert [key["id"] for key in listed] == [made["id"]]
+    assert listed[0]["prefix"] == made["key"][:7]
+    assert "sha256" not in listed[0]
+    assert made["key"] not in str(listed)
+
+    await call(gateway, "DELETE", f"/admin/teams/keys/keys/{made['id']}", 204)
+    listed = (await call(gateway, "GET", "/admin/teams/keys/keys", 200))["keys"]
+    assert listed[0]["revoked"] is not None
+    await call(gateway, "POST", f"/admin/teams/keys/keys/{made['id']}/rotate", 409)
+    await call(gateway, "DELETE", "/admin/teams/keys/keys/key_nothing", 404)
+    await call(gateway, "POST", "/admin/teams/nobody/keys", 404)
+
+
+@pytest.mark.parametrize("grace", [-1, 40 * 86400, "1", 1.5])
+async def test_rotation_grace_is_checked(gateway: Client, grace: Any) -> None:
+    key_id = (await call(gateway, "GET", "/admin/teams/test/keys", 200))["keys"][0]["id"]
+    detail = await call(gateway, "POST", f"/admin/teams/test/keys/{key_id}/rotate", 422,
+                        {"grace_seconds": grace})  # fmt: skip
+    assert detail["detail"][0]["loc"] == ["body", "grace_seconds"]
+
+
+@pytest.mark.parametrize(
+    ("query", "word"),
+    [("since=2026-13-01", "since"), ("until=soon", "until"),
+     ("since=2026-02-02&until=2026-02-01", "after"), ("since=2020-01-01&until=2026-01-01", "400")],
+)  # fmt: skip
+async def test_usage_range_is_checked(gateway: Client, query: str, word: str) -> None:
+    detail = await call(gateway, "GET", f"/admin/usage?{query}", 422)
+    assert word in detail["detail"][0]["msg"]
+
+
+async def test_usage_of_every_team(gateway: Client) -> None:
+    from tests.fake_nomic import png
+    from tests.helpers import post_images
+
+    assert (await post_images(gateway, [png(1), png(1)])).status == 200
+    rows = (await call(gateway, "GET", "/admin/usage", 200))["usage"]
+    assert len(rows) == 1
+    row = rows[0]
+    assert {k: row[k] for k in ("team", "requests", "images", "hits", "misses")} == {
+        "team": "test", "requests": 1, "images": 2, "hits": 1, "misses": 1}  # fmt: skip
+    assert set(row) >= {"day", "billed_tokens", "saved_tokens", "upstream_errors", "rejected"}

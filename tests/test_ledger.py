@@ -1,0 +1,104 @@
+"""The ledger contract, on the embedded store and on a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+
+import pytest
+import redis
+
+from gateway import quota
+from gateway.quota import Demand
+from gateway.store import RedisStore
+from gateway.store.base import Ledger
+from gateway.store.memory_ledger import MemoryLedger
+from gateway.store.redis_ledger import DAY_TTL, RedisLedger, team_key
+from gateway.teams import KeyRecord, Limits, Team
+
+NOW = 1_800_000_000.0
+AT = quota.window(NOW)
+
+
+@pytest.fixture
+async def ledger(store_url: str | None) -> AsyncIterator[Ledger]:
+    if store_url is None:
+        yield MemoryLedger()
+        return
+    store = RedisStore(store_url)
+    yield RedisLedger(store.client)
+    await store.close()
+
+
+def team(**limits: int | None) -> Team:
+    return Team("t1", "Team one", Limits(**limits), True, NOW)
+
+
+async def test_teams(ledger: Ledger) -> None:
+    assert await ledger.create_team(team())
+    assert not await ledger.create_team(team())
+    assert await ledger.get_team("t1") == team()
+    changed = dataclasses.replace(team(), name="Renamed", limits=Limits(tokens_per_day=3))
+    await ledger.update_team(changed)
+    assert await ledger.list_teams() == [changed]
+    assert await ledger.delete_team("t1")
+    assert not await ledger.delete_team("t1")
+    assert await ledger.get_team("t1") is None
+    assert await ledger.list_teams() == []
+
+
+async def test_keys_and_last_use(ledger: Ledger) -> None:
+    first = KeyRecord("key_a", "t1", "a" * 64, "nk-aaaa", NOW)
+    second = KeyRecord("key_b", "t1", "b" * 64, "nk-bbbb", NOW + 1)
+    await ledger.put_key(second)
+    await ledger.put_key(first)
+    assert await ledger.get_key("a" * 64) == first
+    assert await ledger.get_key("c" * 64) is None
+    await ledger.touch_key(first, NOW + 5)
+    listed = await ledger.list_keys("t1")
+    assert [key.id for key in listed] == ["key_a", "key_b"]
+    assert (listed[0].last_used, listed[1].last_used) == (NOW + 5, None)
+    assert await ledger.list_keys("t2") == []
+
+
+async def test_admit_reserve_settle_and_usage(ledger: Ledger) -> None:
+    capped = team(tokens_per_day=100)
+    assert (await ledger.admit(capped, Demand(1, 2, 60), AT, {})).allowed
+    refused = await ledger.admit(capped, Demand(1, 1, 50), AT, {})
+    assert (refused.allowed, refused.limit, refused.remaining) == (False, "tokens_per_day", 40)
+    await ledger.settle("t1", AT.day, AT.month, 60, 45, {"requests": 1, "images": 2, "misses": 2})
+    assert (await ledger.admit(capped, Demand(1, 1, 50), AT, {})).allowed  # 45 + 50 <= 100
+    hits = {"requests": 1, "images": 3, "hits": 3, "saved_tokens": 30}
+    assert (await ledger.admit(capped, Demand(1, 3, 0), AT, hits)).allowed
+    [row] = await ledger.usage("t1", [AT.day])
+    assert row == {"requests": 2, "images": 5, "hits": 3, "misses": 2, "billed_tokens": 45,
+                   "saved_tokens": 30, "upstream_errors": 0, "rejected": 1}  # fmt: skip
+    assert await ledger.usage("t1", ["2000-01-01"]) == [dict.fromkeys(quota.USAGE_FIELDS, 0)]
+
+
+async def test_minute_counters_start_again_each_minute(ledger: Ledger) -> None:
+    limited = team(requests_per_minute=1)
+    assert (await ledger.admit(limited, Demand(1, 1, 0), AT, {})).allowed
+    assert not (await ledger.admit(limited, Demand(1, 1, 0), AT, {})).allowed
+    next_minute = quota.window(NOW + 60)
+    assert (await ledger.admit(limited, Demand(1, 1, 0), next_minute, {})).allowed
+
+
+async def test_concurrent_admits_never_pass_the_budget(ledger: Ledger) -> None:
+    capped = team(tokens_per_day=1000, tokens_per_month=1000)
+    decisions = await asyncio.gather(
+        *(ledger.admit(capped, Demand(1, 1, 7), AT, {}) for _ in range(300))
+    )
+    assert sum(decision.allowed for decision in decisions) == 1000 // 7
+
+
+async def test_redis_usage_is_kept_at_least_400_days(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    store = RedisStore(redis_url)
+    ledger = RedisLedger(store.client)
+    await ledger.settle("t1", AT.day, AT.month, 0, 5, {"requests": 1})
+    await store.close()
+    ttl = redis_client.ttl(team_key("t1", f"day:{AT.day}"))
+    assert 400 * 86400 < ttl <= DAY_TTL

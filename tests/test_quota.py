@@ -1,0 +1,97 @@
+"""Quota arithmetic: pure functions over numbers, with the clock passed in."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+
+from gateway import quota
+from gateway.quota import Decision, Demand, TokenEstimator
+from gateway.teams import Limits, Team
+
+
+def at(text: str) -> float:
+    return datetime.datetime.fromisoformat(text).replace(tzinfo=datetime.UTC).timestamp()
+
+
+def test_window_at_the_last_half_minute_of_a_year() -> None:
+    window = quota.window(at("2026-12-31T23:59:30"))
+    assert (window.day, window.month) == ("2026-12-31", "2026-12")
+    assert window.minute == int(at("2026-12-31T23:59:00") // 60)
+    assert window.minute_reset == pytest.approx(30)
+    assert window.day_reset == pytest.approx(30)
+    assert window.month_reset == pytest.approx(30)
+
+
+def test_window_in_the_middle_of_february() -> None:
+    window = quota.window(at("2027-02-10T12:00:00") + 0.25)
+    assert (window.day, window.month) == ("2027-02-10", "2027-02")
+    assert window.minute_reset == pytest.approx(59.75)
+    assert window.day_reset == pytest.approx(12 * 3600 - 0.25)
+    assert window.month_reset == pytest.approx((18 * 86400) + 12 * 3600 - 0.25)
+
+
+def team(count_hits: bool = True, **limits: int | None) -> Team:
+    return Team("t", "T", Limits(**limits), count_hits)
+
+
+def test_demand_counts_hits_only_when_the_team_says_so() -> None:
+    assert quota.demand(team(), 10, 7, 2, 5) == Demand(1, 10, 10)
+    assert quota.demand(team(count_hits=False), 10, 7, 2, 5) == Demand(1, 3, 10)
+    assert quota.demand(team(count_hits=False), 4, 4, 0, 5) == Demand(0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("limits", "want", "counts", "budgets", "decision"),
+    [
+        ({}, Demand(1, 5, 50), (10**6, 10**6), (10**9, 10**9), Decision(True)),
+        ({"requests_per_minute": 3}, Demand(1, 1, 0), (2, 0), (0, 0), Decision(True)),
+        ({"requests_per_minute": 3}, Demand(1, 1, 0), (3, 0), (0, 0),
+         Decision(False, "requests_per_minute", 3, 0)),
+        ({"requests_per_minute": 3}, Demand(0, 0, 0), (3, 0), (0, 0), Decision(True)),
+        ({"images_per_minute": 5}, Demand(1, 3, 0), (0, 3), (0, 0),
+         Decision(False, "images_per_minute", 5, 2)),
+        ({"tokens_per_day": 100}, Demand(1, 1, 10), (0, 0), (90, 0), Decision(True)),
+        ({"tokens_per_day": 100}, Demand(1, 1, 10), (0, 0), (91, 0),
+         Decision(False, "tokens_per_day", 100, 9)),
+        ({"tokens_per_day": 100}, Demand(1, 1, 0), (0, 0), (500, 0), Decision(True)),
+        ({"tokens_per_month": 0}, Demand(1, 1, 1), (0, 0), (0, 0),
+         Decision(False, "tokens_per_month", 0, 0)),
+    ],
+)  # fmt: skip
+def test_decide(
+    limits: dict[str, int], want: Demand, counts: tuple[int, int], budgets: tuple[int, int],
+    decision: Decision,
+) -> None:  # fmt: skip
+    assert quota.decide(team(**limits), want, counts, budgets) == decision
+
+
+def test_applies_only_when_a_limit_bears_on_the_demand() -> None:
+    assert not quota.applies(team(), Demand(1, 5, 50))
+    assert not quota.applies(team(tokens_per_day=10), Demand(1, 5, 0))
+    assert quota.applies(team(tokens_per_day=10), Demand(1, 5, 1))
+    assert quota.applies(team(requests_per_minute=10), Demand(1, 5, 0))
+    assert not quota.applies(team(requests_per_minute=10), Demand(0, 0, 0))
+
+
+def test_days_between() -> None:
+    assert quota.days_between("2026-02-27", "2026-03-02", "x") == [
+        "2026-02-27", "2026-02-28", "2026-03-01", "2026-03-02"]  # fmt: skip
+    assert quota.days_between(None, None, "2026-01-03") == [
+        "2025-12-28", "2025-12-29", "2025-12-30", "2025-12-31", "2026-01-01", "2026-01-02",
+        "2026-01-03"]  # fmt: skip
+    with pytest.raises(ValueError, match="after"):
+        quota.days_between("2026-01-02", "2026-01-01", "x")
+
+
+def test_estimator_keeps_the_highest_recent_cost_per_model() -> None:
+    estimator = TokenEstimator(initial=7, window=3)
+    assert estimator.per_item("m") == 7
+    estimator.observe("m", 100, 10)
+    estimator.observe("m", 31, 3)  # 10.33 → 11 each
+    assert estimator.per_item("m") == 11
+    for _ in range(3):
+        estimator.observe("m", 5, 1)
+    assert estimator.per_item("m") == 5
+    assert estimator.per_item("other") == 7

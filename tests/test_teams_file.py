@@ -1,0 +1,98 @@
+"""The declarative teams file: what it accepts, what it refuses, and what applying it does."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from gateway import teams_file
+from gateway.store.memory_ledger import MemoryLedger
+from gateway.teams import Limits, key_hash, new_key
+
+SHA = key_hash(new_key())
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "teams.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_a_full_file(tmp_path: Path) -> None:
+    declared = teams_file.load(write(tmp_path, f"""
+[teams.research]
+name = "Research"
+count_hits = false
+[teams.research.limits]
+requests_per_minute = 600
+tokens_per_day = 1_000_000
+[[teams.research.keys]]
+id = "ci"
+sha256 = "{SHA}"
+
+[teams.ml]
+"""))  # fmt: skip
+    research, ml = declared
+    assert research.team.name == "Research"
+    assert research.team.count_hits is False
+    assert research.team.limits == Limits(requests_per_minute=600, tokens_per_day=1_000_000)
+    assert research.keys == [("ci", SHA)]
+    assert (ml.team.name, ml.team.limits, ml.keys) == ("ml", Limits(), [])
+
+
+@pytest.mark.parametrize(
+    ("text", "word"),
+    [
+        ("[teams.Bad_Id]\n", "team id"),
+        ("[teams.a]\ncolour = 1\n", "unknown field 'colour'"),
+        ("[teams.a.limits]\ntokens_per_day = -5\n", "teams.a: limits.tokens_per_day"),
+        ('[[teams.a.keys]]\nsha256 = "abc"\n', "teams.a.keys[0]: sha256"),
+        ('[[teams.a.keys]]\nkey = "nk-secret"\n', "teams.a.keys[0] takes only"),
+        ("[other]\n", "only [teams.<id>]"),
+        ("this is not toml", "teams.toml"),
+    ],
+)
+def test_mistakes_are_named(tmp_path: Path, text: str, word: str) -> None:
+    with pytest.raises(teams_file.TeamsFileError, match=r".*") as raised:
+        teams_file.load(write(tmp_path, text))
+    assert word in str(raised.value)
+
+
+async def test_applying_creates_updates_and_never_unrevokes(tmp_path: Path) -> None:
+    ledger = MemoryLedger()
+    path = write(
+        tmp_path, f'[teams.a.limits]\ntokens_per_day = 5\n[[teams.a.keys]]\nsha256 = "{SHA}"\n'
+    )
+    await teams_file.apply(teams_file.load(path), ledger)
+    team = await ledger.get_team("a")
+    assert team is not None
+    assert team.limits.tokens_per_day == 5
+    record = await ledger.get_key(SHA)
+    assert record is not None
+    assert record.team == "a"
+    await ledger.put_key(dataclasses.replace(record, revoked=1.0))
+
+    path = write(
+        tmp_path, f'[teams.a.limits]\ntokens_per_day = 9\n[[teams.a.keys]]\nsha256 = "{SHA}"\n'
+    )
+    await teams_file.apply(teams_file.load(path), ledger)
+    updated = await ledger.get_team("a")
+    assert updated is not None
+    assert updated.limits.tokens_per_day == 9
+    assert updated.created == team.created
+    again = await ledger.get_key(SHA)
+    assert again is not None
+    assert again.revoked == 1.0
+
+
+async def test_a_key_of_another_team_is_refused(tmp_path: Path) -> None:
+    ledger = MemoryLedger()
+    await teams_file.apply(
+        teams_file.load(write(tmp_path, f'[[teams.a.keys]]\nsha256 = "{SHA}"\n')), ledger
+    )
+    with pytest.raises(teams_file.TeamsFileError, match="belongs to 'a'"):
+        await teams_file.apply(
+            teams_file.load(write(tmp_path, f'[[teams.b.keys]]\nsha256 = "{SHA}"\n')), ledger
+        )
