@@ -3,7 +3,8 @@
 ``.venv/bin/python -m tests.bench.hit_path [--seconds 10] [--connections 32]``
 
 The gateway runs with every feature of the request path on: team key auth, quota checks
-and usage accounting (its team has no limits). It starts on loopback, by itself: a
+and usage accounting; one run uses a team with a per-minute limit, so every hit is an
+atomic check in Redis. It starts on loopback, by itself: a
 redis-server, the fake Nomic, each server pinned to CPU 0 (``taskset``), and wrk pinned to
 CPU 1 posting the same 1-image multipart body (a hit after one warm-up request). It prints
 requests/s, latency percentiles and server CPU time per request, and stops everything it
@@ -36,6 +37,7 @@ from tests.fake_nomic import FAKE_API_KEY, FakeNomic, png
 
 BOUNDARY = "benchboundary"
 KEY = new_key()  # the bench team's key, given to the gateway through a teams file
+LIMITED_KEY = new_key()  # a team with a per-minute limit: every hit is an atomic check
 PY = sys.executable
 
 
@@ -94,13 +96,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_wrk(url: str, body_file: Path, seconds: int, connections: int) -> dict[str, float]:
+def run_wrk(
+    url: str, body_file: Path, seconds: int, connections: int, key: str
+) -> dict[str, float]:
     script = body_file.with_suffix(".lua")
     script.write_text(
         f'local f = io.open("{body_file}", "rb")\nwrk.body = f:read("*a")\nf:close()\n'
         f'wrk.method = "POST"\n'
         f'wrk.headers["Content-Type"] = "multipart/form-data; boundary={BOUNDARY}"\n'
-        f'wrk.headers["Authorization"] = "Bearer {KEY}"\n'
+        f'wrk.headers["Authorization"] = "Bearer {key}"\n'
     )
     out = subprocess.run(
         ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
@@ -117,10 +121,12 @@ def run_wrk(url: str, body_file: Path, seconds: int, connections: int) -> dict[s
     return result
 
 
-def measure(name: str, pid: int, url: str, body_file: Path, args: argparse.Namespace) -> str:
-    run_wrk(url, body_file, 2, args.connections)  # warm-up
+def measure(
+    name: str, pid: int, url: str, body_file: Path, args: argparse.Namespace, key: str = ""
+) -> str:
+    run_wrk(url, body_file, 2, args.connections, key)  # warm-up
     before = cpu_seconds(pid)
-    result = run_wrk(url, body_file, args.seconds, args.connections)
+    result = run_wrk(url, body_file, args.seconds, args.connections, key)
     cpu_us = (cpu_seconds(pid) - before) / result["requests"] * 1e6
     return (f"| {name} | {result['rps']:,.0f} | {result['p50_ms']:.2f} | {result['p99_ms']:.2f} "
             f"| {cpu_us:.0f} |")  # fmt: skip
@@ -149,21 +155,29 @@ def main() -> None:
         ):
             time.sleep(0.5)
             teams = Path(tmp) / "teams.toml"
-            teams.write_text(f'[[teams.bench.keys]]\nsha256 = "{key_hash(KEY)}"\n')
+            teams.write_text(
+                f'[[teams.bench.keys]]\nsha256 = "{key_hash(KEY)}"\n'
+                f"[teams.limited.limits]\nrequests_per_minute = 1_000_000_000\n"
+                f'[[teams.limited.keys]]\nsha256 = "{key_hash(LIMITED_KEY)}"\n'
+            )
             base_env = {**os.environ, "NOMIC_API_KEY": FAKE_API_KEY,
                         "GATEWAY_UPSTREAM_URL": f"http://127.0.0.1:{fake_port}",
                         "GATEWAY_TEAMS_FILE": str(teams),
                         "GATEWAY_LOG_LEVEL": "warning"}  # fmt: skip
-            for name, extra in (("gateway, embedded store", {}),
-                                ("gateway, Redis", {"GATEWAY_REDIS_URL": redis_url})):  # fmt: skip
+            on_redis = {"GATEWAY_REDIS_URL": redis_url}
+            for name, extra, key in (
+                ("gateway, embedded store", {}, KEY),
+                ("gateway, Redis", on_redis, KEY),
+                ("gateway, Redis, team with a per-minute limit", on_redis, LIMITED_KEY),
+            ):
                 port = free_port()
                 env = {**base_env, **extra, "GATEWAY_PORT": str(port)}
                 with process(["taskset", "-c", "0", PY, "-m", "gateway", "serve"], env) as proc:
                     url = f"http://127.0.0.1:{port}"
                     wait_http(url + "/healthz")
-                    post(url + "/v1/embedding/image", body, KEY)  # the miss that fills the cache
+                    post(url + "/v1/embedding/image", body, key)  # the miss that fills the cache
                     rows.append(
-                        measure(name, proc.pid, url + "/v1/embedding/image", body_file, args)
+                        measure(name, proc.pid, url + "/v1/embedding/image", body_file, args, key)
                     )
 
             vector = orjson.dumps(FakeNomic.embedding("nomic-embed-vision-v1.5", image))
