@@ -3,8 +3,14 @@ expected cost of its misses), then settle it with what Nomic billed.
 
 Only a decision goes to the store on the request path: a request that no limit of its team
 applies to (say, all hits for a team without per-minute limits) is counted in an in-process
-buffer that is written once a second, one atomic ``settle`` per team and day, and at
-shutdown. A buffer that cannot be written is kept and written later.
+buffer that is written once a second, one ``settle`` per team and day, and at shutdown.
+Every settle carries an id and the store applies each id once, so a settle or a buffer
+write that failed (or timed out after it ran) is simply retried later: nothing is lost,
+nothing counted twice, and a reservation is always released.
+
+Before the cost of an item of a model is known (no replica has seen Nomic answer yet), a
+team with a token budget sends its misses one request at a time: the first answer teaches
+the cost, so concurrent first requests cannot pass a budget together.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import NamedTuple
@@ -32,7 +39,9 @@ class Reservation(NamedTuple):
     team: Team
     model: str
     at: Window
-    tokens: int  # reserved in the store; 0 when no limit applied and the store was not asked
+    request_id: str
+    decided: bool  # the store admitted it (and may hold a reservation under request_id)
+    learner: bool  # this request teaches the model's cost; the others wait for it
 
 
 def answered_usage(answer: Answer) -> dict[str, int]:
@@ -45,29 +54,53 @@ def answered_usage(answer: Answer) -> dict[str, int]:
     }
 
 
+class _Settle(NamedTuple):
+    team_id: str
+    day: str
+    month: str
+    request_id: str
+    billed: int
+    usage: Counter[str]
+
+
 class UsageBuffer:
-    """Usage counted in the process, written to the ledger by :meth:`flush`."""
+    """Usage counted in the process, and settles that failed, written by :meth:`flush`."""
 
     def __init__(self, ledger: Ledger) -> None:
         self._ledger = ledger
-        self._pending: dict[tuple[str, str, str], Counter[str]] = {}
+        self._open: dict[tuple[str, str, str], _Settle] = {}
+        self._retry: list[_Settle] = []
+        self._flushing = asyncio.Lock()
 
     def add(self, team_id: str, at: Window, billed: int, usage: dict[str, int]) -> None:
-        counts = self._pending.setdefault((team_id, at.day, at.month), Counter())
-        counts.update(usage)
-        counts["billed_tokens"] += billed
+        key = (team_id, at.day, at.month)
+        entry = self._open.get(key)
+        if entry is None:
+            entry = _Settle(team_id, at.day, at.month, uuid.uuid4().hex, 0, Counter())
+        entry.usage.update(usage)
+        self._open[key] = entry._replace(billed=entry.billed + billed)
+
+    def retry_later(self, settle: _Settle) -> None:
+        self._retry.append(settle)
 
     async def flush(self) -> None:
-        pending, self._pending = self._pending, {}
-        for (team_id, day, month), counts in pending.items():
-            billed = counts.pop("billed_tokens", 0)
+        """Write everything; what fails stays, under the same id, for the next flush."""
+        async with self._flushing:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        self._retry.extend(self._open.values())
+        self._open = {}
+        while self._retry:
+            entry = self._retry[0]
             try:
-                await self._ledger.settle(team_id, day, month, 0, billed, counts)
+                await self._ledger.settle(entry.team_id, entry.day, entry.month,
+                                          entry.request_id, entry.billed, entry.usage)  # fmt: skip
             except StoreError as exc:
                 metrics.STORE_ERRORS.labels(operation="usage").inc()
-                log.warning("usage of team %s kept in memory, store failed: %s", team_id, exc)
-                counts["billed_tokens"] += billed
-                self._pending.setdefault((team_id, day, month), Counter()).update(counts)
+                log.warning("%d usage records kept in memory: %s", len(self._retry), exc)
+                return
+            self._retry.pop(0)
 
     async def run(self, every_seconds: float) -> None:
         while True:
@@ -86,52 +119,120 @@ class Accounts:
         self._estimator = estimator
         self._clock = clock
         self.buffer = UsageBuffer(ledger)
+        self._settling: set[asyncio.Task[None]] = set()
+        self._learning: dict[str, asyncio.Event] = {}
+        self._recorded_cost: dict[str, int] = {}
 
     async def admit(self, team: Team, lookup: Lookup, answer: Answer | None) -> Reservation:
         """Admit the request or raise :class:`QuotaExceeded`. With its ``answer`` already
         known (everything was cached) its usage is recorded at the same time."""
         model = lookup.request.model
+        learner = False
+        if lookup.missing and _has_budget(team):
+            learner = await self._cost_known_or_my_turn(model)
         at = quota.window(self._clock())
         per_item = self._estimator.per_item(model) if lookup.missing else 0
         want = quota.demand(
             team, len(lookup.keys), lookup.cached_inputs, len(lookup.missing), per_item
         )
         usage = answered_usage(answer) if answer is not None else {}
+        request_id = uuid.uuid4().hex
         if not quota.applies(team, want):
             if answer is not None:
                 self.buffer.add(team.id, at, 0, usage)
                 _count_tokens(team, model, answer)
-            return Reservation(team, model, at, 0)
+            return Reservation(team, model, at, request_id, False, learner)
         try:
-            decision = await self._ledger.admit(team, want, at, usage)
+            decision = await self._ledger.admit(team, want, at, usage, request_id)
         except StoreError as exc:
+            # It may have run: settle the id later, which releases a reservation if there is one.
+            self.buffer.retry_later(_Settle(team.id, at.day, at.month, request_id, 0, Counter()))
+            self._end_learning(model, learner)
             raise StoreUnavailable(
                 "the usage store is unavailable; retry shortly", retry_after=1
             ) from exc
         if not decision.allowed:
+            self._end_learning(model, learner)
             raise _exceeded(team, decision, at)
         if answer is not None:
             _count_tokens(team, model, answer)
-        return Reservation(team, model, at, want.reserve_tokens)
+        return Reservation(team, model, at, request_id, True, learner)
 
-    async def settle(self, reservation: Reservation, answer: Answer | None, billed: int) -> None:
-        """Replace the reservation with what was billed, and record the request's usage (an
-        upstream error when there is no answer)."""
+    def settle(
+        self, reservation: Reservation, answer: Answer | None, billed: int
+    ) -> asyncio.Task[None]:
+        """Settle in a task of its own (it must finish even if the request is cancelled);
+        the final usage flush at shutdown waits for it."""
+        task = asyncio.create_task(self._settle(reservation, answer, billed))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+        return task
+
+    async def _settle(self, reservation: Reservation, answer: Answer | None, billed: int) -> None:
         usage = answered_usage(answer) if answer is not None else {"upstream_errors": 1}
-        team, at = reservation.team, reservation.at
+        team, at, model = reservation.team, reservation.at, reservation.model
         if answer is not None:
-            _count_tokens(team, reservation.model, answer)
+            _count_tokens(team, model, answer)
         else:
-            metrics.BILLED_TOKENS.labels(team=team.id, model=reservation.model).inc(billed)
-        if not reservation.tokens:
+            metrics.BILLED_TOKENS.labels(team=team.id, model=model).inc(billed)
+        try:
+            await self._share_cost(model)
+        finally:
+            self._end_learning(model, reservation.learner)
+        if not reservation.decided:
             self.buffer.add(team.id, at, billed, usage)
             return
+        entry = _Settle(team.id, at.day, at.month, reservation.request_id, billed, Counter(usage))
         try:
-            await self._ledger.settle(team.id, at.day, at.month, reservation.tokens, billed, usage)
+            await self._ledger.settle(*entry)
         except StoreError as exc:
-            # The reservation expires with its day; the usage is kept and written later.
-            log.error("could not settle a request of team %s: %s", team.id, exc)
-            self.buffer.add(team.id, at, billed, usage)
+            log.warning("settle of a request of team %s will be retried: %s", team.id, exc)
+            self.buffer.retry_later(entry)
+
+    async def _cost_known_or_my_turn(self, model: str) -> bool:
+        """Wait until the model's item cost is known, or until it is this request's turn to
+        learn it (then True)."""
+        while not self._estimator.known(model):
+            try:
+                shared = await self._ledger.item_cost(model)
+            except StoreError:
+                shared = None
+            if shared is not None:
+                self._estimator.seed(model, shared)
+                self._recorded_cost[model] = shared
+                return False
+            turn = self._learning.get(model)
+            if turn is None:
+                self._learning[model] = asyncio.Event()
+                return True
+            await turn.wait()
+        return False
+
+    def _end_learning(self, model: str, learner: bool) -> None:
+        if learner:
+            turn = self._learning.pop(model, None)
+            if turn is not None:
+                turn.set()
+
+    async def _share_cost(self, model: str) -> None:
+        """Tell the other replicas what this one learned of an item's cost, when it changed."""
+        if not self._estimator.known(model):
+            return
+        cost = self._estimator.per_item(model)
+        if self._recorded_cost.get(model) != cost:
+            try:
+                await self._ledger.record_item_cost(model, cost)
+                self._recorded_cost[model] = cost
+            except StoreError as exc:
+                log.warning("could not share the learned item cost: %s", exc)
+
+    async def drain(self) -> None:
+        while self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
+
+
+def _has_budget(team: Team) -> bool:
+    return team.limits.tokens_per_day is not None or team.limits.tokens_per_month is not None
 
 
 def _exceeded(team: Team, decision: quota.Decision, at: Window) -> QuotaExceeded:
@@ -159,13 +260,16 @@ def _count_tokens(team: Team, model: str, answer: Answer) -> None:
 @contextlib.asynccontextmanager
 async def flushing(accounts: Accounts, every_seconds: float) -> AsyncIterator[None]:
     """Write buffered usage every ``every_seconds`` while the app runs, and once more at the
-    end, after the last request."""
+    end, after the last request and the last settle."""
     task = asyncio.create_task(accounts.buffer.run(every_seconds))
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    await accounts.buffer.flush()
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await accounts.drain()
+        await accounts.buffer.flush()
 
 
 async def usage_rows(

@@ -49,10 +49,17 @@ class Authenticator:
         cached = self._cache.get(sha)
         if cached is None or cached.until <= now:
             cached = await self._load(sha, now)
-        if cached.record is None or cached.team is None or not cached.record.usable(now):
+        record, team = cached.record, cached.team
+        # A key older than its team was made for an earlier team of the same id.
+        if (
+            record is None
+            or team is None
+            or not record.usable(now)
+            or record.created < team.created
+        ):
             raise Unauthorized("unknown, revoked or expired team key")
-        self._touch(cached.record, now)
-        return cached.team
+        self._touch(record, now)
+        return team
 
     async def _load(self, sha: str, now: float) -> _Cached:
         try:

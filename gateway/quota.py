@@ -148,6 +148,14 @@ class TokenEstimator:
         seen = self._seen.get(model)
         return max(seen) if seen else self._initial
 
+    def known(self, model: str) -> bool:
+        return bool(self._seen.get(model))
+
+    def seed(self, model: str, per_item: int) -> None:
+        """What another replica learned, until this one sees an answer of its own."""
+        if not self.known(model):
+            self._seen.setdefault(model, deque(maxlen=self._window)).append(per_item)
+
 
 def days_between(since: str | None, until: str | None, today: str) -> list[str]:
     """The UTC days from ``since`` to ``until`` (YYYY-MM-DD, both included); ``until``

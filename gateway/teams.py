@@ -16,6 +16,7 @@ import secrets
 from typing import Any, Literal
 
 KEY_PREFIX = "nk-"
+MAX_LIMIT = 2**53  # counts stay exact in Redis's Lua (doubles) and in JSON
 _KEY = re.compile(r"nk-[A-Za-z0-9_-]{43}")
 _TEAM_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 LIMIT_NAMES = ("requests_per_minute", "images_per_minute", "tokens_per_day", "tokens_per_month")
@@ -49,8 +50,10 @@ class Limits:
             )
         values = dataclasses.asdict(base) if base is not None else {}
         for name, value in data.items():
-            if value is not None and (type(value) is not int or value < 0):
-                raise InvalidTeam(f"limits.{name} must be a whole number >= 0 or null")
+            if value is not None and (type(value) is not int or not 0 <= value <= MAX_LIMIT):
+                raise InvalidTeam(
+                    f"limits.{name} must be a whole number from 0 to {MAX_LIMIT}, or null"
+                )
             values[name] = value
         return cls(**values)
 
@@ -135,6 +138,12 @@ def key_hash(key: str) -> str:
 
 def well_formed(key: str) -> bool:
     return _KEY.fullmatch(key) is not None
+
+
+def check_key_id(value: object) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
+        raise InvalidTeam("key id must be 1 to 64 characters of A-Z, a-z, 0-9, '-' and '_'")
+    return value
 
 
 def check_key_hash(value: object) -> str:

@@ -80,7 +80,11 @@ def _team(team_id: str, entry: Any) -> Declared:
             sha = teams.check_key_hash(key.get("sha256"))
         except InvalidTeam as exc:
             raise InvalidTeam(f"{where}: {exc}") from None
-        keys.append((str(key.get("id", f"file_{sha[:12]}")), sha))
+        try:
+            key_id = teams.check_key_id(key.get("id", f"file_{sha[:12]}"))
+        except InvalidTeam as exc:
+            raise InvalidTeam(f"{where}: {exc}") from None
+        keys.append((key_id, sha))
     return Declared(Team(team_id, name, limits, count_hits), keys)
 
 
@@ -94,7 +98,13 @@ async def apply(declared: list[Declared], ledger: Ledger) -> None:
             await ledger.create_team(team)
         elif existing != team:
             await ledger.update_team(team)
+        known = {record.id: record.sha256 for record in await ledger.list_keys(team.id)}
         for key_id, sha in entry.keys:
+            if known.get(key_id, sha) != sha:
+                raise TeamsFileError(
+                    f"key id {key_id!r} of team {team.id!r} already names another key: revoke "
+                    "that one through the admin API and give this one a new id"
+                )
             record = await ledger.get_key(sha)
             if record is not None and record.team != team.id:
                 raise TeamsFileError(

@@ -77,6 +77,7 @@ async def test_team_lifecycle(gateway: Client) -> None:
         ({"id": "x", "limits": {"tokens_per_day": -1}}, "tokens_per_day"),
         ({"id": "x", "limits": {"tokens_per_day": 1.5}}, "tokens_per_day"),
         ({"id": "x", "limits": {"tokens_per_day": True}}, "tokens_per_day"),
+        ({"id": "x", "limits": {"tokens_per_day": 10**20}}, "from 0 to 9007199254740992"),
         ({"id": "x", "limits": {"per_year": 1}}, "unknown limit"),
         ({"id": "x", "limits": []}, "limits must be an object"),
         ({"id": "x", "count_hits": "yes"}, "count_hits"),
@@ -146,3 +147,14 @@ async def test_usage_of_every_team(gateway: Client) -> None:
     assert {k: row[k] for k in ("team", "requests", "images", "hits", "misses")} == {
         "team": "test", "requests": 1, "images": 2, "hits": 1, "misses": 1}  # fmt: skip
     assert set(row) >= {"day", "billed_tokens", "saved_tokens", "upstream_errors", "rejected"}
+
+
+async def test_a_non_ascii_admin_header_is_a_401_not_a_crash(gateway: Client) -> None:
+    import asyncio
+
+    reader, writer = await asyncio.open_connection(gateway.host, gateway.port)
+    writer.write(b"GET /admin/teams HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\r\n\r\n")
+    await writer.drain()
+    head = await asyncio.wait_for(reader.read(4096), 5)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 401")

@@ -132,5 +132,5 @@ def test_a_broken_teams_file_stops_startup_naming_the_entry(tmp_path: Path) -> N
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"nomic-gateway: {path}: teams.research: limits.tokens_per_day must be a whole "
-        "number >= 0 or null"
+        "number from 0 to 9007199254740992, or null"
     ]

@@ -64,13 +64,15 @@ async def test_keys_and_last_use(ledger: Ledger) -> None:
 
 async def test_admit_reserve_settle_and_usage(ledger: Ledger) -> None:
     capped = team(tokens_per_day=100)
-    assert (await ledger.admit(capped, Demand(1, 2, 60), AT, {})).allowed
-    refused = await ledger.admit(capped, Demand(1, 1, 50), AT, {})
+    assert (await ledger.admit(capped, Demand(1, 2, 60), AT, {}, "r1")).allowed
+    refused = await ledger.admit(capped, Demand(1, 1, 50), AT, {}, "r2")
     assert (refused.allowed, refused.limit, refused.remaining) == (False, "tokens_per_day", 40)
-    await ledger.settle("t1", AT.day, AT.month, 60, 45, {"requests": 1, "images": 2, "misses": 2})
-    assert (await ledger.admit(capped, Demand(1, 1, 50), AT, {})).allowed  # 45 + 50 <= 100
+    usage = {"requests": 1, "images": 2, "misses": 2}
+    await ledger.settle("t1", AT.day, AT.month, "r1", 45, usage)
+    await ledger.settle("t1", AT.day, AT.month, "r1", 45, usage)  # a retry: no effect
+    assert (await ledger.admit(capped, Demand(1, 1, 50), AT, {}, "r3")).allowed  # 45 + 50
     hits = {"requests": 1, "images": 3, "hits": 3, "saved_tokens": 30}
-    assert (await ledger.admit(capped, Demand(1, 3, 0), AT, hits)).allowed
+    assert (await ledger.admit(capped, Demand(1, 3, 0), AT, hits, "r4")).allowed
     [row] = await ledger.usage("t1", [AT.day])
     assert row == {"requests": 2, "images": 5, "hits": 3, "misses": 2, "billed_tokens": 45,
                    "saved_tokens": 30, "upstream_errors": 0, "rejected": 1}  # fmt: skip
@@ -79,16 +81,16 @@ async def test_admit_reserve_settle_and_usage(ledger: Ledger) -> None:
 
 async def test_minute_counters_start_again_each_minute(ledger: Ledger) -> None:
     limited = team(requests_per_minute=1)
-    assert (await ledger.admit(limited, Demand(1, 1, 0), AT, {})).allowed
-    assert not (await ledger.admit(limited, Demand(1, 1, 0), AT, {})).allowed
+    assert (await ledger.admit(limited, Demand(1, 1, 0), AT, {}, "a")).allowed
+    assert not (await ledger.admit(limited, Demand(1, 1, 0), AT, {}, "b")).allowed
     next_minute = quota.window(NOW + 60)
-    assert (await ledger.admit(limited, Demand(1, 1, 0), next_minute, {})).allowed
+    assert (await ledger.admit(limited, Demand(1, 1, 0), next_minute, {}, "c")).allowed
 
 
 async def test_concurrent_admits_never_pass_the_budget(ledger: Ledger) -> None:
     capped = team(tokens_per_day=1000, tokens_per_month=1000)
     decisions = await asyncio.gather(
-        *(ledger.admit(capped, Demand(1, 1, 7), AT, {}) for _ in range(300))
+        *(ledger.admit(capped, Demand(1, 1, 7), AT, {}, f"r{i}") for i in range(300))
     )
     assert sum(decision.allowed for decision in decisions) == 1000 // 7
 
@@ -98,7 +100,37 @@ async def test_redis_usage_is_kept_at_least_400_days(
 ) -> None:
     store = RedisStore(redis_url)
     ledger = RedisLedger(store.client)
-    await ledger.settle("t1", AT.day, AT.month, 0, 5, {"requests": 1})
+    await ledger.settle("t1", AT.day, AT.month, "r", 5, {"requests": 1})
     await store.close()
     ttl = redis_client.ttl(team_key("t1", f"day:{AT.day}"))
     assert 400 * 86400 < ttl <= DAY_TTL
+
+
+async def test_settling_a_request_that_was_never_admitted_releases_nothing(ledger: Ledger) -> None:
+    capped = team(tokens_per_day=10)
+    assert (await ledger.admit(capped, Demand(1, 1, 10), AT, {}, "held")).allowed
+    await ledger.settle("t1", AT.day, AT.month, "never-admitted", 0, {"upstream_errors": 1})
+    assert not (await ledger.admit(capped, Demand(1, 1, 1), AT, {}, "more")).allowed
+    await ledger.settle("t1", AT.day, AT.month, "held", 0, {})
+    assert (await ledger.admit(capped, Demand(1, 1, 10), AT, {}, "again")).allowed
+
+
+async def test_a_key_only_ever_narrows(ledger: Ledger) -> None:
+    record = KeyRecord("key_a", "t1", "a" * 64, "nk-aaaa", NOW)
+    await ledger.put_key(record)
+    await ledger.narrow_key(record, expires=NOW + 100)
+    await ledger.narrow_key(record, expires=NOW + 500)  # a later expiry does not extend it
+    await ledger.narrow_key(record, revoked=NOW + 1)
+    await ledger.narrow_key(record, revoked=NOW + 9)  # revoked once, at the first time
+    await ledger.narrow_key(record, expires=NOW + 3600)  # a rotation after the revocation
+    found = await ledger.get_key("a" * 64)
+    assert found is not None
+    assert (found.revoked, found.expires) == (NOW + 1, NOW + 100)
+    [listed] = await ledger.list_keys("t1")
+    assert (listed.revoked, listed.expires) == (NOW + 1, NOW + 100)
+
+
+async def test_item_cost_is_shared(ledger: Ledger) -> None:
+    assert await ledger.item_cost("m") is None
+    await ledger.record_item_cost("m", 12)
+    assert await ledger.item_cost("m") == 12

@@ -69,6 +69,17 @@ async def test_a_daily_budget_of_ten_images_admits_exactly_ten_of_a_hundred(
     assert (usage["requests"], usage["misses"], usage["rejected"]) == (10, 10, 90)
 
 
+async def test_the_budget_holds_before_any_replica_knows_what_an_image_costs(
+    gateway: Client, fake_nomic: FakeNomic
+) -> None:
+    capped = await team_headers(gateway, "fresh", limits={"tokens_per_day": 10 * TOKENS})
+    images = [png(3000 + i) for i in range(100)]
+    responses = await asyncio.gather(*(post(gateway, [image], capped) for image in images))
+    assert Counter(r.status for r in responses) == {200: 10, 429: 90}
+    assert len(fake_nomic.items_received) == 10
+    assert (await usage_of(gateway, "fresh"))["billed_tokens"] == 100
+
+
 async def test_the_budget_holds_across_two_gateways_sharing_redis(
     make_redis_gateway: GatewayFactory, fake_nomic: FakeNomic
 ) -> None:

@@ -96,3 +96,19 @@ async def test_a_key_of_another_team_is_refused(tmp_path: Path) -> None:
         await teams_file.apply(
             teams_file.load(write(tmp_path, f'[[teams.b.keys]]\nsha256 = "{SHA}"\n')), ledger
         )
+
+
+async def test_a_key_id_reused_for_another_key_is_refused(tmp_path: Path) -> None:
+    ledger = MemoryLedger()
+    first = write(tmp_path, f'[[teams.a.keys]]\nid = "ci"\nsha256 = "{SHA}"\n')
+    await teams_file.apply(teams_file.load(first), ledger)
+    other = key_hash(new_key())
+    second = write(tmp_path, f'[[teams.a.keys]]\nid = "ci"\nsha256 = "{other}"\n')
+    with pytest.raises(teams_file.TeamsFileError, match="already names another key"):
+        await teams_file.apply(teams_file.load(second), ledger)
+    assert await ledger.get_key(other) is None
+
+
+def test_a_bad_key_id_is_named(tmp_path: Path) -> None:
+    with pytest.raises(teams_file.TeamsFileError, match=r"teams.a.keys\[0\]: key id"):
+        teams_file.load(write(tmp_path, f'[[teams.a.keys]]\nid = "no spaces"\nsha256 = "{SHA}"\n'))

@@ -47,7 +47,7 @@ def _require(token: str) -> Any:
 
     @web.middleware
     async def require_admin_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-        given = request.headers.get("Authorization", "").encode()
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
         if not hmac.compare_digest(given, expected):
             raise Unauthorized("the admin API needs Authorization: Bearer <GATEWAY_ADMIN_TOKEN>")
         try:
@@ -144,10 +144,9 @@ async def delete_team(request: web.Request) -> web.Response:
     team = await _team(request)
     ledger = _ledger(request)
     now = time.time()
+    await ledger.delete_team(team.id)  # first: a key made meanwhile belongs to no team
     for record in await ledger.list_keys(team.id):
-        if record.revoked is None:
-            await ledger.put_key(dataclasses.replace(record, revoked=now, last_used=None))
-    await ledger.delete_team(team.id)
+        await ledger.narrow_key(record, revoked=now)
     return web.Response(status=204)
 
 
@@ -176,18 +175,16 @@ async def _key(request: web.Request, team: Team) -> KeyRecord:
 async def revoke_key(request: web.Request) -> web.Response:
     team = await _team(request)
     record = await _key(request, team)
-    if record.revoked is None:
-        revoked = dataclasses.replace(record, revoked=time.time(), last_used=None)
-        await _ledger(request).put_key(revoked)
+    await _ledger(request).narrow_key(record, revoked=time.time())
     return web.Response(status=204)
 
 
 async def rotate_key(request: web.Request) -> web.Response:
     """A new key for the team; the old one keeps working for ``grace_seconds`` (default 24 h)."""
+    data = await _body(request)  # read before the key: what is read next is acted on at once
+    _check_fields(data, {"grace_seconds"})
     team = await _team(request)
     old = await _key(request, team)
-    data = await _body(request)
-    _check_fields(data, {"grace_seconds"})
     grace = data.get("grace_seconds", DEFAULT_GRACE_SECONDS)
     if type(grace) is not int or not 0 <= grace <= MAX_GRACE_SECONDS:
         raise InvalidRequest(
@@ -201,7 +198,7 @@ async def rotate_key(request: web.Request) -> web.Response:
     record = teams.record_for(key, team.id, now)
     ledger = _ledger(request)
     await ledger.put_key(record)
-    await ledger.put_key(dataclasses.replace(old, expires=now + grace, last_used=None))
+    await ledger.narrow_key(old, expires=now + grace)
     body = {"id": record.id, "key": key, **record.public(), "replaces": old.id,
             "old_key_expires": now + grace}  # fmt: skip
     return web.json_response(body, status=201)

@@ -50,7 +50,13 @@ class Ledger(Protocol):
         ...
 
     async def put_key(self, record: KeyRecord) -> None:
-        """Add or replace a key record, findable by its hash and by its team."""
+        """Add a key record, findable by its hash and by its team."""
+        ...
+
+    async def narrow_key(
+        self, record: KeyRecord, *, revoked: float | None = None, expires: float | None = None
+    ) -> None:
+        """Atomically revoke a key (if not yet) and/or bring its expiry forward (never back)."""
         ...
 
     async def get_key(self, sha256: str) -> KeyRecord | None: ...
@@ -65,19 +71,27 @@ class Ledger(Protocol):
         ...
 
     async def admit(
-        self, team: Team, want: Demand, at: Window, usage: Mapping[str, int]
+        self, team: Team, want: Demand, at: Window, usage: Mapping[str, int], request_id: str
     ) -> Decision:
         """Atomically: check ``want`` against the team's limits; if it fits, count it, reserve
-        its tokens and add ``usage`` to the day; if not, count a rejection."""
+        its tokens (under ``request_id``) and add ``usage`` to the day; if not, count a
+        rejection."""
         ...
 
     async def settle(
-        self, team_id: str, day: str, month: str, reserved: int, billed: int,
+        self, team_id: str, day: str, month: str, request_id: str, billed: int,
         usage: Mapping[str, int],
     ) -> None:  # fmt: skip
-        """Release ``reserved`` tokens reserved on ``day`` (of ``month``), add ``billed`` to
-        that day and month, and ``usage`` to the day: one atomic step."""
+        """Once per ``request_id``, atomically: release what it reserved on ``day`` (of
+        ``month``), add ``billed`` to that day and month and ``usage`` to the day. Settling
+        the same id again changes nothing, so a settle may be retried after a timeout."""
         ...
+
+    async def item_cost(self, model: str) -> int | None:
+        """What one item of ``model`` cost upstream lately, as any replica learned it."""
+        ...
+
+    async def record_item_cost(self, model: str, tokens: int) -> None: ...
 
     async def usage(self, team_id: str, days: Sequence[str]) -> list[dict[str, int]]:
         """The team's usage of each day, in order (zeros where nothing was recorded)."""

@@ -7,12 +7,15 @@ script in Redis; it applies the same rules (:func:`gateway.quota.decide`).
 from __future__ import annotations
 
 import dataclasses
-from collections import Counter
+import time
+from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
 
 from gateway import quota
 from gateway.quota import Decision, Demand, Window
 from gateway.teams import KeyRecord, Team
+
+SETTLED_REMEMBERED = 100_000  # settle ids kept to make retried settles no-ops
 
 
 class MemoryLedger:
@@ -24,6 +27,9 @@ class MemoryLedger:
         self._minutes: dict[str, tuple[int, int, int]] = {}  # team → minute, requests, images
         self._days: dict[tuple[str, str], Counter[str]] = {}
         self._months: dict[tuple[str, str], Counter[str]] = {}
+        self._reserved: dict[str, int] = {}  # request id → tokens it reserved
+        self._settled: OrderedDict[str, float] = OrderedDict()
+        self._costs: dict[str, int] = {}
 
     async def create_team(self, team: Team) -> bool:
         if team.id in self._teams:
@@ -47,6 +53,16 @@ class MemoryLedger:
         self._keys[record.sha256] = record
         self._team_keys.setdefault(record.team, {})[record.id] = record.sha256
 
+    async def narrow_key(
+        self, record: KeyRecord, *, revoked: float | None = None, expires: float | None = None
+    ) -> None:
+        current = self._keys[record.sha256]
+        if current.revoked is None and revoked is not None:
+            current = dataclasses.replace(current, revoked=revoked)
+        if expires is not None and (current.expires is None or expires < current.expires):
+            current = dataclasses.replace(current, expires=expires)
+        self._keys[record.sha256] = current
+
     async def get_key(self, sha256: str) -> KeyRecord | None:
         return self._keys.get(sha256)
 
@@ -61,13 +77,13 @@ class MemoryLedger:
         self._last_used[record.sha256] = now
 
     async def admit(
-        self, team: Team, want: Demand, at: Window, usage: Mapping[str, int]
+        self, team: Team, want: Demand, at: Window, usage: Mapping[str, int], request_id: str
     ) -> Decision:
         minute, requests, images = self._minutes.get(team.id, (at.minute, 0, 0))
         if minute != at.minute:
             requests = images = 0
-        day = self._day(team.id, at.day)
-        month = self._months.setdefault((team.id, at.month), Counter())
+        day = self._counts(self._days, team.id, at.day)
+        month = self._counts(self._months, team.id, at.month)
         budgets = (
             day["billed_tokens"] + day["reserved_tokens"],
             month["billed_tokens"] + month["reserved_tokens"],
@@ -77,18 +93,25 @@ class MemoryLedger:
             day["rejected"] += 1
             return decision
         self._minutes[team.id] = (at.minute, requests + want.requests, images + want.images)
-        day["reserved_tokens"] += want.reserve_tokens
-        month["reserved_tokens"] += want.reserve_tokens
+        if want.reserve_tokens:
+            day["reserved_tokens"] += want.reserve_tokens
+            month["reserved_tokens"] += want.reserve_tokens
+            self._reserved[request_id] = want.reserve_tokens
         day.update(usage)
         return decision
 
     async def settle(
-        self, team_id: str, day: str, month: str, reserved: int, billed: int,
+        self, team_id: str, day: str, month: str, request_id: str, billed: int,
         usage: Mapping[str, int],
     ) -> None:  # fmt: skip
-        day_counts = self._day(team_id, day)
-        month_counts = self._months.setdefault((team_id, month), Counter())
-        for counts in (day_counts, month_counts):
+        if request_id in self._settled:
+            return
+        self._settled[request_id] = time.monotonic()
+        if len(self._settled) > SETTLED_REMEMBERED:
+            self._settled.popitem(last=False)
+        reserved = self._reserved.pop(request_id, 0)
+        day_counts = self._counts(self._days, team_id, day)
+        for counts in (day_counts, self._counts(self._months, team_id, month)):
             counts["reserved_tokens"] -= reserved
             counts["billed_tokens"] += billed
         day_counts.update(usage)
@@ -100,8 +123,17 @@ class MemoryLedger:
             for day in days
         ]
 
-    def _day(self, team_id: str, day: str) -> Counter[str]:
-        counts = self._days.get((team_id, day))
+    async def item_cost(self, model: str) -> int | None:
+        return self._costs.get(model)
+
+    async def record_item_cost(self, model: str, tokens: int) -> None:
+        self._costs[model] = tokens
+
+    @staticmethod
+    def _counts(
+        table: dict[tuple[str, str], Counter[str]], team_id: str, period: str
+    ) -> Counter[str]:
+        counts = table.get((team_id, period))
         if counts is None:
-            counts = self._days[(team_id, day)] = Counter()
+            counts = table[(team_id, period)] = Counter()
         return counts

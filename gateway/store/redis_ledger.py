@@ -25,6 +25,8 @@ TEAMS = "ng:v1:teams"
 MINUTE_TTL = 120
 DAY_TTL = (quota.USAGE_DAYS_KEPT + 1) * 86400
 MONTH_TTL = 40 * 86400
+RESERVATION_TTL = 2 * 86400  # a reservation outlives the day it was made on
+SETTLED_TTL = 3600  # how long a settle id is remembered, to make a retried settle a no-op
 
 
 def team_key(team_id: str, suffix: str) -> str:
@@ -39,6 +41,14 @@ def _float(value: bytes | None) -> float | None:
     return None if value is None else float(value)
 
 
+def _state(sha256: str) -> str:
+    return f"ng:v1:keystate:{sha256}"
+
+
+def _earliest(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
 def _pairs(usage: Mapping[str, int]) -> list[Any]:
     return [item for field, amount in usage.items() if amount for item in (field, amount)]
 
@@ -48,6 +58,7 @@ class RedisLedger:
         self._redis = client
         self._admit = client.register_script(_script("admit.lua"))
         self._settle = client.register_script(_script("settle.lua"))
+        self._narrow = client.register_script(_script("narrow_key.lua"))
 
     async def _call(self, what: str, awaitable: Any) -> Any:
         try:
@@ -96,14 +107,30 @@ class RedisLedger:
             "key index", self._redis.hset(team_key(record.team, "keys"), record.id, record.sha256)
         )
 
+    async def narrow_key(
+        self, record: KeyRecord, *, revoked: float | None = None, expires: float | None = None
+    ) -> None:
+        args = ["" if revoked is None else repr(revoked), "" if expires is None else repr(expires)]
+        await self._call("key narrow", self._narrow(keys=[_state(record.sha256)], args=args))
+
     async def get_key(self, sha256: str) -> KeyRecord | None:
-        raw = await self._call("key read", self._redis.get(f"ng:v1:key:{sha256}"))
-        return None if raw is None else KeyRecord.from_json(orjson.loads(raw))
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.get(f"ng:v1:key:{sha256}")
+            pipe.hmget(_state(sha256), ["revoked", "expires"])
+            raw, (revoked, expires) = await self._call("key read", pipe.execute())
+        if raw is None:
+            return None
+        record = KeyRecord.from_json(orjson.loads(raw))
+        return dataclasses.replace(
+            record,
+            revoked=_float(revoked) if revoked is not None else record.revoked,
+            expires=_earliest(record.expires, _float(expires)),
+        )
 
     async def list_keys(self, team_id: str) -> list[KeyRecord]:
         hashes = await self._call("key index", self._redis.hvals(team_key(team_id, "keys")))
         used = await self._call("key use", self._redis.hgetall(team_key(team_id, "last_used")))
-        records = [await self.get_key(sha.decode()) for sha in hashes]
+        records = [await self.get_key(sha.decode()) for sha in hashes]  # admin calls only
         return sorted(
             (
                 dataclasses.replace(r, last_used=_float(used.get(r.id.encode())))
@@ -119,27 +146,41 @@ class RedisLedger:
         )
 
     async def admit(
-        self, team: Team, want: Demand, at: Window, usage: Mapping[str, int]
+        self, team: Team, want: Demand, at: Window, usage: Mapping[str, int], request_id: str
     ) -> Decision:
         keys = [
             team_key(team.id, f"rpm:{at.minute}"),
             team_key(team.id, f"ipm:{at.minute}"),
             team_key(team.id, f"day:{at.day}"),
             team_key(team.id, f"month:{at.month}"),
+            team_key(team.id, f"reserved:{request_id}"),
         ]
-        args = [*want, *quota.limit_values(team), MINUTE_TTL, DAY_TTL, MONTH_TTL, *_pairs(usage)]
+        args = [*want, *quota.limit_values(team), MINUTE_TTL, DAY_TTL, MONTH_TTL,
+                RESERVATION_TTL, *_pairs(usage)]  # fmt: skip
         answer = await self._call("admit", self._admit(keys=keys, args=args))
         if answer[0] == 1:
             return Decision(True)
         return Decision(False, LIMIT_NAMES[int(answer[1]) - 1], int(answer[2]), int(answer[3]))  # type: ignore[arg-type]
 
     async def settle(
-        self, team_id: str, day: str, month: str, reserved: int, billed: int,
+        self, team_id: str, day: str, month: str, request_id: str, billed: int,
         usage: Mapping[str, int],
     ) -> None:  # fmt: skip
-        keys = [team_key(team_id, f"day:{day}"), team_key(team_id, f"month:{month}")]
-        args = [reserved, billed, DAY_TTL, MONTH_TTL, *_pairs(usage)]
+        keys = [
+            team_key(team_id, f"day:{day}"),
+            team_key(team_id, f"month:{month}"),
+            team_key(team_id, f"settled:{request_id}"),
+            team_key(team_id, f"reserved:{request_id}"),
+        ]
+        args = [billed, DAY_TTL, MONTH_TTL, SETTLED_TTL, *_pairs(usage)]
         await self._call("settle", self._settle(keys=keys, args=args))
+
+    async def item_cost(self, model: str) -> int | None:
+        raw = await self._call("cost read", self._redis.get(f"ng:v1:cost:{model}"))
+        return None if raw is None else int(raw)
+
+    async def record_item_cost(self, model: str, tokens: int) -> None:
+        await self._call("cost write", self._redis.set(f"ng:v1:cost:{model}", tokens))
 
     async def usage(self, team_id: str, days: Sequence[str]) -> list[dict[str, int]]:
         async with self._redis.pipeline(transaction=False) as pipe:
