@@ -10,16 +10,30 @@ from aiohttp import web
 
 from gateway import teams_file
 from gateway.accounts import Accounts, flushing
-from gateway.appkeys import ACCOUNTS, AUTH, LEDGER, LIMITS, PIPELINE, SETTINGS, STORE, UPSTREAM
+from gateway.appkeys import (
+    ACCOUNTS,
+    AUTH,
+    COORDINATOR,
+    LEDGER,
+    LIMITS,
+    PIPELINE,
+    SETTINGS,
+    STORE,
+    UPSTREAM,
+)
 from gateway.auth import Authenticator
+from gateway.breaker import Breaker
 from gateway.config import Settings
 from gateway.forms import Limits
 from gateway.middlewares import request_context
 from gateway.pipeline import Pipeline
 from gateway.quota import TokenEstimator
 from gateway.routes import admin, embeddings, ops, user
+from gateway.shield import Policy
 from gateway.store import MemoryStore, RedisStore, Store
+from gateway.store.memory_coordinator import MemoryCoordinator
 from gateway.store.memory_ledger import MemoryLedger
+from gateway.store.redis_coordinator import RedisCoordinator
 from gateway.store.redis_ledger import RedisLedger
 from gateway.upstream import NomicClient
 
@@ -43,12 +57,28 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
+def shield_policy(settings: Settings) -> Policy:
+    return Policy(
+        batch_items=settings.upstream_batch_size,
+        batch_bytes=settings.upstream_batch_bytes,
+        linger_seconds=settings.upstream_linger_seconds,
+        rate_calls=settings.upstream_rate_calls,
+        rate_period_seconds=settings.upstream_rate_period_seconds,
+        rate_burst=settings.upstream_rate_burst,
+        concurrency=settings.upstream_concurrency,
+        queue_items=settings.upstream_queue_items,
+        call_timeout_seconds=settings.upstream_timeout_seconds,
+        max_attempts=settings.upstream_max_attempts,
+    )
+
+
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     store: Store
     if settings.redis_url is None:
         app[STORE] = store = MemoryStore(settings.memory_store_bytes)
         app[LEDGER] = MemoryLedger()
+        app[COORDINATOR] = MemoryCoordinator()
     else:
         redis = RedisStore(
             settings.redis_url,
@@ -57,6 +87,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         )
         app[STORE] = store = redis
         app[LEDGER] = RedisLedger(redis.client)
+        app[COORDINATOR] = RedisCoordinator(redis.client)
     log.info("store: %s", "redis" if settings.redis_url else "embedded memory")
     app[AUTH] = auth = Authenticator(app[LEDGER], settings.key_cache_seconds)
     if settings.teams_file is not None:
@@ -78,10 +109,14 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
         pipeline = app[PIPELINE] = Pipeline(
             app[STORE],
             upstream,
-            batch_size=settings.upstream_batch_size,
+            app[COORDINATOR],
+            policy=shield_policy(settings),
             url_ttl_seconds=settings.url_ttl_seconds,
+            stale_grace_seconds=settings.stale_grace_seconds,
             estimator=estimator,
+            breaker=Breaker(settings.breaker_failures, settings.breaker_open_seconds),
             linger_seconds=settings.redis_timeout_seconds + 1.0,
+            shares_fetches=settings.redis_url is not None,
         )
         async with flushing(accounts, settings.usage_flush_seconds):
             yield

@@ -10,13 +10,14 @@ from gateway.config import Settings
 from gateway.forms import Limits
 from gateway.pipeline import Pipeline
 from gateway.store import Store
-from gateway.store.base import Ledger
+from gateway.store.base import Coordinator, Ledger
 from gateway.upstream import NomicClient
 
 SETTINGS = web.AppKey("settings", Settings)
 LIMITS = web.AppKey("limits", Limits)
 STORE = web.AppKey("store", Store)
 LEDGER = web.AppKey("ledger", Ledger)
+COORDINATOR = web.AppKey("coordinator", Coordinator)
 AUTH = web.AppKey("auth", Authenticator)
 ACCOUNTS = web.AppKey("accounts", Accounts)
 PIPELINE = web.AppKey("pipeline", Pipeline)

@@ -30,6 +30,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text.replace("_", ""))
+    if value < 0:
+        raise ValueError("must be a whole number >= 0")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise ValueError("must be a number >= 0")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -131,8 +145,68 @@ class Settings:
     upstream_batch_size: int = _setting(
         "GATEWAY_UPSTREAM_BATCH_SIZE", _positive_int, "most items in one upstream call", 64
     )
+    upstream_batch_bytes: int = _setting(
+        "GATEWAY_UPSTREAM_BATCH_BYTES", _positive_int, "most bytes in one upstream call", 32 * MiB
+    )
+    upstream_linger_seconds: float = _setting(
+        "GATEWAY_UPSTREAM_LINGER_SECONDS",
+        _non_negative_float,
+        "how long a miss waits for others to share its upstream call",
+        0.01,
+    )
+    upstream_rate_calls: int = _setting(
+        "GATEWAY_UPSTREAM_RATE_CALLS",
+        _positive_int,
+        "upstream calls allowed per rate period, all replicas together",
+        1200,
+    )
+    upstream_rate_period_seconds: float = _setting(
+        "GATEWAY_UPSTREAM_RATE_PERIOD_SECONDS", _positive_float, "the rate period", 300.0
+    )
+    upstream_rate_burst: int = _setting(
+        "GATEWAY_UPSTREAM_RATE_BURST", _positive_int, "upstream calls that may go back to back", 1
+    )
+    upstream_concurrency: int = _setting(
+        "GATEWAY_UPSTREAM_CONCURRENCY",
+        _positive_int,
+        "upstream calls in flight at once, all replicas together",
+        8,
+    )
+    upstream_queue_items: int = _setting(
+        "GATEWAY_UPSTREAM_QUEUE_ITEMS",
+        _positive_int,
+        "misses that may wait for an upstream call in one process (then 503)",
+        10_000,
+    )
+    upstream_max_attempts: int = _setting(
+        "GATEWAY_UPSTREAM_MAX_ATTEMPTS", _positive_int, "tries of one upstream call", 6
+    )
     upstream_timeout_seconds: float = _setting(
-        "GATEWAY_UPSTREAM_TIMEOUT_SECONDS", _positive_float, "timeout of one upstream call", 60.0
+        "GATEWAY_UPSTREAM_TIMEOUT_SECONDS", _positive_float, "timeout of one upstream call", 30.0
+    )
+    request_deadline_seconds: float = _setting(
+        "GATEWAY_REQUEST_DEADLINE_SECONDS",
+        _positive_float,
+        "how long a request may wait for Nomic, retries included",
+        60.0,
+    )
+    breaker_failures: int = _setting(
+        "GATEWAY_BREAKER_FAILURES",
+        _positive_int,
+        "failed upstream calls in a row that open the circuit breaker",
+        5,
+    )
+    breaker_open_seconds: float = _setting(
+        "GATEWAY_BREAKER_OPEN_SECONDS",
+        _positive_float,
+        "how long the breaker stays open before it lets calls try again",
+        5.0,
+    )
+    stale_grace_seconds: int = _setting(
+        "GATEWAY_STALE_GRACE_SECONDS",
+        _non_negative_int,
+        "how long past its TTL a URL's embedding may be served while Nomic fails",
+        86400,
     )
     body_timeout_seconds: float = _setting(
         "GATEWAY_BODY_TIMEOUT_SECONDS",

@@ -1,10 +1,12 @@
 """Cache entries: one embedding and its token cost, stored compactly. Pure.
 
-Layout (little-endian): ``version:u8 width:u8 dims:u16 tokens:u32`` then ``dims`` floats of
-``width`` bytes. Width is 4 (float32) when every value is exactly a float32, which holds for
+Layout (little-endian): ``version:u8 width:u8 dims:u16 tokens:u32 fresh_until:u32`` then
+``dims`` floats of ``width`` bytes. ``fresh_until`` (seconds since the epoch, 0 for never) is
+when a URL's entry turns stale: it is kept a grace period longer, to be served while Nomic
+fails. Width is 4 (float32) when every value is exactly a float32, which holds for
 what Nomic returns, else 8 (float64). Both read back to the very same doubles, so a hit
 answers exactly what upstream answered for that item (equal after JSON parsing): a 768-dim
-float32 entry is 3,080 bytes, against about 15,000 for the same vector as JSON text.
+float32 entry is 3,084 bytes, against about 15,000 for the same vector as JSON text.
 """
 
 from __future__ import annotations
@@ -16,21 +18,22 @@ from typing import NamedTuple
 
 import orjson
 
-VERSION = 1
-_HEADER = struct.Struct("<BBHI")
+VERSION = 2
+_HEADER = struct.Struct("<BBHII")
 _SWAP = sys.byteorder != "little"
 
 
 class Entry(NamedTuple):
     embedding_json: bytes  # the vector as a JSON array, ready to splice into an answer
     tokens: int
+    fresh_until: int = 0  # seconds since the epoch; 0: fresh for ever
 
 
 class CorruptEntry(ValueError):
     """A stored value that is not an entry of this version."""
 
 
-def encode(vector: list[float], tokens: int) -> bytes:
+def encode(vector: list[float], tokens: int, fresh_until: int = 0) -> bytes:
     """The stored form of one embedding and the tokens it cost upstream.
 
     Raises ValueError for what cannot be stored: non-numbers, more than 65,535 values, or a
@@ -39,7 +42,7 @@ def encode(vector: list[float], tokens: int) -> bytes:
         values = array("f", vector)
         if values.tolist() != vector:
             values = array("d", vector)
-        header = _HEADER.pack(VERSION, values.itemsize, len(vector), tokens)
+        header = _HEADER.pack(VERSION, values.itemsize, len(vector), tokens, fresh_until)
     except (TypeError, OverflowError, struct.error) as exc:
         raise ValueError(f"not a storable embedding: {exc}") from None
     if _SWAP:
@@ -51,11 +54,11 @@ def decode(blob: bytes) -> Entry:
     """The entry stored by :func:`encode`; raises :class:`CorruptEntry` on anything else."""
     if len(blob) < _HEADER.size:
         raise CorruptEntry("entry shorter than its header")
-    version, width, dims, tokens = _HEADER.unpack_from(blob)
+    version, width, dims, tokens, fresh_until = _HEADER.unpack_from(blob)
     if version != VERSION or width not in (4, 8) or len(blob) != _HEADER.size + width * dims:
         raise CorruptEntry("entry header does not match its body")
     values = array("f" if width == 4 else "d")
     values.frombytes(blob[_HEADER.size :])
     if _SWAP:
         values.byteswap()
-    return Entry(orjson.dumps(values.tolist()), tokens)
+    return Entry(orjson.dumps(values.tolist()), tokens, fresh_until)

@@ -94,6 +94,10 @@ class UpstreamError(GatewayError):
     kind = "upstream_error"
 
 
+class UpstreamServerError(UpstreamError):
+    """Nomic answered 5xx, or could not be reached: worth retrying."""
+
+
 class UpstreamCredentialsRefused(UpstreamError):
     kind = "upstream_error.credentials"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -40,3 +40,22 @@ QUOTA_REJECTIONS = Counter(
     "gateway_quota_rejections_total", "Requests refused for a team limit", ["team", "limit"]
 )
 STORE_ERRORS = Counter("gateway_store_errors_total", "Store operations that failed", ["operation"])
+UPSTREAM_QUEUE = Gauge("gateway_upstream_queue_items", "Misses waiting for an upstream call")
+UPSTREAM_PACED_SECONDS = Histogram(
+    "gateway_upstream_paced_seconds",
+    "How long a call waited for the global upstream rate",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+UPSTREAM_RETRIES = Counter(
+    "gateway_upstream_retries_total", "Upstream calls retried, by what failed", ["reason"]
+)
+BREAKER_STATE = Gauge(
+    "gateway_upstream_breaker_state", "The upstream circuit breaker: 0 closed, 1 half-open, 2 open"
+)
+REPLICA_WAITS = Counter(
+    "gateway_replica_coalesced_items_total",
+    "Misses that waited for another replica's upstream call instead of making their own",
+)
+STALE_SERVED = Counter(
+    "gateway_stale_items_total", "URL entries past their TTL served because Nomic failed"
+)

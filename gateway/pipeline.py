@@ -1,36 +1,41 @@
 """The hit path and the miss path: look up, deduplicate, forward misses, fill, assemble.
 
-A request's items are keyed, deduplicated and looked up in one batched store call. Misses that
-another request in this process is already fetching are awaited, not fetched again; the rest
-are fetched upstream in batches by a task of their own, so a client that goes away does not
-cancel a fetch that other requests wait for, and the result is stored all the same.
+A request's items are keyed, deduplicated and looked up in one batched store call. A miss
+that another request in this process is already fetching is awaited, not fetched again; one
+that another replica is fetching (its in-flight mark is in the store) is awaited through the
+store. The rest go to the upstream shield, which batches them with other requests' misses;
+results come back here (:meth:`Pipeline.filled`), are stored, and answer every request that
+waits for them, whether or not the request that asked first is still there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-from collections.abc import Coroutine, Sequence
-from typing import Any, Literal, NamedTuple, Protocol
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Literal, NamedTuple
 
 import orjson
 
 from gateway import entries, metrics
+from gateway.breaker import Breaker
 from gateway.entries import Entry
-from gateway.errors import GatewayError, ItemRejected, UpstreamError
+from gateway.errors import GatewayError, ItemRejected, UpstreamError, UpstreamTimeout
 from gateway.forms import Kind, ParsedRequest
 from gateway.keys import cache_key
 from gateway.quota import TokenEstimator
+from gateway.shield import Embedder, Job, Policy, Shield
 from gateway.store import Store, StoreError
-from gateway.upstream import UpstreamItemRejected, UpstreamResult
+from gateway.store.base import Coordinator
+from gateway.upstream import UpstreamResult
 
 log = logging.getLogger(__name__)
 
-CacheStatus = Literal["HIT", "MISS", "PARTIAL"]
-
-# Each rejection costs an upstream call; past this many in one batch the rest is not resent,
-# so a request full of undecodable images cannot spend Nomic's rate limit one item at a time.
-MAX_REJECTIONS_PER_BATCH = 3
+CacheStatus = Literal["HIT", "MISS", "PARTIAL", "STALE"]
+POLL_SECONDS = (0.02, 0.05, 0.1, 0.2)  # watching another replica's fetch: quick, then calmer
 
 
 class Lookup(NamedTuple):
@@ -40,7 +45,8 @@ class Lookup(NamedTuple):
     keys: list[str]  # one per input, in the client's order
     first_item: dict[str, bytes]  # each distinct key once, in order, with its content
     found: dict[str, Entry]
-    missing: list[str]  # distinct keys not in the cache
+    missing: list[str]  # distinct keys not in the cache, or stale
+    stale: dict[str, Entry]  # URL entries past their TTL: served only if Nomic fails
 
     @property
     def cached_inputs(self) -> int:
@@ -57,24 +63,23 @@ class FetchFailed(Exception):
         self.billed_tokens = billed_tokens
 
 
-class Embedder(Protocol):
-    async def embed(self, model: str, kind: Kind, items: Sequence[bytes]) -> UpstreamResult: ...
-
-
 class Answer(NamedTuple):
     """A request's answer and its accounting. ``misses`` are the inputs this request paid
     upstream for (billed); ``hits`` all the others: found in the cache, the same image again
-    in the request, or fetched by a concurrent request. ``usage_tokens`` is what Nomic would
-    have reported for the whole request; ``usage_tokens - billed_tokens`` is what was saved."""
+    in the request, fetched by a concurrent request, or served stale. ``usage_tokens`` is
+    what Nomic would have reported for the whole request."""
 
     body: bytes
     hits: int
     misses: int
     billed_tokens: int
     usage_tokens: int
+    stale: int = 0
 
     @property
     def cache_status(self) -> CacheStatus:
+        if self.stale:
+            return "STALE"
         if not self.misses:
             return "HIT"
         return "PARTIAL" if self.hits else "MISS"
@@ -103,51 +108,72 @@ class Pipeline:
         self,
         store: Store,
         upstream: Embedder,
+        coordinator: Coordinator,
         *,
-        batch_size: int,
+        policy: Policy,
         url_ttl_seconds: int,
+        stale_grace_seconds: int,
         estimator: TokenEstimator,
+        breaker: Breaker | None = None,
         linger_seconds: float = 2.0,
+        shares_fetches: bool = False,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        self._estimator = estimator
         self._store = store
-        self._upstream = upstream
-        self._batch_size = batch_size
+        self._coordinator = coordinator
+        self._estimator = estimator
         self._url_ttl_seconds = url_ttl_seconds
+        self._stale_grace_seconds = stale_grace_seconds
         self._linger_seconds = linger_seconds
+        self._shares_fetches = shares_fetches
+        self._clock = clock
+        self._holder = uuid.uuid4().hex
         self._inflight: dict[str, asyncio.Future[Entry]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self.shield = Shield(upstream, coordinator, self, policy, breaker=breaker)
 
     async def lookup(self, request: ParsedRequest) -> Lookup:
         """Key every input and look all of them up in one store call."""
         keys = [cache_key(request.model, request.kind, item) for item in request.items]
         first_item = dict(zip(keys, request.items, strict=True))  # same key, same content
         found = await self._lookup(list(first_item))
+        now = self._clock()
+        stale = {k: e for k, e in found.items() if e.fresh_until and e.fresh_until <= now}
+        for key in stale:
+            del found[key]
         missing = [key for key in first_item if key not in found]
-        return Lookup(request, keys, first_item, found, missing)
+        return Lookup(request, keys, first_item, found, missing, stale)
 
     def assemble(self, lookup: Lookup) -> Answer:
         """The answer of a lookup that found everything."""
-        return self._answer(lookup, {}, set())
+        return self._answer(lookup, {}, set(), set())
 
-    async def complete(self, lookup: Lookup) -> Answer:
-        """Fetch what the lookup missed (joining fetches in flight) and answer; raises
-        :class:`FetchFailed`."""
+    async def complete(self, lookup: Lookup, deadline: float) -> Answer:
+        """Fetch what the lookup missed (joining fetches in flight) and answer by ``deadline``
+        (a ``time.monotonic()`` instant); raises :class:`FetchFailed`."""
         waits, owned = self._claim(lookup.missing)
         if owned:
             pairs = [(key, lookup.first_item[key]) for key in owned]
-            self._spawn(self._fetch(lookup.request, pairs))
+            await self._dispatch(lookup.request, pairs, deadline, owner=id(lookup))
         fetched: dict[str, Entry] = {}
         failed: dict[str, GatewayError] = {}
         for key, future in waits.items():
             try:
-                fetched[key] = await asyncio.shield(future)
+                left = max(0.0, deadline - time.monotonic())
+                fetched[key] = await asyncio.wait_for(asyncio.shield(future), left)
+            except TimeoutError:
+                failed[key] = UpstreamTimeout("Nomic did not answer within the request's deadline")
             except GatewayError as exc:
                 failed[key] = exc
+        served_stale = {key for key in failed if key in lookup.stale}
+        for key in served_stale:
+            fetched[key] = lookup.stale[key]
+            del failed[key]
+        metrics.STALE_SERVED.inc(len(served_stale))
         if failed:
             billed = sum(fetched[key].tokens for key in owned if key in fetched)
             raise FetchFailed(_first_failure(lookup.request, lookup.keys, failed), billed)
-        return self._answer(lookup, fetched, set(owned))
+        return self._answer(lookup, fetched, set(owned) - served_stale, served_stale)
 
     async def _lookup(self, keys: list[str]) -> dict[str, Entry]:
         try:
@@ -168,10 +194,13 @@ class Pipeline:
     def _claim(self, missing: list[str]) -> tuple[dict[str, asyncio.Future[Entry]], list[str]]:
         """Join fetches already in flight; claim the rest as this request's to fetch."""
         loop = asyncio.get_running_loop()
+        now = self._clock()
         waits: dict[str, asyncio.Future[Entry]] = {}
         owned: list[str] = []
         for key in missing:
             future = self._inflight.get(key)
+            if future is not None and _stale(future, now):
+                future = None  # a lingering answer that has since gone stale: fetch anew
             if future is None:
                 future = self._inflight[key] = loop.create_future()
                 future.add_done_callback(_consume_exception)
@@ -179,91 +208,132 @@ class Pipeline:
             waits[key] = future
         return waits, owned
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _fetch(self, request: ParsedRequest, pairs: list[tuple[str, bytes]]) -> None:
-        mine = {key: self._inflight[key] for key, _ in pairs}
-        size = self._batch_size
-        batches = [pairs[i : i + size] for i in range(0, len(pairs), size)]
-        try:
-            await asyncio.gather(*(self._fetch_batch(request, batch) for batch in batches))
-        except Exception:
-            log.exception("unexpected error fetching %d items upstream", len(pairs))
-        finally:
-            loop = asyncio.get_running_loop()
-            for key, future in mine.items():
-                if not future.done():
-                    future.set_exception(UpstreamError("the upstream call was abandoned"))
-                    self._forget(key, future)
-                elif future.exception() is None:
-                    # Lookups that began before the entry was stored may still miss it:
-                    # they find the answer here for a while instead of fetching again.
-                    loop.call_later(self._linger_seconds, self._forget, key, future)
-
-    def _forget(self, key: str, future: asyncio.Future[Entry]) -> None:
-        if self._inflight.get(key) is future:
-            del self._inflight[key]
-
-    async def _fetch_batch(self, request: ParsedRequest, pairs: list[tuple[str, bytes]]) -> None:
-        rejections = 0
-        while pairs:
-            try:
-                result = await self._upstream.embed(
-                    request.model, request.kind, [item for _, item in pairs]
-                )
-            except UpstreamItemRejected as rejected:
-                if not 0 <= rejected.index < len(pairs):
-                    self._fail(pairs, UpstreamError("Nomic rejected an item it was not sent"))
-                    return
-                key, _ = pairs.pop(rejected.index)
-                self._fail([(key, b"")], ItemRejected(f"rejected by Nomic: {rejected.msg}"))
-                rejections += 1
-                if rejections >= MAX_REJECTIONS_PER_BATCH:
-                    error = UpstreamError("Nomic rejected several items sent with this one")
-                    self._fail(pairs, error)
-                    return
-                continue  # the batch without the rejected item
-            except GatewayError as exc:
-                self._fail(pairs, exc)
-                return
-            await self._fill(request, pairs, result)
-            return
-
-    async def _fill(
-        self, request: ParsedRequest, pairs: list[tuple[str, bytes]], result: UpstreamResult
+    async def _dispatch(
+        self, request: ParsedRequest, pairs: list[tuple[str, bytes]], deadline: float, owner: int
     ) -> None:
-        costs = split_tokens(result.total_tokens, len(pairs))
+        """Send what no other replica is fetching to the shield; watch the rest."""
+        elsewhere: list[tuple[str, bytes]] = []
+        if self._shares_fetches:
+            pairs, elsewhere = await self._split_by_marks(pairs, deadline)
+        jobs = [Job(key, content, owner, deadline) for key, content in pairs]
+        if jobs:
+            try:
+                self.shield.submit(request.model, request.kind, jobs)
+            except GatewayError as exc:
+                self.failed(jobs, exc)
+        if elsewhere:
+            self._spawn(self._watch(request, elsewhere, deadline, owner))
+
+    async def _split_by_marks(
+        self, pairs: list[tuple[str, bytes]], deadline: float
+    ) -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]]]:
+        """Mark these keys as fetched by this replica where no other replica's mark is."""
+        ttl_ms = round(max(1.0, deadline - time.monotonic()) * 1000)
+        try:
+            mine = await self._coordinator.claim_fetches(
+                [k for k, _ in pairs], self._holder, ttl_ms
+            )
+        except StoreError:
+            return pairs, []
+        claimed = [pair for pair, ok in zip(pairs, mine, strict=True) if ok]
+        return claimed, [pair for pair, ok in zip(pairs, mine, strict=True) if not ok]
+
+    async def _watch(
+        self, request: ParsedRequest, pairs: list[tuple[str, bytes]], deadline: float, owner: int
+    ) -> None:
+        """Wait for other replicas' fetches through the store; take over any they drop."""
+        metrics.REPLICA_WAITS.inc(len(pairs))
+        pending = dict(pairs)
+        for attempt in itertools.count():
+            if not pending:
+                return
+            if time.monotonic() >= deadline:
+                error = UpstreamTimeout("another replica's upstream call did not finish in time")
+                self.failed([Job(k, c, owner, deadline) for k, c in pending.items()], error)
+                return
+            await asyncio.sleep(POLL_SECONDS[min(attempt, len(POLL_SECONDS) - 1)])
+            try:
+                found = await self._lookup(list(pending))
+                still = [key for key in pending if key not in found]
+                marks = await self._coordinator.fetching(still) if still else []
+            except StoreError:
+                continue
+            for key, entry in found.items():
+                self._resolve(key, entry)
+                del pending[key]
+            dropped = [
+                (key, pending.pop(key)) for key, mark in zip(still, marks, strict=True) if not mark
+            ]
+            if dropped:
+                await self._dispatch(request, dropped, deadline, owner)
+
+    async def filled(self, model: str, kind: Kind, jobs: list[Job], result: UpstreamResult) -> None:
+        """Store a batch's results and answer everyone waiting for them (the shield's sink)."""
+        costs = split_tokens(result.total_tokens, len(jobs))
+        fresh_until = 0 if kind == "image" else int(self._clock()) + self._url_ttl_seconds
         try:
             stored = [
-                (key, entries.encode(vector, tokens))
-                for (key, _), vector, tokens in zip(pairs, result.embeddings, costs, strict=True)
+                (job.key, entries.encode(vector, tokens, fresh_until))
+                for job, vector, tokens in zip(jobs, result.embeddings, costs, strict=True)
             ]
         except ValueError:
-            self._fail(pairs, UpstreamError("Nomic answered malformed embeddings"))
+            self.failed(jobs, UpstreamError("Nomic answered malformed embeddings"))
             return
-        self._estimator.observe(request.model, result.total_tokens, len(pairs))
-        for (key, _), vector, tokens in zip(pairs, result.embeddings, costs, strict=True):
-            self._inflight[key].set_result(Entry(orjson.dumps(vector), tokens))
-        ttl = None if request.kind == "image" else self._url_ttl_seconds
+        self._estimator.observe(model, result.total_tokens, len(jobs))
+        for job, vector, tokens in zip(jobs, result.embeddings, costs, strict=True):
+            self._resolve(job.key, Entry(orjson.dumps(vector), tokens, fresh_until))
+        ttl = None if kind == "image" else self._url_ttl_seconds + self._stale_grace_seconds
         try:
             await self._store.set_many(stored, ttl)
         except StoreError as exc:
             metrics.STORE_ERRORS.labels(operation="set").inc()
             log.warning("could not store %d fetched embeddings: %s", len(stored), exc)
+        await self._unmark([job.key for job in jobs])
+        loop = asyncio.get_running_loop()
+        for job in jobs:
+            future = self._inflight.get(job.key)
+            if future is not None and future.done():
+                # Lookups that began before the entry was stored may still miss it:
+                # they find the answer here for a while instead of fetching again.
+                loop.call_later(self._linger_seconds, self._forget, job.key, future)
 
-    def _fail(self, pairs: list[tuple[str, bytes]], error: GatewayError) -> None:
-        """Fail these items, and forget them at once: the next request asks upstream again."""
-        for key, _ in pairs:
-            future = self._inflight.pop(key)
-            future.set_exception(error)
+    def failed(self, jobs: list[Job], error: GatewayError) -> None:
+        """Fail these items, and forget them at once: the next request asks again."""
+        for job in jobs:
+            future = self._inflight.get(job.key)
+            if future is not None and not future.done():
+                del self._inflight[job.key]
+                future.set_exception(error)
+        if self._shares_fetches:
+            self._spawn(self._unmark([job.key for job in jobs]))
 
-    def _answer(self, lookup: Lookup, fetched: dict[str, Entry], owned: set[str]) -> Answer:
+    def _resolve(self, key: str, entry: Entry) -> None:
+        future = self._inflight.get(key)
+        if future is not None and not future.done():
+            future.set_result(entry)
+
+    async def _unmark(self, keys: list[str]) -> None:
+        if self._shares_fetches:
+            try:
+                await self._coordinator.release_fetches(keys, self._holder)
+            except StoreError as exc:
+                log.warning("in-flight marks left to expire: %s", exc)
+
+    def _forget(self, key: str, future: asyncio.Future[Entry]) -> None:
+        if self._inflight.get(key) is future:
+            del self._inflight[key]
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _answer(
+        self, lookup: Lookup, fetched: dict[str, Entry], owned: set[str], stale: set[str]
+    ) -> Answer:
         model = lookup.request.model
         embeddings: list[bytes] = []
-        outcomes = {"hit": 0, "miss": 0, "coalesced": 0}
+        outcomes = {"hit": 0, "miss": 0, "coalesced": 0, "stale": 0}
         usage = billed = 0
         for key in lookup.keys:
             entry = lookup.found.get(key)
@@ -276,17 +346,18 @@ class Pipeline:
                     outcomes["miss"] += 1
                     billed += entry.tokens
                 else:
-                    outcomes["coalesced"] += 1
+                    outcomes["stale" if key in stale else "coalesced"] += 1
             embeddings.append(entry.embedding_json)
             usage += entry.tokens
         for outcome, count in outcomes.items():
             metrics.ITEMS.labels(model=model, outcome=outcome).inc(count)
         body = answer_body(model, embeddings, usage)
         misses = outcomes["miss"]
-        return Answer(body, len(lookup.keys) - misses, misses, billed, usage)
+        return Answer(body, len(lookup.keys) - misses, misses, billed, usage, outcomes["stale"])
 
     async def drain(self) -> None:
         """Wait for upstream fetches still running (at shutdown: their results get stored)."""
+        await self.shield.drain()
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
@@ -300,6 +371,13 @@ def _first_failure(
         if isinstance(error, ItemRejected):
             return ItemRejected(error.msg, loc=request.loc(index))
     return failures[0][1]
+
+
+def _stale(future: asyncio.Future[Entry], now: float) -> bool:
+    if not future.done() or future.cancelled() or future.exception() is not None:
+        return False
+    fresh_until = future.result().fresh_until
+    return bool(fresh_until) and fresh_until <= now
 
 
 def _consume_exception(future: asyncio.Future[Entry]) -> None:

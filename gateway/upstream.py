@@ -13,6 +13,7 @@ from gateway import metrics
 from gateway.errors import (
     UpstreamCredentialsRefused,
     UpstreamError,
+    UpstreamServerError,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
@@ -62,7 +63,7 @@ class NomicClient:
             raise UpstreamTimeout("Nomic did not answer in time") from None
         except aiohttp.ClientError as exc:
             outcome = "connection"
-            raise UpstreamError(f"could not reach Nomic: {type(exc).__name__}") from None
+            raise UpstreamServerError(f"could not reach Nomic: {type(exc).__name__}") from None
         finally:
             self.last_outcome = outcome
             metrics.UPSTREAM_CALLS.labels(outcome=outcome).inc()
@@ -100,6 +101,8 @@ def _result(status: int, headers: Any, body: bytes, count: int) -> UpstreamResul
             f"Nomic is {'rate limiting' if status == 429 else 'unavailable'}; retry later",
             retry_after=retry_after,
         )
+    if status >= 500:
+        raise UpstreamServerError(f"Nomic answered HTTP {status}", retry_after=retry_after)
     raise UpstreamError(f"Nomic answered HTTP {status}", retry_after=retry_after)
 
 

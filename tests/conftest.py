@@ -99,6 +99,13 @@ def gateway_settings(fake: FakeNomic, store_url: str | None, **overrides: Any) -
         "upstream_url": fake.url,  # type: ignore[attr-defined]
         "redis_url": store_url,
         "upstream_timeout_seconds": 5.0,
+        # Tests of other things should not wait on Nomic's real rate, nor retry the faults
+        # they inject; the shield's own tests set these back.
+        "upstream_rate_calls": 100_000,
+        "upstream_rate_period_seconds": 1.0,
+        "upstream_rate_burst": 1000,
+        "upstream_max_attempts": 1,
+        "breaker_failures": 1000,
         **overrides,
     }
     return Settings(**values)

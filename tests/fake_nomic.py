@@ -10,7 +10,8 @@ for ``https://api-atlas.nomic.ai``, following the documented contract (DESIGN.md
 - it answers 768 float32-valued floats per input, deterministic in (model, input), with
   ``usage`` of ``tokens_per_image`` per input;
 - faults are injected per call: ``fail_next`` takes HTTP statuses (with ``Retry-After`` when
-  ``retry_after`` is set) or ``"drop"`` to drop the connection; ``latency`` delays answers;
+  ``retry_after`` is set) or ``"drop"`` to drop the connection; ``fail_when(n)`` decides for
+  the n-th call (0-based) the same way, or None to answer; ``latency`` delays answers;
 - ``calls`` records what it received, so tests count exactly what went upstream.
 
 Its parser is aiohttp's, not the gateway's, so the two are checked against each other.
@@ -25,6 +26,7 @@ import json
 import random
 import time
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import PIL.Image
@@ -52,6 +54,7 @@ class FakeNomic:
     tokens_per_image: int = 10
     latency: float = 0.0
     fail_next: list[int | str] = field(default_factory=list)
+    fail_when: Callable[[int], int | str | None] | None = None
     retry_after: float | None = None
     calls: list[Call] = field(default_factory=list)
 
@@ -72,11 +75,14 @@ class FakeNomic:
 
     async def _embed_image(self, request: web.Request) -> web.StreamResponse:
         call = Call(model="", kind="", items=[], at=time.monotonic())
+        index = len(self.calls)
         self.calls.append(call)
         if self.latency:
             await asyncio.sleep(self.latency)
-        if self.fail_next:
-            fault = self.fail_next.pop(0)
+        fault = self.fail_next.pop(0) if self.fail_next else None
+        if fault is None and self.fail_when is not None:
+            fault = self.fail_when(index)
+        if fault is not None:
             if fault == "drop":
                 assert request.transport is not None
                 request.transport.close()

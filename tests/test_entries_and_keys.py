@@ -15,7 +15,7 @@ from tests.fake_nomic import FakeNomic
 def test_float32_vectors_are_stored_in_4_bytes_and_read_back_exactly() -> None:
     vector = FakeNomic.embedding("m", b"x")
     blob = entries.encode(vector, 42)
-    assert len(blob) == 8 + 4 * 768
+    assert len(blob) == 12 + 4 * 768
     entry = entries.decode(blob)
     assert entry.tokens == 42
     assert orjson.loads(entry.embedding_json) == vector
@@ -26,8 +26,13 @@ def test_float64_vectors_fall_back_to_8_bytes_and_read_back_exactly() -> None:
     vector = [rng.uniform(-1, 1) for _ in range(768)]
     assert array("f", vector).tolist() != vector
     blob = entries.encode(vector, 1)
-    assert len(blob) == 8 + 8 * 768
+    assert len(blob) == 12 + 8 * 768
     assert orjson.loads(entries.decode(blob).embedding_json) == vector
+
+
+def test_freshness_survives_the_round_trip() -> None:
+    entry = entries.decode(entries.encode([0.5], 3, fresh_until=1_900_000_000))
+    assert (entry.tokens, entry.fresh_until) == (3, 1_900_000_000)
 
 
 def test_json_text_from_upstream_survives_the_round_trip() -> None:
@@ -37,8 +42,9 @@ def test_json_text_from_upstream_survives_the_round_trip() -> None:
     assert decoded == vector
 
 
-@pytest.mark.parametrize("blob", [b"", b"\x01\x04", b"\x02\x04\x01\x00\x00\x00\x00\x00abcd",
-                                  b"\x01\x04\x02\x00\x00\x00\x00\x00abcd"])  # fmt: skip
+@pytest.mark.parametrize("blob", [b"", b"\x02\x04",
+                                  b"\x01\x04\x01\x00" + bytes(8) + b"abcd",  # version 1
+                                  b"\x02\x04\x02\x00" + bytes(8) + b"abcd"])  # fmt: skip
 def test_corrupt_entries_are_refused(blob: bytes) -> None:
     with pytest.raises(entries.CorruptEntry):
         entries.decode(blob)

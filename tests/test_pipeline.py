@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 
 import orjson
@@ -12,7 +13,9 @@ from gateway.errors import UpstreamUnavailable
 from gateway.forms import Kind, ParsedRequest
 from gateway.pipeline import Answer, FetchFailed, Pipeline
 from gateway.quota import TokenEstimator
+from gateway.shield import Policy
 from gateway.store import MemoryStore
+from gateway.store.memory_coordinator import MemoryCoordinator
 from gateway.upstream import UpstreamResult
 from tests.fake_nomic import FakeNomic, png
 
@@ -49,14 +52,18 @@ class StaleReadStore(MemoryStore):
 
 
 def make_pipeline(store: MemoryStore, embedder: CountingEmbedder) -> Pipeline:
-    return Pipeline(store, embedder, batch_size=8, url_ttl_seconds=60, estimator=TokenEstimator(1))
+    return Pipeline(
+        store, embedder, MemoryCoordinator(),
+        policy=Policy(batch_items=8, linger_seconds=0, max_attempts=1),
+        url_ttl_seconds=60, stale_grace_seconds=0, estimator=TokenEstimator(1),
+    )  # fmt: skip
 
 
 async def embed(pipeline: Pipeline, request: ParsedRequest) -> Answer:
     lookup = await pipeline.lookup(request)
     if not lookup.missing:
         return pipeline.assemble(lookup)
-    return await pipeline.complete(lookup)
+    return await pipeline.complete(lookup, time.monotonic() + 10)
 
 
 def request(*images: bytes) -> ParsedRequest:

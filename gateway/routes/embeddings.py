@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from aiohttp import web
 
@@ -13,6 +14,7 @@ from gateway.pipeline import Answer, FetchFailed
 
 
 async def embed_image(request: web.Request) -> web.Response:
+    deadline = time.monotonic() + request.app[SETTINGS].request_deadline_seconds
     team = await request.app[AUTH].team_for(request.headers.get("Authorization"))
     parsed = await read_form(request)
     pipeline, accounts = request.app[PIPELINE], request.app[ACCOUNTS]
@@ -25,7 +27,7 @@ async def embed_image(request: web.Request) -> web.Response:
     answer: Answer | None = None
     billed = 0
     try:
-        answer = await pipeline.complete(lookup)
+        answer = await pipeline.complete(lookup, deadline)
         billed = answer.billed_tokens
     except FetchFailed as failed:
         billed = failed.billed_tokens
@@ -45,6 +47,7 @@ def _response(answer: Answer) -> web.Response:
             "X-Cache": answer.cache_status,
             "X-Cache-Hits": str(answer.hits),
             "X-Cache-Misses": str(answer.misses),
+            "X-Cache-Stale": str(answer.stale),
             "X-Billed-Tokens": str(answer.billed_tokens),
         },
     )

@@ -96,3 +96,31 @@ class Ledger(Protocol):
     async def usage(self, team_id: str, days: Sequence[str]) -> list[dict[str, int]]:
         """The team's usage of each day, in order (zeros where nothing was recorded)."""
         ...
+
+
+class Coordinator(Protocol):
+    """What replicas share to shield Nomic: its rate, its concurrency, fetches in flight."""
+
+    async def pace(self, interval_ms: int, burst: int, max_wait_ms: int) -> int:
+        """Reserve the next upstream call under the global rate: the ms to wait before it
+        may go, or -1 (nothing reserved) if that is more than ``max_wait_ms``."""
+        ...
+
+    async def acquire_slot(self, holder: str, cap: int, lease_ms: int) -> bool:
+        """Take one of ``cap`` upstream call slots for ``lease_ms``; False if all are held."""
+        ...
+
+    async def release_slot(self, holder: str) -> None: ...
+
+    async def claim_fetches(self, keys: Sequence[str], holder: str, ttl_ms: int) -> list[bool]:
+        """Mark each key as being fetched by ``holder`` unless another holder's live mark is
+        there; True where this holder now fetches it."""
+        ...
+
+    async def release_fetches(self, keys: Sequence[str], holder: str) -> None:
+        """Remove this holder's marks (not another's, should one have taken over)."""
+        ...
+
+    async def fetching(self, keys: Sequence[str]) -> list[bool]:
+        """Whether each key is still marked as being fetched."""
+        ...

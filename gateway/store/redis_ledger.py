@@ -33,7 +33,7 @@ def team_key(team_id: str, suffix: str) -> str:
     return f"ng:v1:{{t:{team_id}}}:{suffix}"
 
 
-def _script(name: str) -> str:
+def script(name: str) -> str:
     return resources.files("gateway.store").joinpath("lua", name).read_text()
 
 
@@ -56,9 +56,9 @@ def _pairs(usage: Mapping[str, int]) -> list[Any]:
 class RedisLedger:
     def __init__(self, client: aioredis.Redis) -> None:
         self._redis = client
-        self._admit = client.register_script(_script("admit.lua"))
-        self._settle = client.register_script(_script("settle.lua"))
-        self._narrow = client.register_script(_script("narrow_key.lua"))
+        self._admit = client.register_script(script("admit.lua"))
+        self._settle = client.register_script(script("settle.lua"))
+        self._narrow = client.register_script(script("narrow_key.lua"))
 
     async def _call(self, what: str, awaitable: Any) -> Any:
         try:

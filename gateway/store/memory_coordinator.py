@@ -1,0 +1,45 @@
+"""The embedded coordinator: one process shares nothing, so this is local state only."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+
+class MemoryCoordinator:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._tat_ms = 0.0
+        self._slots: dict[str, float] = {}
+
+    def _now_ms(self) -> float:
+        return self._clock() * 1000
+
+    async def pace(self, interval_ms: int, burst: int, max_wait_ms: int) -> int:
+        now = self._now_ms()
+        tat = max(self._tat_ms, now)
+        wait = max(0.0, tat - (burst - 1) * interval_ms - now)
+        if wait > max_wait_ms:
+            return -1
+        self._tat_ms = tat + interval_ms
+        return round(wait)
+
+    async def acquire_slot(self, holder: str, cap: int, lease_ms: int) -> bool:
+        now = self._now_ms()
+        self._slots = {h: end for h, end in self._slots.items() if end > now}
+        if len(self._slots) >= cap:
+            return False
+        self._slots[holder] = now + lease_ms
+        return True
+
+    async def release_slot(self, holder: str) -> None:
+        self._slots.pop(holder, None)
+
+    async def claim_fetches(self, keys: Sequence[str], holder: str, ttl_ms: int) -> list[bool]:
+        return [True] * len(keys)  # one process: the pipeline's own futures coalesce
+
+    async def release_fetches(self, keys: Sequence[str], holder: str) -> None:
+        return None
+
+    async def fetching(self, keys: Sequence[str]) -> list[bool]:
+        return [False] * len(keys)

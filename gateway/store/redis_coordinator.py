@@ -1,0 +1,62 @@
+"""The Redis coordinator: every replica paces, caps and coalesces its upstream calls through
+the same Redis, so N replicas together stay under Nomic's limit and fetch an image once."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gateway.store.base import StoreError
+from gateway.store.redis_ledger import script
+
+PACE_KEY = "ng:v1:upstream:tat"
+SLOTS_KEY = "ng:v1:upstream:slots"
+FETCH_PREFIX = "ng:v1:fetching:"
+
+
+class RedisCoordinator:
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._redis = client
+        self._pace = client.register_script(script("pace.lua"))
+        self._slot = client.register_script(script("slot.lua"))
+        self._unclaim = client.register_script(script("unclaim.lua"))
+
+    async def _call(self, what: str, awaitable: Any) -> Any:
+        try:
+            return await awaitable
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"Redis {what} failed: {type(exc).__name__}") from exc
+
+    async def pace(self, interval_ms: int, burst: int, max_wait_ms: int) -> int:
+        args = [interval_ms, burst, max_wait_ms]
+        return int(await self._call("pace", self._pace(keys=[PACE_KEY], args=args)))
+
+    async def acquire_slot(self, holder: str, cap: int, lease_ms: int) -> bool:
+        taken = await self._call("slot", self._slot(keys=[SLOTS_KEY], args=[holder, cap, lease_ms]))
+        return bool(taken)
+
+    async def release_slot(self, holder: str) -> None:
+        await self._call("slot release", self._redis.zrem(SLOTS_KEY, holder))
+
+    async def claim_fetches(self, keys: Sequence[str], holder: str, ttl_ms: int) -> list[bool]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.set(FETCH_PREFIX + key, holder, nx=True, px=ttl_ms)
+            claimed = await self._call("claim", pipe.execute())
+        return [bool(value) for value in claimed]
+
+    async def release_fetches(self, keys: Sequence[str], holder: str) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                await self._unclaim(keys=[FETCH_PREFIX + key], args=[holder], client=pipe)
+            await self._call("unclaim", pipe.execute())
+
+    async def fetching(self, keys: Sequence[str]) -> list[bool]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.exists(FETCH_PREFIX + key)
+            marks = await self._call("fetching", pipe.execute())
+        return [bool(mark) for mark in marks]

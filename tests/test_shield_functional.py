@@ -1,0 +1,180 @@
+"""The upstream shield through real HTTP: batching, pacing, retries, the breaker, coalescing
+across replicas and serving stale, checked against the fake Nomic's own record of calls."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from tests.conftest import GatewayFactory
+from tests.fake_nomic import FakeNomic, png
+from tests.helpers import post_images, post_urls
+
+Client = TestClient[Any, Any]
+# Nomic's real limit and the shield's defaults, which conftest relaxes for other tests.
+DEFAULTS = {
+    "upstream_rate_calls": 1200, "upstream_rate_period_seconds": 300.0, "upstream_rate_burst": 1,
+    "upstream_max_attempts": 6, "breaker_failures": 5,
+}  # fmt: skip
+
+
+def most_calls_in_one_second(fake: FakeNomic, jitter: float = 0.05) -> int:
+    """The most calls the fake saw within any window of one second (less network jitter)."""
+    times = sorted(call.at for call in fake.calls)
+    return max((sum(1 for t in times[i:] if t - start < 1 - jitter)
+                for i, start in enumerate(times)), default=0)  # fmt: skip
+
+
+async def company_load(
+    replicas: list[Client], requests: int, images: int, clients: int
+) -> Counter[int]:
+    """``clients`` concurrent clients, each sending single-image requests one at a time."""
+    rng = random.Random(7)
+    work = [png(100_000 + rng.randrange(images)) for _ in range(requests)]
+    work[:images] = [png(100_000 + i) for i in range(images)]  # every image at least once
+    statuses: Counter[int] = Counter()
+
+    async def client(index: int) -> None:
+        for n in range(index, requests, clients):
+            replica = replicas[n % len(replicas)]
+            response = await post_images(replica, [work[n]])
+            statuses[response.status] += 1
+            await response.read()
+
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    return statuses
+
+
+async def test_a_thousand_requests_from_64_clients_over_200_images(
+    make_gateway: GatewayFactory, fake_nomic: FakeNomic
+) -> None:
+    gateway = await make_gateway(**DEFAULTS)
+    statuses = await company_load([gateway], requests=1000, images=200, clients=64)
+    assert statuses == {200: 1000}
+    received = Counter(fake_nomic.items_received)
+    assert len(received) == 200
+    assert set(received.values()) == {1}
+    assert len(fake_nomic.calls) <= 20
+    assert most_calls_in_one_second(fake_nomic) <= 4  # 1200 per 300 s
+    print(f"\n  upstream calls: {len(fake_nomic.calls)}, "
+          f"images per call: {[len(c.items) for c in fake_nomic.calls]}")  # fmt: skip
+
+
+async def test_two_replicas_sharing_redis_fetch_each_image_once_under_one_rate(
+    make_redis_gateway: GatewayFactory, fake_nomic: FakeNomic
+) -> None:
+    replicas = [await make_redis_gateway(**DEFAULTS), await make_redis_gateway(**DEFAULTS)]
+    statuses = await company_load(replicas, requests=1000, images=200, clients=64)
+    assert statuses == {200: 1000}
+    assert set(Counter(fake_nomic.items_received).values()) == {1}
+    assert len(fake_nomic.items_received) == 200
+    assert most_calls_in_one_second(fake_nomic) <= 4
+    print(f"\n  upstream calls: {len(fake_nomic.calls)} for 2 replicas")
+
+
+async def test_rate_limiting_by_nomic_is_retried_honouring_retry_after(
+    make_gateway: GatewayFactory, fake_nomic: FakeNomic
+) -> None:
+    gateway = await make_gateway(upstream_max_attempts=6, upstream_linger_seconds=0)
+    fake_nomic.retry_after = 1
+    fake_nomic.fail_when = lambda n: 429 if n % 2 == 0 and n < 8 else None
+    for seed in range(4):
+        response = await post_images(gateway, [png(seed)])
+        assert response.status == 200
+    calls = fake_nomic.calls
+    assert [c.status for c in calls[:8]] == [429, 200] * 4
+    for refused, retried in zip(calls[0:8:2], calls[1:8:2], strict=True):
+        assert retried.at - refused.at >= 0.95  # Retry-After: 1
+
+
+async def test_server_errors_and_dropped_connections_are_retried(
+    make_gateway: GatewayFactory, fake_nomic: FakeNomic
+) -> None:
+    gateway = await make_gateway(upstream_max_attempts=4)
+    fake_nomic.fail_next = [500, "drop", 503]
+    response = await post_images(gateway, [png(1)])
+    assert response.status == 200
+    assert len(fake_nomic.calls) == 4
+
+
+async def test_one_corrupt_image_in_a_batch_of_ten_requests_fails_only_its_request(
+    make_gateway: GatewayFactory, fake_nomic: FakeNomic
+) -> None:
+    gateway = await make_gateway(upstream_linger_seconds=0.3)
+    corrupt = b"\x89PNG\r\n\x1a\n" + b"not a png at all"
+    images = [png(i) for i in range(9)] + [corrupt]
+    responses = await asyncio.gather(*(post_images(gateway, [image]) for image in images))
+    # one batch of all ten, refused for the corrupt one, then the nine again
+    assert [(len(c.items), c.status) for c in fake_nomic.calls] == [(10, 422), (9, 200)]
+    assert [r.status for r in responses] == [200] * 9 + [422]
+    detail = (await responses[-1].json())["detail"][0]
+    assert detail["loc"] == ["body", "images", 0]
+
+
+async def test_while_nomic_is_down_misses_fail_fast_hits_flow_and_it_recovers(
+    make_gateway: GatewayFactory, fake_nomic: FakeNomic
+) -> None:
+    gateway = await make_gateway(breaker_failures=3, breaker_open_seconds=0.5)
+    assert (await post_images(gateway, [png(0)])).status == 200  # cached before the outage
+    fake_nomic.fail_when = lambda n: 503
+    for seed in range(1, 4):
+        assert (await post_images(gateway, [png(seed)])).status == 503
+    calls = len(fake_nomic.calls)
+    started = time.monotonic()
+    fast = await post_images(gateway, [png(9)])
+    assert fast.status == 503
+    assert time.monotonic() - started < 0.2
+    assert 1 <= int(fast.headers["Retry-After"]) <= 1
+    assert len(fake_nomic.calls) == calls  # the breaker did not call Nomic
+    assert (await post_images(gateway, [png(0)])).status == 200  # hits still served
+    fake_nomic.fail_when = None
+    await asyncio.sleep(0.6)
+    assert (await post_images(gateway, [png(9)])).status == 200
+
+
+async def test_a_url_past_its_ttl_is_served_stale_while_nomic_fails(
+    make_gateway: GatewayFactory, fake_nomic: FakeNomic
+) -> None:
+    gateway = await make_gateway(url_ttl_seconds=1, stale_grace_seconds=60)
+    url = ["https://example.com/cat.png"]
+    fresh = await post_urls(gateway, url)
+    assert fresh.status == 200
+    await asyncio.sleep(1.1)
+    fake_nomic.fail_next = [500]
+    stale = await post_urls(gateway, url)
+    assert stale.status == 200
+    assert (stale.headers["X-Cache"], stale.headers["X-Cache-Stale"]) == ("STALE", "1")
+    assert await stale.json() == await fresh.json()
+    refreshed = await post_urls(gateway, url)
+    assert refreshed.headers["X-Cache"] == "MISS"
+    again = await post_urls(gateway, url)
+    assert again.headers["X-Cache"] == "HIT"
+
+
+async def test_a_full_queue_answers_503_at_once(
+    make_gateway: GatewayFactory, fake_nomic: FakeNomic
+) -> None:
+    gateway = await make_gateway(upstream_queue_items=2)
+    response = await post_images(gateway, [png(i) for i in range(3)])
+    assert response.status == 503
+    assert response.headers["Retry-After"] == "1"
+    assert fake_nomic.calls == []
+
+
+async def test_a_deadline_the_rate_cannot_meet_answers_503_at_once(
+    make_gateway: GatewayFactory, fake_nomic: FakeNomic
+) -> None:
+    gateway = await make_gateway(
+        upstream_rate_calls=1, upstream_rate_period_seconds=10, upstream_rate_burst=1,
+        request_deadline_seconds=2, upstream_batch_size=1,
+    )  # fmt: skip
+    started = time.monotonic()
+    response = await post_images(gateway, [png(1), png(2), png(3)])
+    assert response.status == 503
+    assert time.monotonic() - started < 1
+    assert int(response.headers["Retry-After"]) >= 10
