@@ -178,3 +178,24 @@ async def test_a_deadline_the_rate_cannot_meet_answers_503_at_once(
     assert response.status == 503
     assert time.monotonic() - started < 1
     assert int(response.headers["Retry-After"]) >= 10
+
+
+async def test_a_crashed_replica_blocks_an_image_only_until_its_mark_expires(
+    make_redis_gateway: GatewayFactory, fake_nomic: FakeNomic, redis_url: str
+) -> None:
+    from gateway.keys import cache_key
+    from gateway.store import RedisStore
+    from gateway.store.redis_coordinator import RedisCoordinator
+
+    gateway = await make_redis_gateway()
+    image = png(77)
+    store = RedisStore(redis_url)
+    crashed = RedisCoordinator(store.client)
+    key = cache_key("nomic-embed-vision-v1.5", "image", image)
+    assert await crashed.claim_fetches([key], "a-replica-that-died", 400) == [True]
+    started = time.monotonic()
+    response = await post_images(gateway, [image])
+    assert response.status == 200
+    assert 0.3 <= time.monotonic() - started < 3
+    assert fake_nomic.items_received == [image]
+    await store.close()

@@ -1,0 +1,117 @@
+"""The shield's pure parts and its shared coordination, on both stores."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+from collections.abc import AsyncIterator
+
+import pytest
+
+from gateway.breaker import Breaker
+from gateway.shield import Policy, backoff
+from gateway.store import RedisStore
+from gateway.store.base import Coordinator
+from gateway.store.memory_coordinator import MemoryCoordinator
+from gateway.store.redis_coordinator import RedisCoordinator
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_breaker_opens_after_failures_in_a_row_and_closes_on_success() -> None:
+    clock = Clock()
+    breaker = Breaker(failures_to_open=3, open_seconds=2, max_open_seconds=5, clock=clock)
+    breaker.record_failure()
+    breaker.record_failure()
+    breaker.record_success()  # a success in between: the count starts again
+    breaker.record_failure()
+    breaker.record_failure()
+    assert breaker.state == "closed"
+    breaker.record_failure()
+    assert (breaker.state, breaker.retry_after()) == ("open", 2)
+    clock.now += 2
+    assert breaker.state == "half_open"
+    breaker.record_failure()  # the probe failed: open again, for twice as long
+    assert (breaker.state, breaker.retry_after()) == ("open", 4)
+    clock.now += 4
+    breaker.record_failure()
+    assert breaker.retry_after() == 5  # capped
+    clock.now += 5
+    breaker.record_success()
+    assert (breaker.state, breaker.retry_after()) == ("closed", 0)
+
+
+def test_backoff_grows_with_jitter_and_honours_retry_after() -> None:
+    policy = Policy(backoff_base_seconds=0.25, backoff_max_seconds=8)
+    rng = random.Random(1)
+    for attempt, ceiling in [(0, 0.25), (1, 0.5), (2, 1), (5, 8), (9, 8)]:
+        delays = [backoff(attempt, policy, None, rng) for _ in range(200)]
+        assert ceiling / 2 <= min(delays)
+        assert max(delays) <= ceiling
+        assert max(delays) - min(delays) > ceiling / 4  # jittered
+    assert backoff(0, policy, 7.0, rng) == 7.0
+
+
+def test_the_rate_interval_keeps_nomics_limit() -> None:
+    assert Policy(rate_calls=1200, rate_period_seconds=300).interval_ms == 250
+
+
+@pytest.fixture
+async def coordinator(store_url: str | None) -> AsyncIterator[Coordinator]:
+    if store_url is None:
+        yield MemoryCoordinator()
+        return
+    store = RedisStore(store_url)
+    yield RedisCoordinator(store.client)
+    await store.close()
+
+
+async def test_pacing_spaces_calls_by_the_interval(coordinator: Coordinator) -> None:
+    waits = [await coordinator.pace(100, 1, 10_000) for _ in range(5)]
+    assert waits[0] == 0
+    for before, after in itertools.pairwise(waits):
+        assert 90 <= after - before <= 110  # each reserved call 100 ms after the previous
+    assert await coordinator.pace(100, 1, 50) == -1  # too far ahead: nothing reserved
+    assert 480 <= await coordinator.pace(100, 1, 10_000) <= 510
+
+
+async def test_a_burst_may_go_back_to_back(coordinator: Coordinator) -> None:
+    waits = [await coordinator.pace(1000, 3, 10_000) for _ in range(4)]
+    assert waits[:3] == [0, 0, 0]
+    assert 900 <= waits[3] <= 1000
+
+
+async def test_call_slots_are_capped_and_released(coordinator: Coordinator) -> None:
+    assert await coordinator.acquire_slot("a", 2, 10_000)
+    assert await coordinator.acquire_slot("b", 2, 10_000)
+    assert not await coordinator.acquire_slot("c", 2, 10_000)
+    await coordinator.release_slot("a")
+    assert await coordinator.acquire_slot("c", 2, 10_000)
+
+
+async def test_a_slot_lease_ends_by_itself(coordinator: Coordinator) -> None:
+    assert await coordinator.acquire_slot("crashed", 1, 50)
+    assert not await coordinator.acquire_slot("next", 1, 10_000)
+    await asyncio.sleep(0.08)
+    assert await coordinator.acquire_slot("next", 1, 10_000)
+
+
+async def test_fetch_marks_on_redis(redis_client: object, redis_url: str) -> None:
+    store = RedisStore(redis_url)
+    coordinator = RedisCoordinator(store.client)
+    assert await coordinator.claim_fetches(["k1", "k2"], "me", 10_000) == [True, True]
+    assert await coordinator.claim_fetches(["k2", "k3"], "other", 10_000) == [False, True]
+    assert await coordinator.fetching(["k1", "k2", "k3", "k4"]) == [True, True, True, False]
+    await coordinator.release_fetches(["k1", "k2", "k3"], "me")  # k3 is not mine
+    assert await coordinator.fetching(["k1", "k2", "k3"]) == [False, False, True]
+    assert await coordinator.claim_fetches(["short"], "me", 30) == [True]
+    await asyncio.sleep(0.06)
+    assert await coordinator.fetching(["short"]) == [False]
+    await store.close()
