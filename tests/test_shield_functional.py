@@ -199,3 +199,23 @@ async def test_a_crashed_replica_blocks_an_image_only_until_its_mark_expires(
     assert 0.3 <= time.monotonic() - started < 3
     assert fake_nomic.items_received == [image]
     await store.close()
+
+
+async def test_the_shield_is_observable(
+    make_gateway: GatewayFactory, fake_nomic: FakeNomic
+) -> None:
+    gateway = await make_gateway(upstream_max_attempts=2)
+    fake_nomic.fail_next = [500]
+    await asyncio.gather(*(post_images(gateway, [png(5)]) for _ in range(3)))
+    text = await (await gateway.get("/metrics")).text()
+    for name in (
+        "gateway_upstream_queue_items",
+        "gateway_upstream_items_per_call_bucket",
+        'gateway_upstream_retries_total{reason="UpstreamServerError"}',
+        "gateway_upstream_breaker_state",
+        'gateway_items_total{model="nomic-embed-vision-v1.5",outcome="coalesced"}',
+        "gateway_replica_coalesced_items_total",
+        "gateway_upstream_paced_seconds_bucket",
+        "gateway_stale_items_total",
+    ):
+        assert name in text, name
