@@ -109,6 +109,10 @@ class UpstreamUnavailable(UpstreamError):
     kind = "upstream_error.unavailable"
 
 
+class UpstreamRateLimited(UpstreamUnavailable):
+    """Nomic answered 429: every replica pauses for its Retry-After."""
+
+
 class UpstreamTimeout(UpstreamError):
     status = 504
     kind = "upstream_error.timeout"

@@ -128,7 +128,9 @@ class Pipeline:
         self._shares_fetches = shares_fetches
         self._clock = clock
         self._holder = uuid.uuid4().hex
+        self._owners = itertools.count()
         self._inflight: dict[str, asyncio.Future[Entry]] = {}
+        self._from_replicas: set[asyncio.Future[Entry]] = set()  # answered by another replica
         self._tasks: set[asyncio.Task[None]] = set()
         self.shield = Shield(upstream, coordinator, self, policy, breaker=breaker)
 
@@ -154,7 +156,13 @@ class Pipeline:
         waits, owned = self._claim(lookup.missing)
         if owned:
             pairs = [(key, lookup.first_item[key]) for key in owned]
-            await self._dispatch(lookup.request, pairs, deadline, owner=id(lookup))
+            owner = next(self._owners)
+            try:
+                await self._dispatch(lookup.request, pairs, deadline, owner)
+            except BaseException:  # cancelled before the shield had them: nobody would
+                jobs = [Job(key, content, owner, deadline) for key, content in pairs]
+                self.failed(jobs, UpstreamError("the request was cancelled"))
+                raise
         fetched: dict[str, Entry] = {}
         failed: dict[str, GatewayError] = {}
         for key, future in waits.items():
@@ -170,10 +178,14 @@ class Pipeline:
             fetched[key] = lookup.stale[key]
             del failed[key]
         metrics.STALE_SERVED.inc(len(served_stale))
+        paid = {
+            key for key in owned
+            if key not in served_stale and waits[key] not in self._from_replicas
+        }  # fmt: skip
         if failed:
-            billed = sum(fetched[key].tokens for key in owned if key in fetched)
+            billed = sum(fetched[key].tokens for key in paid if key in fetched)
             raise FetchFailed(_first_failure(lookup.request, lookup.keys, failed), billed)
-        return self._answer(lookup, fetched, set(owned) - served_stale, served_stale)
+        return self._answer(lookup, fetched, paid, served_stale)
 
     async def _lookup(self, keys: list[str]) -> dict[str, Entry]:
         try:
@@ -252,17 +264,27 @@ class Pipeline:
                 self.failed([Job(k, c, owner, deadline) for k, c in pending.items()], error)
                 return
             await asyncio.sleep(POLL_SECONDS[min(attempt, len(POLL_SECONDS) - 1)])
+            keys = list(pending)
             try:
-                found = await self._lookup(list(pending))
-                still = [key for key in pending if key not in found]
-                marks = await self._coordinator.fetching(still) if still else []
+                # The mark first: an owner stores its entry before it unmarks, so a key
+                # unmarked before the read and missing from it was given up.
+                marks = await self._coordinator.fetching(keys)
+                found = await self._lookup(keys)
             except StoreError:
                 continue
-            for key, entry in found.items():
-                self._resolve(key, entry)
-                del pending[key]
+            now = self._clock()
+            for key in keys:
+                entry = found.get(key)
+                if entry is not None and not (entry.fresh_until and entry.fresh_until <= now):
+                    future = self._inflight.get(key)
+                    if future is not None and not future.done():
+                        self._from_replicas.add(future)  # not billed here: not fetched here
+                    self._resolve(key, entry)
+                    del pending[key]
             dropped = [
-                (key, pending.pop(key)) for key, mark in zip(still, marks, strict=True) if not mark
+                (key, pending.pop(key))
+                for key, mark in zip(keys, marks, strict=True)
+                if not mark and key in pending
             ]
             if dropped:
                 await self._dispatch(request, dropped, deadline, owner)
@@ -289,13 +311,6 @@ class Pipeline:
             metrics.STORE_ERRORS.labels(operation="set").inc()
             log.warning("could not store %d fetched embeddings: %s", len(stored), exc)
         await self._unmark([job.key for job in jobs])
-        loop = asyncio.get_running_loop()
-        for job in jobs:
-            future = self._inflight.get(job.key)
-            if future is not None and future.done():
-                # Lookups that began before the entry was stored may still miss it:
-                # they find the answer here for a while instead of fetching again.
-                loop.call_later(self._linger_seconds, self._forget, job.key, future)
 
     def failed(self, jobs: list[Job], error: GatewayError) -> None:
         """Fail these items, and forget them at once: the next request asks again."""
@@ -311,6 +326,9 @@ class Pipeline:
         future = self._inflight.get(key)
         if future is not None and not future.done():
             future.set_result(entry)
+            # Lookups that began before the entry was stored may still miss it: they find
+            # the answer here for a while instead of fetching again.
+            asyncio.get_running_loop().call_later(self._linger_seconds, self._forget, key, future)
 
     async def _unmark(self, keys: list[str]) -> None:
         if self._shares_fetches:
@@ -320,6 +338,7 @@ class Pipeline:
                 log.warning("in-flight marks left to expire: %s", exc)
 
     def _forget(self, key: str, future: asyncio.Future[Entry]) -> None:
+        self._from_replicas.discard(future)
         if self._inflight.get(key) is future:
             del self._inflight[key]
 

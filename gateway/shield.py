@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import random
 import time
 import uuid
@@ -32,6 +33,7 @@ from gateway.errors import (
     GatewayError,
     ItemRejected,
     UpstreamError,
+    UpstreamRateLimited,
     UpstreamServerError,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -86,7 +88,7 @@ class Policy(NamedTuple):
 
     @property
     def interval_ms(self) -> int:
-        return max(1, round(self.rate_period_seconds * 1000 / self.rate_calls))
+        return max(1, math.ceil(self.rate_period_seconds * 1000 / self.rate_calls))
 
 
 def backoff(attempt: int, policy: Policy, retry_after: float | None, rng: random.Random) -> float:
@@ -190,7 +192,8 @@ class Shield:
         if their deadline passes first or the store fails."""
         holder = f"{self._holder}:{next(self._slot_ids)}"
         deadline = max(job.deadline for job in lane.jobs)
-        lease_ms = round((self.policy.call_timeout_seconds + 5) * 1000)
+        # The slot is held through retries and pauses until the batch's deadline at most.
+        lease_ms = round((deadline - self._clock() + self.policy.call_timeout_seconds + 5) * 1000)
         try:
             while not await self._coordinator.acquire_slot(
                 holder, self.policy.concurrency, lease_ms
@@ -266,7 +269,7 @@ class Shield:
                     jobs = self._reject(jobs, rejected, rejections)
                     continue
                 except GatewayError as exc:
-                    retry_in = self._retry_in(exc, attempt, jobs)
+                    retry_in = await self._retry_in(exc, attempt, jobs)
                     if retry_in is None:
                         raise
                     metrics.UPSTREAM_RETRIES.labels(reason=type(exc).__name__).inc()
@@ -285,14 +288,22 @@ class Shield:
             metrics.BREAKER_STATE.set(("closed", "half_open", "open").index(self.breaker.state))
             await self._release(holder)
 
-    def _retry_in(self, error: GatewayError, attempt: int, jobs: list[Job]) -> float | None:
+    async def _hold(self, seconds: float | None) -> None:
+        if seconds:
+            try:
+                await self._coordinator.hold(round(seconds * 1000))
+            except StoreError as exc:
+                log.warning("could not pause the shared upstream rate: %s", exc)
+
+    async def _retry_in(self, error: GatewayError, attempt: int, jobs: list[Job]) -> float | None:
         """Seconds before retrying after ``error``, or None: not retryable, the breaker is
         open, or the retry could not finish before the batch's deadline."""
+        if isinstance(error, UpstreamRateLimited):
+            await self._hold(error.retry_after)  # Nomic's pause holds for every replica
+        elif isinstance(error, RETRYABLE):
+            self.breaker.record_failure()  # a rate limit is Nomic working, not failing
         if not isinstance(error, RETRYABLE) or attempt + 1 >= self.policy.max_attempts:
-            if isinstance(error, RETRYABLE):
-                self.breaker.record_failure()
             return None
-        self.breaker.record_failure()
         if self.breaker.retry_after() > 0:
             error.retry_after = max(error.retry_after or 0, self.breaker.retry_after())
             return None

@@ -13,6 +13,7 @@ from gateway import metrics
 from gateway.errors import (
     UpstreamCredentialsRefused,
     UpstreamError,
+    UpstreamRateLimited,
     UpstreamServerError,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -96,11 +97,10 @@ def _result(status: int, headers: Any, body: bytes, count: int) -> UpstreamResul
         if rejected is not None:
             raise rejected
         raise UpstreamError("Nomic rejected the request without naming an item")
-    if status in (429, 503):
-        raise UpstreamUnavailable(
-            f"Nomic is {'rate limiting' if status == 429 else 'unavailable'}; retry later",
-            retry_after=retry_after,
-        )
+    if status == 429:
+        raise UpstreamRateLimited("Nomic is rate limiting; retry later", retry_after=retry_after)
+    if status == 503:
+        raise UpstreamUnavailable("Nomic is unavailable; retry later", retry_after=retry_after)
     if status >= 500:
         raise UpstreamServerError(f"Nomic answered HTTP {status}", retry_after=retry_after)
     raise UpstreamError(f"Nomic answered HTTP {status}", retry_after=retry_after)

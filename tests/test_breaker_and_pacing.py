@@ -78,7 +78,8 @@ async def test_pacing_spaces_calls_by_the_interval(coordinator: Coordinator) -> 
     assert waits[0] == 0
     for before, after in itertools.pairwise(waits):
         assert 90 <= after - before <= 110  # each reserved call 100 ms after the previous
-    assert await coordinator.pace(100, 1, 50) == -1  # too far ahead: nothing reserved
+    too_far = await coordinator.pace(100, 1, 50)  # nothing reserved; the wait it would take
+    assert -510 <= too_far <= -480
     assert 480 <= await coordinator.pace(100, 1, 10_000) <= 510
 
 
@@ -86,6 +87,14 @@ async def test_a_burst_may_go_back_to_back(coordinator: Coordinator) -> None:
     waits = [await coordinator.pace(1000, 3, 10_000) for _ in range(4)]
     assert waits[:3] == [0, 0, 0]
     assert 900 <= waits[3] <= 1000
+
+
+async def test_a_hold_pauses_the_shared_rate(coordinator: Coordinator) -> None:
+    assert await coordinator.pace(10, 1, 10_000) == 0
+    await coordinator.hold(1000)
+    assert 950 <= await coordinator.pace(10, 1, 10_000) <= 1000
+    await coordinator.hold(10)  # a shorter hold never shortens a longer one
+    assert 950 <= await coordinator.pace(10, 1, 10_000) <= 1010
 
 
 async def test_call_slots_are_capped_and_released(coordinator: Coordinator) -> None:

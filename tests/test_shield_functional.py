@@ -219,3 +219,52 @@ async def test_the_shield_is_observable(
         "gateway_stale_items_total",
     ):
         assert name in text, name
+
+
+async def test_nomics_retry_after_pauses_every_replica(
+    make_redis_gateway: GatewayFactory, fake_nomic: FakeNomic
+) -> None:
+    first, second = await make_redis_gateway(upstream_max_attempts=3), await make_redis_gateway()
+    fake_nomic.retry_after = 1
+    fake_nomic.fail_when = lambda n: 429 if n == 0 else None
+    paused = asyncio.ensure_future(post_images(first, [png(1)]))
+    while not fake_nomic.calls or fake_nomic.calls[0].status != 429:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # the 429 has reached the first replica
+    other = await post_images(second, [png(2)])
+    assert other.status == 200
+    assert (await paused).status == 200
+    refused_at = fake_nomic.calls[0].at
+    assert all(call.at - refused_at >= 0.95 for call in fake_nomic.calls[1:])
+
+
+async def test_a_replica_refreshing_a_stale_url_is_waited_for_not_undercut(
+    make_redis_gateway: GatewayFactory, fake_nomic: FakeNomic
+) -> None:
+    first = await make_redis_gateway(url_ttl_seconds=1)
+    second = await make_redis_gateway(url_ttl_seconds=1)
+    url = ["https://example.com/changing.png"]
+    assert (await post_urls(first, url)).status == 200
+    await asyncio.sleep(1.1)
+    fake_nomic.latency = 0.3
+    refreshing = asyncio.ensure_future(post_urls(first, url))
+    while len(fake_nomic.calls) < 2:  # the first replica marked the URL, then called Nomic
+        await asyncio.sleep(0.01)
+    waited = await post_urls(second, url)
+    assert waited.status == 200
+    assert waited.headers["X-Cache"] == "HIT"  # it waited for the refresh: not billed again
+    assert waited.headers["X-Billed-Tokens"] == "0"
+    assert (await refreshing).headers["X-Cache"] == "MISS"
+    assert len(fake_nomic.calls) == 2
+
+
+async def test_answers_do_not_linger_in_memory(
+    make_redis_gateway: GatewayFactory, fake_nomic: FakeNomic
+) -> None:
+    from gateway.appkeys import PIPELINE
+
+    replicas = [await make_redis_gateway(redis_timeout_seconds=0.1) for _ in range(2)]
+    await company_load(replicas, requests=200, images=50, clients=16)
+    await asyncio.sleep(1.3)  # the linger: Redis timeout + 1 s
+    for replica in replicas:
+        assert replica.server.app[PIPELINE]._inflight == {}

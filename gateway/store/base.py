@@ -103,7 +103,11 @@ class Coordinator(Protocol):
 
     async def pace(self, interval_ms: int, burst: int, max_wait_ms: int) -> int:
         """Reserve the next upstream call under the global rate: the ms to wait before it
-        may go, or -1 (nothing reserved) if that is more than ``max_wait_ms``."""
+        may go; or, if that is more than ``max_wait_ms``, minus that wait (nothing reserved)."""
+        ...
+
+    async def hold(self, pause_ms: int) -> None:
+        """No upstream call from any replica for ``pause_ms`` (Nomic said Retry-After)."""
         ...
 
     async def acquire_slot(self, holder: str, cap: int, lease_ms: int) -> bool:

@@ -10,6 +10,7 @@ class MemoryCoordinator:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._tat_ms = 0.0
+        self._held_until_ms = 0.0
         self._slots: dict[str, float] = {}
 
     def _now_ms(self) -> float:
@@ -18,11 +19,15 @@ class MemoryCoordinator:
     async def pace(self, interval_ms: int, burst: int, max_wait_ms: int) -> int:
         now = self._now_ms()
         tat = max(self._tat_ms, now)
-        wait = max(0.0, tat - (burst - 1) * interval_ms - now)
+        wait = max(0.0, tat - (burst - 1) * interval_ms - now, self._held_until_ms - now)
         if wait > max_wait_ms:
-            return -1
+            return -max(1, round(wait))
+        tat = max(tat, now + wait)
         self._tat_ms = tat + interval_ms
         return round(wait)
+
+    async def hold(self, pause_ms: int) -> None:
+        self._held_until_ms = max(self._held_until_ms, self._now_ms() + pause_ms)
 
     async def acquire_slot(self, holder: str, cap: int, lease_ms: int) -> bool:
         now = self._now_ms()

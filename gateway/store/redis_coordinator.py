@@ -13,6 +13,7 @@ from gateway.store.base import StoreError
 from gateway.store.redis_ledger import script
 
 PACE_KEY = "ng:v1:upstream:tat"
+HOLD_KEY = "ng:v1:upstream:hold"
 SLOTS_KEY = "ng:v1:upstream:slots"
 FETCH_PREFIX = "ng:v1:fetching:"
 
@@ -23,6 +24,7 @@ class RedisCoordinator:
         self._pace = client.register_script(script("pace.lua"))
         self._slot = client.register_script(script("slot.lua"))
         self._unclaim = client.register_script(script("unclaim.lua"))
+        self._hold = client.register_script(script("hold.lua"))
 
     async def _call(self, what: str, awaitable: Any) -> Any:
         try:
@@ -32,7 +34,10 @@ class RedisCoordinator:
 
     async def pace(self, interval_ms: int, burst: int, max_wait_ms: int) -> int:
         args = [interval_ms, burst, max_wait_ms]
-        return int(await self._call("pace", self._pace(keys=[PACE_KEY], args=args)))
+        return int(await self._call("pace", self._pace(keys=[PACE_KEY, HOLD_KEY], args=args)))
+
+    async def hold(self, pause_ms: int) -> None:
+        await self._call("hold", self._hold(keys=[HOLD_KEY], args=[pause_ms]))
 
     async def acquire_slot(self, holder: str, cap: int, lease_ms: int) -> bool:
         taken = await self._call("slot", self._slot(keys=[SLOTS_KEY], args=[holder, cap, lease_ms]))
