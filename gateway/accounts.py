@@ -252,6 +252,8 @@ def _exceeded(team: Team, decision: quota.Decision, at: Window) -> QuotaExceeded
 
 
 def _count_tokens(team: Team, model: str, answer: Answer) -> None:
+    metrics.TEAM_ITEMS.labels(team=team.id, outcome="hit").inc(answer.hits)
+    metrics.TEAM_ITEMS.labels(team=team.id, outcome="miss").inc(answer.misses)
     metrics.BILLED_TOKENS.labels(team=team.id, model=model).inc(answer.billed_tokens)
     saved = answer.usage_tokens - answer.billed_tokens
     metrics.SAVED_TOKENS.labels(team=team.id, model=model).inc(saved)

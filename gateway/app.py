@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from gateway import teams_file
+from gateway import metrics, teams_file
 from gateway.accounts import Accounts, flushing
 from gateway.appkeys import (
     ACCOUNTS,
@@ -58,6 +58,9 @@ def create_app(settings: Settings) -> web.Application:
 
 
 def shield_policy(settings: Settings) -> Policy:
+    metrics.UPSTREAM_RATE_LIMIT.set(
+        settings.upstream_rate_calls / settings.upstream_rate_period_seconds
+    )
     return Policy(
         batch_items=settings.upstream_batch_size,
         batch_bytes=settings.upstream_batch_bytes,

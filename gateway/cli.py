@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from gateway import admin_cli, teams_file
+from gateway import admin_cli, logs, teams_file
 from gateway.app import create_app
 from gateway.config import Settings, SettingsError, add_arguments
 
@@ -41,9 +41,7 @@ def serve(flags: dict[str, str | None]) -> int:
     except (SettingsError, teams_file.TeamsFileError) as exc:
         print(f"nomic-gateway: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(settings.log_level, settings.log_format)
     logging.getLogger("gateway").info(
         "nomic-gateway listening on http://%s:%d, upstream %s",
         settings.host,

@@ -84,6 +84,12 @@ def _redis_url(text: str) -> str:
     return text
 
 
+def _log_format(text: str) -> str:
+    if text not in ("json", "text"):
+        raise ValueError("must be json or text")
+    return text
+
+
 def _log_level(text: str) -> str:
     level = text.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -242,6 +248,9 @@ class Settings:
         1.0,
     )
     log_level: str = _setting("GATEWAY_LOG_LEVEL", _log_level, "log level", "INFO")
+    log_format: str = _setting(
+        "GATEWAY_LOG_FORMAT", _log_format, "json (one object per line) or text", "json"
+    )
 
     def __repr__(self) -> str:
         shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

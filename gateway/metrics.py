@@ -39,6 +39,21 @@ SAVED_TOKENS = Counter(
 QUOTA_REJECTIONS = Counter(
     "gateway_quota_rejections_total", "Requests refused for a team limit", ["team", "limit"]
 )
+TEAM_ITEMS = Counter(
+    "gateway_team_items_total",
+    "Inputs answered per team: hit (not paid upstream by this request) or miss (paid)",
+    ["team", "outcome"],
+)
+UPSTREAM_RATE_LIMIT = Gauge(
+    "gateway_upstream_rate_limit_per_second",
+    "The configured upstream rate, all replicas together (calls per second)",
+)
+STORE_SECONDS = Histogram(
+    "gateway_store_seconds",
+    "Latency of one store operation",
+    ["operation"],
+    buckets=(0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)
 STORE_ERRORS = Counter("gateway_store_errors_total", "Store operations that failed", ["operation"])
 UPSTREAM_QUEUE = Gauge("gateway_upstream_queue_items", "Misses waiting for an upstream call")
 UPSTREAM_PACED_SECONDS = Histogram(

@@ -10,12 +10,14 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from gateway import metrics
+from gateway import logs, metrics
 from gateway.errors import GatewayError
 
 log = logging.getLogger(__name__)
 
 REQUEST_ID = web.RequestKey("request_id", str)
+LOG_FIELDS = web.RequestKey("log_fields", dict[str, object])  # handlers add what they know
+QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})  # probes: logged at debug
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{1,64}")
 
@@ -36,13 +38,19 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     given = request.headers.get("X-Request-Id", "")
     request_id = given if _CLIENT_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
     request[REQUEST_ID] = request_id
+    fields = request[LOG_FIELDS] = {}
     route = request.match_info.route.resource
     route_name = route.canonical if route is not None else "unmatched"
     started = time.perf_counter()
     response = await _answer_errors(request, handler)
+    elapsed = time.perf_counter() - started
     response.headers["X-Request-Id"] = request_id
     metrics.REQUESTS.labels(route=route_name, status_class=f"{response.status // 100}xx").inc()
-    metrics.REQUEST_SECONDS.labels(route=route_name).observe(time.perf_counter() - started)
+    metrics.REQUEST_SECONDS.labels(route=route_name).observe(elapsed)
+    fields.update(request_id=request_id, method=request.method, route=route_name,
+                  status=response.status, duration_ms=round(elapsed * 1000, 2))  # fmt: skip
+    quiet = route_name in QUIET_ROUTES and response.status < 500
+    logs.request_line(fields, logging.DEBUG if quiet else logging.INFO)
     return response
 
 

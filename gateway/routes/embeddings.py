@@ -10,22 +10,27 @@ from aiohttp import web
 from gateway import forms
 from gateway.appkeys import ACCOUNTS, AUTH, LIMITS, PIPELINE, SETTINGS
 from gateway.errors import BodyTimeout, PayloadTooLarge
+from gateway.middlewares import LOG_FIELDS
 from gateway.pipeline import Answer, FetchFailed
 
 
 async def embed_image(request: web.Request) -> web.Response:
     deadline = time.monotonic() + request.app[SETTINGS].request_deadline_seconds
     team = await request.app[AUTH].team_for(request.headers.get("Authorization"))
+    log = request[LOG_FIELDS]
+    log["team"] = team.id
     parsed = await read_form(request)
+    log.update(model=parsed.model, items=len(parsed.items))
     pipeline, accounts = request.app[PIPELINE], request.app[ACCOUNTS]
     lookup = await pipeline.lookup(parsed)
     if not lookup.missing:
         cached = pipeline.assemble(lookup)
         await accounts.admit(team, lookup, cached)
-        return _response(cached)
+        return _response(cached, log)
     reservation = await accounts.admit(team, lookup, None)
     answer: Answer | None = None
     billed = 0
+    upstream_started = time.perf_counter()
     try:
         answer = await pipeline.complete(lookup, deadline)
         billed = answer.billed_tokens
@@ -33,13 +38,16 @@ async def embed_image(request: web.Request) -> web.Response:
         billed = failed.billed_tokens
         raise failed.error from None
     finally:
+        log.update(upstream_ms=round((time.perf_counter() - upstream_started) * 1000, 2),
+                   billed_tokens=billed)  # fmt: skip
         # Settled even if this handler is cancelled: a reservation must never leak.
         await asyncio.shield(accounts.settle(reservation, answer, billed))
     assert answer is not None
-    return _response(answer)
+    return _response(answer, log)
 
 
-def _response(answer: Answer) -> web.Response:
+def _response(answer: Answer, log: dict[str, object]) -> web.Response:
+    log.update(hits=answer.hits, misses=answer.misses, billed_tokens=answer.billed_tokens)
     return web.Response(
         body=answer.body,
         content_type="application/json",

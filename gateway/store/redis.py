@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from gateway import metrics
 from gateway.store.base import StoreError
 
 
@@ -29,15 +31,19 @@ class RedisStore:
         self.client = self._redis = aioredis.Redis.from_pool(pool)
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        started = time.perf_counter()
         try:
             values = await self._redis.mget(keys)
         except (RedisError, OSError) as exc:
             raise StoreError(f"Redis MGET failed: {type(exc).__name__}") from exc
+        finally:
+            metrics.STORE_SECONDS.labels(operation="get").observe(time.perf_counter() - started)
         return [value if isinstance(value, bytes | None) else value.encode() for value in values]
 
     async def set_many(self, items: Sequence[tuple[str, bytes]], ttl_seconds: int | None) -> None:
         if not items:
             return
+        started = time.perf_counter()
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for key, value in items:
@@ -45,6 +51,8 @@ class RedisStore:
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             raise StoreError(f"Redis SET failed: {type(exc).__name__}") from exc
+        finally:
+            metrics.STORE_SECONDS.labels(operation="set").observe(time.perf_counter() - started)
 
     async def ping(self) -> None:
         try:

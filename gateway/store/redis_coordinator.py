@@ -3,12 +3,14 @@ the same Redis, so N replicas together stay under Nomic's limit and fetch an ima
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from gateway import metrics
 from gateway.store.base import StoreError
 from gateway.store.redis_ledger import script
 
@@ -27,10 +29,13 @@ class RedisCoordinator:
         self._hold = client.register_script(script("hold.lua"))
 
     async def _call(self, what: str, awaitable: Any) -> Any:
+        started = time.perf_counter()
         try:
             return await awaitable
         except (RedisError, OSError) as exc:
             raise StoreError(f"Redis {what} failed: {type(exc).__name__}") from exc
+        finally:
+            metrics.STORE_SECONDS.labels(operation=what).observe(time.perf_counter() - started)
 
     async def pace(self, interval_ms: int, burst: int, max_wait_ms: int) -> int:
         args = [interval_ms, burst, max_wait_ms]

@@ -8,6 +8,7 @@ key alone; writing one and its team's index are two commands, which only admin c
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
@@ -16,7 +17,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from gateway import quota
+from gateway import metrics, quota
 from gateway.quota import Decision, Demand, Window
 from gateway.store.base import StoreError
 from gateway.teams import LIMIT_NAMES, KeyRecord, Team
@@ -61,10 +62,13 @@ class RedisLedger:
         self._narrow = client.register_script(script("narrow_key.lua"))
 
     async def _call(self, what: str, awaitable: Any) -> Any:
+        started = time.perf_counter()
         try:
             return await awaitable
         except (RedisError, OSError) as exc:
             raise StoreError(f"Redis {what} failed: {type(exc).__name__}") from exc
+        finally:
+            metrics.STORE_SECONDS.labels(operation=what).observe(time.perf_counter() - started)
 
     async def create_team(self, team: Team) -> bool:
         created = await self._call(
