@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
+from gateway import metrics
 from gateway.errors import StoreUnavailable, Unauthorized
 from gateway.store import StoreError
 from gateway.store.base import Ledger
@@ -69,6 +70,8 @@ class Authenticator:
             raise StoreUnavailable(
                 "the key store is unavailable; retry shortly", retry_after=1
             ) from exc
+        if team is not None:
+            _export_limits(team)
         if len(self._cache) >= MAX_CACHED:
             self._cache.clear()
         cached = self._cache[sha] = _Cached(now + self._cache_seconds, record, team)
@@ -102,3 +105,12 @@ def _bearer(authorization: str | None) -> str:
     if scheme.lower() != "bearer" or not well_formed(key):
         raise Unauthorized("malformed team key: expected Authorization: Bearer nk-<43 characters>")
     return key
+
+
+def _export_limits(team: Team) -> None:
+    for name, value in team.limits.to_json().items():
+        if value is None:
+            with contextlib.suppress(KeyError):
+                metrics.TEAM_LIMIT.remove(team.id, name)
+        else:
+            metrics.TEAM_LIMIT.labels(team=team.id, limit=name).set(value)

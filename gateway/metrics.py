@@ -44,6 +44,11 @@ TEAM_ITEMS = Counter(
     "Inputs answered per team: hit (not paid upstream by this request) or miss (paid)",
     ["team", "outcome"],
 )
+TEAM_LIMIT = Gauge(
+    "gateway_team_limit",
+    "A team's limit, as this process last read it (absent: unlimited)",
+    ["team", "limit"],
+)
 UPSTREAM_RATE_LIMIT = Gauge(
     "gateway_upstream_rate_limit_per_second",
     "The configured upstream rate, all replicas together (calls per second)",

@@ -10,7 +10,7 @@ apt_install() {
   command -v apt-get >/dev/null || { echo "please install: $*" >&2; return 1; }
   echo "installing $* from Debian's packages" >&2
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
 pick_python() {
