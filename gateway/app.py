@@ -87,6 +87,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
             settings.redis_url,
             timeout_seconds=settings.redis_timeout_seconds,
             max_connections=settings.redis_max_connections,
+            cluster=settings.redis_mode == "cluster",
         )
         app[STORE] = store = redis
         app[LEDGER] = RedisLedger(redis.client)

@@ -84,6 +84,12 @@ def _redis_url(text: str) -> str:
     return text
 
 
+def _redis_mode(text: str) -> str:
+    if text not in ("standalone", "cluster"):
+        raise ValueError("must be standalone or cluster")
+    return text
+
+
 def _log_format(text: str) -> str:
     if text not in ("json", "text"):
         raise ValueError("must be json or text")
@@ -123,6 +129,12 @@ class Settings:
     )
     redis_url: str | None = _setting(
         "GATEWAY_REDIS_URL", _redis_url, "Redis URL; unset: the embedded in-process store", None
+    )
+    redis_mode: str = _setting(
+        "GATEWAY_REDIS_MODE",
+        _redis_mode,
+        "standalone, or cluster (the URL names any seed node)",
+        "standalone",
     )
     redis_timeout_seconds: float = _setting(
         "GATEWAY_REDIS_TIMEOUT_SECONDS", _positive_float, "timeout of one Redis operation", 1.0

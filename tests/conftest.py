@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -17,9 +19,26 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
 from gateway.config import Settings
+from gateway.store import RedisStore
 from tests.fake_nomic import FAKE_API_KEY, FakeNomic
 
-STORES = ("memory", "redis")
+STORES = ("memory", "redis", "cluster")
+CLUSTER_URLS: set[str] = set()  # store URLs that name a Redis Cluster seed node
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too, both below 65536."""
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(20000, 30000)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a Redis Cluster node")
 
 
 def free_port() -> int:
@@ -29,14 +48,14 @@ def free_port() -> int:
         return port
 
 
-def spawn_redis(port: int, workdir: str) -> subprocess.Popen[bytes]:
+def spawn_redis(port: int, workdir: str, *extra: str) -> subprocess.Popen[bytes]:
     """A redis-server of the suite's own on ``port``, answering PING when this returns."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server is not installed: run the README's test command, it installs it")
     process = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", workdir],
+         "--appendonly", "no", "--dir", workdir, *extra],
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
     client = redis.Redis(port=port)
@@ -65,6 +84,73 @@ def redis_url() -> Iterator[str]:
         process.wait(10)
 
 
+@pytest.fixture(scope="session")
+def cluster_url() -> Iterator[str]:
+    """A real 3-master Redis Cluster of the suite's own, on free ports."""
+    cli = shutil.which("redis-cli")
+    if cli is None:
+        pytest.fail("redis-cli is not installed: run the README's test command, it installs it")
+    ports = [free_cluster_port() for _ in range(3)]
+    with tempfile.TemporaryDirectory() as workdir:
+        nodes: list[subprocess.Popen[bytes]] = []
+        try:
+            for port in ports:
+                node_dir = Path(workdir) / str(port)
+                node_dir.mkdir()
+                nodes.append(spawn_redis(port, str(node_dir), "--cluster-enabled", "yes",
+                                         "--cluster-config-file", "nodes.conf",
+                                         "--cluster-node-timeout", "2000"))  # fmt: skip
+            subprocess.run(
+                [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
+                 "--cluster-replicas", "0", "--cluster-yes"],
+                check=True, capture_output=True, timeout=60,
+            )  # fmt: skip
+            deadline = time.monotonic() + 30
+            while True:
+                states = [redis.Redis(port=p).cluster("info")["cluster_state"] for p in ports]
+                if states == ["ok"] * 3:
+                    break
+                if time.monotonic() > deadline:
+                    pytest.fail(f"the test Redis Cluster did not form: {states}")
+                time.sleep(0.1)
+            url = f"redis://127.0.0.1:{ports[0]}/0"
+            CLUSTER_URLS.add(url)
+            yield url
+        finally:
+            for node in nodes:
+                node.terminate()
+                node.wait(10)
+
+
+def flush(url: str) -> None:
+    """Empty a Redis, or every master of a Redis Cluster."""
+    if url in CLUSTER_URLS:
+        cluster = redis.RedisCluster.from_url(url)
+        cluster.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
+        cluster.close()
+    else:
+        client = redis.Redis.from_url(url)
+        client.flushall()
+        client.close()
+
+
+def sync_client(url: str) -> redis.Redis | redis.RedisCluster:
+    """A synchronous client for tests that look into the store."""
+    if url in CLUSTER_URLS:
+        return redis.RedisCluster.from_url(url)
+    return redis.Redis.from_url(url)
+
+
+def all_keys(client: redis.Redis | redis.RedisCluster, pattern: str) -> list[bytes]:
+    if isinstance(client, redis.RedisCluster):
+        return list(client.keys(pattern, target_nodes=redis.RedisCluster.PRIMARIES))
+    return list(client.keys(pattern))
+
+
+def open_redis_store(url: str, **kwargs: Any) -> RedisStore:
+    return RedisStore(url, cluster=url in CLUSTER_URLS, **kwargs)
+
+
 @pytest.fixture
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
@@ -75,11 +161,12 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 
 @pytest.fixture(params=STORES)
 def store_url(request: pytest.FixtureRequest) -> str | None:
-    """Every test using this runs once on the embedded store and once on a flushed Redis."""
+    """Every test using this runs on the embedded store, on a flushed Redis and on a flushed
+    3-master Redis Cluster."""
     if request.param == "memory":
         return None
-    request.getfixturevalue("redis_client")
-    url: str = request.getfixturevalue("redis_url")
+    url: str = request.getfixturevalue("cluster_url" if request.param == "cluster" else "redis_url")
+    flush(url)
     return url
 
 
@@ -98,6 +185,7 @@ def gateway_settings(fake: FakeNomic, store_url: str | None, **overrides: Any) -
         "nomic_api_key": FAKE_API_KEY,
         "upstream_url": fake.url,  # type: ignore[attr-defined]
         "redis_url": store_url,
+        "redis_mode": "cluster" if store_url in CLUSTER_URLS else "standalone",
         "upstream_timeout_seconds": 5.0,
         # Tests of other things should not wait on Nomic's real rate, nor retry the faults
         # they inject; the shield's own tests set these back.

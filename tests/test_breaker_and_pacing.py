@@ -15,6 +15,7 @@ from gateway.store import RedisStore
 from gateway.store.base import Coordinator
 from gateway.store.memory_coordinator import MemoryCoordinator
 from gateway.store.redis_coordinator import RedisCoordinator
+from tests.conftest import open_redis_store
 
 
 class Clock:
@@ -68,7 +69,7 @@ async def coordinator(store_url: str | None) -> AsyncIterator[Coordinator]:
     if store_url is None:
         yield MemoryCoordinator()
         return
-    store = RedisStore(store_url)
+    store = open_redis_store(store_url)
     yield RedisCoordinator(store.client)
     await store.close()
 

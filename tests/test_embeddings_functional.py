@@ -10,7 +10,7 @@ import orjson
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
-from tests.conftest import GatewayFactory
+from tests.conftest import GatewayFactory, all_keys, sync_client
 from tests.fake_nomic import FakeNomic, png
 from tests.helpers import image_form, post_images, post_urls
 
@@ -122,10 +122,8 @@ async def test_urls_are_cached_with_their_ttl(
     assert second.headers["X-Cache"] == "HIT"
     assert fake_nomic.items_received == [url.encode() for url in urls]
     if store_url is not None:
-        import redis
-
-        client = redis.Redis.from_url(store_url)
-        ttls = [client.ttl(key) for key in client.keys("ng:v1:emb:*")]
+        client = sync_client(store_url)
+        ttls = [client.ttl(key) for key in all_keys(client, "ng:v1:emb:*")]
         client.close()
         assert len(ttls) == 2
         assert all(4100 < ttl <= 4200 for ttl in ttls)  # kept a grace period past the TTL
@@ -134,10 +132,8 @@ async def test_urls_are_cached_with_their_ttl(
 async def test_image_entries_do_not_expire_on_redis(gateway: Client, store_url: str | None) -> None:
     assert (await post_images(gateway, [png(1)])).status == 200
     if store_url is not None:
-        import redis
-
-        client = redis.Redis.from_url(store_url)
-        assert [client.ttl(key) for key in client.keys("ng:v1:emb:*")] == [-1]
+        client = sync_client(store_url)
+        assert [client.ttl(key) for key in all_keys(client, "ng:v1:emb:*")] == [-1]
         client.close()
 
 

@@ -16,6 +16,7 @@ from gateway.store.base import Ledger
 from gateway.store.memory_ledger import MemoryLedger
 from gateway.store.redis_ledger import DAY_TTL, RedisLedger, team_key
 from gateway.teams import KeyRecord, Limits, Team
+from tests.conftest import open_redis_store
 
 NOW = 1_800_000_000.0
 AT = quota.window(NOW)
@@ -26,7 +27,7 @@ async def ledger(store_url: str | None) -> AsyncIterator[Ledger]:
     if store_url is None:
         yield MemoryLedger()
         return
-    store = RedisStore(store_url)
+    store = open_redis_store(store_url)
     yield RedisLedger(store.client)
     await store.close()
 

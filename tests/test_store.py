@@ -8,12 +8,12 @@ import pytest
 
 from gateway.store import MemoryStore, RedisStore, Store, StoreError
 from gateway.store.memory import ENTRY_OVERHEAD
-from tests.conftest import free_port
+from tests.conftest import free_port, open_redis_store
 
 
 @pytest.fixture
 async def store(store_url: str | None) -> AsyncIterator[Store]:
-    opened: Store = MemoryStore(10_000_000) if store_url is None else RedisStore(store_url)
+    opened: Store = MemoryStore(10_000_000) if store_url is None else open_redis_store(store_url)
     yield opened
     await opened.close()
 
@@ -84,7 +84,9 @@ async def test_more_concurrent_calls_than_connections_wait_their_turn(
     import asyncio
 
     store: Store = (
-        MemoryStore(10_000_000) if store_url is None else RedisStore(store_url, max_connections=4)
+        MemoryStore(10_000_000)
+        if store_url is None
+        else open_redis_store(store_url, max_connections=4)
     )
     await store.set_many([("k", b"v")], None)
     results = await asyncio.gather(*(store.get_many(["k"]) for _ in range(300)))

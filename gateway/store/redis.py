@@ -1,4 +1,11 @@
-"""The Redis store: shared by any number of gateway processes and machines."""
+"""The Redis store: shared by any number of gateway processes and machines.
+
+Standalone Redis or Redis Cluster. On a cluster, cache keys spread over every slot: a lookup
+is one MGET per node (``mget_nonatomic``) and a write one pipeline split by node; every Lua
+script touches keys of one slot only (a team's keys share the ``{t:<id>}`` hash tag, the
+upstream pacing keys ``{upstream}``), so CROSSSLOT cannot happen. MOVED, ASK and node
+restarts are retried by the cluster client.
+"""
 
 from __future__ import annotations
 
@@ -11,29 +18,52 @@ from redis.exceptions import RedisError
 from gateway import metrics
 from gateway.store.base import StoreError
 
+Client = aioredis.Redis | aioredis.RedisCluster
+
 
 class RedisStore:
     """Cache entries as plain string keys: one MGET per lookup, one pipeline per write."""
 
     def __init__(
-        self, url: str, *, timeout_seconds: float = 1.0, max_connections: int = 64
+        self,
+        url: str,
+        *,
+        timeout_seconds: float = 1.0,
+        max_connections: int = 64,
+        cluster: bool = False,
     ) -> None:
-        # A blocking pool: past max_connections a command waits (up to the timeout) for a
-        # connection instead of failing, so bursts queue rather than error.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=timeout_seconds,
-            socket_timeout=timeout_seconds,
-            socket_connect_timeout=timeout_seconds,
-            health_check_interval=30,
-        )
-        self.client = self._redis = aioredis.Redis.from_pool(pool)
+        self.cluster = cluster
+        self.client: Client
+        if cluster:
+            # The cluster client keeps a pool per node that refuses a command past its size
+            # rather than waiting: sized for bursts.
+            self.client = aioredis.RedisCluster.from_url(
+                url,
+                socket_timeout=timeout_seconds,
+                socket_connect_timeout=timeout_seconds,
+                max_connections=max(1000, max_connections * 16),
+            )
+        else:
+            # A blocking pool: past max_connections a command waits (up to the timeout) for
+            # a connection instead of failing, so bursts queue rather than error.
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=max_connections,
+                timeout=timeout_seconds,
+                socket_timeout=timeout_seconds,
+                socket_connect_timeout=timeout_seconds,
+                health_check_interval=30,
+            )
+            self.client = aioredis.Redis.from_pool(pool)
+        self._redis = self.client
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         started = time.perf_counter()
         try:
-            values = await self._redis.mget(keys)
+            if isinstance(self._redis, aioredis.RedisCluster):
+                values = await self._redis.mget_nonatomic(keys)
+            else:
+                values = await self._redis.mget(keys)
         except (RedisError, OSError) as exc:
             raise StoreError(f"Redis MGET failed: {type(exc).__name__}") from exc
         finally:

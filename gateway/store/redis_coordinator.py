@@ -3,25 +3,27 @@ the same Redis, so N replicas together stay under Nomic's limit and fetch an ima
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway import metrics
 from gateway.store.base import StoreError
+from gateway.store.redis import Client
 from gateway.store.redis_ledger import script
 
-PACE_KEY = "ng:v1:upstream:tat"
-HOLD_KEY = "ng:v1:upstream:hold"
-SLOTS_KEY = "ng:v1:upstream:slots"
+# Keys one script reads together share a hash tag (one Redis Cluster slot).
+PACE_KEY = "ng:v1:{upstream}:tat"
+HOLD_KEY = "ng:v1:{upstream}:hold"
+SLOTS_KEY = "ng:v1:{upstream}:slots"
 FETCH_PREFIX = "ng:v1:fetching:"
 
 
 class RedisCoordinator:
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: Client) -> None:
         self._redis = client
         self._pace = client.register_script(script("pace.lua"))
         self._slot = client.register_script(script("slot.lua"))
@@ -59,10 +61,9 @@ class RedisCoordinator:
         return [bool(value) for value in claimed]
 
     async def release_fetches(self, keys: Sequence[str], holder: str) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                await self._unclaim(keys=[FETCH_PREFIX + key], args=[holder], client=pipe)
-            await self._call("unclaim", pipe.execute())
+        # One script call per mark: the marks of a batch live in many cluster slots.
+        unclaims = (self._unclaim(keys=[FETCH_PREFIX + key], args=[holder]) for key in keys)
+        await self._call("unclaim", asyncio.gather(*unclaims))
 
     async def fetching(self, keys: Sequence[str]) -> list[bool]:
         async with self._redis.pipeline(transaction=False) as pipe:

@@ -14,12 +14,12 @@ from importlib import resources
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway import metrics, quota
 from gateway.quota import Decision, Demand, Window
 from gateway.store.base import StoreError
+from gateway.store.redis import Client
 from gateway.teams import LIMIT_NAMES, KeyRecord, Team
 
 TEAMS = "ng:v1:teams"
@@ -55,7 +55,7 @@ def _pairs(usage: Mapping[str, int]) -> list[Any]:
 
 
 class RedisLedger:
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: Client) -> None:
         self._redis = client
         self._admit = client.register_script(script("admit.lua"))
         self._settle = client.register_script(script("settle.lua"))
