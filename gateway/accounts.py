@@ -30,6 +30,7 @@ from gateway.pipeline import Answer, Lookup
 from gateway.quota import TokenEstimator, Window
 from gateway.store import StoreError
 from gateway.store.base import Ledger
+from gateway.store.memory_ledger import MemoryLedger
 from gateway.teams import Team
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class Reservation(NamedTuple):
     request_id: str
     decided: bool  # the store admitted it (and may hold a reservation under request_id)
     learner: bool  # this request teaches the model's cost; the others wait for it
+    fallback: bool = False  # admitted by this process alone while the store was failing
 
 
 def answered_usage(answer: Answer) -> dict[str, int]:
@@ -114,8 +116,13 @@ class Accounts:
         ledger: Ledger,
         estimator: TokenEstimator,
         clock: Callable[[], float] = time.time,
+        *,
+        fail_open: bool = True,
     ) -> None:
         self._ledger = ledger
+        # While the store fails, limits hold per process (fail open) or nothing is admitted.
+        self._fail_open = fail_open
+        self._fallback = MemoryLedger()
         self._estimator = estimator
         self._clock = clock
         self.buffer = UsageBuffer(ledger)
@@ -142,21 +149,29 @@ class Accounts:
                 self.buffer.add(team.id, at, 0, usage)
                 _count_tokens(team, model, answer)
             return Reservation(team, model, at, request_id, False, learner)
+        fallback = False
         try:
             decision = await self._ledger.admit(team, want, at, usage, request_id)
         except StoreError as exc:
-            # It may have run: settle the id later, which releases a reservation if there is one.
-            self.buffer.retry_later(_Settle(team.id, at.day, at.month, request_id, 0, Counter()))
-            self._end_learning(model, learner)
-            raise StoreUnavailable(
-                "the usage store is unavailable; retry shortly", retry_after=1
-            ) from exc
+            # It may have run: settling the id later releases its reservation if it made one,
+            # and records the usage once (an admit that recorded usage marked the id settled).
+            self.buffer.retry_later(
+                _Settle(team.id, at.day, at.month, request_id, 0, Counter(usage))
+            )
+            if not self._fail_open:
+                self._end_learning(model, learner)
+                raise StoreUnavailable(
+                    "the usage store is unavailable; retry shortly", retry_after=1
+                ) from exc
+            metrics.STORE_ERRORS.labels(operation="admit").inc()
+            decision = await self._fallback.admit(team, want, at, usage, request_id)
+            fallback = True
         if not decision.allowed:
             self._end_learning(model, learner)
             raise _exceeded(team, decision, at)
         if answer is not None:
             _count_tokens(team, model, answer)
-        return Reservation(team, model, at, request_id, True, learner)
+        return Reservation(team, model, at, request_id, True, learner, fallback)
 
     def settle(
         self, reservation: Reservation, answer: Answer | None, billed: int
@@ -183,6 +198,11 @@ class Accounts:
             self.buffer.add(team.id, at, billed, usage)
             return
         entry = _Settle(team.id, at.day, at.month, reservation.request_id, billed, Counter(usage))
+        if reservation.fallback:
+            await self._fallback.settle(*entry)  # the local counts, for the local limits
+            # A settle of this id is already queued for the store (from admit): this one
+            # goes under its own id, with what the request actually did.
+            entry = entry._replace(request_id=uuid.uuid4().hex)
         try:
             await self._ledger.settle(*entry)
         except StoreError as exc:

@@ -31,6 +31,7 @@ from gateway.quota import TokenEstimator
 from gateway.routes import admin, embeddings, ops, user
 from gateway.shield import Policy
 from gateway.store import MemoryStore, RedisStore, Store
+from gateway.store.fallback import FallbackCoordinator
 from gateway.store.memory_coordinator import MemoryCoordinator
 from gateway.store.memory_ledger import MemoryLedger
 from gateway.store.redis_coordinator import RedisCoordinator
@@ -91,7 +92,9 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         )
         app[STORE] = store = redis
         app[LEDGER] = RedisLedger(redis.client)
-        app[COORDINATOR] = RedisCoordinator(redis.client)
+        shared = RedisCoordinator(redis.client)
+        fail_open = settings.on_store_failure == "open"
+        app[COORDINATOR] = FallbackCoordinator(shared) if fail_open else shared
     log.info("store: %s", "redis" if settings.redis_url else "embedded memory")
     app[AUTH] = auth = Authenticator(app[LEDGER], settings.key_cache_seconds)
     if settings.teams_file is not None:
@@ -104,7 +107,8 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     estimator = TokenEstimator(settings.tokens_per_item_estimate)
-    accounts = app[ACCOUNTS] = Accounts(app[LEDGER], estimator)
+    fail_open = settings.on_store_failure == "open"
+    accounts = app[ACCOUNTS] = Accounts(app[LEDGER], estimator, fail_open=fail_open)
     timeout = aiohttp.ClientTimeout(total=settings.upstream_timeout_seconds)
     async with aiohttp.ClientSession(timeout=timeout, raise_for_status=False) as session:
         upstream = app[UPSTREAM] = NomicClient(

@@ -2,6 +2,7 @@
 
 A key's lookup, found or not, is cached for ``cache_seconds``: a revoked key stops working
 within that time, and a flood of wrong keys costs the store one read per key per period.
+While the store cannot be read, a key keeps what the store last said of it.
 """
 
 from __future__ import annotations
@@ -49,7 +50,12 @@ class Authenticator:
         now = self._clock()
         cached = self._cache.get(sha)
         if cached is None or cached.until <= now:
-            cached = await self._load(sha, now)
+            try:
+                cached = await self._load(sha, now)
+            except StoreUnavailable:
+                if cached is None:
+                    raise
+                # The store is down: what it last said of this key stands until it is back.
         record, team = cached.record, cached.team
         # A key older than its team was made for an earlier team of the same id.
         if (

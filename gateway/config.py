@@ -84,6 +84,12 @@ def _redis_url(text: str) -> str:
     return text
 
 
+def _failure_mode(text: str) -> str:
+    if text not in ("open", "closed"):
+        raise ValueError("must be open or closed")
+    return text
+
+
 def _redis_mode(text: str) -> str:
     if text not in ("standalone", "cluster"):
         raise ValueError("must be standalone or cluster")
@@ -135,6 +141,12 @@ class Settings:
         _redis_mode,
         "standalone, or cluster (the URL names any seed node)",
         "standalone",
+    )
+    on_store_failure: str = _setting(
+        "GATEWAY_ON_STORE_FAILURE",
+        _failure_mode,
+        "open: limits and pacing hold per process while Redis fails; closed: answer 503",
+        "open",
     )
     redis_timeout_seconds: float = _setting(
         "GATEWAY_REDIS_TIMEOUT_SECONDS", _positive_float, "timeout of one Redis operation", 1.0

@@ -34,7 +34,7 @@ from gateway.upstream import UpstreamResult
 
 log = logging.getLogger(__name__)
 
-CacheStatus = Literal["HIT", "MISS", "PARTIAL", "STALE"]
+CacheStatus = Literal["HIT", "MISS", "PARTIAL", "STALE", "BYPASS"]
 POLL_SECONDS = (0.02, 0.05, 0.1, 0.2)  # watching another replica's fetch: quick, then calmer
 
 
@@ -47,6 +47,7 @@ class Lookup(NamedTuple):
     found: dict[str, Entry]
     missing: list[str]  # distinct keys not in the cache, or stale
     stale: dict[str, Entry]  # URL entries past their TTL: served only if Nomic fails
+    bypassed: bool = False  # the store could not be read: everything went upstream
 
     @property
     def cached_inputs(self) -> int:
@@ -75,9 +76,12 @@ class Answer(NamedTuple):
     billed_tokens: int
     usage_tokens: int
     stale: int = 0
+    bypassed: bool = False
 
     @property
     def cache_status(self) -> CacheStatus:
+        if self.bypassed:
+            return "BYPASS"
         if self.stale:
             return "STALE"
         if not self.misses:
@@ -138,13 +142,13 @@ class Pipeline:
         """Key every input and look all of them up in one store call."""
         keys = [cache_key(request.model, request.kind, item) for item in request.items]
         first_item = dict(zip(keys, request.items, strict=True))  # same key, same content
-        found = await self._lookup(list(first_item))
+        found, readable = await self._read(list(first_item))
         now = self._clock()
         stale = {k: e for k, e in found.items() if e.fresh_until and e.fresh_until <= now}
         for key in stale:
             del found[key]
         missing = [key for key in first_item if key not in found]
-        return Lookup(request, keys, first_item, found, missing, stale)
+        return Lookup(request, keys, first_item, found, missing, stale, not readable)
 
     def assemble(self, lookup: Lookup) -> Answer:
         """The answer of a lookup that found everything."""
@@ -187,13 +191,14 @@ class Pipeline:
             raise FetchFailed(_first_failure(lookup.request, lookup.keys, failed), billed)
         return self._answer(lookup, fetched, paid, served_stale)
 
-    async def _lookup(self, keys: list[str]) -> dict[str, Entry]:
+    async def _read(self, keys: list[str]) -> tuple[dict[str, Entry], bool]:
+        """The entries found, and whether the store could be read at all."""
         try:
             blobs = await self._store.get_many(keys)
         except StoreError as exc:
             metrics.STORE_ERRORS.labels(operation="get").inc()
             log.warning("cache lookup failed, answering from upstream: %s", exc)
-            return {}
+            return {}, False
         found: dict[str, Entry] = {}
         for key, blob in zip(keys, blobs, strict=True):
             if blob is not None:
@@ -201,7 +206,7 @@ class Pipeline:
                     found[key] = entries.decode(blob)
                 except entries.CorruptEntry:
                     log.warning("unreadable cache entry %s, fetching it again", key)
-        return found
+        return found, True
 
     def _claim(self, missing: list[str]) -> tuple[dict[str, asyncio.Future[Entry]], list[str]]:
         """Join fetches already in flight; claim the rest as this request's to fetch."""
@@ -269,8 +274,10 @@ class Pipeline:
                 # The mark first: an owner stores its entry before it unmarks, so a key
                 # unmarked before the read and missing from it was given up.
                 marks = await self._coordinator.fetching(keys)
-                found = await self._lookup(keys)
+                found, readable = await self._read(keys)
             except StoreError:
+                continue
+            if not readable:
                 continue
             now = self._clock()
             for key in keys:
@@ -372,7 +379,8 @@ class Pipeline:
             metrics.ITEMS.labels(model=model, outcome=outcome).inc(count)
         body = answer_body(model, embeddings, usage)
         misses = outcomes["miss"]
-        return Answer(body, len(lookup.keys) - misses, misses, billed, usage, outcomes["stale"])
+        hits = len(lookup.keys) - misses
+        return Answer(body, hits, misses, billed, usage, outcomes["stale"], lookup.bypassed)
 
     async def drain(self) -> None:
         """Wait for upstream fetches still running (at shutdown: their results get stored)."""

@@ -98,6 +98,8 @@ class MemoryLedger:
             month["reserved_tokens"] += want.reserve_tokens
             self._reserved[request_id] = want.reserve_tokens
         day.update(usage)
+        if usage:
+            self._mark_settled(request_id)
         return decision
 
     async def settle(
@@ -106,15 +108,18 @@ class MemoryLedger:
     ) -> None:  # fmt: skip
         if request_id in self._settled:
             return
-        self._settled[request_id] = time.monotonic()
-        if len(self._settled) > SETTLED_REMEMBERED:
-            self._settled.popitem(last=False)
+        self._mark_settled(request_id)
         reserved = self._reserved.pop(request_id, 0)
         day_counts = self._counts(self._days, team_id, day)
         for counts in (day_counts, self._counts(self._months, team_id, month)):
             counts["reserved_tokens"] -= reserved
             counts["billed_tokens"] += billed
         day_counts.update(usage)
+
+    def _mark_settled(self, request_id: str) -> None:
+        self._settled[request_id] = time.monotonic()
+        if len(self._settled) > SETTLED_REMEMBERED:
+            self._settled.popitem(last=False)
 
     async def usage(self, team_id: str, days: Sequence[str]) -> list[dict[str, int]]:
         empty: Counter[str] = Counter()

@@ -158,9 +158,10 @@ class RedisLedger:
             team_key(team.id, f"day:{at.day}"),
             team_key(team.id, f"month:{at.month}"),
             team_key(team.id, f"reserved:{request_id}"),
+            team_key(team.id, f"settled:{request_id}"),
         ]
         args = [*want, *quota.limit_values(team), MINUTE_TTL, DAY_TTL, MONTH_TTL,
-                RESERVATION_TTL, *_pairs(usage)]  # fmt: skip
+                RESERVATION_TTL, SETTLED_TTL, *_pairs(usage)]  # fmt: skip
         answer = await self._call("admit", self._admit(keys=keys, args=args))
         if answer[0] == 1:
             return Decision(True)
