@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -10,7 +11,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from gateway import admin_cli, logs, teams_file
+from gateway import admin_cli, logs, teams_file, workers
 from gateway.app import create_app
 from gateway.config import Settings, SettingsError, add_arguments
 
@@ -38,23 +39,38 @@ def serve(flags: dict[str, str | None]) -> int:
         settings = Settings.from_sources(flags, os.environ)
         if settings.teams_file is not None:
             teams_file.load(settings.teams_file)  # refused here in one line, not at start-up
+        if settings.workers > 1 and settings.redis_url is None:
+            raise SettingsError(
+                "GATEWAY_WORKERS > 1 needs GATEWAY_REDIS_URL: the embedded store is one "
+                "process's own"
+            )
     except (SettingsError, teams_file.TeamsFileError) as exc:
         print(f"nomic-gateway: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_format)
-    logging.getLogger("gateway").info(
-        "nomic-gateway listening on http://%s:%d, upstream %s",
-        settings.host,
-        settings.port,
-        settings.upstream_url,
-    )
+    log = logging.getLogger("gateway")
+    log.info(
+        "nomic-gateway listening on http://%s:%d with %d worker(s), upstream %s",
+        settings.host, settings.port, settings.workers, settings.upstream_url,
+    )  # fmt: skip
+    if settings.workers > 1:
+        code = workers.supervise(settings.workers, functools.partial(run_worker, settings))
+    else:
+        run_worker(settings)
+        code = 0
+    log.info("nomic-gateway stopped")
+    return code
+
+
+def run_worker(settings: Settings) -> None:
+    """One gateway process: serve until SIGTERM or SIGINT, then finish in-flight requests."""
+    logs.configure(settings.log_level, settings.log_format)
     web.run_app(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         shutdown_timeout=settings.shutdown_timeout_seconds,
+        reuse_port=settings.workers > 1,
         print=None,
         access_log=None,
     )
-    logging.getLogger("gateway").info("nomic-gateway stopped")
-    return 0

@@ -130,6 +130,9 @@ class Settings:
     )
     host: str = _setting("GATEWAY_HOST", str, "address to listen on", "127.0.0.1")
     port: int = _setting("GATEWAY_PORT", _port, "port to listen on", 8080)
+    workers: int = _setting(
+        "GATEWAY_WORKERS", _positive_int, "gateway processes sharing the port (needs Redis)", 1
+    )
     upstream_url: str = _setting(
         "GATEWAY_UPSTREAM_URL", _http_url, "Nomic's API base URL", "https://api-atlas.nomic.ai"
     )

@@ -48,10 +48,12 @@ TEAM_LIMIT = Gauge(
     "gateway_team_limit",
     "A team's limit, as this process last read it (absent: unlimited)",
     ["team", "limit"],
+    multiprocess_mode="livemax",
 )
 UPSTREAM_RATE_LIMIT = Gauge(
     "gateway_upstream_rate_limit_per_second",
     "The configured upstream rate, all replicas together (calls per second)",
+    multiprocess_mode="livemax",
 )
 STORE_SECONDS = Histogram(
     "gateway_store_seconds",
@@ -60,7 +62,11 @@ STORE_SECONDS = Histogram(
     buckets=(0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
 )
 STORE_ERRORS = Counter("gateway_store_errors_total", "Store operations that failed", ["operation"])
-UPSTREAM_QUEUE = Gauge("gateway_upstream_queue_items", "Misses waiting for an upstream call")
+UPSTREAM_QUEUE = Gauge(
+    "gateway_upstream_queue_items",
+    "Misses waiting for an upstream call",
+    multiprocess_mode="livesum",
+)
 UPSTREAM_PACED_SECONDS = Histogram(
     "gateway_upstream_paced_seconds",
     "How long a call waited for the global upstream rate",
@@ -70,7 +76,9 @@ UPSTREAM_RETRIES = Counter(
     "gateway_upstream_retries_total", "Upstream calls retried, by what failed", ["reason"]
 )
 BREAKER_STATE = Gauge(
-    "gateway_upstream_breaker_state", "The upstream circuit breaker: 0 closed, 1 half-open, 2 open"
+    "gateway_upstream_breaker_state",
+    "The upstream circuit breaker: 0 closed, 1 half-open, 2 open",
+    multiprocess_mode="livemax",
 )
 REPLICA_WAITS = Counter(
     "gateway_replica_coalesced_items_total",
