@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
@@ -299,7 +300,7 @@ class Pipeline:
     async def filled(self, model: str, kind: Kind, jobs: list[Job], result: UpstreamResult) -> None:
         """Store a batch's results and answer everyone waiting for them (the shield's sink)."""
         costs = split_tokens(result.total_tokens, len(jobs))
-        fresh_until = 0 if kind == "image" else int(self._clock()) + self._url_ttl_seconds
+        fresh_until = 0 if kind == "image" else math.ceil(self._clock() + self._url_ttl_seconds)
         try:
             stored = [
                 (job.key, entries.encode(vector, tokens, fresh_until))

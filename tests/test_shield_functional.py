@@ -144,7 +144,7 @@ async def test_a_url_past_its_ttl_is_served_stale_while_nomic_fails(
     url = ["https://example.com/cat.png"]
     fresh = await post_urls(gateway, url)
     assert fresh.status == 200
-    await asyncio.sleep(1.1)
+    await asyncio.sleep(2.1)  # past the TTL, rounded up to whole seconds
     fake_nomic.fail_next = [500]
     stale = await post_urls(gateway, url)
     assert stale.status == 200
@@ -241,11 +241,11 @@ async def test_nomics_retry_after_pauses_every_replica(
 async def test_a_replica_refreshing_a_stale_url_is_waited_for_not_undercut(
     make_redis_gateway: GatewayFactory, fake_nomic: FakeNomic
 ) -> None:
-    first = await make_redis_gateway(url_ttl_seconds=1)
-    second = await make_redis_gateway(url_ttl_seconds=1)
+    first = await make_redis_gateway(url_ttl_seconds=2)
+    second = await make_redis_gateway(url_ttl_seconds=2)
     url = ["https://example.com/changing.png"]
     assert (await post_urls(first, url)).status == 200
-    await asyncio.sleep(1.1)
+    await asyncio.sleep(3.1)  # past the TTL, rounded up to whole seconds
     fake_nomic.latency = 0.3
     refreshing = asyncio.ensure_future(post_urls(first, url))
     while len(fake_nomic.calls) < 2:  # the first replica marked the URL, then called Nomic
