@@ -233,6 +233,7 @@ class Pipeline:
         elsewhere: list[tuple[str, bytes]] = []
         if self._shares_fetches:
             pairs, elsewhere = await self._split_by_marks(pairs, deadline)
+            pairs = await self._fetched_meanwhile(pairs)
         jobs = [Job(key, content, owner, deadline) for key, content in pairs]
         if jobs:
             try:
@@ -255,6 +256,23 @@ class Pipeline:
             return pairs, []
         claimed = [pair for pair, ok in zip(pairs, mine, strict=True) if ok]
         return claimed, [pair for pair, ok in zip(pairs, mine, strict=True) if not ok]
+
+    async def _fetched_meanwhile(self, pairs: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+        """Drop what another replica stored between this request's lookup and its marks.
+
+        An owner stores its entry before it unmarks it, so a mark taken after that unmark
+        finds the entry on this second read (in one process, the lingering future does it).
+        """
+        if not pairs:
+            return pairs
+        found, _ = await self._read([key for key, _ in pairs])
+        now = self._clock()
+        done = {k for k, e in found.items() if not (e.fresh_until and e.fresh_until <= now)}
+        for key in done:
+            self._resolve_from_replica(key, found[key])
+        if done:
+            await self._unmark(list(done))
+        return [(key, content) for key, content in pairs if key not in done]
 
     async def _watch(
         self, request: ParsedRequest, pairs: list[tuple[str, bytes]], deadline: float, owner: int
@@ -284,10 +302,7 @@ class Pipeline:
             for key in keys:
                 entry = found.get(key)
                 if entry is not None and not (entry.fresh_until and entry.fresh_until <= now):
-                    future = self._inflight.get(key)
-                    if future is not None and not future.done():
-                        self._from_replicas.add(future)  # not billed here: not fetched here
-                    self._resolve(key, entry)
+                    self._resolve_from_replica(key, entry)
                     del pending[key]
             dropped = [
                 (key, pending.pop(key))
@@ -329,6 +344,12 @@ class Pipeline:
                 future.set_exception(error)
         if self._shares_fetches:
             self._spawn(self._unmark([job.key for job in jobs]))
+
+    def _resolve_from_replica(self, key: str, entry: Entry) -> None:
+        future = self._inflight.get(key)
+        if future is not None and not future.done():
+            self._from_replicas.add(future)  # not billed here: not fetched here
+        self._resolve(key, entry)
 
     def _resolve(self, key: str, entry: Entry) -> None:
         future = self._inflight.get(key)
