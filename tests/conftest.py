@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
 import socket
@@ -251,20 +252,29 @@ async def start_gateway(
     return client
 
 
+@contextlib.asynccontextmanager
+async def gateways(fake: FakeNomic, store_url: str | None) -> AsyncIterator[GatewayFactory]:
+    """A factory of gateways (settings overridable) on one store, all closed at the end."""
+    clients: list[TestClient[Any, Any]] = []
+
+    async def start(**overrides: Any) -> TestClient[Any, Any]:
+        clients.append(await start_gateway(fake, store_url, **overrides))
+        return clients[-1]
+
+    try:
+        yield start
+    finally:
+        for client in clients:
+            await client.close()
+
+
 @pytest.fixture
 async def make_gateway(
     fake_nomic: FakeNomic, store_url: str | None
 ) -> AsyncIterator[GatewayFactory]:
-    """Start gateways (settings overridable) in front of the fake, on the parametrized store."""
-    clients: list[TestClient[Any, Any]] = []
-
-    async def start(**overrides: Any) -> TestClient[Any, Any]:
-        clients.append(await start_gateway(fake_nomic, store_url, **overrides))
-        return clients[-1]
-
-    yield start
-    for client in clients:
-        await client.close()
+    """Start gateways in front of the fake, on the parametrized store."""
+    async with gateways(fake_nomic, store_url) as start:
+        yield start
 
 
 @pytest.fixture
@@ -272,15 +282,8 @@ async def make_redis_gateway(
     fake_nomic: FakeNomic, redis_client: redis.Redis, redis_url: str
 ) -> AsyncIterator[GatewayFactory]:
     """Start gateways that share the suite's (flushed) Redis, as replicas do."""
-    clients: list[TestClient[Any, Any]] = []
-
-    async def start(**overrides: Any) -> TestClient[Any, Any]:
-        clients.append(await start_gateway(fake_nomic, redis_url, **overrides))
-        return clients[-1]
-
-    yield start
-    for client in clients:
-        await client.close()
+    async with gateways(fake_nomic, redis_url) as start:
+        yield start
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ restarts are retried by the cluster client.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
+from typing import TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -18,7 +19,20 @@ from redis.exceptions import RedisError
 from gateway import metrics
 from gateway.store.base import StoreError
 
+T = TypeVar("T")
+
 Client = aioredis.Redis | aioredis.RedisCluster
+
+
+async def call(what: str, awaitable: Awaitable[T]) -> T:
+    """Await one Redis operation: timed, and its failures as :class:`StoreError`."""
+    started = time.perf_counter()
+    try:
+        return await awaitable
+    except (RedisError, OSError) as exc:
+        raise StoreError(f"Redis {what} failed: {type(exc).__name__}") from exc
+    finally:
+        metrics.STORE_SECONDS.labels(operation=what).observe(time.perf_counter() - started)
 
 
 class RedisStore:

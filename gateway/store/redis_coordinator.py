@@ -4,15 +4,10 @@ the same Redis, so N replicas together stay under Nomic's limit and fetch an ima
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
-from redis.exceptions import RedisError
-
-from gateway import metrics
-from gateway.store.base import StoreError
-from gateway.store.redis import Client
+from gateway.store.redis import Client, call
 from gateway.store.redis_ledger import script
 
 # Keys one script reads together share a hash tag (one Redis Cluster slot).
@@ -30,14 +25,8 @@ class RedisCoordinator:
         self._unclaim = client.register_script(script("unclaim.lua"))
         self._hold = client.register_script(script("hold.lua"))
 
-    async def _call(self, what: str, awaitable: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            return await awaitable
-        except (RedisError, OSError) as exc:
-            raise StoreError(f"Redis {what} failed: {type(exc).__name__}") from exc
-        finally:
-            metrics.STORE_SECONDS.labels(operation=what).observe(time.perf_counter() - started)
+    async def _call(self, what: str, awaitable: Awaitable[Any]) -> Any:
+        return await call(what, awaitable)
 
     async def pace(self, interval_ms: int, burst: int, max_wait_ms: int) -> int:
         args = [interval_ms, burst, max_wait_ms]

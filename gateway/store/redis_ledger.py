@@ -8,18 +8,15 @@ key alone; writing one and its team's index are two commands, which only admin c
 from __future__ import annotations
 
 import dataclasses
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from importlib import resources
 from typing import Any
 
 import orjson
-from redis.exceptions import RedisError
 
-from gateway import metrics, quota
+from gateway import quota
 from gateway.quota import Decision, Demand, Window
-from gateway.store.base import StoreError
-from gateway.store.redis import Client
+from gateway.store.redis import Client, call
 from gateway.teams import LIMIT_NAMES, KeyRecord, Team
 
 TEAMS = "ng:v1:teams"
@@ -61,14 +58,8 @@ class RedisLedger:
         self._settle = client.register_script(script("settle.lua"))
         self._narrow = client.register_script(script("narrow_key.lua"))
 
-    async def _call(self, what: str, awaitable: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            return await awaitable
-        except (RedisError, OSError) as exc:
-            raise StoreError(f"Redis {what} failed: {type(exc).__name__}") from exc
-        finally:
-            metrics.STORE_SECONDS.labels(operation=what).observe(time.perf_counter() - started)
+    async def _call(self, what: str, awaitable: Awaitable[Any]) -> Any:
+        return await call(what, awaitable)
 
     async def create_team(self, team: Team) -> bool:
         created = await self._call(
