@@ -163,6 +163,12 @@ class Settings:
     memory_store_bytes: int = _setting(
         "GATEWAY_MEMORY_STORE_BYTES", _positive_int, "embedded store size in bytes", 256 * MiB
     )
+    hot_cache_bytes: int = _setting(
+        "GATEWAY_HOT_CACHE_BYTES",
+        _non_negative_int,
+        "in-process cache of hot answers in front of Redis, in bytes (0: off)",
+        64 * MiB,
+    )
     max_image_bytes: int = _setting(
         "GATEWAY_MAX_IMAGE_BYTES", _positive_int, "largest image accepted, in bytes", 20 * MiB
     )

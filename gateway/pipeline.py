@@ -26,6 +26,7 @@ from gateway.breaker import Breaker
 from gateway.entries import Entry
 from gateway.errors import GatewayError, ItemRejected, UpstreamError, UpstreamTimeout
 from gateway.forms import Kind, ParsedRequest
+from gateway.hot import HotCache
 from gateway.keys import cache_key
 from gateway.quota import TokenEstimator
 from gateway.shield import Embedder, Job, Policy, Shield
@@ -122,6 +123,7 @@ class Pipeline:
         breaker: Breaker | None = None,
         linger_seconds: float = 2.0,
         shares_fetches: bool = False,
+        hot_cache_bytes: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
@@ -132,6 +134,7 @@ class Pipeline:
         self._linger_seconds = linger_seconds
         self._shares_fetches = shares_fetches
         self._clock = clock
+        self._hot = HotCache(hot_cache_bytes)
         self._holder = uuid.uuid4().hex
         self._owners = itertools.count()
         self._inflight: dict[str, asyncio.Future[Entry]] = {}
@@ -143,8 +146,15 @@ class Pipeline:
         """Key every input and look all of them up in one store call."""
         keys = [cache_key(request.model, request.kind, item) for item in request.items]
         first_item = dict(zip(keys, request.items, strict=True))  # same key, same content
-        found, readable = await self._read(list(first_item))
         now = self._clock()
+        found = self._hot.get(first_item, now)
+        readable = True
+        if len(found) < len(first_item):
+            cold = [key for key in first_item if key not in found]
+            stored, readable = await self._read(cold)
+            for key, entry in stored.items():
+                self._hot.put(key, entry)
+            found.update(stored)
         stale = {k: e for k, e in found.items() if e.fresh_until and e.fresh_until <= now}
         for key in stale:
             del found[key]
@@ -352,6 +362,7 @@ class Pipeline:
         self._resolve(key, entry)
 
     def _resolve(self, key: str, entry: Entry) -> None:
+        self._hot.put(key, entry)
         future = self._inflight.get(key)
         if future is not None and not future.done():
             future.set_result(entry)

@@ -63,7 +63,8 @@ async def test_failing_open_keeps_answering_and_writes_usage_back(
         outage_redis.stop()
         during = [await embed(gateway, seed, team) for seed in (0, 1, 10, 11)]
         assert [r.status for r in during] == [200] * 4
-        assert {r.headers["X-Cache"] for r in during} == {"BYPASS"}
+        # hot answers are served from the process without Redis; the rest go upstream
+        assert [r.headers["X-Cache"] for r in during] == ["HIT", "HIT", "BYPASS", "BYPASS"]
         assert (await gateway.get("/readyz")).status == 503
         outage_redis.start()
         await asyncio.sleep(1.2)  # a usage flush

@@ -1,0 +1,48 @@
+"""The hot cache in front of Redis: bounded, least recently used out, freshness kept."""
+
+from __future__ import annotations
+
+import redis
+
+from gateway.entries import Entry
+from gateway.hot import ENTRY_OVERHEAD, HotCache
+from tests.conftest import GatewayFactory
+from tests.fake_nomic import png
+from tests.helpers import post_images
+
+
+def test_least_recently_used_goes_first_within_the_byte_bound() -> None:
+    entry = Entry(b"x" * 100, 1)
+    size = 1 + 100 + ENTRY_OVERHEAD
+    hot = HotCache(3 * size)
+    for key in "abc":
+        hot.put(key, entry)
+    assert set(hot.get("a", 0)) == {"a"}  # a is now the most recently used
+    hot.put("d", entry)
+    assert set(hot.get("abcd", 0)) == {"a", "c", "d"}
+    assert hot.used_bytes == 3 * size
+
+
+def test_stale_entries_are_not_served() -> None:
+    hot = HotCache(10_000)
+    hot.put("url", Entry(b"[1]", 1, fresh_until=100))
+    assert hot.get(["url"], 99.0) == {"url": Entry(b"[1]", 1, 100)}
+    assert hot.get(["url"], 100.0) == {}
+    assert len(hot) == 0
+
+
+def test_off_when_sized_zero() -> None:
+    hot = HotCache(0)
+    hot.put("a", Entry(b"[1]", 1))
+    assert hot.get(["a"], 0) == {}
+
+
+async def test_hot_answers_need_no_redis(
+    make_redis_gateway: GatewayFactory, redis_client: redis.Redis
+) -> None:
+    hot, cold = await make_redis_gateway(), await make_redis_gateway(hot_cache_bytes=0)
+    for gateway in (hot, cold):
+        assert (await post_images(gateway, [png(1)])).headers["X-Cache"] == "MISS"
+        redis_client.delete(*redis_client.keys("ng:v1:emb:*"))  # the entry is gone from Redis
+    assert (await post_images(hot, [png(1)])).headers["X-Cache"] == "HIT"
+    assert (await post_images(cold, [png(1)])).headers["X-Cache"] == "MISS"
