@@ -125,8 +125,7 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
             breaker=Breaker(settings.breaker_failures, settings.breaker_open_seconds),
             linger_seconds=settings.redis_timeout_seconds + 1.0,
             shares_fetches=settings.redis_url is not None,
-            # In front of Redis only: the embedded store is in the process already.
-            hot_cache_bytes=settings.hot_cache_bytes if settings.redis_url else 0,
+            hot_cache_bytes=settings.hot_cache_bytes,
         )
         async with flushing(accounts, settings.usage_flush_seconds):
             yield

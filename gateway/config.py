@@ -166,7 +166,7 @@ class Settings:
     hot_cache_bytes: int = _setting(
         "GATEWAY_HOT_CACHE_BYTES",
         _non_negative_int,
-        "in-process cache of hot answers in front of Redis, in bytes (0: off)",
+        "in-process cache of hot, decoded answers in front of the store, in bytes (0: off)",
         64 * MiB,
     )
     max_image_bytes: int = _setting(
