@@ -32,58 +32,50 @@ class CliError(Exception):
 
 
 def add_commands(commands: Any) -> None:
-    teams = _group(commands, "teams", "manage teams and their limits")
-    teams.add_parser("list", help="list teams")
-    show = teams.add_parser("show", help="show one team")
-    show.add_argument("team")
-    create = teams.add_parser("create", help="create a team")
-    create.add_argument("team")
-    _team_fields(create)
-    update = teams.add_parser("update", help="change a team's name, limits or count-hits")
-    update.add_argument("team")
-    _team_fields(update)
-    delete = teams.add_parser("delete", help="delete a team (revokes its keys, keeps its usage)")
-    delete.add_argument("team")
-
-    keys = _group(commands, "keys", "manage team keys")
-    for name, text in (("list", "list a team's keys"), ("create", "make a key (shown once)")):
-        keys.add_parser(name, help=text).add_argument("team")
-    revoke = keys.add_parser("revoke", help="revoke a key")
-    revoke.add_argument("team")
-    revoke.add_argument("key_id")
-    rotate = keys.add_parser("rotate", help="replace a key; the old one works for a grace period")
-    rotate.add_argument("team")
-    rotate.add_argument("key_id")
-    rotate.add_argument("--grace-seconds", type=int, help="default 86400 (24 hours)")
-    keys.add_parser("hash", help="print the sha256 of a key read from stdin, for the teams file")
-
-    usage = commands.add_parser("usage", help="usage per team and UTC day")
-    usage.add_argument("--team")
-    usage.add_argument("--since", help="YYYY-MM-DD (default: six days before --until)")
-    usage.add_argument("--until", help="YYYY-MM-DD (default: today, UTC)")
-    _connection(usage)
-    _formats(usage)
-
-
-def _group(commands: Any, name: str, text: str) -> Any:
-    parser = commands.add_parser(name, help=text)
-    _connection(parser)
-    _formats(parser)
-    return parser.add_subparsers(dest="action", required=True)
-
-
-def _connection(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    common = argparse.ArgumentParser(add_help=False)  # accepted after every command
+    common.add_argument(
         "--url",
         default=os.environ.get("GATEWAY_URL", "http://127.0.0.1:8080"),
         help="the gateway (env GATEWAY_URL; default http://127.0.0.1:8080)",
     )
+    formats = common.add_mutually_exclusive_group()
+    formats.add_argument("--json", action="store_true", help="print JSON")
+    formats.add_argument("--csv", action="store_true", help="print CSV")
 
+    def leaf(group: Any, name: str, text: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = group.add_parser(name, help=text, parents=[common])
+        return parser
 
-def _formats(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--json", action="store_true", help="print JSON")
-    group.add_argument("--csv", action="store_true", help="print CSV")
+    teams = commands.add_parser("teams", help="manage teams and their limits")
+    teams_actions = teams.add_subparsers(dest="action", required=True)
+    leaf(teams_actions, "list", "list teams")
+    leaf(teams_actions, "show", "show one team").add_argument("team")
+    create = leaf(teams_actions, "create", "create a team")
+    create.add_argument("team")
+    _team_fields(create)
+    update = leaf(teams_actions, "update", "change a team's name, limits or count-hits")
+    update.add_argument("team")
+    _team_fields(update)
+    text = "delete a team (revokes its keys, keeps its usage)"
+    leaf(teams_actions, "delete", text).add_argument("team")
+
+    keys = commands.add_parser("keys", help="manage team keys")
+    keys_actions = keys.add_subparsers(dest="action", required=True)
+    leaf(keys_actions, "list", "list a team's keys").add_argument("team")
+    leaf(keys_actions, "create", "make a key (shown once)").add_argument("team")
+    revoke = leaf(keys_actions, "revoke", "revoke a key")
+    revoke.add_argument("team")
+    revoke.add_argument("key_id")
+    rotate = leaf(keys_actions, "rotate", "replace a key; the old one works for a grace period")
+    rotate.add_argument("team")
+    rotate.add_argument("key_id")
+    rotate.add_argument("--grace-seconds", type=int, help="default 86400 (24 hours)")
+    keys_actions.add_parser("hash", help="print the sha256 of a key read from stdin")
+
+    usage = commands.add_parser("usage", help="usage per team and UTC day", parents=[common])
+    usage.add_argument("--team")
+    usage.add_argument("--since", help="YYYY-MM-DD (default: six days before --until)")
+    usage.add_argument("--until", help="YYYY-MM-DD (default: today, UTC)")
 
 
 def _team_fields(parser: argparse.ArgumentParser) -> None:

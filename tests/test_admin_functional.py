@@ -158,3 +158,44 @@ async def test_a_non_ascii_admin_header_is_a_401_not_a_crash(gateway: Client) ->
     head = await asyncio.wait_for(reader.read(4096), 5)
     writer.close()
     assert head.startswith(b"HTTP/1.1 401")
+
+
+async def run_cli(gateway: Client, *args: str) -> tuple[int, str, str]:
+    import asyncio
+    import os
+    import sys
+
+    from tests.conftest import ADMIN_TOKEN
+
+    env = {**os.environ, "GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", *args, "--url", gateway.base,  # type: ignore[attr-defined]
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_the_cli_drives_teams_and_keys(gateway: Client) -> None:
+    import json
+
+    code, out, _ = await run_cli(gateway, "teams", "create", "cli", "--name", "CLI",
+                                 "--tokens-per-day", "1_000", "--count-hits", "no")  # fmt: skip
+    assert code == 0
+    assert "cli" in out.splitlines()[1]
+    code, out, _ = await run_cli(gateway, "keys", "create", "cli", "--json")
+    [made] = json.loads(out)
+    assert made["key"].startswith("nk-")
+    code, out, _ = await run_cli(gateway, "teams", "update", "cli", "--tokens-per-day", "none")
+    assert code == 0
+    code, out, _ = await run_cli(gateway, "teams", "show", "cli", "--json")
+    [shown] = json.loads(out)
+    assert (shown["limits"]["tokens_per_day"], shown["count_hits"]) == (None, False)
+    code, out, _ = await run_cli(gateway, "keys", "revoke", "cli", made["id"])
+    assert code == 0
+    code, out, _ = await run_cli(gateway, "keys", "list", "cli", "--csv")
+    assert out.splitlines()[0] == "id,prefix,created,last_used,expires,revoked"
+    assert out.splitlines()[1].split(",")[5] != ""  # revoked
+    code, _, err = await run_cli(gateway, "teams", "show", "nobody")
+    assert (code, err.strip()) == (1, "nomic-gateway: HTTP 404: no team 'nobody'")
