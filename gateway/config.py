@@ -23,32 +23,26 @@ class SettingsError(ValueError):
     """A setting is missing or malformed; the message names it."""
 
 
-def _positive_int(text: str) -> int:
-    value = int(text.replace("_", ""))
-    if value <= 0:
-        raise ValueError("must be a positive whole number")
-    return value
+def _whole(text: str) -> int:
+    return int(text.replace("_", ""))
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text.replace("_", ""))
-    if value < 0:
-        raise ValueError("must be a whole number >= 0")
-    return value
+def _at_least(cast: Callable[[str], float], low: float, above: bool, what: str) -> Any:
+    """A parser of numbers ``> low`` (``above``) or ``>= low``; ``what`` names the rule."""
+
+    def parse(text: str) -> float:
+        value = cast(text)
+        if not (value > low if above else value >= low):  # also refuses NaN
+            raise ValueError(f"must be {what}")
+        return value
+
+    return parse
 
 
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise ValueError("must be a number >= 0")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise ValueError("must be a positive number")
-    return value
+_positive_int = _at_least(_whole, 0, True, "a positive whole number")
+_non_negative_int = _at_least(_whole, 0, False, "a whole number >= 0")
+_positive_float = _at_least(float, 0, True, "a positive number")
+_non_negative_float = _at_least(float, 0, False, "a number >= 0")
 
 
 def _api_key(text: str) -> str:

@@ -8,22 +8,24 @@ is checked on every use. Bounded by bytes, least recently used out first.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterable
 
 from gateway.entries import Entry
+from gateway.lru import ByteLRU
 
 ENTRY_OVERHEAD = 150  # bytes of Python objects per entry beyond its JSON
 
 
 class HotCache:
     def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self.used_bytes = 0
-        self._entries: OrderedDict[str, Entry] = OrderedDict()
+        self._entries = ByteLRU[Entry](max_bytes, _size)
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    @property
+    def used_bytes(self) -> int:
+        return self._entries.used_bytes
 
     def get(self, keys: Iterable[str], now: float) -> dict[str, Entry]:
         found: dict[str, Entry] = {}
@@ -32,28 +34,13 @@ class HotCache:
             if entry is None:
                 continue
             if entry.fresh_until and entry.fresh_until <= now:
-                self._drop(key)
+                self._entries.pop(key)
                 continue
-            self._entries.move_to_end(key)
             found[key] = entry
         return found
 
     def put(self, key: str, entry: Entry) -> None:
-        if self.max_bytes <= 0:
-            return
-        self._drop(key)
-        size = _size(key, entry)
-        if size > self.max_bytes:
-            return
-        self._entries[key] = entry
-        self.used_bytes += size
-        while self.used_bytes > self.max_bytes:
-            self._drop(next(iter(self._entries)))
-
-    def _drop(self, key: str) -> None:
-        entry = self._entries.pop(key, None)
-        if entry is not None:
-            self.used_bytes -= _size(key, entry)
+        self._entries.put(key, entry)
 
 
 def _size(key: str, entry: Entry) -> int:

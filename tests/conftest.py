@@ -188,6 +188,9 @@ def gateway_settings(fake: FakeNomic, store_url: str | None, **overrides: Any) -
         "redis_url": store_url,
         "redis_mode": "cluster" if store_url in CLUSTER_URLS else "standalone",
         "upstream_timeout_seconds": 5.0,
+        # A loaded test machine can take over a second to open a hundred connections to a
+        # cluster; a tight timeout would then look like an outage (and fail open).
+        "redis_timeout_seconds": 5.0,
         # Tests of other things should not wait on Nomic's real rate, nor retry the faults
         # they inject; the shield's own tests set these back.
         "upstream_rate_calls": 100_000,
