@@ -1,4 +1,4 @@
-# Shared by scripts/run and scripts/test: a Python 3.11+ virtualenv in .venv, and system
+# Shared by scripts/run.sh and scripts/test.sh: a Python 3.11+ virtualenv in .venv, and system
 # packages from Debian's archive when they are missing (as root, or through sudo).
 
 as_root() {
