@@ -9,7 +9,6 @@ import asyncio
 import os
 import random
 import signal
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -17,10 +16,10 @@ from pathlib import Path
 import aiohttp
 
 from gateway.teams import key_hash, new_key
-from tests.conftest import ADMIN, ADMIN_TOKEN, free_port, spawn_redis
-from tests.fake_nomic import FAKE_API_KEY, FakeNomic, png
+from tests.conftest import ADMIN, free_port, spawn_redis
+from tests.fake_nomic import FakeNomic, png
 from tests.helpers import image_form
-from tests.test_cli import clean_env, wait_healthy
+from tests.test_cli import start_workers, wait_healthy
 
 LOAD_SECONDS = 10.0
 CLIENTS = 16
@@ -49,21 +48,12 @@ async def test_chaos(fake_nomic: FakeNomic, tmp_path: Path) -> None:
     key = new_key()
     teams = tmp_path / "teams.toml"
     teams.write_text(f'[[teams.load.keys]]\nsha256 = "{key_hash(key)}"\n')
-    port = free_port()
-    env = clean_env(
-        NOMIC_API_KEY=FAKE_API_KEY, GATEWAY_UPSTREAM_URL=fake_nomic.url,  # type: ignore[attr-defined]
-        GATEWAY_REDIS_URL=redis_url, GATEWAY_TEAMS_FILE=str(teams), GATEWAY_ADMIN_TOKEN=ADMIN_TOKEN,
-        GATEWAY_REDIS_TIMEOUT_SECONDS="0.25", GATEWAY_KEY_CACHE_SECONDS="60",
-        GATEWAY_UPSTREAM_RATE_CALLS="100000", GATEWAY_UPSTREAM_RATE_PERIOD_SECONDS="1",
-        GATEWAY_UPSTREAM_RATE_BURST="1000", GATEWAY_REQUEST_DEADLINE_SECONDS="10",
-        GATEWAY_LOG_LEVEL="error",
-    )  # fmt: skip
     log = (tmp_path / "gateway.log").open("wb")
-    supervisor = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "serve", "--workers", "3", "--port", str(port),
-        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=log,
+    supervisor, url = await start_workers(
+        fake_nomic, redis_url, teams, log,
+        GATEWAY_REDIS_TIMEOUT_SECONDS="0.25", GATEWAY_KEY_CACHE_SECONDS="60",
+        GATEWAY_REQUEST_DEADLINE_SECONDS="10", GATEWAY_LOG_LEVEL="error",
     )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
     statuses: Counter[str] = Counter()
     billed_seen = 0
     try:

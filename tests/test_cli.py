@@ -9,11 +9,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
 from gateway.teams import key_hash, new_key
-from tests.conftest import free_port
+from tests.conftest import ADMIN_TOKEN, free_port
 from tests.fake_nomic import FAKE_API_KEY, FakeNomic, png
 from tests.helpers import image_form
 
@@ -134,3 +135,22 @@ def test_a_broken_teams_file_stops_startup_naming_the_entry(tmp_path: Path) -> N
         f"nomic-gateway: {path}: teams.research: limits.tokens_per_day must be a whole "
         "number from 0 to 9007199254740992, or null"
     ]
+
+
+async def start_workers(
+    fake: FakeNomic, redis_url: str, teams: Path, log: Any, workers: int = 3, **env: str
+) -> tuple[asyncio.subprocess.Process, str]:
+    """``nomic-gateway serve --workers N`` as a real process over ``redis_url``, in front of
+    the fake, at the fake's pace (no global rate to wait on); its log goes to ``log``."""
+    port = free_port()
+    environment = clean_env(
+        NOMIC_API_KEY=FAKE_API_KEY, GATEWAY_UPSTREAM_URL=fake.url,  # type: ignore[attr-defined]
+        GATEWAY_REDIS_URL=redis_url, GATEWAY_TEAMS_FILE=str(teams), GATEWAY_ADMIN_TOKEN=ADMIN_TOKEN,
+        GATEWAY_UPSTREAM_RATE_CALLS="100000", GATEWAY_UPSTREAM_RATE_PERIOD_SECONDS="1",
+        GATEWAY_UPSTREAM_RATE_BURST="1000", **env,
+    )  # fmt: skip
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "serve", "--workers", str(workers), "--port", str(port),
+        env=environment, stdout=asyncio.subprocess.DEVNULL, stderr=log,
+    )  # fmt: skip
+    return process, f"http://127.0.0.1:{port}"

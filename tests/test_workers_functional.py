@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -14,10 +13,10 @@ import aiohttp
 import redis
 
 from gateway.teams import key_hash, new_key
-from tests.conftest import ADMIN, ADMIN_TOKEN, free_port
-from tests.fake_nomic import FAKE_API_KEY, FakeNomic, png
+from tests.conftest import ADMIN
+from tests.fake_nomic import FakeNomic, png
 from tests.helpers import image_form
-from tests.test_cli import clean_env, wait_healthy
+from tests.test_cli import clean_env, start_workers, wait_healthy
 from tests.test_operations import sample
 
 
@@ -30,20 +29,11 @@ async def test_three_workers_give_what_one_process_would(
         f"[teams.capped.limits]\ntokens_per_day = 100\n[[teams.capped.keys]]\n"
         f'sha256 = "{key_hash(capped_key)}"\n[[teams.free.keys]]\nsha256 = "{key_hash(free_key)}"\n'
     )
-    port = free_port()
-    env = clean_env(
-        NOMIC_API_KEY=FAKE_API_KEY, GATEWAY_UPSTREAM_URL=fake_nomic.url,  # type: ignore[attr-defined]
-        GATEWAY_REDIS_URL=redis_url, GATEWAY_TEAMS_FILE=str(teams), GATEWAY_ADMIN_TOKEN=ADMIN_TOKEN,
-        GATEWAY_TOKENS_PER_ITEM_ESTIMATE="10", GATEWAY_UPSTREAM_RATE_CALLS="100000",
-        GATEWAY_UPSTREAM_RATE_PERIOD_SECONDS="1", GATEWAY_UPSTREAM_RATE_BURST="1000",
-        GATEWAY_LOG_LEVEL="warning",
-    )  # fmt: skip
     log = (tmp_path / "gateway.log").open("wb")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "serve", "--workers", "3", "--port", str(port),
-        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=log,
+    process, url = await start_workers(
+        fake_nomic, redis_url, teams, log,
+        GATEWAY_TOKENS_PER_ITEM_ESTIMATE="10", GATEWAY_LOG_LEVEL="warning",
     )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as session:
             await wait_healthy(session, url)
