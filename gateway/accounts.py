@@ -189,7 +189,7 @@ class Accounts:
         if answer is not None:
             _count_tokens(team, model, answer)
         else:
-            metrics.BILLED_TOKENS.labels(team=team.id, model=model).inc(billed)
+            metrics.child(metrics.BILLED_TOKENS, team.id, model).inc(billed)
         try:
             await self._share_cost(model)
         finally:
@@ -272,11 +272,11 @@ def _exceeded(team: Team, decision: quota.Decision, at: Window) -> QuotaExceeded
 
 
 def _count_tokens(team: Team, model: str, answer: Answer) -> None:
-    metrics.TEAM_ITEMS.labels(team=team.id, outcome="hit").inc(answer.hits)
-    metrics.TEAM_ITEMS.labels(team=team.id, outcome="miss").inc(answer.misses)
-    metrics.BILLED_TOKENS.labels(team=team.id, model=model).inc(answer.billed_tokens)
+    metrics.child(metrics.TEAM_ITEMS, team.id, "hit").inc(answer.hits)
+    metrics.child(metrics.TEAM_ITEMS, team.id, "miss").inc(answer.misses)
+    metrics.child(metrics.BILLED_TOKENS, team.id, model).inc(answer.billed_tokens)
     saved = answer.usage_tokens - answer.billed_tokens
-    metrics.SAVED_TOKENS.labels(team=team.id, model=model).inc(saved)
+    metrics.child(metrics.SAVED_TOKENS, team.id, model).inc(saved)
 
 
 @contextlib.asynccontextmanager

@@ -2,6 +2,10 @@
 
 Nothing here ever logs a header, a body or a setting's value: a request line carries the
 request id, the team, the model, counts and times, never a key, an image or a URL.
+
+With JSON logs, a request line skips the ``logging`` machinery (a record, handler locks, a
+formatter: about a tenth of a cache hit's cost) and is written straight to the handler's
+stream, as the same object the formatter would make, in order with every other line.
 """
 
 from __future__ import annotations
@@ -9,12 +13,20 @@ from __future__ import annotations
 import datetime
 import logging
 import sys
-from typing import Any
+import time
+from typing import IO, Any
 
 import orjson
 
 ACCESS = logging.getLogger("gateway.access")
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+REQUEST_MESSAGE = "%s %s %s %.1fms"  # method, route, status, duration
+_fast_stream: IO[bytes] | None = None  # where JSON request lines go directly, once configured
+
+
+def _timestamp(created: float) -> str:
+    moment = datetime.datetime.fromtimestamp(created, datetime.UTC)
+    return moment.isoformat(timespec="milliseconds")
 
 
 class JsonFormatter(logging.Formatter):
@@ -22,9 +34,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(
-                timespec="milliseconds"
-            ),
+            "time": _timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -35,8 +45,10 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line, default=str).decode()
 
 
-def configure(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+def configure(level: str, fmt: str, stream: IO[str] | None = None) -> None:
+    """Log to ``stream`` (standard error by default) from ``level`` up, as ``json`` or text."""
+    stream = sys.stderr if stream is None else stream
+    handler = logging.StreamHandler(stream)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
@@ -44,16 +56,26 @@ def configure(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    configure_fast_path(getattr(stream, "buffer", None) if fmt == "json" else None)
+
+
+def configure_fast_path(stream: IO[bytes] | None) -> None:
+    """Write JSON request lines straight to ``stream`` (None: through ``logging``)."""
+    global _fast_stream
+    _fast_stream = stream
 
 
 def request_line(fields: dict[str, Any], level: int = logging.INFO) -> None:
     """The one line a request leaves: what it asked, what it cost, how long it took."""
-    ACCESS.log(
-        level,
-        "%s %s %s %.1fms",
-        fields.get("method"),
-        fields.get("route"),
-        fields.get("status"),
-        fields.get("duration_ms", 0.0),
-        extra=fields,
-    )
+    if not ACCESS.isEnabledFor(level):
+        return
+    args = (fields.get("method"), fields.get("route"), fields.get("status"),
+            fields.get("duration_ms", 0.0))  # fmt: skip
+    stream = _fast_stream
+    if stream is None:
+        ACCESS.log(level, REQUEST_MESSAGE, *args, extra=fields)
+        return
+    line = {"time": _timestamp(time.time()), "level": logging.getLevelName(level).lower(),
+            "logger": ACCESS.name, "message": REQUEST_MESSAGE % args, **fields}  # fmt: skip
+    stream.write(orjson.dumps(line, default=str, option=orjson.OPT_APPEND_NEWLINE))
+    stream.flush()

@@ -45,8 +45,8 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     response = await _answer_errors(request, handler)
     elapsed = time.perf_counter() - started
     response.headers["X-Request-Id"] = request_id
-    metrics.REQUESTS.labels(route=route_name, status_class=f"{response.status // 100}xx").inc()
-    metrics.REQUEST_SECONDS.labels(route=route_name).observe(elapsed)
+    metrics.child(metrics.REQUESTS, route_name, f"{response.status // 100}xx").inc()
+    metrics.child(metrics.REQUEST_SECONDS, route_name).observe(elapsed)
     fields.update(request_id=request_id, method=request.method, route=route_name,
                   status=response.status, duration_ms=round(elapsed * 1000, 2))  # fmt: skip
     quiet = route_name in QUIET_ROUTES and response.status < 500

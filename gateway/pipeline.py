@@ -409,7 +409,7 @@ class Pipeline:
             embeddings.append(entry.embedding_json)
             usage += entry.tokens
         for outcome, count in outcomes.items():
-            metrics.ITEMS.labels(model=model, outcome=outcome).inc(count)
+            metrics.child(metrics.ITEMS, model, outcome).inc(count)
         body = answer_body(model, embeddings, usage)
         misses = outcomes["miss"]
         hits = len(lookup.keys) - misses

@@ -7,12 +7,13 @@ for ``https://api-atlas.nomic.ai``, following the documented contract (DESIGN.md
   ``model`` (``nomic-embed-vision-v1`` or ``-v1.5``, default ``-v1.5``);
 - it checks ``Authorization: Bearer <api_key>`` (401 otherwise) and decodes every image with
   Pillow, answering a FastAPI-shaped 422 naming the first item it cannot read;
-- it answers 768 float32-valued floats per input, deterministic in (model, input), with
-  ``usage`` of ``tokens_per_image`` per input;
+- it answers 768 float32-valued floats per input, deterministic in (model, input) and cheap
+  to make (a benchmark posts thousands), with ``usage`` of ``tokens_per_image`` per input;
 - faults are injected per call: ``fail_next`` takes HTTP statuses (with ``Retry-After`` when
   ``retry_after`` is set) or ``"drop"`` to drop the connection; ``fail_when(n)`` decides for
   the n-th call (0-based) the same way, or None to answer; ``latency`` delays answers;
-- ``calls`` records what it received, so tests count exactly what went upstream.
+- ``calls`` records what it received, so tests count exactly what went upstream; run as a
+  process of its own, it tells the counts at ``GET /_fake/stats`` (not part of Nomic's API).
 
 Its parser is aiohttp's, not the gateway's, so the two are checked against each other.
 """
@@ -22,13 +23,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-import json
 import random
 import time
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import orjson
 import PIL.Image
 from aiohttp import web
 
@@ -61,6 +62,7 @@ class FakeNomic:
     def __post_init__(self) -> None:
         self.app = web.Application()
         self.app.router.add_post("/v1/embedding/image", self._embed_image)
+        self.app.router.add_get("/_fake/stats", self._stats)  # the fake's own, not Nomic's
 
     @property
     def items_received(self) -> list[bytes]:
@@ -70,8 +72,15 @@ class FakeNomic:
     def embedding(model: str, item: bytes) -> list[float]:
         """What the fake answers for ``item``: float32 values, as a float list."""
         seed = hashlib.sha256(model.encode() + b"\0" + item).digest()
-        rng = random.Random(seed)
-        return array("f", (rng.uniform(-0.2, 0.2) for _ in range(DIMENSIONS))).tolist()
+        steps = array("h", random.Random(seed).randbytes(2 * DIMENSIONS))
+        return [step / 131072 for step in steps]  # in [-0.25, 0.25), each exact in float32
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        """What the fake received, for a benchmark running it as a process of its own."""
+        answered = [call for call in self.calls if call.status == 200]
+        items = sum(len(call.items) for call in answered)
+        return web.json_response({"calls": len(self.calls), "answered_calls": len(answered),
+                                  "answered_items": items})  # fmt: skip
 
     async def _embed_image(self, request: web.Request) -> web.StreamResponse:
         call = Call(model="", kind="", items=[], at=time.monotonic())
@@ -106,7 +115,7 @@ class FakeNomic:
         call.status = 200
         tokens = self.tokens_per_image * len(call.items)
         return web.Response(
-            text=json.dumps(
+            body=orjson.dumps(
                 {
                     "embeddings": [self.embedding(call.model, item) for item in call.items],
                     "usage": {"prompt_tokens": tokens, "total_tokens": tokens},

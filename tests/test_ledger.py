@@ -96,6 +96,29 @@ async def test_concurrent_admits_never_pass_the_budget(ledger: Ledger) -> None:
     assert sum(decision.allowed for decision in decisions) == 1000 // 7
 
 
+async def test_admits_made_together_are_decided_in_order_each_with_its_own_usage(
+    ledger: Ledger,
+) -> None:
+    """On Redis these share script calls; each is decided as if made alone, in order."""
+    limited = team(requests_per_minute=3, tokens_per_day=100)
+    hits = {"requests": 1, "images": 1, "hits": 1, "saved_tokens": 10}
+    wants = [(Demand(1, 1, 0), hits), (Demand(1, 1, 40), {}), (Demand(1, 1, 0), hits),
+             (Demand(1, 1, 0), hits), (Demand(1, 1, 70), {})]  # fmt: skip
+    decisions = await asyncio.gather(
+        *(ledger.admit(limited, want, AT, usage, f"b{i}") for i, (want, usage) in enumerate(wants))
+    )
+    assert [d.allowed for d in decisions] == [True, True, True, False, False]
+    assert (decisions[3].limit, decisions[3].remaining) == ("requests_per_minute", 0)
+    await ledger.settle("t1", AT.day, AT.month, "b0", 0, hits)  # recorded at admit: no effect
+    await ledger.settle("t1", AT.day, AT.month, "b1", 35, {"requests": 1, "misses": 1})
+    [row] = await ledger.usage("t1", [AT.day])
+    assert (row["requests"], row["hits"], row["saved_tokens"], row["rejected"]) == (3, 2, 20, 2)
+    assert row["billed_tokens"] == 35
+    fresh = quota.window(NOW + 60)  # the reservation of b1 was released: 65 tokens are left
+    assert (await ledger.admit(limited, Demand(1, 1, 65), fresh, {}, "c")).allowed
+    assert not (await ledger.admit(limited, Demand(1, 1, 1), fresh, {}, "d")).allowed
+
+
 async def test_redis_usage_is_kept_at_least_400_days(
     redis_client: redis.Redis, redis_url: str
 ) -> None:

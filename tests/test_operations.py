@@ -8,6 +8,7 @@ query with what the gateway did.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import re
@@ -16,6 +17,7 @@ import subprocess
 import tempfile
 import time
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +180,40 @@ async def test_one_json_log_line_per_request_without_secrets(
     assert line["billed_tokens"] == 10
     assert line["duration_ms"] >= line["upstream_ms"] >= 0
     assert gateway.team_key not in json.dumps(line)  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def logging_restored() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    logs.configure_fast_path(None)
+
+
+def test_json_request_lines_skip_logging_but_keep_its_shape_and_order(
+    logging_restored: None,
+) -> None:
+    written = io.BytesIO()
+    logs.configure("INFO", "json", io.TextIOWrapper(written, line_buffering=True))
+    logging.getLogger("gateway.test").warning("before")
+    fields = {"request_id": "r1", "method": "POST", "route": "/v1/embedding/image",
+              "status": 200, "duration_ms": 1.25, "team": "a"}  # fmt: skip
+    logs.request_line(dict(fields))
+    logs.request_line(dict(fields), logging.DEBUG)  # below the level: nothing
+    logging.getLogger("gateway.test").warning("after")
+    lines = [json.loads(line) for line in written.getvalue().splitlines()]
+    assert [line["message"] for line in lines] == ["before", "POST /v1/embedding/image 200 1.2ms",
+                                                   "after"]  # fmt: skip
+    record = logging.LogRecord("gateway.access", logging.INFO, "", 0, logs.REQUEST_MESSAGE,
+                               ("POST", "/v1/embedding/image", 200, 1.25), None)  # fmt: skip
+    record.__dict__.update(fields)
+    formatted = json.loads(logs.JsonFormatter().format(record))
+    assert set(lines[1]) == set(formatted)
+    assert {k: v for k, v in lines[1].items() if k != "time"} == {
+        k: v for k, v in formatted.items() if k != "time"
+    }
 
 
 async def test_a_real_prometheus_scrape_answers_the_hit_ratio_panel(

@@ -32,7 +32,7 @@ async def call(what: str, awaitable: Awaitable[T]) -> T:
     except (RedisError, OSError) as exc:
         raise StoreError(f"Redis {what} failed: {type(exc).__name__}") from exc
     finally:
-        metrics.STORE_SECONDS.labels(operation=what).observe(time.perf_counter() - started)
+        metrics.child(metrics.STORE_SECONDS, what).observe(time.perf_counter() - started)
 
 
 class RedisStore:
@@ -81,7 +81,7 @@ class RedisStore:
         except (RedisError, OSError) as exc:
             raise StoreError(f"Redis MGET failed: {type(exc).__name__}") from exc
         finally:
-            metrics.STORE_SECONDS.labels(operation="get").observe(time.perf_counter() - started)
+            metrics.child(metrics.STORE_SECONDS, "get").observe(time.perf_counter() - started)
         return [value if isinstance(value, bytes | None) else value.encode() for value in values]
 
     async def set_many(self, items: Sequence[tuple[str, bytes]], ttl_seconds: int | None) -> None:
@@ -96,7 +96,7 @@ class RedisStore:
         except (RedisError, OSError) as exc:
             raise StoreError(f"Redis SET failed: {type(exc).__name__}") from exc
         finally:
-            metrics.STORE_SECONDS.labels(operation="set").observe(time.perf_counter() - started)
+            metrics.child(metrics.STORE_SECONDS, "set").observe(time.perf_counter() - started)
 
     async def ping(self) -> None:
         try:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Awaitable, Mapping, Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
 from gateway import quota
+from gateway.batching import Coalescer
 from gateway.quota import Decision, Demand, Window
 from gateway.store.redis import Client, call
 from gateway.teams import LIMIT_NAMES, KeyRecord, Team
@@ -51,12 +52,30 @@ def _pairs(usage: Mapping[str, int]) -> list[Any]:
     return [item for field, amount in usage.items() if amount for item in (field, amount)]
 
 
+class _AdmitGroup(NamedTuple):
+    """Requests that one script call can decide together: one team, window and limits."""
+
+    team_id: str
+    minute: int
+    day: str
+    month: str
+    limits: tuple[int, int, int, int]
+
+
+class _Admission(NamedTuple):
+    want: Demand
+    usage: Mapping[str, int]
+    request_id: str
+
+
 class RedisLedger:
     def __init__(self, client: Client) -> None:
         self._redis = client
         self._admit = client.register_script(script("admit.lua"))
         self._settle = client.register_script(script("settle.lua"))
         self._narrow = client.register_script(script("narrow_key.lua"))
+        # Admissions of one team made while one is in flight share the next script call.
+        self._admissions = Coalescer(self._admit_batch)
 
     async def _call(self, what: str, awaitable: Awaitable[Any]) -> Any:
         return await call(what, awaitable)
@@ -143,20 +162,32 @@ class RedisLedger:
     async def admit(
         self, team: Team, want: Demand, at: Window, usage: Mapping[str, int], request_id: str
     ) -> Decision:
+        group = _AdmitGroup(team.id, at.minute, at.day, at.month, quota.limit_values(team))
+        return await self._admissions.submit(group, _Admission(want, usage, request_id))
+
+    async def _admit_batch(self, group: _AdmitGroup, members: list[_Admission]) -> list[Decision]:
+        """One script call decides every request of the batch, in order (``lua/admit.lua``)."""
+        team_id = group.team_id
         keys = [
-            team_key(team.id, f"rpm:{at.minute}"),
-            team_key(team.id, f"ipm:{at.minute}"),
-            team_key(team.id, f"day:{at.day}"),
-            team_key(team.id, f"month:{at.month}"),
-            team_key(team.id, f"reserved:{request_id}"),
-            team_key(team.id, f"settled:{request_id}"),
+            team_key(team_id, f"rpm:{group.minute}"),
+            team_key(team_id, f"ipm:{group.minute}"),
+            team_key(team_id, f"day:{group.day}"),
+            team_key(team_id, f"month:{group.month}"),
         ]
-        args = [*want, *quota.limit_values(team), MINUTE_TTL, DAY_TTL, MONTH_TTL,
-                RESERVATION_TTL, SETTLED_TTL, *_pairs(usage)]  # fmt: skip
-        answer = await self._call("admit", self._admit(keys=keys, args=args))
-        if answer[0] == 1:
-            return Decision(True)
-        return Decision(False, LIMIT_NAMES[int(answer[1]) - 1], int(answer[2]), int(answer[3]))  # type: ignore[arg-type]
+        args: list[Any] = [*group.limits, MINUTE_TTL, DAY_TTL, MONTH_TTL, RESERVATION_TTL,
+                           SETTLED_TTL]  # fmt: skip
+        for member in members:
+            keys += (team_key(team_id, f"reserved:{member.request_id}"),
+                     team_key(team_id, f"settled:{member.request_id}"))  # fmt: skip
+            pairs = _pairs(member.usage)
+            args += (*member.want, len(pairs) // 2, *pairs)
+        answers = await self._call("admit", self._admit(keys=keys, args=args))
+        return [
+            Decision(True) if answer[0] == 1
+            else Decision(False, LIMIT_NAMES[int(answer[1]) - 1], int(answer[2]),  # type: ignore[arg-type]
+                          int(answer[3]))
+            for answer in answers
+        ]  # fmt: skip
 
     async def settle(
         self, team_id: str, day: str, month: str, request_id: str, billed: int,

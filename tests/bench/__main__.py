@@ -1,0 +1,412 @@
+"""The benchmark: the gateway side by side with its baselines, in one run, one table.
+
+``.venv/bin/python -m tests.bench [--seconds 10]`` (needs Debian's ``wrk`` and ``taskset``)
+
+It starts everything on loopback by itself: a redis-server and the fake Nomic (a fixed
+latency per call) on CPU 1, each server under test on CPU 0, and wrk on CPU 1. Scenarios:
+
+a. 1-image hits, the same image;      b. 8-image hits, the same 8 images;
+c. misses: every image new (the fake's latency dominates: the gateway's added latency);
+d. a company-like mix: 64 clients, 1-image requests over a Zipf-distributed set of images,
+   starting cold;                     e. (a) with ``--workers 2`` on both cores.
+
+The gateway runs with every feature on: team key auth, a team with per-minute limits and
+token budgets (so every request is an atomic quota decision in Redis), usage accounting,
+metrics (scraped every second in d) and one JSON log line per request. Beside it, against
+the same Redis: the *naive* baseline (``naive.py``: aiohttp's multipart reader, one MGET)
+and the *ceiling* (``ceiling.py``: the least work a hit can take). Each row is a warm-up
+run and then a measured run; CPU is the server's (all its processes), per request. Every
+process started is stopped at the end; the whole run is bounded (``--budget``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+import orjson
+import redis
+
+from gateway.teams import key_hash, new_key
+from tests.bench import harness
+from tests.bench.harness import MODEL, image_part, multipart, multipart_head
+from tests.bench.naive import key as naive_key
+from tests.conftest import free_port
+from tests.fake_nomic import FAKE_API_KEY, FakeNomic, png
+
+PY = sys.executable
+SERVER_CPU, LOAD_CPU = "0", "1"
+FAKE_LATENCY = 0.1  # seconds per upstream call, about what Nomic takes for one small batch
+LINGER = 0.01  # the gateway's default GATEWAY_UPSTREAM_LINGER_SECONDS
+ZIPF_IMAGES, ZIPF_EXPONENT = 5000, 1.1
+KEY = new_key()  # a team with every kind of limit (high enough never to reject here)
+BUDGET_KEY = new_key()  # a team with token budgets only: no limit bears on a hit
+TEAMS = f"""
+[teams.bench.limits]
+requests_per_minute = 1_000_000_000
+images_per_minute = 1_000_000_000
+tokens_per_day = 1_000_000_000_000
+tokens_per_month = 1_000_000_000_000
+[[teams.bench.keys]]
+sha256 = "{key_hash(KEY)}"
+
+[teams.budget.limits]
+tokens_per_day = 1_000_000_000_000
+[[teams.budget.keys]]
+sha256 = "{key_hash(BUDGET_KEY)}"
+"""
+
+
+@dataclass
+class Row:
+    scenario: str
+    server: str
+    result: harness.WrkResult
+    cpu_us: float
+    upstream: tuple[int, int] | None  # calls and images answered during the measured run
+    rss_mib: float
+    kind: str  # "gateway", "naive", "ceiling" or "direct"
+    ratios: dict[str, float] = field(default_factory=dict)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, tmp: Path, redis_url: str, fake_url: str):
+        self.args, self.tmp, self.redis_url, self.fake_url = args, tmp, redis_url, fake_url
+        self.rows: list[Row] = []
+        self.runs = 0
+        self.fake_pid = 0
+
+    def gateway_env(self, **extra: str) -> dict[str, str]:
+        teams = self.tmp / "teams.toml"
+        teams.write_text(TEAMS)
+        return {
+            **os.environ,
+            "NOMIC_API_KEY": FAKE_API_KEY,
+            "GATEWAY_UPSTREAM_URL": self.fake_url,
+            "GATEWAY_TEAMS_FILE": str(teams),
+            "GATEWAY_REDIS_URL": self.redis_url,
+            "GATEWAY_LOG_LEVEL": "info",
+            **extra,
+        }
+
+    @contextlib.contextmanager
+    def server(self, kind: str, env: dict[str, str], cpus: str) -> Iterator[tuple[int, str]]:
+        """Start one server under test; yield its pid and endpoint URL."""
+        port = free_port()
+        if kind == "gateway":
+            args = [PY, "-m", "gateway", "serve", "--port", str(port)]
+            probe = f"http://127.0.0.1:{port}/healthz"
+        else:
+            args = [PY, "-m", f"tests.bench.{kind}", str(port), self.redis_url]
+            probe = f"http://127.0.0.1:{port}/"
+        with harness.process(args, env, cpus) as proc:
+            harness.wait_http(probe, proc)
+            yield proc.pid, f"http://127.0.0.1:{port}/v1/embedding/image"
+
+    def upstream(self) -> tuple[int, int]:
+        stats = harness.get_json(self.fake_url + "/_fake/stats")
+        assert isinstance(stats, dict)
+        return stats["answered_calls"], stats["answered_items"]
+
+    def measure(
+        self,
+        scenario: str,
+        label: str,
+        kind: str,
+        pid: int,
+        url: str,
+        script: Callable[[int], Path],
+        connections: int,
+        wrk_cpus: str = LOAD_CPU,
+        during: Callable[[], None] | None = None,
+    ) -> Row:
+        print(f"  {scenario}: {label}", file=sys.stderr, flush=True)
+        self.runs += 1
+        harness.run_wrk(url, script(2 * self.runs), 2, connections, wrk_cpus)  # warm-up
+        pids = harness.tree(pid)
+        before, upstream_before = harness.cpu_seconds(pids), self.upstream()
+        stop = threading.Event()
+        side = threading.Thread(target=_every_second, args=(stop, during), daemon=True)
+        if during is not None:
+            side.start()
+        try:
+            result = harness.run_wrk(
+                url, script(2 * self.runs + 1), self.args.seconds, connections, wrk_cpus
+            )
+        finally:
+            stop.set()
+        cpu_us = (harness.cpu_seconds(pids) - before) / result.requests * 1e6
+        upstream_after = self.upstream()
+        upstream = (upstream_after[0] - upstream_before[0], upstream_after[1] - upstream_before[1])
+        row = Row(scenario, label, result, cpu_us, upstream, harness.peak_rss_mib(pids), kind)
+        self.rows.append(row)
+        return row
+
+
+def _every_second(stop: threading.Event, action: Callable[[], None] | None) -> None:
+    while action is not None and not stop.wait(1):
+        action()
+
+
+def fixed_script(tmp: Path, body: bytes, key: str) -> Callable[[int], Path]:
+    body_file = tmp / f"body-{len(body)}.bin"
+    body_file.write_bytes(body)
+    path = harness.wrk_script(tmp / f"fixed-{len(body)}-{key_hash(key)[:8]}.lua", key,
+                              f'read("{body_file}")')  # fmt: skip
+    return lambda _salt: path
+
+
+def _parts(tmp: Path, image: bytes) -> str:
+    """Lua setup: ``head`` (the body before an image), ``image``, ``tail`` (after it)."""
+    head = multipart_head() + image_part(b"")[:-2]  # without the CRLF that ends the part
+    tail = f"\r\n--{harness.BOUNDARY}--\r\n".encode()
+    files = {"head": head, "image": image, "tail": tail}
+    lines = []
+    for name, data in files.items():
+        (tmp / f"{name}.bin").write_bytes(data)
+        lines.append(f'local {name} = read("{tmp / name}.bin")')
+    return "\n".join(lines)
+
+
+def misses_script(tmp: Path, image: bytes, key: str) -> Callable[[int], Path]:
+    """Every request a new image: the base PNG with a distinct trailer after its end."""
+
+    def script(salt: int) -> Path:
+        return harness.wrk_script(
+            tmp / f"misses-{salt}.lua", key, _parts(tmp, image),
+            dynamic=f'head .. image .. string.format("{salt:04d}%012d", counter) .. tail',
+        )  # fmt: skip
+
+    return script
+
+
+def zipf_image(base: bytes, rank: int) -> bytes:
+    return base + b"%08d" % rank
+
+
+def zipf_script(tmp: Path, image: bytes, key: str) -> Callable[[int], Path]:
+    weights = [1 / rank**ZIPF_EXPONENT for rank in range(1, ZIPF_IMAGES + 1)]
+    total, running, cdf = sum(weights), 0.0, []
+    for weight in weights:
+        running += weight
+        cdf.append(f"{running / total:.9f}")
+    setup = (
+        _parts(tmp, image) + "\nlocal cdf = {" + ",".join(cdf) + "}\n"
+        "local function pick()\n  local r, lo, hi = math.random(), 1, #cdf\n"
+        "  while lo < hi do\n    local mid = math.floor((lo + hi) / 2)\n"
+        "    if cdf[mid] < r then lo = mid + 1 else hi = mid end\n  end\n  return lo\nend\n"
+    )
+
+    def script(salt: int) -> Path:
+        return harness.wrk_script(
+            tmp / f"zipf-{salt}.lua", key, setup + f"math.randomseed({salt})",
+            dynamic='head .. image .. string.format("%08d", pick()) .. tail',
+        )  # fmt: skip
+
+    return script
+
+
+def seed_baselines(client: redis.Redis, images: list[bytes]) -> None:
+    """Store the fake's answer for each image as JSON text, the way the baselines read it."""
+    with client.pipeline(transaction=False) as pipe:
+        for image in images:
+            pipe.set(naive_key(image), orjson.dumps(FakeNomic.embedding(MODEL, image)))
+        pipe.execute()
+
+
+def hits(
+    bench: Bench, scenario: str, images: list[bytes], *, embedded: bool = False, workers: int = 1
+) -> None:
+    tmp, connections = bench.tmp, bench.args.connections
+    body = multipart(images)
+    cpus = "0,1" if workers > 1 else SERVER_CPU
+    wrk_cpus = "0,1" if workers > 1 else LOAD_CPU
+    script = fixed_script(tmp, body, KEY)
+    variants = [("gateway", KEY, False)]
+    if embedded:
+        variants += [
+            ("gateway, team with token budgets only", BUDGET_KEY, False),
+            ("gateway, embedded store", KEY, True),
+        ]
+    for label, key, in_process in variants:
+        env = bench.gateway_env(GATEWAY_WORKERS=str(workers))
+        if in_process:
+            del env["GATEWAY_REDIS_URL"]
+        if workers > 1:
+            label = f"gateway --workers {workers}"
+        with bench.server("gateway", env, cpus) as (pid, url):
+            harness.post(url, body, key)  # the miss that fills the cache
+            keyed = script if key == KEY else fixed_script(tmp, body, key)
+            bench.measure(scenario, label, "gateway", pid, url, keyed, connections, wrk_cpus)
+    for kind in ("naive", "ceiling"):
+        with bench.server(kind, dict(os.environ), cpus) as (pid, url):
+            label = f"{kind} baseline"
+            bench.measure(scenario, label, kind, pid, url, script, connections, wrk_cpus)
+
+
+def misses(bench: Bench) -> None:
+    scenario, image, connections = "c. misses", png(3, size=128), 8
+    script = misses_script(bench.tmp, image, KEY)
+    fake = bench.fake_url + "/v1/embedding/image"
+    direct = misses_script(bench.tmp, image, FAKE_API_KEY)
+    bench.measure(scenario, "fake Nomic, direct", "direct", bench.fake_pid, fake, direct,
+                  connections)  # fmt: skip
+    # Nomic's own rate (1200 calls / 5 min) would make this a measure of the pacing.
+    env = bench.gateway_env(GATEWAY_UPSTREAM_RATE_CALLS="1000000000",
+                            GATEWAY_UPSTREAM_RATE_BURST="1000")  # fmt: skip
+    with bench.server("gateway", env, SERVER_CPU) as (pid, url):
+        bench.measure(scenario, "gateway", "gateway", pid, url, script, connections)
+
+
+def zipf(bench: Bench) -> None:
+    scenario, base, connections = "d. Zipf mix, 64 clients", png(4, size=128), 64
+    client = redis.Redis.from_url(bench.redis_url)
+    seed_baselines(client, [zipf_image(base, rank) for rank in range(1, ZIPF_IMAGES + 1)])
+    script = zipf_script(bench.tmp, base, KEY)
+    env = bench.gateway_env(GATEWAY_UPSTREAM_RATE_CALLS="1000000000",
+                            GATEWAY_UPSTREAM_RATE_BURST="1000")  # fmt: skip
+    with bench.server("gateway", env, SERVER_CPU) as (pid, url):
+        metrics_url = url.replace("/v1/embedding/image", "/metrics")
+        bench.measure(scenario, "gateway", "gateway", pid, url, script, connections,
+                      during=lambda: harness.fetch(metrics_url))  # fmt: skip
+    for kind in ("naive", "ceiling"):
+        with bench.server(kind, dict(os.environ), SERVER_CPU) as (pid, url):
+            bench.measure(scenario, f"{kind} baseline", kind, pid, url, script, connections)
+
+
+def entry_bytes(redis_url: str) -> tuple[int, int, int]:
+    """MEMORY USAGE of one cached gateway entry and one baseline JSON entry, and the
+    gateway entry's value length."""
+    client = redis.Redis.from_url(redis_url)
+    gateway_key = next(client.scan_iter("ng:v1:emb:*", count=1000))
+    baseline_key = next(client.scan_iter("naive:*", count=1000))
+    return (
+        int(client.memory_usage(gateway_key) or 0),
+        int(client.memory_usage(baseline_key) or 0),
+        int(client.strlen(gateway_key)),
+    )
+
+
+def table(rows: list[Row]) -> str:
+    lines = [
+        "| scenario | server | requests/s | p50 ms | p99 ms | server CPU us/req | x naive "
+        "| x ceiling | upstream calls / images | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        baselines = {r.kind: r.result.rps for r in rows if r.scenario == row.scenario}
+        ratio = {k: row.result.rps / baselines[k] for k in ("naive", "ceiling") if k in baselines}
+        row.ratios = ratio
+        cells = [
+            row.scenario, row.server, f"{row.result.rps:,.0f}", f"{row.result.p50_ms:.2f}",
+            f"{row.result.p99_ms:.2f}", f"{row.cpu_us:.0f}",
+            f"{ratio['naive']:.2f}" if "naive" in ratio else "",
+            f"{ratio['ceiling']:.2f}" if "ceiling" in ratio else "",
+            f"{row.upstream[0]:,} / {row.upstream[1]:,}" if row.upstream else "",
+            f"{row.rss_mib:.0f}",
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def targets(rows: list[Row]) -> list[str]:
+    def find(scenario: str, server: str) -> Row | None:
+        return next((r for r in rows if r.scenario.startswith(scenario) and r.server == server),
+                    None)  # fmt: skip
+
+    out = []
+    one, eight = find("a.", "gateway"), find("b.", "gateway")
+    if one is not None:
+        naive, ceiling = one.ratios.get("naive", 0), one.ratios.get("ceiling", 0)
+        out.append(f"a. 1-image hits >= 1.6x naive: {_met(naive >= 1.6)} ({naive:.2f}x); "
+                   f">= 0.6x ceiling: {_met(ceiling >= 0.6)} ({ceiling:.2f}x)")  # fmt: skip
+    if eight is not None:
+        naive = eight.ratios.get("naive", 0)
+        out.append(f"b. 8-image hits >= 2.5x naive: {_met(naive >= 2.5)} ({naive:.2f}x)")
+    direct, through = find("c.", "fake Nomic, direct"), find("c.", "gateway")
+    if direct is not None and through is not None:
+        added = through.result.p50_ms - direct.result.p50_ms - LINGER * 1000
+        out.append(f"c. a miss adds <= 2 ms at p50 beyond the {LINGER * 1000:.0f} ms linger: "
+                   f"{_met(added <= 2)} ({added:.2f} ms: p50 {through.result.p50_ms:.2f} "
+                   f"through the gateway, {direct.result.p50_ms:.2f} direct)")  # fmt: skip
+    return out
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def _timeout(_signum: int, _frame: FrameType | None) -> None:
+    raise TimeoutError("the benchmark ran past its --budget; stopping everything it started")
+
+
+SCENARIOS = "abcde"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10, help="each measured run")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections for hits")
+    parser.add_argument("--only", default=SCENARIOS, help="scenarios to run, e.g. 'ab'")
+    parser.add_argument("--budget", type=int, default=540, help="seconds before it gives up")
+    args = parser.parse_args()
+    for tool in ("wrk", "taskset", "redis-server"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is needed (Debian: apt-get install wrk util-linux redis-server)")
+    signal.signal(signal.SIGALRM, _timeout)
+    signal.alarm(args.budget)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        redis_port, fake_port = free_port(), free_port()
+        redis_url = f"redis://127.0.0.1:{redis_port}/0"
+        fake = [PY, "-m", "tests.fake_nomic", "--port", str(fake_port),
+                "--latency", str(FAKE_LATENCY)]  # fmt: skip
+        with (
+            harness.process(["redis-server", "--port", str(redis_port), "--save", "",
+                             "--appendonly", "no", "--dir", name], cpus=LOAD_CPU) as store,
+            harness.process(fake, cpus=LOAD_CPU) as fake_proc,
+        ):  # fmt: skip
+            fake_url = f"http://127.0.0.1:{fake_port}"
+            harness.wait_http(fake_url + "/_fake/stats", fake_proc)
+            del store
+            bench = Bench(args, tmp, redis_url, fake_url)
+            bench.fake_pid = fake_proc.pid
+            one, eight = [png(1, size=128)], [png(10 + i, size=128) for i in range(8)]
+            seed_baselines(redis.Redis.from_url(redis_url), one + eight)
+            if "a" in args.only:
+                hits(bench, "a. 1-image hits", one, embedded=True)
+            if "b" in args.only:
+                hits(bench, "b. 8-image hits", eight)
+            if "c" in args.only:
+                misses(bench)
+            if "d" in args.only:
+                zipf(bench)
+            if "e" in args.only:
+                hits(bench, "e. 1-image hits, --workers 2", one, workers=2)
+            gateway_entry, baseline_entry, value = entry_bytes(redis_url)
+    signal.alarm(0)
+    print(f"\nnomic-gateway benchmark, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, "
+          f"{len(one[0]):,}-byte PNGs, wrk -c{args.connections} for hits, "
+          f"{args.seconds:g} s a run, the fake Nomic's latency {FAKE_LATENCY * 1000:.0f} ms "
+          "a call\n")  # fmt: skip
+    print(table(bench.rows))
+    print(f"\nRedis MEMORY USAGE per cached 768-dim embedding: gateway {gateway_entry:,} bytes "
+          f"({value:,}-byte value), baselines' JSON text {baseline_entry:,} bytes")  # fmt: skip
+    print("\n".join(["", *targets(bench.rows)]))
+    print(f"\n(ran in {time.monotonic() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

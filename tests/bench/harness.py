@@ -1,0 +1,188 @@
+"""What the benchmark runs its servers and wrk with: processes, /proc readings, wrk scripts.
+
+Every process started here is stopped when its ``with`` block ends, whatever happens in it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import orjson
+
+BOUNDARY = "benchboundary"
+MODEL = "nomic-embed-vision-v1.5"
+
+
+def multipart_head() -> bytes:
+    """The body up to the first image's bytes."""
+    return (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="model"\r\n\r\n{MODEL}\r\n'
+    ).encode()
+
+
+def image_part(image: bytes) -> bytes:
+    return (
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="images"; filename="images"\r\n'
+            f"Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + image
+        + b"\r\n"
+    )
+
+
+def multipart(images: Sequence[bytes]) -> bytes:
+    return multipart_head() + b"".join(map(image_part, images)) + f"--{BOUNDARY}--\r\n".encode()
+
+
+@contextlib.contextmanager
+def process(
+    args: Sequence[str], env: dict[str, str] | None = None, cpus: str | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    pinned = ["taskset", "-c", cpus, *args] if cpus else list(args)
+    proc = subprocess.Popen(pinned, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except urllib.error.HTTPError:
+            return  # it answers: up
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def post(url: str, body: bytes, key: str) -> bytes:
+    headers = {
+        "Content-Type": f"multipart/form-data; boundary={BOUNDARY}",
+        "Authorization": f"Bearer {key}",
+    }
+    request = urllib.request.Request(url, data=body, headers=headers)
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return response.read()  # type: ignore[no-any-return]
+
+
+def fetch(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read()  # type: ignore[no-any-return]
+
+
+def get_json(url: str) -> object:
+    return orjson.loads(fetch(url))
+
+
+def tree(pid: int) -> list[int]:
+    """``pid`` and every process under it (a supervisor and its workers)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        found.append(todo.pop())
+        todo.extend(children.get(found[-1], []))
+    return found
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mib(pids: Sequence[int]) -> float:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            status = Path(f"/proc/{pid}/status").read_text()
+            total += int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1))  # type: ignore[union-attr]
+    return total / 1024
+
+
+class WrkResult(NamedTuple):
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+
+
+def lua_string(data: bytes) -> str:
+    return '"' + "".join(f"\\{byte}" for byte in data) + '"'
+
+
+def wrk_script(path: Path, key: str, body: str, dynamic: str = "") -> Path:
+    """A wrk script posting multipart bodies. ``body`` is a Lua expression for a fixed body;
+    ``dynamic``, if given, is a Lua expression evaluated for every request instead."""
+    headers = (
+        f'wrk.method = "POST"\n'
+        f'wrk.headers["Content-Type"] = "multipart/form-data; boundary={BOUNDARY}"\n'
+        f'wrk.headers["Authorization"] = "Bearer {key}"\n'
+    )
+    read = (
+        "local function read(name)\n"
+        '  local f = assert(io.open(name, "rb")); local data = f:read("*a"); f:close()\n'
+        "  return data\nend\n"
+    )
+    text = read + headers
+    if dynamic:
+        text += (
+            f"{body}\nmath.randomseed(1)\ncounter = 0\n"
+            "request = function()\n  counter = counter + 1\n"
+            f"  return wrk.format(nil, nil, nil, {dynamic})\nend\n"
+        )
+    else:
+        text += f"wrk.body = {body}\n"
+    path.write_text(text)
+    return path
+
+
+def run_wrk(url: str, script: Path, seconds: float, connections: int, cpus: str) -> WrkResult:
+    args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "--timeout", "30s",
+            "-s", str(script), url]  # fmt: skip
+    out = subprocess.run(["taskset", "-c", cpus, *args], capture_output=True, text=True,
+                         check=True, timeout=seconds + 60).stdout  # fmt: skip
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise RuntimeError(f"errors during the run:\n{out}")
+
+    def number(pattern: str) -> re.Match[str]:
+        found = re.search(pattern, out)
+        if found is None:
+            raise RuntimeError(f"wrk printed no {pattern!r}:\n{out}")
+        return found
+
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    p50, p99 = (number(rf"\s{pct}%\s+([\d.]+)(us|ms|s)\b") for pct in ("50", "99"))
+    return WrkResult(
+        rps=float(number(r"Requests/sec:\s+([\d.]+)").group(1)),
+        p50_ms=float(p50.group(1)) * scale[p50.group(2)],
+        p99_ms=float(p99.group(1)) * scale[p99.group(2)],
+        requests=int(number(r"(\d+) requests in").group(1)),
+    )
