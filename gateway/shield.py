@@ -162,9 +162,20 @@ class Shield:
     async def _run(self, lane: _Lane) -> None:
         while True:
             await lane.arrived.wait()
-            await self._linger(lane)
-            slot = await self._take_slot(lane)
-            if slot is None:
+            if not lane.jobs:
+                lane.arrived.clear()
+                continue
+            # A concurrency slot is taken while the batch lingers: a lone miss waits for the
+            # linger or the slot, whichever is longer, not for both. The rate's next call is
+            # taken last, so calls leave as evenly spaced as the rate grants them.
+            taking = asyncio.create_task(self._take_slot(lane))
+            try:
+                await self._linger(lane)
+                slot = await taking
+            except BaseException:
+                taking.cancel()
+                raise
+            if slot is None or not await self._paced(lane, slot):
                 continue
             batch = self._take_batch(lane)
             if not lane.jobs:
@@ -188,8 +199,8 @@ class Shield:
         return len(lane.jobs) >= self.policy.batch_items or lane.bytes >= self.policy.batch_bytes
 
     async def _take_slot(self, lane: _Lane) -> str | None:
-        """A concurrency slot, then the rate's next call; None (and the lane's jobs failed)
-        if their deadline passes first or the store fails."""
+        """A concurrency slot; None (and the lane's jobs failed) if their deadline passes
+        first or the store fails."""
         holder = f"{self._holder}:{next(self._slot_ids)}"
         deadline = max(job.deadline for job in lane.jobs)
         # The slot is held through retries and pauses until the batch's deadline at most.
@@ -201,20 +212,32 @@ class Shield:
                 if self._clock() > deadline:
                     raise UpstreamUnavailable("too many upstream calls in flight", retry_after=1)
                 await asyncio.sleep(0.005 + self._rng.uniform(0, 0.01))
-            await self._pace(deadline)
         except (GatewayError, StoreError) as exc:
-            error = (
-                exc
-                if isinstance(exc, GatewayError)
-                else UpstreamUnavailable(
-                    "the store that paces upstream calls is unavailable", retry_after=1
-                )
-            )
-            await self._release(holder)
-            self._fail(self._take_batch(lane, everything=True), error)
-            lane.arrived.clear()
+            await self._give_up(lane, holder, exc)
             return None
         return holder
+
+    async def _paced(self, lane: _Lane, holder: str) -> bool:
+        """The rate's next call for the lane's batch; False (the jobs failed) if it comes
+        after their deadline or the store fails."""
+        try:
+            await self._pace(max(job.deadline for job in lane.jobs))
+        except (GatewayError, StoreError) as exc:
+            await self._give_up(lane, holder, exc)
+            return False
+        return True
+
+    async def _give_up(self, lane: _Lane, holder: str, exc: GatewayError | StoreError) -> None:
+        error = (
+            exc
+            if isinstance(exc, GatewayError)
+            else UpstreamUnavailable(
+                "the store that paces upstream calls is unavailable", retry_after=1
+            )
+        )
+        await self._release(holder)
+        self._fail(self._take_batch(lane, everything=True), error)
+        lane.arrived.clear()
 
     async def _pace(self, deadline: float) -> None:
         """Wait for the next call the global rate allows, or raise if it comes too late."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -72,15 +73,34 @@ class NomicClient:
             metrics.UPSTREAM_SECONDS.observe(time.perf_counter() - started)
 
 
-def _form(model: str, kind: Kind, items: Sequence[bytes]) -> aiohttp.FormData:
+def _form(model: str, kind: Kind, items: Sequence[bytes]) -> aiohttp.FormData | _Multipart:
     if kind == "url":
         return aiohttp.FormData([("model", model), *(("urls", url.decode()) for url in items)])
-    form = aiohttp.FormData()
-    form.add_field("model", model)
-    for data in items:
-        fmt = image_format(data) or "octet-stream"
-        form.add_field("images", data, filename=f"image.{fmt}", content_type=f"image/{fmt}")
-    return form
+    return _Multipart(model, items)
+
+
+class _Multipart(aiohttp.BytesPayload):
+    """The images as one multipart body, joined once: aiohttp's ``FormData`` writes part by
+    part through its multipart writer, about 1.5 ms slower on this machine for one image."""
+
+    def __init__(self, model: str, items: Sequence[bytes]) -> None:
+        boundary = uuid.uuid4().hex
+        while any(boundary.encode() in data for data in items):  # never, in practice
+            boundary = uuid.uuid4().hex
+        parts = [_MODEL_PART.format(boundary=boundary, model=model).encode()]
+        for data in items:
+            fmt = image_format(data) or "octet-stream"
+            head = _IMAGE_PART.format(boundary=boundary, fmt=fmt)
+            parts += (head.encode(), data, b"\r\n")
+        parts.append(f"--{boundary}--\r\n".encode())
+        super().__init__(b"".join(parts), content_type=f"multipart/form-data; boundary={boundary}")
+
+
+_MODEL_PART = '--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\n{model}\r\n'
+_IMAGE_PART = (
+    '--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="image.{fmt}"'
+    "\r\nContent-Type: image/{fmt}\r\n\r\n"
+)
 
 
 def _result(status: int, headers: Any, body: bytes, count: int) -> UpstreamResult:

@@ -60,7 +60,9 @@ class FakeNomic:
     calls: list[Call] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.app = web.Application()
+        # Nomic documents no body limit; aiohttp's 1 MiB default would refuse a batch of
+        # twenty 50 KB photos, so the fake takes what the gateway may send in one call.
+        self.app = web.Application(client_max_size=64 * 2**20)
         self.app.router.add_post("/v1/embedding/image", self._embed_image)
         self.app.router.add_get("/_fake/stats", self._stats)  # the fake's own, not Nomic's
 
