@@ -1,5 +1,5 @@
-# Shared by scripts/run.sh and scripts/test.sh: a Python 3.11+ virtualenv in .venv, and system
-# packages from Debian's archive when they are missing (as root, or through sudo).
+# Shared by scripts/run.sh, scripts/test.sh and scripts/bench.sh: a Python 3.11+ virtualenv in
+# .venv, and system packages from Debian's archive when they are missing (as root, or sudo).
 
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install everything the tests need (redis-server and Prometheus too, if missing) and run every
+# Install everything the tests need (redis-server, Prometheus and wrk too, if missing), run every
 # quality gate:
 # ruff, mypy --strict on gateway/, and the whole pytest suite with warnings as errors.
 set -euo pipefail
@@ -9,6 +9,8 @@ ensure_venv
 .venv/bin/python -m pip install -q -e '.[test]'
 command -v redis-server >/dev/null || apt_install redis-server
 command -v promtool >/dev/null || apt_install prometheus  # promtool checks the alert rules
+command -v wrk >/dev/null || apt_install wrk  # one short run of the benchmark
+command -v taskset >/dev/null || apt_install util-linux
 # The suite starts its own redis-server on free ports; a system service is not needed.
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

@@ -119,6 +119,22 @@ async def test_admits_made_together_are_decided_in_order_each_with_its_own_usage
     assert not (await ledger.admit(limited, Demand(1, 1, 1), fresh, {}, "d")).allowed
 
 
+async def test_settles_made_together_each_apply_once(ledger: Ledger) -> None:
+    """On Redis these share script calls; a settle repeated in the same batch is a no-op."""
+    capped = team(tokens_per_day=100)
+    for i in range(3):
+        assert (await ledger.admit(capped, Demand(1, 1, 30), AT, {}, f"s{i}")).allowed
+    assert not (await ledger.admit(capped, Demand(1, 1, 30), AT, {}, "over")).allowed
+    usage = {"requests": 1, "misses": 1}
+    await asyncio.gather(
+        *(ledger.settle("t1", AT.day, AT.month, f"s{i}", 20, usage) for i in (0, 1, 2, 1, 0))
+    )
+    [row] = await ledger.usage("t1", [AT.day])
+    assert (row["requests"], row["misses"], row["billed_tokens"]) == (3, 3, 60)
+    assert (await ledger.admit(capped, Demand(1, 1, 40), AT, {}, "fits")).allowed  # 60 + 40
+    assert not (await ledger.admit(capped, Demand(1, 1, 1), AT, {}, "full")).allowed
+
+
 async def test_redis_usage_is_kept_at_least_400_days(
     redis_client: redis.Redis, redis_url: str
 ) -> None:

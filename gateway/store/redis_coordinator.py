@@ -7,6 +7,9 @@ import asyncio
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
+from redis.asyncio import RedisCluster
+from redis.crc import key_slot
+
 from gateway.store.redis import Client, call
 from gateway.store.redis_ledger import script
 
@@ -50,8 +53,16 @@ class RedisCoordinator:
         return [bool(value) for value in claimed]
 
     async def release_fetches(self, keys: Sequence[str], holder: str) -> None:
-        # One script call per mark: the marks of a batch live in many cluster slots.
-        unclaims = (self._unclaim(keys=[FETCH_PREFIX + key], args=[holder]) for key in keys)
+        # One script call for all the marks; on a cluster one per hash slot they live in.
+        marks = [FETCH_PREFIX + key for key in keys]
+        if isinstance(self._redis, RedisCluster):
+            by_slot: dict[int, list[str]] = {}
+            for mark in marks:
+                by_slot.setdefault(key_slot(mark.encode()), []).append(mark)
+            groups = list(by_slot.values())
+        else:
+            groups = [marks]
+        unclaims = (self._unclaim(keys=group, args=[holder]) for group in groups)
         await self._call("unclaim", asyncio.gather(*unclaims))
 
     async def fetching(self, keys: Sequence[str]) -> list[bool]:

@@ -68,14 +68,21 @@ class _Admission(NamedTuple):
     request_id: str
 
 
+class _Settlement(NamedTuple):
+    request_id: str
+    billed: int
+    usage: Mapping[str, int]
+
+
 class RedisLedger:
     def __init__(self, client: Client) -> None:
         self._redis = client
         self._admit = client.register_script(script("admit.lua"))
         self._settle = client.register_script(script("settle.lua"))
         self._narrow = client.register_script(script("narrow_key.lua"))
-        # Admissions of one team made while one is in flight share the next script call.
+        # Admissions (settles) of one team made while one is in flight share the next call.
         self._admissions = Coalescer(self._admit_batch)
+        self._settles = Coalescer(self._settle_batch)
 
     async def _call(self, what: str, awaitable: Awaitable[Any]) -> Any:
         return await call(what, awaitable)
@@ -193,14 +200,22 @@ class RedisLedger:
         self, team_id: str, day: str, month: str, request_id: str, billed: int,
         usage: Mapping[str, int],
     ) -> None:  # fmt: skip
-        keys = [
-            team_key(team_id, f"day:{day}"),
-            team_key(team_id, f"month:{month}"),
-            team_key(team_id, f"settled:{request_id}"),
-            team_key(team_id, f"reserved:{request_id}"),
-        ]
-        args = [billed, DAY_TTL, MONTH_TTL, SETTLED_TTL, *_pairs(usage)]
+        await self._settles.submit((team_id, day, month), _Settlement(request_id, billed, usage))
+
+    async def _settle_batch(
+        self, group: tuple[str, str, str], members: list[_Settlement]
+    ) -> list[None]:
+        """One script call settles every request of the batch (``lua/settle.lua``)."""
+        team_id, day, month = group
+        keys = [team_key(team_id, f"day:{day}"), team_key(team_id, f"month:{month}")]
+        args: list[Any] = [DAY_TTL, MONTH_TTL, SETTLED_TTL]
+        for member in members:
+            keys += (team_key(team_id, f"settled:{member.request_id}"),
+                     team_key(team_id, f"reserved:{member.request_id}"))  # fmt: skip
+            pairs = _pairs(member.usage)
+            args += (member.billed, len(pairs) // 2, *pairs)
         await self._call("settle", self._settle(keys=keys, args=args))
+        return [None] * len(members)
 
     async def item_cost(self, model: str) -> int | None:
         raw = await self._call("cost read", self._redis.get(f"ng:v1:cost:{model}"))

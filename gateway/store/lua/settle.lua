@@ -1,23 +1,47 @@
--- Settle a request once: release what it reserved, add what was billed and its usage.
--- Idempotent: a settle retried after a timeout (that had in fact run) changes nothing.
--- Counts are whole numbers; times are in seconds.
--- KEYS: 1 the team's usage hash of the day the reservation was made, 2 its token hash of that
---       month, 3 the marker that this settle ran, 4 the request's reservation (written by
---       admit.lua; absent when nothing was reserved) (one team: one hash slot)
--- ARGV: 1 tokens billed, 2 seconds a day hash lives, 3 seconds a month hash lives,
---       4 seconds the marker lives, 5.. usage field and amount pairs for the day hash
--- Returns 1 when applied, 0 when this settle had already run.
-if not redis.call('SET', KEYS[3], 1, 'NX', 'EX', ARGV[4]) then return 0 end
-local reserved = tonumber(redis.call('GET', KEYS[4]) or 0)
-local billed = tonumber(ARGV[1])
-if reserved ~= 0 then redis.call('DEL', KEYS[4]) end
+-- Settle a batch of requests of one team and day, each once: release what it reserved, add
+-- what was billed and its usage. Idempotent per request: a settle retried after a timeout
+-- (that had in fact run) changes nothing. Counts are whole numbers; times are in seconds.
+-- KEYS: 1 the team's usage hash of the day the reservations were made, 2 its token hash of
+--       that month, then for each request: the marker that its settle ran, and its
+--       reservation (written by admit.lua; absent when nothing was reserved)
+--       (one team: one hash slot)
+-- ARGV: 1 seconds a day hash lives, 2 seconds a month hash lives, 3 seconds a marker lives,
+--       then for each request: tokens billed, n, and n usage field and amount pairs
+-- Returns for each request 1 when applied, 0 when its settle had already run.
+local reserved, billed = 0, 0
+local usage, fields = {}, {}
+local answers, member, at = {}, 0, 4
+while at <= #ARGV do
+  member = member + 1
+  local pairs = tonumber(ARGV[at + 1])
+  answers[member] = 0
+  if redis.call('SET', KEYS[1 + 2 * member], 1, 'NX', 'EX', ARGV[3]) then
+    answers[member] = 1
+    local reservation = KEYS[2 + 2 * member]
+    local held = tonumber(redis.call('GET', reservation) or 0)
+    if held ~= 0 then
+      redis.call('DEL', reservation)
+      reserved = reserved + held
+    end
+    billed = billed + tonumber(ARGV[at])
+    for p = at + 2, at + 2 * pairs, 2 do
+      local field = ARGV[p]
+      if usage[field] == nil then
+        usage[field] = 0
+        fields[#fields + 1] = field
+      end
+      usage[field] = usage[field] + tonumber(ARGV[p + 1])
+    end
+  end
+  at = at + 2 + 2 * pairs
+end
 for i = 1, 2 do
   if reserved ~= 0 then redis.call('HINCRBY', KEYS[i], 'reserved_tokens', -reserved) end
   if billed ~= 0 then redis.call('HINCRBY', KEYS[i], 'billed_tokens', billed) end
 end
-for i = 5, #ARGV, 2 do
-  redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
+for _, field in ipairs(fields) do
+  redis.call('HINCRBY', KEYS[1], field, usage[field])
 end
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-return 1
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return answers

@@ -1,5 +1,9 @@
--- Remove an in-flight marker only if this holder still owns it (it may have expired and been
--- claimed by another replica since).
--- KEYS: 1 the marker; ARGV: 1 the holder id. Returns 1 if removed.
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+-- Remove in-flight markers, each only if this holder still owns it (it may have expired and
+-- been claimed by another replica since).
+-- KEYS: the markers (on Redis Cluster, of one hash slot); ARGV: 1 the holder id.
+-- Returns how many were removed.
+local removed = 0
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then removed = removed + redis.call('DEL', key) end
+end
+return removed

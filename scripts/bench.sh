@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The benchmark (issue 7): installs what it needs (the test extras, redis-server, wrk, taskset)
+# and prints one table of the gateway beside its naive and ceiling baselines. It starts every
+# server itself on loopback, stops them at the end and gives up after --budget seconds (540).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/_lib.sh
+ensure_venv
+.venv/bin/python -m pip install -q -e '.[test]'
+command -v redis-server >/dev/null || apt_install redis-server
+command -v wrk >/dev/null || apt_install wrk
+command -v taskset >/dev/null || apt_install util-linux
+exec .venv/bin/python -m tests.bench "$@"
