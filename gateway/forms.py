@@ -9,6 +9,7 @@ client's own ``images`` or ``urls`` fields.
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Literal, NamedTuple, Protocol
 from urllib.parse import unquote_plus, urlsplit
@@ -62,9 +63,8 @@ def image_format(data: bytes) -> str | None:
 
 def parser_for(content_type: str, limits: Limits) -> BodyParser:
     """The parser for a request's ``Content-Type`` header; 422 if it is not one Nomic takes."""
-    mime, options = multipart.parse_options_header(content_type or "")
+    mime, boundary = _media_type(content_type or "")
     if mime == "multipart/form-data":
-        boundary = options.get("boundary", "")
         if not boundary:
             raise InvalidRequest("multipart/form-data without a boundary")
         return MultipartBody(boundary, limits)
@@ -75,6 +75,13 @@ def parser_for(content_type: str, limits: Limits) -> BodyParser:
         "with images, or application/x-www-form-urlencoded with urls",
         loc=("header", "content-type"),
     )
+
+
+@functools.lru_cache(maxsize=1024)
+def _media_type(content_type: str) -> tuple[str, str]:
+    """The media type and boundary of a ``Content-Type`` (clients repeat theirs)."""
+    mime, options = multipart.parse_options_header(content_type)
+    return mime, options.get("boundary", "")
 
 
 class _Fields:

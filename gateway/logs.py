@@ -11,6 +11,7 @@ stream, as the same object the formatter would make, in order with every other l
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
 import sys
 import time
@@ -25,8 +26,14 @@ _fast_stream: IO[bytes] | None = None  # where JSON request lines go directly, o
 
 
 def _timestamp(created: float) -> str:
-    moment = datetime.datetime.fromtimestamp(created, datetime.UTC)
-    return moment.isoformat(timespec="milliseconds")
+    """``2026-11-24T18:41:16.068+00:00``: UTC, to the millisecond."""
+    second = int(created)
+    return f"{_second(second)}.{int((created - second) * 1000):03d}+00:00"
+
+
+@functools.lru_cache(maxsize=4)
+def _second(second: int) -> str:
+    return datetime.datetime.fromtimestamp(second, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 class JsonFormatter(logging.Formatter):

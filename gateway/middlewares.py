@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -36,7 +36,7 @@ def error_response(
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Give every request an id (the client's ``X-Request-Id`` if sane), time and count it."""
     given = request.headers.get("X-Request-Id", "")
-    request_id = given if _CLIENT_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    request_id = given if _CLIENT_REQUEST_ID.fullmatch(given) else secrets.token_hex(16)
     request[REQUEST_ID] = request_id
     fields = request[LOG_FIELDS] = {}
     route = request.match_info.route.resource

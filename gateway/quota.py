@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import calendar
 import datetime
+import functools
 import math
 import time
 from collections import deque
@@ -43,18 +44,27 @@ class Window(NamedTuple):
 
 
 def window(now: float) -> Window:
-    tm = time.gmtime(now)
-    day_start = calendar.timegm((tm.tm_year, tm.tm_mon, tm.tm_mday, 0, 0, 0))
-    year, month = (tm.tm_year + 1, 1) if tm.tm_mon == 12 else (tm.tm_year, tm.tm_mon + 1)
-    next_month = calendar.timegm((year, month, 1, 0, 0, 0))
+    minute = int(now // 60)
+    day, month, day_start, next_month = _calendar(minute)
     return Window(
-        minute=int(now // 60),
-        day=time.strftime("%Y-%m-%d", tm),
-        month=time.strftime("%Y-%m", tm),
+        minute=minute,
+        day=day,
+        month=month,
         minute_reset=60 - now % 60,
         day_reset=day_start + 86400 - now,
         month_reset=next_month - now,
     )
+
+
+@functools.lru_cache(maxsize=8)
+def _calendar(minute: int) -> tuple[str, str, int, int]:
+    """The UTC day and month a minute falls in, and when they start and end: worked out
+    once a minute rather than on every request."""
+    tm = time.gmtime(minute * 60)
+    day_start = calendar.timegm((tm.tm_year, tm.tm_mon, tm.tm_mday, 0, 0, 0))
+    year, month = (tm.tm_year + 1, 1) if tm.tm_mon == 12 else (tm.tm_year, tm.tm_mon + 1)
+    next_month = calendar.timegm((year, month, 1, 0, 0, 0))
+    return time.strftime("%Y-%m-%d", tm), time.strftime("%Y-%m", tm), day_start, next_month
 
 
 class Demand(NamedTuple):
