@@ -1,22 +1,28 @@
 """The benchmark: the gateway side by side with its baselines, in one run, one table.
 
-``.venv/bin/python -m tests.bench [--seconds 10]`` (needs Debian's ``wrk`` and ``taskset``)
+``./scripts/bench.sh`` (installs Debian's ``wrk`` if missing), or
+``.venv/bin/python -m tests.bench [--seconds 3] [--rounds 4] [--only abcde]``
 
 It starts everything on loopback by itself: a redis-server and the fake Nomic (a fixed
 latency per call) on CPU 1, each server under test on CPU 0, and wrk on CPU 1. Scenarios:
 
 a. 1-image hits, the same image;      b. 8-image hits, the same 8 images;
-c. misses: every image new (the fake's latency dominates: the gateway's added latency);
+c. misses: every image new (the fake's latency dominates: the gateway's added latency),
+   from 1 client and from 8;
 d. a company-like mix: 64 clients, 1-image requests over a Zipf-distributed set of images,
-   starting cold;                     e. (a) with ``--workers 2`` on both cores.
+   all in Redis (fetched earlier by another gateway process), none yet in the measured
+   gateway's process;                 e. (a) with ``--workers 2`` on both cores.
 
 The gateway runs with every feature on: team key auth, a team with per-minute limits and
 token budgets (so every request is an atomic quota decision in Redis), usage accounting,
 metrics (scraped every second in d) and one JSON log line per request. Beside it, against
 the same Redis: the *naive* baseline (``naive.py``: aiohttp's multipart reader, one MGET)
-and the *ceiling* (``ceiling.py``: the least work a hit can take). Each row is a warm-up
-run and then a measured run; CPU is the server's (all its processes), per request. Every
-process started is stopped at the end; the whole run is bounded (``--budget``).
+and the *ceiling* (``ceiling.py``: the least work a hit can take). The servers of a
+scenario run side by side; each is warmed up, then they are loaded in turns (``--rounds``
+runs of ``--seconds`` each), so a slow spell of a shared machine falls on all of them.
+Requests/s is over all of a server's runs, p50 and p99 the medians of its runs, CPU the
+server's (all its processes) per request. Every process started is stopped at the end;
+the whole run is bounded (``--budget``).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import contextlib
 import os
 import shutil
 import signal
+import statistics
 import sys
 import tempfile
 import threading
@@ -67,6 +74,18 @@ tokens_per_day = 1_000_000_000_000
 [[teams.budget.keys]]
 sha256 = "{key_hash(BUDGET_KEY)}"
 """
+
+
+@dataclass
+class Target:
+    """A server under test, and the wrk script (by salt) that loads it."""
+
+    label: str
+    kind: str  # "gateway", "naive", "ceiling" or "direct"
+    pid: int
+    url: str
+    script: Callable[[int], Path]
+    during: Callable[[], None] | None = None  # done every second while it is loaded
 
 
 @dataclass
@@ -120,39 +139,61 @@ class Bench:
         assert isinstance(stats, dict)
         return stats["answered_calls"], stats["answered_items"]
 
-    def measure(
+    def compare(
         self,
         scenario: str,
-        label: str,
-        kind: str,
-        pid: int,
-        url: str,
-        script: Callable[[int], Path],
+        targets: list[Target],
         connections: int,
         wrk_cpus: str = LOAD_CPU,
-        during: Callable[[], None] | None = None,
-    ) -> Row:
-        print(f"  {scenario}: {label}", file=sys.stderr, flush=True)
-        self.runs += 1
-        harness.run_wrk(url, script(2 * self.runs), 2, connections, wrk_cpus)  # warm-up
-        pids = harness.tree(pid)
-        before, upstream_before = harness.cpu_seconds(pids), self.upstream()
-        stop = threading.Event()
-        side = threading.Thread(target=_every_second, args=(stop, during), daemon=True)
-        if during is not None:
-            side.start()
-        try:
-            result = harness.run_wrk(
-                url, script(2 * self.runs + 1), self.args.seconds, connections, wrk_cpus
+    ) -> None:
+        """Warm each server up, then load them in turns, ``--rounds`` times ``--seconds``
+        each: a slow spell of this shared machine then falls on all of them, not on one."""
+        for target in targets:
+            print(f"  {scenario}: {target.label}", file=sys.stderr, flush=True)
+            harness.run_wrk(target.url, target.script(self._salt()), 2, connections, wrk_cpus)
+        samples: dict[str, list[tuple[harness.WrkResult, float, tuple[int, int]]]] = {
+            target.label: [] for target in targets
+        }
+        for _ in range(self.args.rounds):
+            for target in targets:
+                samples[target.label].append(self._sample(target, connections, wrk_cpus))
+        for target in targets:
+            results = [result for result, _, _ in samples[target.label]]
+            requests = sum(result.requests for result in results)
+            combined = harness.WrkResult(
+                rps=requests / (self.args.seconds * self.args.rounds),
+                p50_ms=statistics.median(result.p50_ms for result in results),
+                p99_ms=statistics.median(result.p99_ms for result in results),
+                requests=requests,
             )
+            cpu_us = sum(cpu for _, cpu, _ in samples[target.label]) / requests * 1e6
+            calls = sum(upstream[0] for _, _, upstream in samples[target.label])
+            images = sum(upstream[1] for _, _, upstream in samples[target.label])
+            rss = harness.peak_rss_mib(harness.tree(target.pid))
+            self.rows.append(Row(scenario, target.label, combined, cpu_us, (calls, images), rss,
+                                 target.kind))  # fmt: skip
+
+    def _salt(self) -> int:
+        self.runs += 1
+        return self.runs
+
+    def _sample(
+        self, target: Target, connections: int, wrk_cpus: str
+    ) -> tuple[harness.WrkResult, float, tuple[int, int]]:
+        """One wrk run: its result, the server's CPU seconds, the upstream calls and images."""
+        pids = harness.tree(target.pid)
+        cpu_before, upstream_before = harness.cpu_seconds(pids), self.upstream()
+        stop = threading.Event()
+        if target.during is not None:
+            threading.Thread(target=_every_second, args=(stop, target.during), daemon=True).start()
+        try:
+            result = harness.run_wrk(target.url, target.script(self._salt()), self.args.seconds,
+                                     connections, wrk_cpus)  # fmt: skip
         finally:
             stop.set()
-        cpu_us = (harness.cpu_seconds(pids) - before) / result.requests * 1e6
         upstream_after = self.upstream()
         upstream = (upstream_after[0] - upstream_before[0], upstream_after[1] - upstream_before[1])
-        row = Row(scenario, label, result, cpu_us, upstream, harness.peak_rss_mib(pids), kind)
-        self.rows.append(row)
-        return row
+        return result, harness.cpu_seconds(pids) - cpu_before, upstream
 
 
 def _every_second(stop: threading.Event, action: Callable[[], None] | None) -> None:
@@ -233,27 +274,25 @@ def hits(
     body = multipart(images)
     cpus = "0,1" if workers > 1 else SERVER_CPU
     wrk_cpus = "0,1" if workers > 1 else LOAD_CPU
-    script = fixed_script(tmp, body, KEY)
-    variants = [("gateway", KEY, False)]
+    variants = [(f"gateway --workers {workers}" if workers > 1 else "gateway", KEY, False)]
     if embedded:
         variants += [
             ("gateway, team with token budgets only", BUDGET_KEY, False),
             ("gateway, embedded store", KEY, True),
         ]
-    for label, key, in_process in variants:
-        env = bench.gateway_env(GATEWAY_WORKERS=str(workers))
-        if in_process:
-            del env["GATEWAY_REDIS_URL"]
-        if workers > 1:
-            label = f"gateway --workers {workers}"
-        with bench.server("gateway", env, cpus) as (pid, url):
+    with contextlib.ExitStack() as stack:
+        targets = []
+        for label, key, in_process in variants:
+            env = bench.gateway_env(GATEWAY_WORKERS=str(workers))
+            if in_process:
+                del env["GATEWAY_REDIS_URL"]
+            pid, url = stack.enter_context(bench.server("gateway", env, cpus))
             harness.post(url, body, key)  # the miss that fills the cache
-            keyed = script if key == KEY else fixed_script(tmp, body, key)
-            bench.measure(scenario, label, "gateway", pid, url, keyed, connections, wrk_cpus)
-    for kind in ("naive", "ceiling"):
-        with bench.server(kind, dict(os.environ), cpus) as (pid, url):
-            label = f"{kind} baseline"
-            bench.measure(scenario, label, kind, pid, url, script, connections, wrk_cpus)
+            targets.append(Target(label, "gateway", pid, url, fixed_script(tmp, body, key)))
+        for kind in ("naive", "ceiling"):
+            pid, url = stack.enter_context(bench.server(kind, dict(os.environ), cpus))
+            targets.append(Target(f"{kind} baseline", kind, pid, url, fixed_script(tmp, body, KEY)))
+        bench.compare(scenario, targets, connections, wrk_cpus)
 
 
 def misses(bench: Bench) -> None:
@@ -268,16 +307,20 @@ def misses(bench: Bench) -> None:
     # Nomic's own rate (1200 calls / 5 min) would make this a measure of the pacing.
     env = bench.gateway_env(GATEWAY_UPSTREAM_RATE_CALLS="1000000000",
                             GATEWAY_UPSTREAM_RATE_BURST="1000")  # fmt: skip
-    with bench.server("gateway", env, SERVER_CPU) as (pid, url):
+    with contextlib.ExitStack() as stack:
+        pid, url = stack.enter_context(bench.server("gateway", env, SERVER_CPU))
+        del env["GATEWAY_REDIS_URL"]  # what the gateway adds without a round trip to Redis
+        alone_pid, alone_url = stack.enter_context(bench.server("gateway", env, SERVER_CPU))
         for clients in (1, 8):
-            scenario = f"c. misses, {clients} client{'s' if clients > 1 else ''}"
-            bench.measure(scenario, "fake Nomic, direct", "direct", bench.fake_pid, fake, direct,
+            targets = [
+                Target("fake Nomic, direct", "direct", bench.fake_pid, fake, direct),
+                Target("gateway", "gateway", pid, url, through),
+            ]
+            if clients == 1:
+                targets.append(Target("gateway, embedded store", "gateway", alone_pid, alone_url,
+                                      through))  # fmt: skip
+            bench.compare(f"c. misses, {clients} client{'s' if clients > 1 else ''}", targets,
                           clients)  # fmt: skip
-            bench.measure(scenario, "gateway", "gateway", pid, url, through, clients)
-    del env["GATEWAY_REDIS_URL"]  # what the gateway adds without a round trip to Redis
-    with bench.server("gateway", env, SERVER_CPU) as (pid, url):
-        label = "gateway, embedded store"
-        bench.measure("c. misses, 1 client", label, "gateway", pid, url, through, 1)
 
 
 def zipf(bench: Bench) -> str:
@@ -296,13 +339,15 @@ def zipf(bench: Bench) -> str:
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda body: harness.post(url, body, KEY), bodies))
     after = bench.upstream()
-    with bench.server("gateway", env, SERVER_CPU) as (pid, url):
+    with contextlib.ExitStack() as stack:
+        pid, url = stack.enter_context(bench.server("gateway", env, SERVER_CPU))
         metrics_url = url.replace("/v1/embedding/image", "/metrics")
-        bench.measure(scenario, "gateway", "gateway", pid, url, script, connections,
-                      during=lambda: harness.fetch(metrics_url))  # fmt: skip
-    for kind in ("naive", "ceiling"):
-        with bench.server(kind, dict(os.environ), SERVER_CPU) as (pid, url):
-            bench.measure(scenario, f"{kind} baseline", kind, pid, url, script, connections)
+        targets = [Target("gateway", "gateway", pid, url, script,
+                          during=lambda: harness.fetch(metrics_url))]  # fmt: skip
+        for kind in ("naive", "ceiling"):
+            pid, url = stack.enter_context(bench.server(kind, dict(os.environ), SERVER_CPU))
+            targets.append(Target(f"{kind} baseline", kind, pid, url, script))
+        bench.compare(scenario, targets, connections)
     return (f"d. the cache was filled beforehand by another gateway process with "
             f"{after[0] - before[0]:,} upstream calls for {after[1] - before[1]:,} images; "
             f"Zipf exponent {ZIPF_EXPONENT} over {ZIPF_IMAGES:,} images; /metrics scraped "
@@ -385,7 +430,8 @@ SCENARIOS = "abcde"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=10, help="each measured run")
+    parser.add_argument("--seconds", type=int, default=3, help="each measured run")
+    parser.add_argument("--rounds", type=int, default=4, help="measured runs of each server")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections for hits")
     parser.add_argument("--only", default=SCENARIOS, help="scenarios to run, e.g. 'ab'")
     parser.add_argument("--budget", type=int, default=540, help="seconds before it gives up")
@@ -428,9 +474,9 @@ def main() -> None:
             gateway_entry, baseline_entry, value = entry_bytes(redis_url)
     signal.alarm(0)
     print(f"\nnomic-gateway benchmark, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, "
-          f"{len(one[0]):,}-byte PNGs, wrk -c{args.connections} for hits, "
-          f"{args.seconds:g} s a run, the fake Nomic's latency {FAKE_LATENCY * 1000:.0f} ms "
-          "a call\n")  # fmt: skip
+          f"{len(one[0]):,}-byte PNGs, wrk -c{args.connections} for hits; each server "
+          f"{args.rounds} x {args.seconds} s, in turns with the others of its scenario; the "
+          f"fake Nomic's latency {FAKE_LATENCY * 1000:.0f} ms a call\n")  # fmt: skip
     print(table(bench.rows))
     print(f"\nRedis MEMORY USAGE per cached 768-dim embedding: gateway {gateway_entry:,} bytes "
           f"({value:,}-byte value), baselines' JSON text {baseline_entry:,} bytes")  # fmt: skip
