@@ -191,6 +191,7 @@ class Bench:
                                      connections, wrk_cpus)  # fmt: skip
         finally:
             stop.set()
+        time.sleep(2 * FAKE_LATENCY)  # upstream calls still running belong to this run
         upstream_after = self.upstream()
         upstream = (upstream_after[0] - upstream_before[0], upstream_after[1] - upstream_before[1])
         return result, harness.cpu_seconds(pids) - cpu_before, upstream
