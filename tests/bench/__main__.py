@@ -442,6 +442,13 @@ def main() -> None:
             sys.exit(f"{tool} is needed (Debian: apt-get install wrk util-linux redis-server)")
     signal.signal(signal.SIGALRM, _timeout)
     signal.alarm(args.budget)
+    try:
+        run(args)
+    except TimeoutError as exc:
+        sys.exit(f"bench: {exc}")
+
+
+def run(args: argparse.Namespace) -> None:
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
@@ -451,12 +458,11 @@ def main() -> None:
                 "--latency", str(FAKE_LATENCY)]  # fmt: skip
         with (
             harness.process(["redis-server", "--port", str(redis_port), "--save", "",
-                             "--appendonly", "no", "--dir", name], cpus=LOAD_CPU) as store,
+                             "--appendonly", "no", "--dir", name], cpus=LOAD_CPU),
             harness.process(fake, cpus=LOAD_CPU) as fake_proc,
         ):  # fmt: skip
             fake_url = f"http://127.0.0.1:{fake_port}"
             harness.wait_http(fake_url + "/_fake/stats", fake_proc)
-            del store
             bench = Bench(args, tmp, redis_url, fake_url)
             bench.fake_pid = fake_proc.pid
             notes: list[str] = []
