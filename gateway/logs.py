@@ -84,5 +84,8 @@ def request_line(fields: dict[str, Any], level: int = logging.INFO) -> None:
         return
     line = {"time": _timestamp(time.time()), "level": logging.getLevelName(level).lower(),
             "logger": ACCESS.name, "message": REQUEST_MESSAGE % args, **fields}  # fmt: skip
-    stream.write(orjson.dumps(line, default=str, option=orjson.OPT_APPEND_NEWLINE))
-    stream.flush()
+    try:
+        stream.write(orjson.dumps(line, default=str, option=orjson.OPT_APPEND_NEWLINE))
+        stream.flush()
+    except (OSError, ValueError):  # closed or broken: never fail a request for its log line
+        configure_fast_path(None)  # from now on through logging, which handles such streams

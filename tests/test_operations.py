@@ -216,6 +216,14 @@ def test_json_request_lines_skip_logging_but_keep_its_shape_and_order(
     }
 
 
+def test_a_broken_log_stream_never_fails_a_request(logging_restored: None) -> None:
+    stream = io.TextIOWrapper(io.BytesIO(), line_buffering=True)
+    logs.configure("INFO", "json", stream)
+    stream.buffer.close()
+    logs.request_line({"method": "POST", "route": "/v1/embedding/image", "status": 200})
+    logs.request_line({"method": "POST", "route": "/v1/embedding/image", "status": 200})
+
+
 async def test_a_real_prometheus_scrape_answers_the_hit_ratio_panel(
     make_gateway: GatewayFactory, store_url: str | None
 ) -> None:
