@@ -95,9 +95,15 @@ async def apply(declared: list[Declared], ledger: Ledger) -> None:
         created = existing.created if existing is not None else now
         team = dataclasses.replace(entry.team, created=created)
         if existing is None:
-            await ledger.create_team(team)
+            if not await ledger.create_team(team):
+                # Another replica starting at the same time made it first: its time stands.
+                made = await ledger.get_team(team.id)
+                team = team if made is None else dataclasses.replace(team, created=made.created)
         elif existing != team:
             await ledger.update_team(team)
+        # A key made before its team counts as an earlier team's (auth refuses it): never
+        # date one before the team, whose time may come from another replica's clock.
+        key_time = max(now, team.created)
         known = {record.id: record.sha256 for record in await ledger.list_keys(team.id)}
         for key_id, sha in entry.keys:
             if known.get(key_id, sha) != sha:
@@ -111,4 +117,4 @@ async def apply(declared: list[Declared], ledger: Ledger) -> None:
                     f"key {key_id!r} of team {team.id!r} belongs to {record.team!r}"
                 )
             if record is None:
-                await ledger.put_key(KeyRecord(key_id, team.id, sha, "nk-…", now))
+                await ledger.put_key(KeyRecord(key_id, team.id, sha, "nk-…", key_time))

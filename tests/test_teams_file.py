@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import pytest
 
 from gateway import teams_file
+from gateway.auth import Authenticator
 from gateway.store.memory_ledger import MemoryLedger
-from gateway.teams import Limits, key_hash, new_key
+from gateway.teams import Limits, Team, key_hash, new_key
 
-SHA = key_hash(new_key())
+KEY = new_key()
+SHA = key_hash(KEY)
 
 
 def write(tmp_path: Path, text: str) -> str:
@@ -112,3 +115,25 @@ async def test_a_key_id_reused_for_another_key_is_refused(tmp_path: Path) -> Non
 def test_a_bad_key_id_is_named(tmp_path: Path) -> None:
     with pytest.raises(teams_file.TeamsFileError, match=r"teams.a.keys\[0\]: key id"):
         teams_file.load(write(tmp_path, f'[[teams.a.keys]]\nid = "no spaces"\nsha256 = "{SHA}"\n'))
+
+
+class _ReplicaAheadLedger(MemoryLedger):
+    """Between this process's read and its create, another replica (its clock 30 s ahead)
+    creates the same team."""
+
+    async def create_team(self, team: Team) -> bool:
+        await super().create_team(dataclasses.replace(team, created=team.created + 30))
+        return False
+
+
+@pytest.mark.parametrize("ledger", [_ReplicaAheadLedger(), None], ids=["race", "skew"])
+async def test_keys_work_when_replicas_start_together(
+    tmp_path: Path, ledger: MemoryLedger | None
+) -> None:
+    if ledger is None:  # the team already exists, made by a replica whose clock is ahead
+        ledger = MemoryLedger()
+        await ledger.create_team(Team("a", "a", Limits(), True, time.time() + 30))
+    path = write(tmp_path, f'[[teams.a.keys]]\nsha256 = "{SHA}"\n')
+    await teams_file.apply(teams_file.load(path), ledger)
+    team = await Authenticator(ledger, cache_seconds=1).team_for(f"Bearer {KEY}")
+    assert team.id == "a"
