@@ -35,3 +35,12 @@ ensure_venv() {
     .venv/bin/python -m pip install -q --upgrade pip
   fi
 }
+
+install_for_tests() {
+  # The test extras, and what both the suite and the benchmark start: redis-server, wrk.
+  ensure_venv
+  .venv/bin/python -m pip install -q -e '.[test]'
+  command -v redis-server >/dev/null || apt_install redis-server
+  command -v wrk >/dev/null || apt_install wrk
+  command -v taskset >/dev/null || apt_install util-linux
+}

@@ -5,9 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_lib.sh
-ensure_venv
-.venv/bin/python -m pip install -q -e '.[test]'
-command -v redis-server >/dev/null || apt_install redis-server
-command -v wrk >/dev/null || apt_install wrk
-command -v taskset >/dev/null || apt_install util-linux
+install_for_tests
 exec .venv/bin/python -m tests.bench "$@"

@@ -5,12 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_lib.sh
-ensure_venv
-.venv/bin/python -m pip install -q -e '.[test]'
-command -v redis-server >/dev/null || apt_install redis-server
+install_for_tests  # wrk: one short run of the benchmark
 command -v promtool >/dev/null || apt_install prometheus  # promtool checks the alert rules
-command -v wrk >/dev/null || apt_install wrk  # one short run of the benchmark
-command -v taskset >/dev/null || apt_install util-linux
 # The suite starts its own redis-server on free ports; a system service is not needed.
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

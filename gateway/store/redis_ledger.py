@@ -77,8 +77,8 @@ class _Settlement(NamedTuple):
 class RedisLedger:
     def __init__(self, client: Client) -> None:
         self._redis = client
-        self._admit = client.register_script(script("admit.lua"))
-        self._settle = client.register_script(script("settle.lua"))
+        self._admit = client.register_script(script("usage.lua") + script("admit.lua"))
+        self._settle = client.register_script(script("usage.lua") + script("settle.lua"))
         self._narrow = client.register_script(script("narrow_key.lua"))
         # Admissions (settles) of one team made while one is in flight share the next call.
         self._admissions = Coalescer(self._admit_batch)

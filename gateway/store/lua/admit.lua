@@ -43,14 +43,7 @@ while at <= #ARGV do
     if reserve > 0 then
       redis.call('SET', KEYS[3 + 2 * member], reserve, 'EX', ARGV[8])
     end
-    for p = at + 4, at + 2 + 2 * pairs, 2 do
-      local field = ARGV[p]
-      if usage[field] == nil then
-        usage[field] = 0
-        fields[#fields + 1] = field
-      end
-      usage[field] = usage[field] + tonumber(ARGV[p + 1])
-    end
+    add_usage(usage, fields, at + 4, pairs)
     if pairs > 0 then redis.call('SET', KEYS[4 + 2 * member], 1, 'EX', ARGV[9]) end
   else
     rejected = rejected + 1
@@ -69,9 +62,7 @@ if added[3] > 0 then
   redis.call('HINCRBY', KEYS[4], 'reserved_tokens', added[3])
   redis.call('EXPIRE', KEYS[4], ARGV[7])
 end
-for _, field in ipairs(fields) do
-  redis.call('HINCRBY', KEYS[3], field, usage[field])
-end
+write_usage(KEYS[3], usage, fields)
 if rejected > 0 then redis.call('HINCRBY', KEYS[3], 'rejected', rejected) end
 redis.call('EXPIRE', KEYS[3], ARGV[6])
 return answers

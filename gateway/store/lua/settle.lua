@@ -24,14 +24,7 @@ while at <= #ARGV do
       reserved = reserved + held
     end
     billed = billed + tonumber(ARGV[at])
-    for p = at + 2, at + 2 * pairs, 2 do
-      local field = ARGV[p]
-      if usage[field] == nil then
-        usage[field] = 0
-        fields[#fields + 1] = field
-      end
-      usage[field] = usage[field] + tonumber(ARGV[p + 1])
-    end
+    add_usage(usage, fields, at + 2, pairs)
   end
   at = at + 2 + 2 * pairs
 end
@@ -39,9 +32,7 @@ for i = 1, 2 do
   if reserved ~= 0 then redis.call('HINCRBY', KEYS[i], 'reserved_tokens', -reserved) end
   if billed ~= 0 then redis.call('HINCRBY', KEYS[i], 'billed_tokens', billed) end
 end
-for _, field in ipairs(fields) do
-  redis.call('HINCRBY', KEYS[1], field, usage[field])
-end
+write_usage(KEYS[1], usage, fields)
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 return answers

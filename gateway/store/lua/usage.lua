@@ -1,0 +1,21 @@
+-- Shared by admit.lua and settle.lua (prepended to each): usage counts summed over a batch.
+-- Adds the n usage field and amount pairs of ARGV from ARGV[first] to usage; fields keeps
+-- the fields in the order first seen.
+local function add_usage(usage, fields, first, n)
+  for p = first, first + 2 * n - 2, 2 do
+    local field = ARGV[p]
+    if usage[field] == nil then
+      usage[field] = 0
+      fields[#fields + 1] = field
+    end
+    usage[field] = usage[field] + tonumber(ARGV[p + 1])
+  end
+end
+
+-- Adds the summed usage to the day hash.
+local function write_usage(day, usage, fields)
+  for _, field in ipairs(fields) do
+    redis.call('HINCRBY', day, field, usage[field])
+  end
+end
+
