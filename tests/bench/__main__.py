@@ -101,11 +101,13 @@ class Row:
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, tmp: Path, redis_url: str, fake_url: str):
+    def __init__(
+        self, args: argparse.Namespace, tmp: Path, redis_url: str, fake_url: str, fake_pid: int
+    ):
         self.args, self.tmp, self.redis_url, self.fake_url = args, tmp, redis_url, fake_url
         self.rows: list[Row] = []
         self.runs = 0
-        self.fake_pid = 0
+        self.fake_pid = fake_pid
 
     def gateway_env(self, **extra: str) -> dict[str, str]:
         teams = self.tmp / "teams.toml"
@@ -197,8 +199,8 @@ class Bench:
         return result, harness.cpu_seconds(pids) - cpu_before, upstream
 
 
-def _every_second(stop: threading.Event, action: Callable[[], None] | None) -> None:
-    while action is not None and not stop.wait(1):
+def _every_second(stop: threading.Event, action: Callable[[], None]) -> None:
+    while not stop.wait(1):
         action()
 
 
@@ -281,6 +283,7 @@ def hits(
             ("gateway, team with token budgets only", BUDGET_KEY, False),
             ("gateway, embedded store", KEY, True),
         ]
+    scripts = {key: fixed_script(tmp, body, key) for key in (KEY, BUDGET_KEY)}
     with contextlib.ExitStack() as stack:
         targets = []
         for label, key, in_process in variants:
@@ -289,10 +292,10 @@ def hits(
                 del env["GATEWAY_REDIS_URL"]
             pid, url = stack.enter_context(bench.server("gateway", env, cpus))
             harness.post(url, body, key)  # the miss that fills the cache
-            targets.append(Target(label, "gateway", pid, url, fixed_script(tmp, body, key)))
+            targets.append(Target(label, "gateway", pid, url, scripts[key]))
         for kind in ("naive", "ceiling"):
             pid, url = stack.enter_context(bench.server(kind, dict(os.environ), cpus))
-            targets.append(Target(f"{kind} baseline", kind, pid, url, fixed_script(tmp, body, KEY)))
+            targets.append(Target(f"{kind} baseline", kind, pid, url, scripts[KEY]))
         bench.compare(scenario, targets, connections, wrk_cpus)
 
 
@@ -463,8 +466,7 @@ def run(args: argparse.Namespace) -> None:
         ):  # fmt: skip
             fake_url = f"http://127.0.0.1:{fake_port}"
             harness.wait_http(fake_url + "/_fake/stats", fake_proc)
-            bench = Bench(args, tmp, redis_url, fake_url)
-            bench.fake_pid = fake_proc.pid
+            bench = Bench(args, tmp, redis_url, fake_url, fake_proc.pid)
             notes: list[str] = []
             one, eight = [png(1, size=128)], [png(10 + i, size=128) for i in range(8)]
             seed_baselines(redis.Redis.from_url(redis_url), one + eight)
