@@ -129,6 +129,22 @@ class Accounts:
         self._settling: set[asyncio.Task[None]] = set()
         self._learning: dict[str, asyncio.Event] = {}
         self._recorded_cost: dict[str, int] = {}
+        self._used_up: dict[str, tuple[quota.Decision, int]] = {}  # team → refusal, minute
+
+    def refuse_early(self, team: Team) -> None:
+        """Raise :class:`QuotaExceeded` if this process saw a per-minute limit of the team
+        used up this minute (see :func:`quota.refuses_every_request`): the request is then
+        refused before its body is read, and counted as rejected."""
+        known = self._used_up.get(team.id)
+        if known is None:
+            return
+        decision, minute = known
+        at = quota.window(self._clock())
+        if at.minute != minute or not quota.refuses_every_request(team, decision):
+            del self._used_up[team.id]
+            return
+        self.buffer.add(team.id, at, 0, {"rejected": 1})
+        raise _exceeded(team, decision, at)
 
     async def admit(self, team: Team, lookup: Lookup, answer: Answer | None) -> Reservation:
         """Admit the request or raise :class:`QuotaExceeded`. With its ``answer`` already
@@ -168,6 +184,8 @@ class Accounts:
             fallback = True
         if not decision.allowed:
             self._end_learning(model, learner)
+            if quota.refuses_every_request(team, decision):
+                self._used_up[team.id] = (decision, at.minute)
             raise _exceeded(team, decision, at)
         if answer is not None:
             _count_tokens(team, model, answer)

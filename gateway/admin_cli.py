@@ -19,11 +19,11 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
-from gateway.teams import LIMIT_NAMES, key_hash, well_formed
+from gateway.teams import LIMIT_NAMES, SWITCHES, key_hash, well_formed
 
 USAGE_COLUMNS = ("team", "day", "requests", "images", "hits", "misses", "billed_tokens",
                  "saved_tokens", "upstream_errors", "rejected")  # fmt: skip
-TEAM_COLUMNS = ("id", "name", *LIMIT_NAMES, "count_hits")
+TEAM_COLUMNS = ("id", "name", *LIMIT_NAMES, *SWITCHES)
 KEY_COLUMNS = ("id", "prefix", "created", "last_used", "expires", "revoked")
 
 
@@ -85,6 +85,9 @@ def _team_fields(parser: argparse.ArgumentParser) -> None:
                             help=f"{limit.replace('_', ' ')}; none: unlimited")  # fmt: skip
     parser.add_argument("--count-hits", choices=("yes", "no"),
                         help="whether cache hits count toward the per-minute limits")  # fmt: skip
+    parser.add_argument("--private-cache", choices=("yes", "no"),
+                        help="yes: the team's embeddings are cached apart from everyone "
+                             "else's (no shared hits, more store memory)")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -150,8 +153,9 @@ def _team_body(args: argparse.Namespace) -> dict[str, Any]:
             limits[limit] = _limit(limit, value)
     if limits:
         body["limits"] = limits
-    if args.count_hits is not None:
-        body["count_hits"] = args.count_hits == "yes"
+    for switch in SWITCHES:
+        if getattr(args, switch) is not None:
+            body[switch] = getattr(args, switch) == "yes"
     return body
 
 

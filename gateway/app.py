@@ -13,6 +13,7 @@ from gateway.accounts import Accounts, flushing
 from gateway.appkeys import (
     ACCOUNTS,
     AUTH,
+    BODY_BUDGET,
     COORDINATOR,
     LEDGER,
     LIMITS,
@@ -22,6 +23,7 @@ from gateway.appkeys import (
     UPSTREAM,
 )
 from gateway.auth import Authenticator
+from gateway.body_budget import BodyBudget
 from gateway.breaker import Breaker
 from gateway.config import Settings
 from gateway.forms import Limits
@@ -45,6 +47,7 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[request_context], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[LIMITS] = Limits(settings.max_image_bytes, settings.max_items)
+    app[BODY_BUDGET] = BodyBudget(settings.body_bytes_in_flight)
     app.cleanup_ctx.extend([_store_ctx, _pipeline_ctx])
     app.router.add_post("/v1/embedding/image", embeddings.embed_image)
     app.router.add_get("/v1/user", user.current_user)

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from gateway.accounts import Accounts
 from gateway.auth import Authenticator
+from gateway.body_budget import BodyBudget
 from gateway.config import Settings
 from gateway.forms import Limits
 from gateway.pipeline import Pipeline
@@ -22,3 +23,4 @@ AUTH = web.AppKey("auth", Authenticator)
 ACCOUNTS = web.AppKey("accounts", Accounts)
 PIPELINE = web.AppKey("pipeline", Pipeline)
 UPSTREAM = web.AppKey("upstream", NomicClient)
+BODY_BUDGET = web.AppKey("body_budget", BodyBudget)

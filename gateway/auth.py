@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import time
 from collections.abc import Callable
 from typing import NamedTuple
@@ -101,6 +102,12 @@ class Authenticator:
     async def drain(self) -> None:
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def bearer_matches(authorization: str | None, token: str) -> bool:
+    """Whether ``authorization`` is ``Bearer <token>``, compared in constant time."""
+    given = (authorization or "").encode("utf-8", "surrogateescape")
+    return hmac.compare_digest(given, f"Bearer {token}".encode())
 
 
 def _bearer(authorization: str | None) -> str:

@@ -16,7 +16,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 MiB = 1024 * 1024
-SECRETS = ("nomic_api_key", "admin_token")  # read from the environment only, never shown
+SECRETS = ("nomic_api_key", "admin_token", "metrics_token")  # from the environment only
+MIN_TOKEN_LENGTH = 24
 
 
 class SettingsError(ValueError):
@@ -50,6 +51,15 @@ def _api_key(text: str) -> str:
     if not key or not key.isprintable() or " " in key:
         raise ValueError("must be one token without spaces or control characters")
     return key
+
+
+def _access_token(text: str) -> str:
+    token = _api_key(text)
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise ValueError(
+            f"must be at least {MIN_TOKEN_LENGTH} characters, e.g. from `openssl rand -hex 32`"
+        )
+    return token
 
 
 def _readable_file(text: str) -> str:
@@ -118,8 +128,15 @@ class Settings:
     )
     admin_token: str | None = _setting(
         "GATEWAY_ADMIN_TOKEN",
-        _api_key,
+        _access_token,
         "bearer token of the admin API; unset: the admin API is off (never logged)",
+        None,
+    )
+    metrics_token: str | None = _setting(
+        "GATEWAY_METRICS_TOKEN",
+        _access_token,
+        "bearer token /metrics asks for (it shows every team's usage); unset: /metrics is "
+        "open to anyone who reaches the port (never logged)",
         None,
     )
     host: str = _setting("GATEWAY_HOST", str, "address to listen on", "127.0.0.1")
@@ -168,6 +185,12 @@ class Settings:
     )
     max_body_bytes: int = _setting(
         "GATEWAY_MAX_BODY_BYTES", _positive_int, "largest request body, in bytes", 64 * MiB
+    )
+    body_bytes_in_flight: int = _setting(
+        "GATEWAY_BODY_BYTES_IN_FLIGHT",
+        _positive_int,
+        "request body bytes one process holds at once, all requests together (then 503)",
+        256 * MiB,
     )
     max_items: int = _setting(
         "GATEWAY_MAX_ITEMS", _positive_int, "most images or URLs in one request", 512
@@ -278,6 +301,13 @@ class Settings:
     log_format: str = _setting(
         "GATEWAY_LOG_FORMAT", _log_format, "json (one object per line) or text", "json"
     )
+
+    def __post_init__(self) -> None:
+        if self.body_bytes_in_flight < self.max_body_bytes:
+            raise SettingsError(
+                f"GATEWAY_BODY_BYTES_IN_FLIGHT ({self.body_bytes_in_flight}) must be at least "
+                f"GATEWAY_MAX_BODY_BYTES ({self.max_body_bytes}): a largest body must fit"
+            )
 
     def __repr__(self) -> str:
         shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

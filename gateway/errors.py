@@ -87,6 +87,27 @@ class PayloadTooLarge(GatewayError):
     kind = "value_error.body_too_large"
 
 
+class MalformedBody(GatewayError):
+    """The body could not be read as sent: bad compressed data, a broken framing."""
+
+    status = 400
+    kind = "value_error.body"
+
+
+class UnsupportedEncoding(GatewayError):
+    """A ``Content-Encoding`` the gateway does not decode."""
+
+    status = 415
+    kind = "value_error.content_encoding"
+
+
+class Overloaded(GatewayError):
+    """This process has no room for the request now (bodies in flight); retry shortly."""
+
+    status = 503
+    kind = "gateway_overloaded"
+
+
 class UpstreamError(GatewayError):
     """Nomic answered something unusable, or could not be reached."""
 

@@ -10,6 +10,7 @@ client's own ``images`` or ``urls`` fields.
 from __future__ import annotations
 
 import functools
+import hashlib
 import sys
 from typing import Literal, NamedTuple, Protocol
 from urllib.parse import unquote_plus, urlsplit
@@ -17,6 +18,7 @@ from urllib.parse import unquote_plus, urlsplit
 import multipart
 
 from gateway.errors import InvalidRequest
+from gateway.keys import content_digest
 
 Kind = Literal["image", "url"]
 MODELS = frozenset({"nomic-embed-vision-v1", "nomic-embed-vision-v1.5"})
@@ -33,11 +35,18 @@ class Limits(NamedTuple):
 
 
 class ParsedRequest(NamedTuple):
-    """A validated embedding request: the model and the items in the client's order."""
+    """A validated embedding request: the model and the items in the client's order, each
+    with the SHA-256 of its bytes (taken as they arrived)."""
 
     model: str
     kind: Kind
     items: list[bytes]  # image bytes, or URLs encoded as UTF-8
+    digests: list[bytes]
+
+    @classmethod
+    def of(cls, model: str, kind: Kind, items: list[bytes]) -> ParsedRequest:
+        """A request of ``items``, digesting each."""
+        return cls(model, kind, items, [content_digest(item) for item in items])
 
     def loc(self, index: int) -> tuple[str | int, ...]:
         """Where item ``index`` stands in the client's request, for error ``loc``s."""
@@ -92,11 +101,12 @@ class _Fields:
         self.model: str | None = None
         self.images: list[bytes] = []
         self.urls: list[bytes] = []
+        self.digests: dict[Kind, list[bytes]] = {"image": [], "url": []}
 
     def add_model(self, value: str) -> None:
         self.model = value
 
-    def add_image(self, data: bytes) -> None:
+    def add_image(self, data: bytes, digest: bytes) -> None:
         index = len(self.images)
         self._check_count("images", index)
         if not data:
@@ -107,19 +117,20 @@ class _Fields:
                 loc=("body", "images", index),
             )
         self.images.append(data)
+        self.digests["image"].append(digest)
 
     def add_url(self, value: str) -> None:
         index = len(self.urls)
         self._check_count("urls", index)
-        url = value
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise InvalidRequest("not an http(s) URL", loc=("body", "urls", index))
-        if len(url) > MAX_URL_LENGTH:
+        if len(value) > MAX_URL_LENGTH:
             raise InvalidRequest(
                 f"URL longer than {MAX_URL_LENGTH} characters", loc=("body", "urls", index)
             )
-        self.urls.append(url.encode())
+        if not _http_url(value):
+            raise InvalidRequest("not an http(s) URL", loc=("body", "urls", index))
+        url = value.encode()
+        self.urls.append(url)
+        self.digests["url"].append(content_digest(url))
 
     def _check_count(self, field: str, index: int) -> None:
         if index >= self.limits.max_items:
@@ -138,10 +149,21 @@ class _Fields:
         if self.images and self.urls:
             raise InvalidRequest("send either images or urls, not both")
         if self.images:
-            return ParsedRequest(model, "image", self.images)
+            return ParsedRequest(model, "image", self.images, self.digests["image"])
         if self.urls:
-            return ParsedRequest(model, "url", self.urls)
+            return ParsedRequest(model, "url", self.urls, self.digests["url"])
         raise InvalidRequest("no images or urls in the request")
+
+
+def _http_url(value: str) -> bool:
+    """Whether ``value`` is an absolute http(s) URL with a host that parses (brackets closed,
+    an IPv6 literal that is one, no character that NFKC turns into a delimiter)."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (raises ValueError on a malformed port or IPv6 literal)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 class MultipartBody(_Fields):
@@ -155,6 +177,7 @@ class MultipartBody(_Fields):
             raise InvalidRequest(f"malformed multipart body: {exc}") from None
         self._name = ""
         self._chunks: list[bytes] = []
+        self._digest = hashlib.sha256()
         self._size = 0
         self._limit = 0
 
@@ -174,6 +197,7 @@ class MultipartBody(_Fields):
         self._name, self._chunks, self._size = name, [], 0
         if name == "images":
             self._limit = self.limits.max_image_bytes
+            self._digest = hashlib.sha256()
         elif name in ("urls", "model"):
             self._limit = MAX_FIELD_BYTES
         else:
@@ -191,6 +215,8 @@ class MultipartBody(_Fields):
                 f"field {self._name[:40]!r} larger than {self._limit} bytes",
                 loc=("body", self._name[:40]),
             )
+        if self._name == "images":
+            self._digest.update(data)  # while the chunk is fresh in the CPU's cache
         if self._name in ("images", "urls", "model"):
             self._chunks.append(data)
 
@@ -198,7 +224,7 @@ class MultipartBody(_Fields):
         data = b"".join(self._chunks)
         self._chunks = []
         if self._name == "images":
-            self.add_image(data)
+            self.add_image(data, self._digest.digest())
         elif self._name in ("urls", "model"):
             try:
                 text = data.decode()

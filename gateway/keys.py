@@ -1,22 +1,42 @@
 """Cache keys. Pure.
 
 A key covers everything that changes the embedding: the model, the kind of input (image bytes
-or URL) and the content itself. Keys are versioned (``v1``) so a change of format never reads
-an old entry, and prefixed (``ng:``) so the gateway's keys are easy to find in a shared Redis.
+or URL) and the content itself, plus the scope of a team whose cache is private. Keys are
+versioned (``v2``) so a change of format never reads an old entry, and prefixed (``ng:``) so
+the gateway's keys are easy to find in a shared Redis.
+
+The digest is SHA-256, a cryptographic hash: no client can make two inputs share a key, so no
+team can plant an embedding that another team is then answered. (``v1`` keys were xxh3_128,
+whose fixed public secret lets anyone build colliding images in milliseconds.) The content is
+digested once, as its bytes arrive (:func:`content_digest` or the parsers' running hash); the
+key is the digest of the short, unambiguous header and that 32-byte content digest.
 """
 
 from __future__ import annotations
 
-import xxhash
+import hashlib
+from typing import TYPE_CHECKING
 
-from gateway.forms import Kind
+if TYPE_CHECKING:
+    from gateway.forms import Kind
 
-PREFIX = "ng:v1:emb:"
+PREFIX = "ng:v2:emb:"
+OLD_PREFIXES = ("ng:v1:emb:",)  # never read again; `README.md` says how to drop them
+SHARED = ""  # the scope of every team whose cache is not private
 
 
-def cache_key(model: str, kind: Kind, content: bytes) -> str:
-    """``ng:v1:emb:<xxh3_128 hex>`` over model, kind and content (NUL-separated)."""
-    digest = xxhash.xxh3_128()
-    digest.update(f"{model}\0{kind}\0".encode())
-    digest.update(content)
-    return PREFIX + digest.hexdigest()
+def content_digest(content: bytes) -> bytes:
+    """The SHA-256 of an input's bytes (an image's, or a URL's UTF-8)."""
+    return hashlib.sha256(content).digest()
+
+
+def private_scope(team_id: str) -> str:
+    """The scope of a team whose entries are kept apart from everyone else's."""
+    return f"team:{team_id}"
+
+
+def cache_key(model: str, kind: Kind, digest: bytes, scope: str = SHARED) -> str:
+    """``ng:v2:emb:<sha256 hex>`` over model, kind, scope (NUL-separated; none holds a NUL)
+    and the content's 32-byte digest."""
+    header = f"{model}\0{kind}\0{scope}\0".encode()
+    return PREFIX + hashlib.sha256(header + digest).hexdigest()

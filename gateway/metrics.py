@@ -105,3 +105,12 @@ REPLICA_WAITS = Counter(
 STALE_SERVED = Counter(
     "gateway_stale_items_total", "URL entries past their TTL served because Nomic failed"
 )
+BODY_BYTES_IN_FLIGHT = Gauge(
+    "gateway_body_bytes_in_flight",
+    "Request body bytes claimed by requests being read or answered",
+    multiprocess_mode="livesum",
+)
+BODIES_REFUSED = Counter(
+    "gateway_bodies_refused_total",
+    "Requests answered 503 before their body was read: too many body bytes in flight",
+)

@@ -9,9 +9,10 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, ContentEncodingError, DecompressSizeError
 
 from gateway import logs, metrics
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, MalformedBody, UnsupportedEncoding
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +20,7 @@ REQUEST_ID = web.RequestKey("request_id", str)
 LOG_FIELDS = web.RequestKey("log_fields", dict[str, object])  # handlers add what they know
 QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})  # probes: logged at debug
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+DECODED_ENCODINGS = ("identity", "gzip", "deflate")  # what aiohttp inflates without extras
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{1,64}")
 
 
@@ -56,13 +58,16 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
 
 async def _answer_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
+        _check_encoding(request)
         return await handler(request)
+    except (ContentEncodingError, DecompressSizeError):
+        return _answer(MalformedBody("the body is not valid data of its Content-Encoding"))
+    except BadHttpMessage:  # the body's framing, found broken while it was read
+        return _answer(MalformedBody("the request body is malformed"))
     except GatewayError as exc:
         if exc.status >= 500:
             log.warning("%s %s: %s", request.method, request.path, exc.msg)
-        response = error_response(exc.status, exc.detail(), exc.retry_after)
-        response.headers.update(exc.headers)
-        return response
+        return _answer(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -77,3 +82,22 @@ async def _answer_errors(request: web.Request, handler: Handler) -> web.StreamRe
         log.exception("unexpected error answering %s %s", request.method, request.path)
         detail = [{"loc": [], "msg": "internal gateway error", "type": "internal_error"}]
         return error_response(500, detail)
+
+
+def _answer(error: GatewayError) -> web.Response:
+    response = error_response(error.status, error.detail(), error.retry_after)
+    response.headers.update(error.headers)
+    return response
+
+
+def _check_encoding(request: web.Request) -> None:
+    """Refuse a body in a ``Content-Encoding`` the gateway does not decode (415), before it
+    is read."""
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding and encoding not in DECODED_ENCODINGS and request.body_exists:
+        raise UnsupportedEncoding(
+            f"unsupported Content-Encoding {encoding[:40]!r}: send the body as "
+            f"{', '.join(DECODED_ENCODINGS)}",
+            loc=("header", "content-encoding"),
+            headers={"Accept-Encoding": "gzip, deflate"},
+        )

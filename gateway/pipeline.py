@@ -27,7 +27,7 @@ from gateway.entries import Entry
 from gateway.errors import GatewayError, ItemRejected, UpstreamError, UpstreamTimeout
 from gateway.forms import Kind, ParsedRequest
 from gateway.hot import HotCache
-from gateway.keys import cache_key
+from gateway.keys import SHARED, cache_key
 from gateway.quota import TokenEstimator
 from gateway.shield import Embedder, Job, Policy, Shield
 from gateway.store import Store, StoreError
@@ -142,9 +142,10 @@ class Pipeline:
         self._tasks: set[asyncio.Task[None]] = set()
         self.shield = Shield(upstream, coordinator, self, policy, breaker=breaker)
 
-    async def lookup(self, request: ParsedRequest) -> Lookup:
-        """Key every input and look all of them up in one store call."""
-        keys = [cache_key(request.model, request.kind, item) for item in request.items]
+    async def lookup(self, request: ParsedRequest, scope: str = SHARED) -> Lookup:
+        """Key every input (in the cache of ``scope``) and look all of them up in one store
+        call."""
+        keys = [cache_key(request.model, request.kind, d, scope) for d in request.digests]
         first_item = dict(zip(keys, request.items, strict=True))  # same key, same content
         now = self._clock()
         found = self._hot.get(first_item, now)

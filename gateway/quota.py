@@ -127,6 +127,19 @@ def decide(
     return Decision(True)
 
 
+def refuses_every_request(team: Team, decision: Decision) -> bool:
+    """Whether ``decision``, a refusal with nothing left, refuses every request of the team
+    until its window ends (so later ones can be refused before their body is read): a
+    per-minute limit that hits count toward. A used-up token budget does not: hits cost no
+    tokens and are still answered."""
+    return (
+        team.count_hits
+        and decision.limit in ("requests_per_minute", "images_per_minute")
+        and decision.remaining == 0
+        and getattr(team.limits, decision.limit) == decision.limit_value
+    )
+
+
 def retry_after(decision: Decision, at: Window) -> int:
     assert decision.limit is not None
     return max(1, math.ceil(at.reset(decision.limit)))

@@ -99,6 +99,20 @@ def backoff(attempt: int, policy: Policy, retry_after: float | None, rng: random
     return max(delay, retry_after or 0.0)
 
 
+def drain_seconds(items: int, size: int, policy: Policy, call_seconds: float) -> float:
+    """About how long until the last of ``items`` queued misses (``size`` bytes in all) is
+    answered: the calls they need (a call takes as many items of their average size as the
+    batch limits allow, so large images go one a call), spaced by the rate, overlapping as
+    the concurrency cap lets calls of ``call_seconds`` each."""
+    if items <= 0:
+        return 0.0
+    per_call = min(policy.batch_items, policy.batch_bytes * items // size) if size else 0
+    calls = -(-items // max(1, per_call or policy.batch_items))
+    by_rate = (calls - 1) * policy.interval_ms / 1000 + call_seconds
+    by_concurrency = -(-calls // policy.concurrency) * call_seconds
+    return max(by_rate, by_concurrency)
+
+
 @dataclass
 class _Lane:
     model: str
@@ -132,18 +146,25 @@ class Shield:
         self._sends: set[asyncio.Task[None]] = set()
         self._holder = uuid.uuid4().hex
         self._slot_ids = itertools.count()
+        self._call_seconds = 0.0  # how long upstream calls took lately (a moving average)
         self.queued = 0
+        self.queued_bytes = 0
 
     def submit(self, model: str, kind: Kind, jobs: list[Job]) -> None:
         """Queue ``jobs``; raises :class:`UpstreamUnavailable` at once when the breaker is
-        open or the queue is full (the jobs are then not queued)."""
+        open, the queue is full, or the queue ahead of them cannot drain before their
+        deadline (the jobs are then not queued). Retry-After says when the queue will have
+        drained."""
         wait = self.breaker.retry_after()
         if wait > 0:
             raise UpstreamUnavailable("Nomic is failing; retry later", retry_after=wait)
+        size = sum(len(job.content) for job in jobs)
         if self.queued + len(jobs) > self.policy.queue_items:
-            raise UpstreamUnavailable("the upstream queue is full; retry shortly", retry_after=1)
-        calls_ahead = -(-(self.queued + len(jobs)) // self.policy.batch_items) - 1
-        expected = calls_ahead * self.policy.interval_ms / 1000
+            raise UpstreamUnavailable(
+                "the upstream queue is full; retry shortly",
+                retry_after=self._drain_seconds(self.queued, self.queued_bytes),
+            )
+        expected = self._drain_seconds(self.queued + len(jobs), self.queued_bytes + size)
         if self._clock() + expected > min(job.deadline for job in jobs):
             raise UpstreamUnavailable(
                 "Nomic's rate cannot take these misses before the request's deadline",
@@ -154,10 +175,16 @@ class Shield:
             lane = self._lanes[(model, kind)] = _Lane(model, kind)
             lane.task = asyncio.create_task(self._run(lane))
         lane.jobs.extend(jobs)
-        lane.bytes += sum(len(job.content) for job in jobs)
+        lane.bytes += size
         self.queued += len(jobs)
+        self.queued_bytes += size
         metrics.UPSTREAM_QUEUE.set(self.queued)
         lane.arrived.set()
+
+    def _drain_seconds(self, items: int, size: int) -> float:
+        """About how long until the last of ``items`` queued misses (``size`` bytes) has
+        been answered: see :func:`drain_seconds`."""
+        return drain_seconds(items, size, self.policy, self._call_seconds)
 
     async def _run(self, lane: _Lane) -> None:
         while True:
@@ -264,6 +291,7 @@ class Shield:
             size += len(job.content)
         lane.bytes -= size
         self.queued -= len(batch)
+        self.queued_bytes -= size
         metrics.UPSTREAM_QUEUE.set(self.queued)
         return batch
 
@@ -283,6 +311,7 @@ class Shield:
                 if not paced:
                     await self._pace(max(job.deadline for job in jobs))
                 paced = False
+                started = self._clock()
                 try:
                     result = await self._upstream.embed(
                         lane.model, lane.kind, [job.content for job in jobs]
@@ -300,6 +329,7 @@ class Shield:
                     attempt += 1
                     continue
                 self.breaker.record_success()
+                self._call_seconds += (self._clock() - started - self._call_seconds) / 8
                 await self._sink.filled(lane.model, lane.kind, jobs, result)
                 return
         except GatewayError as exc:

@@ -15,11 +15,14 @@ import re
 import secrets
 from typing import Any, Literal
 
+from gateway import keys
+
 KEY_PREFIX = "nk-"
 MAX_LIMIT = 2**53  # counts stay exact in Redis's Lua (doubles) and in JSON
 _KEY = re.compile(r"nk-[A-Za-z0-9_-]{43}")
 _TEAM_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 LIMIT_NAMES = ("requests_per_minute", "images_per_minute", "tokens_per_day", "tokens_per_month")
+SWITCHES = ("count_hits", "private_cache")  # a team's yes/no settings
 LimitName = Literal[
     "requests_per_minute", "images_per_minute", "tokens_per_day", "tokens_per_month"
 ]
@@ -68,15 +71,23 @@ class Team:
     limits: Limits
     count_hits: bool = True  # whether cache hits count toward the per-minute rate limits
     created: float = 0.0
+    private_cache: bool = False  # the team's entries are kept apart from everyone else's
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "limits": self.limits.to_json(),
-                "count_hits": self.count_hits, "created": self.created}  # fmt: skip
+                "count_hits": self.count_hits, "private_cache": self.private_cache,
+                "created": self.created}  # fmt: skip
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Team:
         return cls(data["id"], data["name"], Limits(**data["limits"]),
-                   bool(data.get("count_hits", True)), float(data.get("created", 0.0)))  # fmt: skip
+                   bool(data.get("count_hits", True)), float(data.get("created", 0.0)),
+                   bool(data.get("private_cache", False)))  # fmt: skip
+
+    @property
+    def cache_scope(self) -> str:
+        """Where the team's embeddings are cached: with everyone's, or apart."""
+        return keys.private_scope(self.id) if self.private_cache else keys.SHARED
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -107,6 +118,12 @@ class KeyRecord:
         shown = self.to_json()
         del shown["sha256"]
         return shown
+
+
+def check_switch(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidTeam(f"{name} must be true or false")
+    return value
 
 
 def check_team_id(team_id: object) -> str:

@@ -5,6 +5,7 @@ applied at start-up for companies that keep their configuration in git.
 [teams.research]
 name = "Research"
 count_hits = true                    # cache hits count toward the per-minute limits
+private_cache = false                # true: the team's embeddings are cached apart
 
 [teams.research.limits]              # a limit left out is unlimited
 requests_per_minute = 600
@@ -15,8 +16,8 @@ id = "ci"                            # optional
 sha256 = "…"                         # printed by `nomic-gateway keys hash`
 ```
 
-Teams in the file are created or updated (name, limits, count_hits); teams and keys not in
-the file are left alone, and a key revoked through the admin API stays revoked.
+Teams in the file are created or updated (name, limits, count_hits, private_cache); teams and
+keys not in the file are left alone, and a key revoked through the admin API stays revoked.
 """
 
 from __future__ import annotations
@@ -60,13 +61,13 @@ def _team(team_id: str, entry: Any) -> Declared:
     teams.check_team_id(team_id)
     if not isinstance(entry, dict):
         raise InvalidTeam(f"teams.{team_id} must be a table")
-    unknown = set(entry) - {"name", "limits", "count_hits", "keys"}
+    unknown = set(entry) - {"name", "limits", "keys", *teams.SWITCHES}
     if unknown:
         raise InvalidTeam(f"teams.{team_id}: unknown field {sorted(unknown)[0]!r}")
-    count_hits = entry.get("count_hits", True)
-    if not isinstance(count_hits, bool):
-        raise InvalidTeam(f"teams.{team_id}.count_hits must be true or false")
+    switches = {name: entry[name] for name in teams.SWITCHES if name in entry}
     try:
+        for name, value in switches.items():
+            teams.check_switch(name, value)
         limits = Limits.from_json(entry.get("limits", {}))
         name = teams.check_name(entry.get("name", team_id))
     except InvalidTeam as exc:
@@ -85,7 +86,7 @@ def _team(team_id: str, entry: Any) -> Declared:
         except InvalidTeam as exc:
             raise InvalidTeam(f"{where}: {exc}") from None
         keys.append((key_id, sha))
-    return Declared(Team(team_id, name, limits, count_hits), keys)
+    return Declared(Team(team_id, name, limits, **switches), keys)
 
 
 async def apply(declared: list[Declared], ledger: Ledger) -> None:

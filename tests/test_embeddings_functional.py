@@ -123,7 +123,7 @@ async def test_urls_are_cached_with_their_ttl(
     assert fake_nomic.items_received == [url.encode() for url in urls]
     if store_url is not None:
         client = sync_client(store_url)
-        ttls = [client.ttl(key) for key in all_keys(client, "ng:v1:emb:*")]
+        ttls = [client.ttl(key) for key in all_keys(client, "ng:v2:emb:*")]
         client.close()
         assert len(ttls) == 2
         assert all(4100 < ttl <= 4200 for ttl in ttls)  # kept a grace period past the TTL
@@ -133,7 +133,7 @@ async def test_image_entries_do_not_expire_on_redis(gateway: Client, store_url: 
     assert (await post_images(gateway, [png(1)])).status == 200
     if store_url is not None:
         client = sync_client(store_url)
-        assert [client.ttl(key) for key in all_keys(client, "ng:v1:emb:*")] == [-1]
+        assert [client.ttl(key) for key in all_keys(client, "ng:v2:emb:*")] == [-1]
         client.close()
 
 

@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from gateway import entries
-from gateway.keys import PREFIX, cache_key
+from gateway.keys import OLD_PREFIXES, PREFIX, cache_key, content_digest, private_scope
 from gateway.pipeline import answer_body, split_tokens
 from tests.fake_nomic import FakeNomic
 
@@ -50,14 +50,24 @@ def test_corrupt_entries_are_refused(blob: bytes) -> None:
         entries.decode(blob)
 
 
-def test_keys_cover_model_kind_and_content() -> None:
-    key = cache_key("m1", "image", b"abc")
+def test_keys_cover_model_kind_scope_and_content() -> None:
+    abc = content_digest(b"abc")
+    key = cache_key("m1", "image", abc)
     assert key.startswith(PREFIX)
-    assert key == cache_key("m1", "image", b"abc")
-    others = {cache_key("m2", "image", b"abc"), cache_key("m1", "url", b"abc"),
-              cache_key("m1", "image", b"abd"), cache_key("m1", "image", b"")}  # fmt: skip
+    assert key == cache_key("m1", "image", content_digest(b"abc"))
+    others = {cache_key("m2", "image", abc), cache_key("m1", "url", abc),
+              cache_key("m1", "image", content_digest(b"abd")),
+              cache_key("m1", "image", content_digest(b"")),
+              cache_key("m1", "image", abc, private_scope("a")),
+              cache_key("m1", "image", abc, private_scope("b"))}  # fmt: skip
     assert key not in others
-    assert len(others) == 4
+    assert len(others) == 6
+
+
+def test_keys_are_versioned_past_the_collidable_xxh3_keys() -> None:
+    key = cache_key("m1", "image", content_digest(b"abc"))
+    assert not key.startswith(OLD_PREFIXES)
+    assert len(key) == len(PREFIX) + 64  # the whole SHA-256: no birthday attack at 2**64
 
 
 @pytest.mark.parametrize(("total", "count"), [(0, 3), (10, 3), (7, 7), (5, 8), (1000, 64)])

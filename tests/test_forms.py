@@ -38,7 +38,7 @@ def test_multipart_in_any_chunking(chunk: int | None) -> None:
     images = [png(1), png(2), png(1)]
     data = body(("model", b"nomic-embed-vision-v1"), *(("images", i) for i in images))
     parsed = parse(CT, data, chunk)
-    assert parsed == ParsedRequest("nomic-embed-vision-v1", "image", images)
+    assert parsed == ParsedRequest.of("nomic-embed-vision-v1", "image", images)
 
 
 def test_model_defaults_to_v15_and_may_come_last() -> None:
@@ -96,7 +96,7 @@ def test_urlencoded_tolerates_empty_fields() -> None:
     parsed = parse(
         "application/x-www-form-urlencoded", b"urls=http://a/&&model=nomic-embed-vision-v1&"
     )
-    assert parsed == ParsedRequest("nomic-embed-vision-v1", "url", [b"http://a/"])
+    assert parsed == ParsedRequest.of("nomic-embed-vision-v1", "url", [b"http://a/"])
 
 
 def test_model_is_compared_exactly_as_sent() -> None:

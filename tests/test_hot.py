@@ -46,7 +46,7 @@ async def test_hot_answers_need_no_redis(
     cold = await make_redis_gateway(redis_timeout_seconds=0.05, hot_cache_bytes=0)
     for gateway in (hot, cold):
         assert (await post_images(gateway, [png(1)])).headers["X-Cache"] == "MISS"
-        redis_client.delete(*redis_client.keys("ng:v1:emb:*"))  # the entry is gone from Redis
+        redis_client.delete(*redis_client.keys("ng:v2:emb:*"))  # the entry is gone from Redis
     await asyncio.sleep(1.2)  # past the linger of fetched answers (Redis timeout + 1 s)
     assert (await post_images(hot, [png(1)])).headers["X-Cache"] == "HIT"
     assert (await post_images(cold, [png(1)])).headers["X-Cache"] == "MISS"

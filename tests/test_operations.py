@@ -113,7 +113,7 @@ def test_kubernetes_manifests_agree_with_each_other_and_the_gateway() -> None:
         spec = manifests[kind]["spec"]
         assert spec.get("selector", {}).get("matchLabels", spec.get("selector")) == selector
     assert manifests["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]["name"] == "nomic-gateway"
-    env = {**config["data"], "NOMIC_API_KEY": "nk-x", "GATEWAY_ADMIN_TOKEN": "t"}
+    env = {**config["data"], "NOMIC_API_KEY": "nk-x", "GATEWAY_ADMIN_TOKEN": "t" * 32}
     Settings.from_sources({}, env)  # every variable the manifests set is one the gateway takes
 
 

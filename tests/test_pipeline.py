@@ -67,7 +67,7 @@ async def embed(pipeline: Pipeline, request: ParsedRequest) -> Answer:
 
 
 def request(*images: bytes) -> ParsedRequest:
-    return ParsedRequest(MODEL, "image", list(images))
+    return ParsedRequest.of(MODEL, "image", list(images))
 
 
 async def test_a_lookup_overtaken_by_another_requests_fill_does_not_fetch_again() -> None:

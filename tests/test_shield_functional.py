@@ -188,7 +188,7 @@ async def test_a_deadline_the_rate_cannot_meet_answers_503_at_once(
 async def test_a_crashed_replica_blocks_an_image_only_until_its_mark_expires(
     make_redis_gateway: GatewayFactory, fake_nomic: FakeNomic, redis_url: str
 ) -> None:
-    from gateway.keys import cache_key
+    from gateway.keys import cache_key, content_digest
     from gateway.store import RedisStore
     from gateway.store.redis_coordinator import RedisCoordinator
 
@@ -196,7 +196,7 @@ async def test_a_crashed_replica_blocks_an_image_only_until_its_mark_expires(
     image = png(77)
     store = RedisStore(redis_url)
     crashed = RedisCoordinator(store.client)
-    key = cache_key("nomic-embed-vision-v1.5", "image", image)
+    key = cache_key("nomic-embed-vision-v1.5", "image", content_digest(image))
     assert await crashed.claim_fetches([key], "a-replica-that-died", 400) == [True]
     started = time.monotonic()
     response = await post_images(gateway, [image])

@@ -1,4 +1,10 @@
-"""``POST /v1/embedding/image``: Nomic's endpoint, answered from the cache where it can be."""
+"""``POST /v1/embedding/image``: Nomic's endpoint, answered from the cache where it can be.
+
+What can be decided before the body is read is decided first, so a refused request costs no
+upload: the team key, a per-minute limit this process already saw used up, the body's
+``Content-Length`` and ``Content-Type`` (its ``Content-Encoding`` in the middleware), and
+room in the process's budget of body bytes in flight (held until the answer).
+"""
 
 from __future__ import annotations
 
@@ -8,21 +14,33 @@ import time
 from aiohttp import web
 
 from gateway import forms
-from gateway.appkeys import ACCOUNTS, AUTH, LIMITS, PIPELINE, SETTINGS
+from gateway.appkeys import ACCOUNTS, AUTH, BODY_BUDGET, LIMITS, PIPELINE, SETTINGS
+from gateway.body_budget import Claim
 from gateway.errors import BodyTimeout, PayloadTooLarge
 from gateway.middlewares import LOG_FIELDS
 from gateway.pipeline import Answer, FetchFailed
+from gateway.teams import Team
 
 
 async def embed_image(request: web.Request) -> web.Response:
-    deadline = time.monotonic() + request.app[SETTINGS].request_deadline_seconds
-    team = await request.app[AUTH].team_for(request.headers.get("Authorization"))
+    app = request.app
+    deadline = time.monotonic() + app[SETTINGS].request_deadline_seconds
+    team = await app[AUTH].team_for(request.headers.get("Authorization"))
     log = request[LOG_FIELDS]
     log["team"] = team.id
-    parsed = await read_form(request)
-    log.update(model=parsed.model, items=len(parsed.items))
+    app[ACCOUNTS].refuse_early(team)
+    with app[BODY_BUDGET].claim() as claim:
+        parsed = await read_form(request, claim)
+        log.update(model=parsed.model, items=len(parsed.items))
+        return await _embed(request, team, parsed, deadline)
+
+
+async def _embed(
+    request: web.Request, team: Team, parsed: forms.ParsedRequest, deadline: float
+) -> web.Response:
+    log = request[LOG_FIELDS]
     pipeline, accounts = request.app[PIPELINE], request.app[ACCOUNTS]
-    lookup = await pipeline.lookup(parsed)
+    lookup = await pipeline.lookup(parsed, team.cache_scope)
     if not lookup.missing:
         cached = pipeline.assemble(lookup)
         await accounts.admit(team, lookup, cached)
@@ -61,25 +79,28 @@ def _response(answer: Answer, log: dict[str, object]) -> web.Response:
     )
 
 
-async def read_form(request: web.Request) -> forms.ParsedRequest:
-    """Stream the body into its parser, within the body time limit and the body size limit."""
+async def read_form(request: web.Request, claim: Claim) -> forms.ParsedRequest:
+    """Stream the body into its parser, within the body time limit, the body size limit and
+    ``claim`` on the process's budget of body bytes."""
     seconds = request.app[SETTINGS].body_timeout_seconds
     try:
         async with asyncio.timeout(seconds):
-            return await _stream_form(request)
+            return await _stream_form(request, claim)
     except TimeoutError:
         raise BodyTimeout(f"request body not received within {seconds:g} seconds") from None
 
 
-async def _stream_form(request: web.Request) -> forms.ParsedRequest:
+async def _stream_form(request: web.Request, claim: Claim) -> forms.ParsedRequest:
     limit = request.app[SETTINGS].max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body larger than {limit} bytes")
     parser = forms.parser_for(request.headers.get("Content-Type", ""), request.app[LIMITS])
+    claim.cover(request.content_length or 0)  # compressed bodies grow it as they inflate
     received = 0
     async for chunk in request.content.iter_any():
         received += len(chunk)
         if received > limit:
             raise PayloadTooLarge(f"request body larger than {limit} bytes")
+        claim.cover(received)
         parser.feed(chunk)
     return parser.finish()

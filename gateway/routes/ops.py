@@ -13,7 +13,9 @@ from prometheus_client import (
     multiprocess,
 )
 
-from gateway.appkeys import STORE, UPSTREAM
+from gateway.appkeys import SETTINGS, STORE, UPSTREAM
+from gateway.auth import bearer_matches
+from gateway.errors import Unauthorized
 from gateway.store import StoreError
 
 
@@ -34,7 +36,11 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def prometheus(request: web.Request) -> web.Response:
-    """This process's metrics; with ``--workers``, every worker's, added up."""
+    """This process's metrics; with ``--workers``, every worker's, added up. They name every
+    team and its spend, so with ``GATEWAY_METRICS_TOKEN`` set only its bearer reads them."""
+    token = request.app[SETTINGS].metrics_token
+    if token is not None and not bearer_matches(request.headers.get("Authorization"), token):
+        raise Unauthorized("/metrics needs Authorization: Bearer <GATEWAY_METRICS_TOKEN>")
     registry = REGISTRY
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         registry = CollectorRegistry()

@@ -362,7 +362,7 @@ def entry_bytes(redis_url: str) -> tuple[int, int, int]:
     """MEMORY USAGE of one cached gateway entry and one baseline JSON entry, and the
     gateway entry's value length."""
     client = redis.Redis.from_url(redis_url)
-    gateway_key = next(client.scan_iter("ng:v1:emb:*", count=1000))
+    gateway_key = next(client.scan_iter("ng:v2:emb:*", count=1000))
     baseline_key = next(client.scan_iter("naive:*", count=1000))
     return (
         int(client.memory_usage(gateway_key) or 0),

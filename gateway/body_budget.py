@@ -1,0 +1,58 @@
+"""A process-wide budget of request body bytes in flight, so memory does not follow uploads.
+
+Every embedding request claims the bytes of its body before they are read (its
+``Content-Length``, or chunk by chunk when the length is not given or the body is
+compressed) and holds them until it is answered. A body that does not fit gets 503 with
+``Retry-After`` at once, before it is read: a hundred clients uploading 20 MB each cannot take
+the process to gigabytes, whichever teams they belong to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from gateway import metrics
+from gateway.errors import Overloaded
+
+RETRY_AFTER_SECONDS = 2  # bodies in flight are answered within seconds, as a rule
+
+
+class BodyBudget:
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.in_flight = 0
+
+    @contextlib.contextmanager
+    def claim(self) -> Iterator[Claim]:
+        """A claim on the budget that :meth:`Claim.take` grows, given back on exit."""
+        claim = Claim(self)
+        try:
+            yield claim
+        finally:
+            self.in_flight -= claim.bytes
+            metrics.BODY_BYTES_IN_FLIGHT.set(self.in_flight)
+
+
+class Claim:
+    def __init__(self, budget: BodyBudget) -> None:
+        self._budget = budget
+        self.bytes = 0
+
+    def cover(self, total: int) -> None:
+        """Make the claim ``total`` bytes (never smaller); raises :class:`Overloaded` if the
+        budget cannot take the difference."""
+        more = total - self.bytes
+        if more <= 0:
+            return
+        budget = self._budget
+        if budget.in_flight + more > budget.max_bytes:
+            metrics.BODIES_REFUSED.inc()
+            raise Overloaded(
+                "the gateway is receiving too many request bodies at once; retry shortly",
+                loc=("body",),
+                retry_after=RETRY_AFTER_SECONDS,
+            )
+        budget.in_flight += more
+        self.bytes = total
+        metrics.BODY_BYTES_IN_FLIGHT.set(budget.in_flight)
