@@ -100,6 +100,11 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         fail_open = settings.on_store_failure == "open"
         app[COORDINATOR] = FallbackCoordinator(shared) if fail_open else shared
     log.info("store: %s", "redis" if settings.redis_url else "embedded memory")
+    if settings.metrics_token is None:
+        log.warning(
+            "/metrics is open to anyone who reaches the port and names every team's usage: "
+            "set GATEWAY_METRICS_TOKEN"
+        )
     app[AUTH] = auth = Authenticator(app[LEDGER], settings.key_cache_seconds)
     if settings.teams_file is not None:
         await teams_file.apply(teams_file.load(settings.teams_file), app[LEDGER])

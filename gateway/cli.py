@@ -9,10 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from aiohttp import web
-
-from gateway import admin_cli, logs, teams_file, workers
-from gateway.app import create_app
+from gateway import admin_cli, connections, logs, server, teams_file, workers
 from gateway.config import Settings, SettingsError, add_arguments
 
 
@@ -49,11 +46,19 @@ def serve(flags: dict[str, str | None]) -> int:
         return 2
     logs.configure(settings.log_level, settings.log_format)
     log = logging.getLogger("gateway")
-    log.info(
-        "nomic-gateway listening on http://%s:%d with %d worker(s), upstream %s",
-        settings.host, settings.port, settings.workers, settings.upstream_url,
-    )  # fmt: skip
+    descriptors = connections.budget(settings, connections.raise_descriptor_limit())
+    log.info("connections: %s", descriptors.describe())
+    if descriptors.overcommitted:
+        log.warning(
+            "GATEWAY_MAX_CONNECTIONS=%d leaves fewer than %d descriptors for Redis, Nomic and "
+            "files: at the bound, calls to them may fail",
+            descriptors.bound, descriptors.reserve,
+        )  # fmt: skip
     if settings.workers > 1:
+        log.info(
+            "nomic-gateway starting %d workers on port %d, upstream %s",
+            settings.workers, settings.port, settings.upstream_url,
+        )  # fmt: skip
         code = workers.supervise(settings.workers, functools.partial(run_worker, settings))
     else:
         run_worker(settings)
@@ -65,12 +70,21 @@ def serve(flags: dict[str, str | None]) -> int:
 def run_worker(settings: Settings) -> None:
     """One gateway process: serve until SIGTERM or SIGINT, then finish in-flight requests."""
     logs.configure(settings.log_level, settings.log_format)
-    web.run_app(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        shutdown_timeout=settings.shutdown_timeout_seconds,
-        reuse_port=settings.workers > 1,
-        print=None,
-        access_log=None,
-    )
+    # Computed again: a spawned worker is given only the settings (raising is idempotent).
+    descriptors = connections.budget(settings, connections.raise_descriptor_limit())
+    server.run(settings, descriptors.bound, functools.partial(_listening, settings))
+    logs.flush_suppressed()
+
+
+def _listening(settings: Settings) -> None:
+    log = logging.getLogger("gateway")
+    if settings.workers == 1:
+        log.info(
+            "nomic-gateway listening on http://%s:%d with 1 worker(s), upstream %s",
+            settings.host, settings.port, settings.upstream_url,
+        )  # fmt: skip
+    else:
+        log.info(
+            "nomic-gateway worker %d listening on http://%s:%d",
+            os.getpid(), settings.host, settings.port,
+        )  # fmt: skip

@@ -297,6 +297,19 @@ class Settings:
         "how often usage counted in the process is written to the store",
         1.0,
     )
+    max_connections: int | None = _setting(
+        "GATEWAY_MAX_CONNECTIONS",
+        _positive_int,
+        "most open client connections per process (then the longest-idle one is closed); "
+        "unset: the descriptor limit minus what Redis, Nomic and files need",
+        None,
+    )
+    header_timeout_seconds: float = _setting(
+        "GATEWAY_HEADER_TIMEOUT_SECONDS",
+        _positive_float,
+        "how long a client may take to send its request line and headers",
+        10.0,
+    )
     log_level: str = _setting("GATEWAY_LOG_LEVEL", _log_level, "log level", "INFO")
     log_format: str = _setting(
         "GATEWAY_LOG_FORMAT", _log_format, "json (one object per line) or text", "json"

@@ -6,6 +6,7 @@ the shape Nomic (FastAPI) uses, so clients parse the gateway's errors like Nomic
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 Loc = tuple[str | int, ...]
@@ -142,3 +143,31 @@ class UpstreamTimeout(UpstreamError):
 class StoreUnavailable(GatewayError):
     status = 503
     kind = "store_error"
+
+
+class LocalResourceError(GatewayError):
+    """The gateway itself ran out of descriptors, buffers or memory on the way to Nomic.
+
+    Not Nomic failing: the shield does not retry it and the circuit breaker does not count it.
+    """
+
+    status = 503
+    kind = "gateway_overloaded"
+    ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+    def __init__(
+        self,
+        msg: str = "the gateway is short of descriptors or memory to reach Nomic; retry shortly",
+        *,
+        loc: Loc = (),
+        retry_after: float | None = 1.0,
+    ) -> None:
+        super().__init__(msg, loc=loc, retry_after=retry_after)
+
+    @classmethod
+    def behind(cls, exc: BaseException) -> bool:
+        """Whether ``exc`` (an OSError, or an aiohttp error made of one) is a local shortage."""
+        for error in (exc, getattr(exc, "os_error", None), exc.__cause__):
+            if isinstance(error, OSError) and error.errno in cls.ERRNOS:
+                return True
+        return False

@@ -114,3 +114,14 @@ BODIES_REFUSED = Counter(
     "gateway_bodies_refused_total",
     "Requests answered 503 before their body was read: too many body bytes in flight",
 )
+CONNECTIONS_OPEN = Gauge(
+    "gateway_connections_open",
+    "Client connections open (bounded by GATEWAY_MAX_CONNECTIONS per process)",
+    multiprocess_mode="livesum",
+)
+CONNECTIONS_SHED = Counter(
+    "gateway_connections_shed_total",
+    "Client connections the gateway closed to protect itself: idle (the longest-idle one, "
+    "at the bound), refused (a new one at the bound, none idle), header_timeout",
+    ["reason"],
+)

@@ -9,7 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMessage, ContentEncodingError, DecompressSizeError
+from aiohttp.http_exceptions import ContentEncodingError, DecompressSizeError
 
 from gateway import logs, metrics
 from gateway.errors import GatewayError, MalformedBody, UnsupportedEncoding
@@ -60,10 +60,8 @@ async def _answer_errors(request: web.Request, handler: Handler) -> web.StreamRe
     try:
         _check_encoding(request)
         return await handler(request)
-    except (ContentEncodingError, DecompressSizeError):
-        return _answer(MalformedBody("the body is not valid data of its Content-Encoding"))
-    except BadHttpMessage:  # the body's framing, found broken while it was read
-        return _answer(MalformedBody("the request body is malformed"))
+    except web.RequestPayloadError as exc:  # the body, found broken while it was read
+        return _answer(_malformed_body(exc.__cause__))
     except GatewayError as exc:
         if exc.status >= 500:
             log.warning("%s %s: %s", request.method, request.path, exc.msg)
@@ -82,6 +80,12 @@ async def _answer_errors(request: web.Request, handler: Handler) -> web.StreamRe
         log.exception("unexpected error answering %s %s", request.method, request.path)
         detail = [{"loc": [], "msg": "internal gateway error", "type": "internal_error"}]
         return error_response(500, detail)
+
+
+def _malformed_body(cause: BaseException | None) -> MalformedBody:
+    if isinstance(cause, (ContentEncodingError, DecompressSizeError)):
+        return MalformedBody("the body is not valid data of its Content-Encoding")
+    return MalformedBody("the request body is malformed")
 
 
 def _answer(error: GatewayError) -> web.Response:

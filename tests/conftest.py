@@ -293,3 +293,16 @@ async def make_redis_gateway(
 async def gateway(make_gateway: GatewayFactory) -> TestClient[Any, Any]:
     client: TestClient[Any, Any] = await make_gateway()
     return client
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fuzz-examples", type=int, default=300,
+        help="hostile requests the fuzz test generates (CI: 300; a long run: 20000)",
+    )  # fmt: skip
+
+
+@pytest.fixture
+def fuzz_examples(request: pytest.FixtureRequest) -> int:
+    examples: int = request.config.getoption("--fuzz-examples")
+    return examples

@@ -20,7 +20,13 @@ def test_compose_runs_the_gateway_on_a_persistent_redis() -> None:
     assert gateway["ports"] == ["8080:8080"]
     assert "--appendonly" in redis["command"]
     assert redis["volumes"][0].endswith(":/data")
-    Settings.from_sources({}, {**gateway["environment"], "NOMIC_API_KEY": "nk-x"})  # all valid
+    assert "GATEWAY_METRICS_TOKEN" in gateway["environment"]  # Prometheus scrapes with it
+    secrets = {
+        "NOMIC_API_KEY": "nk-x",
+        "GATEWAY_ADMIN_TOKEN": "a" * 32,
+        "GATEWAY_METRICS_TOKEN": "m" * 32,
+    }
+    Settings.from_sources({}, {**gateway["environment"], **secrets})  # all valid
 
 
 def test_image_listens_where_its_health_check_looks() -> None:
