@@ -102,13 +102,15 @@ def backoff(attempt: int, policy: Policy, retry_after: float | None, rng: random
 def drain_seconds(items: int, size: int, policy: Policy, call_seconds: float) -> float:
     """About how long until the last of ``items`` queued misses (``size`` bytes in all) is
     answered: the calls they need (a call takes as many items of their average size as the
-    batch limits allow, so large images go one a call), spaced by the rate, overlapping as
-    the concurrency cap lets calls of ``call_seconds`` each."""
+    batch limits allow, so large images go one a call), spaced by the rate past its burst,
+    overlapping as the concurrency cap lets calls of ``call_seconds`` each."""
     if items <= 0:
         return 0.0
-    per_call = min(policy.batch_items, policy.batch_bytes * items // size) if size else 0
-    calls = -(-items // max(1, per_call or policy.batch_items))
-    by_rate = (calls - 1) * policy.interval_ms / 1000 + call_seconds
+    per_call = policy.batch_items
+    if size:
+        per_call = max(1, min(per_call, policy.batch_bytes * items // size))
+    calls = -(-items // per_call)
+    by_rate = max(0, calls - policy.rate_burst) * policy.interval_ms / 1000 + call_seconds
     by_concurrency = -(-calls // policy.concurrency) * call_seconds
     return max(by_rate, by_concurrency)
 

@@ -181,8 +181,8 @@ async def test_a_silent_or_slow_client_is_closed_after_the_header_timeout(
                 writer.write(first)
                 for byte in drip:  # a slowloris: one byte every 0.2 s, never the blank line
                     await asyncio.sleep(0.2)
-                    if reader.at_eof():
-                        break
+                    if reader.at_eof() or reader.exception() is not None:
+                        break  # closed: by a FIN, or by a RST if a byte crossed the close
                     writer.write(bytes([byte]))
                 with contextlib.suppress(ConnectionResetError):  # a byte sent as it closed
                     assert await asyncio.wait_for(reader.read(), 10) == b""
