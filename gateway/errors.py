@@ -103,7 +103,8 @@ class UnsupportedEncoding(GatewayError):
 
 
 class Overloaded(GatewayError):
-    """This process has no room for the request now (bodies in flight); retry shortly."""
+    """This process has no room for the request now (bodies in flight, descriptors, memory);
+    retry shortly."""
 
     status = 503
     kind = "gateway_overloaded"
@@ -145,14 +146,12 @@ class StoreUnavailable(GatewayError):
     kind = "store_error"
 
 
-class LocalResourceError(GatewayError):
+class LocalResourceError(Overloaded):
     """The gateway itself ran out of descriptors, buffers or memory on the way to Nomic.
 
     Not Nomic failing: the shield does not retry it and the circuit breaker does not count it.
     """
 
-    status = 503
-    kind = "gateway_overloaded"
     ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
     def __init__(
