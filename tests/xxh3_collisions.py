@@ -1,10 +1,9 @@
 """Test double of an attacker: inputs that collide under XXH3 with its default secret.
 
-The gateway's old cache key was ``xxh3_128(prefix + content)``. The prefix (model, kind) and
-XXH3's default secret are both public, and XXH3 is fast, not cryptographic: anyone can make a
-different content with the same digest, so one team could plant the embedding that another
-team's different image then gets from the cache. This module makes such inputs on demand, so
-tests can show the attack working on xxh3 and failing on the new key.
+The old cache key, ``xxh3_128(prefix + content)``, has a public prefix and a public secret, so
+anyone can make a second content with the same key and get another team's cached embedding.
+This module makes such pairs on demand, so tests can show the attack and that the new key
+defeats it.
 
 How (inputs over 240 bytes; XXH3 64 and 128 bit share this part): the input is read in 64-byte
 stripes, 16 to a 1024-byte block. In stripe ``n`` of a block, lane ``i`` (the little-endian
@@ -12,12 +11,12 @@ word ``d`` at ``64n + 8i``) meets the secret word ``s`` at ``8n + 8i`` and does:
 
     k = d ^ s;  acc[i ^ 1] += d;  acc[i] += (k & 0xFFFFFFFF) * (k >> 32)
 
-Inside a block there are only additions; blocks are scrambled in between, and the last 64
-bytes take another path. So two inputs of one length with the same last 64 bytes collide if in
-every block their words add the same totals to each accumulator. A word whose ``k`` has a zero
-half adds nothing to ``acc[i]``, and its other half is free, so two such words can add any
-64-bit total to ``acc[i ^ 1]``. Rewriting lanes ``i`` and ``i ^ 1`` of two stripes of a block
-therefore restores both accumulators, whatever else changed in those lanes of that block.
+A block only adds; blocks are scrambled in between and the last 64 bytes take another path.
+So inputs of one length and the same last 64 bytes collide if each block adds the same totals
+to each accumulator. A word whose ``k`` has a zero half adds nothing to ``acc[i]`` and its
+other half is free, so two such words can add any total to ``acc[i ^ 1]``: rewriting lanes
+``i`` and ``i ^ 1`` in two stripes of a block restores both accumulators, whatever else
+changed in those lanes of that block.
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ _SECRET = bytes.fromhex(
     "eac5ac8334d3ebc3c581a0fffa1363eb170ddd51b7f0da49d316552629d4689e"
     "2b16be587d47a1fc8ff8b8d17ad031ce45cb3a8f95160428afd7fbcabb4b407e"
 )
-_STRIPES_PER_BLOCK = (len(_SECRET) - 64) // 8
+_BLOCK = (len(_SECRET) - 64) // 8  # stripes per block
 _M32, _M64 = 2**32 - 1, 2**64 - 1
 
 
@@ -45,7 +44,7 @@ def _word(buf: bytes | bytearray, pos: int) -> int:
 
 
 def _secret(stripe: int, lane: int) -> int:
-    return _word(_SECRET, 8 * (stripe % _STRIPES_PER_BLOCK + lane))
+    return _word(_SECRET, 8 * (stripe % _BLOCK + lane))
 
 
 def _product(d: int, s: int) -> int:
@@ -56,9 +55,9 @@ def _product(d: int, s: int) -> int:
 def _block_sums(msg: bytes | bytearray) -> list[list[int]]:
     """What each block's stripes add to each of the 8 accumulators, mod 2**64."""
     stripes = (len(msg) - 1) // 64  # XXH3 leaves the rest to its last-64-bytes stripe
-    sums = [[0] * 8 for _ in range(-(-stripes // _STRIPES_PER_BLOCK))]
+    sums = [[0] * 8 for _ in range(-(-stripes // _BLOCK))]
     for g in range(stripes):
-        acc = sums[g // _STRIPES_PER_BLOCK]
+        acc = sums[g // _BLOCK]
         for lane in range(8):
             d = _word(msg, 64 * g + 8 * lane)
             acc[lane ^ 1] = (acc[lane ^ 1] + d) & _M64
@@ -67,10 +66,7 @@ def _block_sums(msg: bytes | bytearray) -> list[list[int]]:
 
 
 def _balance(prefix: bytes, original: bytes, edited: bytes, regions: Sequence[range]) -> bytes:
-    """``edited``, with words inside ``regions`` rewritten so it collides with ``original``.
-
-    Only words that ``edited`` left as in ``original`` are rewritten, so the edits survive.
-    """
+    """``edited`` with unedited words in ``regions`` rewritten to collide with ``original``."""
     p, whole, msg = len(prefix), prefix + original, bytearray(prefix + edited)
     if len(msg) <= 240 or len(msg) != len(whole) or msg[-64:] != whole[-64:]:
         raise ValueError("prefix + content must exceed 240 bytes; its last 64 may not change")
@@ -85,8 +81,7 @@ def _balance(prefix: bytes, original: bytes, edited: bytes, regions: Sequence[ra
             a, b = 2 * pair, 2 * pair + 1
             if want[a] == have[a] and want[b] == have[b]:
                 continue
-            first = block * _STRIPES_PER_BLOCK
-            slots = [g for g in range(first, first + _STRIPES_PER_BLOCK) if usable(g, pair)][:2]
+            slots = [g for g in range(_BLOCK * block, _BLOCK * (block + 1)) if usable(g, pair)][:2]
             if len(slots) < 2:
                 raise ValueError(f"no room in block {block} to rebalance; widen the region")
             need_a, need_b = want[a] - have[a], want[b] - have[b]
@@ -107,12 +102,12 @@ def _balance(prefix: bytes, original: bytes, edited: bytes, regions: Sequence[ra
 def colliding_twin(
     prefix: bytes, content: bytes, *, offset: int = 0, length: int | None = None
 ) -> bytes:
-    """A different ``content`` of the same length, with the same XXH3 (64 and 128) of
-    ``prefix + content``. Only bytes in ``content[offset:offset + length]`` change (by default,
-    everything from ``offset`` on), never the last 64 bytes; about 50 bytes change in all.
+    """A different ``content`` of the same length and XXH3 (64 and 128 bit) of prefix + content.
 
-    Raises ValueError if ``prefix + content`` is 240 bytes or less or the region is too small:
-    a region needs three 64-byte stripes of one 1024-byte block; 320 bytes is always enough.
+    At most 33 bytes change, all in ``content[offset:offset + length]`` (by default, from
+    ``offset`` on) and none in the last 64. Raises ValueError if prefix + content is 240 bytes
+    or less or the region too small: it must reach into three stripes of one block, and 260
+    bytes always do.
     """
     end = len(content) if length is None else offset + length
     if not 0 <= offset <= end <= len(content):
@@ -134,12 +129,11 @@ def _jpeg_body(color: str) -> bytes:
 
 
 def colliding_jpegs(prefix: bytes) -> tuple[bytes, bytes]:
-    """Two valid JPEGs, showing a red and a blue square, with the same XXH3 of prefix + file.
+    """Two valid JPEGs, a red and a blue 64x64 square, with the same XXH3 of prefix + file.
 
-    Both files hold both pictures behind comment (COM) segments. The second comment's length
-    differs: in the red file it ends before the red picture, in the blue one it swallows it.
-    A kilobyte of comment on each side of that length gives _balance a whole block to work in
-    wherever the prefix puts the block boundaries.
+    Both files hold both pictures. Only the length of a comment (COM) segment differs: in the
+    red file it ends before the red picture, in the blue one it swallows it. Comments on both
+    sides of that length give _balance a whole block to work in, whatever the prefix.
     """
     red, blue, pad = _jpeg_body("red"), _jpeg_body("blue"), bytes(1100)
 
