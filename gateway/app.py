@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from gateway import malloc, metrics, teams_file
+from gateway import metrics, teams_file
 from gateway.accounts import Accounts, flushing
 from gateway.appkeys import (
     ACCOUNTS,
@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings) -> web.Application:
-    malloc.fix_mmap_threshold()
     app = web.Application(middlewares=[request_context], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[LIMITS] = Limits(settings.max_image_bytes, settings.max_items)

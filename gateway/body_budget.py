@@ -9,10 +9,9 @@ the process to gigabytes, whichever teams they belong to.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+from types import TracebackType
 
-from gateway import metrics
+from gateway import malloc, metrics
 from gateway.errors import Overloaded
 
 RETRY_AFTER_SECONDS = 2  # bodies in flight are answered within seconds, as a rule
@@ -23,18 +22,15 @@ class BodyBudget:
         self.max_bytes = max_bytes
         self.in_flight = 0
 
-    @contextlib.contextmanager
-    def claim(self) -> Iterator[Claim]:
-        """A claim on the budget that :meth:`Claim.take` grows, given back on exit."""
-        claim = Claim(self)
-        try:
-            yield claim
-        finally:
-            self.in_flight -= claim.bytes
-            metrics.BODY_BYTES_IN_FLIGHT.set(self.in_flight)
+    def claim(self) -> Claim:
+        """A claim on the budget, empty until :meth:`Claim.cover` grows it; a context manager
+        that gives it back on exit."""
+        return Claim(self)
 
 
 class Claim:
+    __slots__ = ("_budget", "bytes")
+
     def __init__(self, budget: BodyBudget) -> None:
         self._budget = budget
         self.bytes = 0
@@ -55,4 +51,19 @@ class Claim:
             )
         budget.in_flight += more
         self.bytes = total
-        metrics.BODY_BYTES_IN_FLIGHT.set(budget.in_flight)
+
+    def __enter__(self) -> Claim:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        budget = self._budget
+        metrics.BODY_BYTES_IN_FLIGHT.set(budget.in_flight)  # once a request: its peak, lately
+        budget.in_flight -= self.bytes
+        if self.bytes >= malloc.TRIM_AFTER_BYTES:
+            malloc.release_freed_memory()  # the body's buffers, freed by now
+        self.bytes = 0

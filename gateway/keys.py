@@ -5,17 +5,21 @@ or URL) and the content itself, plus the scope of a team whose cache is private.
 versioned (``v2``) so a change of format never reads an old entry, and prefixed (``ng:``) so
 the gateway's keys are easy to find in a shared Redis.
 
-The digest is SHA-256, a cryptographic hash: no client can make two inputs share a key, so no
-team can plant an embedding that another team is then answered. (``v1`` keys were xxh3_128,
-whose fixed public secret lets anyone build colliding images in milliseconds.) The content is
-digested once, as its bytes arrive (:func:`content_digest` or the parsers' running hash); the
-key is the digest of the short, unambiguous header and that 32-byte content digest.
+The digest is BLAKE3, a cryptographic hash, in full (256 bits): no client can make two inputs
+share a key (a collision takes about 2**128 work), so no team can plant an embedding that
+another team is then answered. ``v1`` keys were xxh3_128, whose fixed public secret lets
+anyone build colliding images in milliseconds. BLAKE3 rather than SHA-256: 8.7 µs for a
+49 KB image against 27.6 µs here (SHA-NI), on a hit path of about 250 µs a request; no
+secret to share between replicas, unlike a keyed MAC. The content is digested once, when
+its last byte is in (:func:`content_digest`); the key is the digest of the short,
+unambiguous header and that 32-byte content digest.
 """
 
 from __future__ import annotations
 
-import hashlib
 from typing import TYPE_CHECKING
+
+import blake3
 
 if TYPE_CHECKING:
     from gateway.forms import Kind
@@ -26,8 +30,8 @@ SHARED = ""  # the scope of every team whose cache is not private
 
 
 def content_digest(content: bytes) -> bytes:
-    """The SHA-256 of an input's bytes (an image's, or a URL's UTF-8)."""
-    return hashlib.sha256(content).digest()
+    """The digest of an input's bytes (an image's, or a URL's UTF-8)."""
+    return blake3.blake3(content).digest()  # one thread (the default): others serve requests
 
 
 def private_scope(team_id: str) -> str:
@@ -36,7 +40,7 @@ def private_scope(team_id: str) -> str:
 
 
 def cache_key(model: str, kind: Kind, digest: bytes, scope: str = SHARED) -> str:
-    """``ng:v2:emb:<sha256 hex>`` over model, kind, scope (NUL-separated; none holds a NUL)
+    """``ng:v2:emb:<blake3 hex>`` over model, kind, scope (NUL-separated; none holds a NUL)
     and the content's 32-byte digest."""
     header = f"{model}\0{kind}\0{scope}\0".encode()
-    return PREFIX + hashlib.sha256(header + digest).hexdigest()
+    return PREFIX + blake3.blake3(header + digest).hexdigest()

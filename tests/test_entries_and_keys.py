@@ -67,7 +67,7 @@ def test_keys_cover_model_kind_scope_and_content() -> None:
 def test_keys_are_versioned_past_the_collidable_xxh3_keys() -> None:
     key = cache_key("m1", "image", content_digest(b"abc"))
     assert not key.startswith(OLD_PREFIXES)
-    assert len(key) == len(PREFIX) + 64  # the whole SHA-256: no birthday attack at 2**64
+    assert len(key) == len(PREFIX) + 64  # the whole digest: no birthday attack at 2**64
 
 
 @pytest.mark.parametrize(("total", "count"), [(0, 3), (10, 3), (7, 7), (5, 8), (1000, 64)])

@@ -13,7 +13,7 @@ import time
 
 from aiohttp import web
 
-from gateway import forms
+from gateway import forms, malloc
 from gateway.appkeys import ACCOUNTS, AUTH, BODY_BUDGET, LIMITS, PIPELINE, SETTINGS
 from gateway.body_budget import Claim
 from gateway.errors import BodyTimeout, PayloadTooLarge
@@ -31,6 +31,8 @@ async def embed_image(request: web.Request) -> web.Response:
     app[ACCOUNTS].refuse_early(team)
     with app[BODY_BUDGET].claim() as claim:
         parsed = await read_form(request, claim)
+        if claim.bytes >= malloc.TRIM_AFTER_BYTES:
+            malloc.release_freed_memory()  # the socket's chunks, now joined into images
         log.update(model=parsed.model, items=len(parsed.items))
         return await _embed(request, team, parsed, deadline)
 
