@@ -187,11 +187,13 @@ async def test_the_cli_drives_teams_and_keys(gateway: Client) -> None:
     code, out, _ = await run_cli(gateway, "keys", "create", "cli", "--json")
     [made] = json.loads(out)
     assert made["key"].startswith("nk-")
-    code, out, _ = await run_cli(gateway, "teams", "update", "cli", "--tokens-per-day", "none")
+    code, out, _ = await run_cli(gateway, "teams", "update", "cli", "--tokens-per-day", "none",
+                                 "--private-cache", "yes")  # fmt: skip
     assert code == 0
     code, out, _ = await run_cli(gateway, "teams", "show", "cli", "--json")
     [shown] = json.loads(out)
     assert (shown["limits"]["tokens_per_day"], shown["count_hits"]) == (None, False)
+    assert shown["private_cache"] is True
     code, out, _ = await run_cli(gateway, "keys", "revoke", "cli", made["id"])
     assert code == 0
     code, out, _ = await run_cli(gateway, "keys", "list", "cli", "--csv")

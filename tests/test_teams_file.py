@@ -28,6 +28,7 @@ def test_a_full_file(tmp_path: Path) -> None:
 [teams.research]
 name = "Research"
 count_hits = false
+private_cache = true
 [teams.research.limits]
 requests_per_minute = 600
 tokens_per_day = 1_000_000
@@ -40,6 +41,7 @@ sha256 = "{SHA}"
     research, ml = declared
     assert research.team.name == "Research"
     assert research.team.count_hits is False
+    assert (research.team.private_cache, declared[1].team.private_cache) == (True, False)
     assert research.team.limits == Limits(requests_per_minute=600, tokens_per_day=1_000_000)
     assert research.keys == [("ci", SHA)]
     assert (ml.team.name, ml.team.limits, ml.keys) == ("ml", Limits(), [])
@@ -50,6 +52,7 @@ sha256 = "{SHA}"
     [
         ("[teams.Bad_Id]\n", "team id"),
         ("[teams.a]\ncolour = 1\n", "unknown field 'colour'"),
+        ("[teams.a]\nprivate_cache = 1\n", "teams.a: private_cache must be true or false"),
         ("[teams.a.limits]\ntokens_per_day = -5\n", "teams.a: limits.tokens_per_day"),
         ('[[teams.a.keys]]\nsha256 = "abc"\n', "teams.a.keys[0]: sha256"),
         ('[[teams.a.keys]]\nkey = "nk-secret"\n', "teams.a.keys[0] takes only"),
