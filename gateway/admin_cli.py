@@ -187,10 +187,25 @@ class AdminClient:
             with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
                 raw = response.read()
         except urllib.error.HTTPError as exc:
-            raise CliError(f"HTTP {exc.code}: {_message(exc.read())}") from None
+            body = exc.read()
+            if exc.code == 404 and _no_such_route(body):
+                raise CliError(
+                    f"the admin API is off on the gateway at {self._url}: start the gateway "
+                    "with GATEWAY_ADMIN_TOKEN set (24 characters or more) to turn it on"
+                ) from None
+            raise CliError(f"HTTP {exc.code}: {_message(body)}") from None
         except (urllib.error.URLError, OSError) as exc:
             raise CliError(f"cannot reach the gateway at {self._url}: {exc}") from None
         return json.loads(raw) if raw else None
+
+
+def _no_such_route(body: bytes) -> bool:
+    """Whether a 404 says the path does not exist (no admin API), not that a team or key
+    does not."""
+    try:
+        return bool(json.loads(body)["detail"][0]["type"] == "http_404")
+    except (ValueError, KeyError, TypeError, IndexError):
+        return False
 
 
 def _message(body: bytes) -> str:

@@ -58,6 +58,8 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/metrics", ops.prometheus)
     if settings.admin_token is not None:
         app.add_subapp("/admin", admin.create_admin(settings.admin_token))
+    else:
+        log.info("the admin API is off: set GATEWAY_ADMIN_TOKEN to manage teams and keys")
     return app
 
 

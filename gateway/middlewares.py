@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 LOG_FIELDS = web.RequestKey("log_fields", dict[str, object])  # handlers add what they know
-QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})  # probes: logged at debug
+QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})  # probes: debug while they succeed
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 DECODED_ENCODINGS = ("identity", "gzip", "deflate")  # what aiohttp inflates without extras
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{1,64}")
@@ -51,7 +51,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     metrics.child(metrics.REQUEST_SECONDS, route_name).observe(elapsed)
     fields.update(request_id=request_id, method=request.method, route=route_name,
                   status=response.status, duration_ms=round(elapsed * 1000, 2))  # fmt: skip
-    quiet = route_name in QUIET_ROUTES and response.status < 500
+    quiet = route_name in QUIET_ROUTES and response.status < 400
     logs.request_line(fields, logging.DEBUG if quiet else logging.INFO)
     return response
 

@@ -1,7 +1,7 @@
 """FakeNomic: a test double of Nomic's image embedding API, never used in production.
 
 Nomic cannot be reached from the machines that run these tests, so this aiohttp app stands in
-for ``https://api-atlas.nomic.ai``, following the documented contract (DESIGN.md section 5):
+for ``https://api-atlas.nomic.ai``, following Nomic's documented behaviour:
 
 - ``POST /v1/embedding/image`` takes multipart ``images`` parts or urlencoded ``urls``, and a
   ``model`` (``nomic-embed-vision-v1`` or ``-v1.5``, default ``-v1.5``);

@@ -1,4 +1,4 @@
-"""The admin API: the fixed contract of DESIGN.md section 1, and clear answers to bad calls."""
+"""The admin API: its fixed calls (README, "Admin API"), and clear answers to bad calls."""
 
 from __future__ import annotations
 
@@ -201,3 +201,19 @@ async def test_the_cli_drives_teams_and_keys(gateway: Client) -> None:
     assert out.splitlines()[1].split(",")[5] != ""  # revoked
     code, _, err = await run_cli(gateway, "teams", "show", "nobody")
     assert (code, err.strip()) == (1, "nomic-gateway: HTTP 404: no team 'nobody'")
+
+
+async def test_the_cli_says_when_the_admin_api_is_off(fake_nomic: FakeNomic) -> None:
+    server = TestServer(create_app(gateway_settings(fake_nomic, None, admin_token=None)))
+    client: Client = TestClient(server)
+    await client.start_server()
+    try:
+        client.base = str(server.make_url("")).rstrip("/")  # type: ignore[attr-defined]
+        code, out, err = await run_cli(client, "teams", "list")
+    finally:
+        await client.close()
+    assert (code, out) == (1, "")
+    assert err.strip() == (
+        f"nomic-gateway: the admin API is off on the gateway at {client.base}: start the "  # type: ignore[attr-defined]
+        "gateway with GATEWAY_ADMIN_TOKEN set (24 characters or more) to turn it on"
+    )

@@ -1,7 +1,9 @@
 """The admin API under ``/admin/``: teams, their keys and limits, usage.
 
 Every call needs ``Authorization: Bearer $GATEWAY_ADMIN_TOKEN``; without that setting the
-admin API does not exist (404). The fixed parts of DESIGN.md section 1 are kept as written.
+admin API does not exist (404). The calls the README names as fixed (creating teams, making and
+revoking keys, reading usage) keep their paths and shapes, so scripts written against one
+version keep working.
 """
 
 from __future__ import annotations
