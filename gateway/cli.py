@@ -41,7 +41,8 @@ def serve(flags: dict[str, str | None]) -> int:
                 "GATEWAY_WORKERS > 1 needs GATEWAY_REDIS_URL: the embedded store is one "
                 "process's own"
             )
-    except (SettingsError, teams_file.TeamsFileError) as exc:
+        server.check_bindable(settings.host, settings.port, reuse_port=settings.workers > 1)
+    except (SettingsError, teams_file.TeamsFileError, server.CannotListen) as exc:
         print(f"nomic-gateway: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_format)

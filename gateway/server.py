@@ -22,8 +22,10 @@ The guards, all on the protocol (a few attribute checks per read on the request 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
@@ -303,6 +305,33 @@ class GatewayRunner(web.AppRunner):
                 "max_field_size": MAX_HEADER_LINE,
             },
         )
+
+
+class CannotListen(Exception):
+    """The address and port cannot be listened on; the message says why, in one line."""
+
+
+def check_bindable(host: str, port: int, *, reuse_port: bool) -> None:
+    """Raise :class:`CannotListen` if ``host:port`` cannot be bound now (a port in use, an
+    address not of this machine): said in one line before start-up rather than as a
+    traceback after it."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)  # fmt: skip
+    except socket.gaierror as exc:
+        raise CannotListen(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                why = exc.strerror or str(exc)
+                if exc.errno == errno.EADDRINUSE:
+                    why = "the port is in use by another program (choose --port or GATEWAY_PORT)"
+                raise CannotListen(f"cannot listen on {host}:{port}: {why}") from None
 
 
 def run(settings: Settings, bound: int, listening: Callable[[], None]) -> None:

@@ -154,3 +154,19 @@ async def start_workers(
         env=environment, stdout=asyncio.subprocess.DEVNULL, stderr=log,
     )  # fmt: skip
     return process, f"http://127.0.0.1:{port}"
+
+
+def test_a_port_in_use_stops_startup_in_one_line() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("serve", "--port", str(port), env=clean_env(NOMIC_API_KEY="nk-x"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"nomic-gateway: cannot listen on 127.0.0.1:{port}: the port is in use by another "
+        "program (choose --port or GATEWAY_PORT)"
+    ]
+    assert "listening" not in result.stdout + result.stderr
