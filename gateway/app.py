@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -32,7 +35,7 @@ from gateway.pipeline import Pipeline
 from gateway.quota import TokenEstimator
 from gateway.routes import admin, embeddings, ops, user
 from gateway.shield import Policy
-from gateway.store import MemoryStore, RedisStore, Store
+from gateway.store import MemoryStore, RedisStore, Store, StoreError
 from gateway.store.fallback import FallbackCoordinator
 from gateway.store.memory_coordinator import MemoryCoordinator
 from gateway.store.memory_ledger import MemoryLedger
@@ -41,6 +44,7 @@ from gateway.store.redis_ledger import RedisLedger
 from gateway.upstream import NomicClient
 
 log = logging.getLogger(__name__)
+STORE_RETRY_SECONDS = 2.0  # while the store is unreachable at start-up
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -100,18 +104,56 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         shared = RedisCoordinator(redis.client)
         fail_open = settings.on_store_failure == "open"
         app[COORDINATOR] = FallbackCoordinator(shared) if fail_open else shared
-    log.info("store: %s", "redis" if settings.redis_url else "embedded memory")
+    where = "embedded memory" if settings.redis_url is None else _redis_at(settings.redis_url)
+    log.info("store: %s", where)
     if settings.metrics_token is None:
         log.warning(
             "/metrics is open to anyone who reaches the port and names every team's usage: "
             "set GATEWAY_METRICS_TOKEN"
         )
     app[AUTH] = auth = Authenticator(app[LEDGER], settings.key_cache_seconds)
-    if settings.teams_file is not None:
-        await teams_file.apply(teams_file.load(settings.teams_file), app[LEDGER])
+    retrying: asyncio.Task[None] | None = None
+    try:
+        await _prepare_store(app)
+    except StoreError as exc:
+        log.warning(
+            "the store (%s) is unreachable: %s; answering what can be answered without it "
+            "and trying again every %g s",
+            where, exc, STORE_RETRY_SECONDS,
+        )  # fmt: skip
+        retrying = asyncio.create_task(_prepare_when_reachable(app, where))
     yield
+    if retrying is not None:
+        retrying.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await retrying
     await auth.drain()
     await store.close()
+
+
+async def _prepare_store(app: web.Application) -> None:
+    """Check that the store answers and apply the teams file; raises StoreError."""
+    await app[STORE].ping()
+    teams = app[SETTINGS].teams_file
+    if teams is not None:
+        await teams_file.apply(teams_file.load(teams), app[LEDGER])
+
+
+async def _prepare_when_reachable(app: web.Application, where: str) -> None:
+    while True:
+        await asyncio.sleep(STORE_RETRY_SECONDS)
+        try:
+            await _prepare_store(app)
+        except StoreError:
+            continue
+        log.info("the store (%s) answers again", where)
+        return
+
+
+def _redis_at(url: str) -> str:
+    """Where a Redis URL points, without its credentials."""
+    parts = urlsplit(url)
+    return f"redis at {parts.path if parts.scheme == 'unix' else parts.netloc.rpartition('@')[2]}"
 
 
 async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:

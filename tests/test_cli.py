@@ -170,3 +170,49 @@ def test_a_port_in_use_stops_startup_in_one_line() -> None:
         "program (choose --port or GATEWAY_PORT)"
     ]
     assert "listening" not in result.stdout + result.stderr
+
+
+async def test_an_unreachable_redis_at_start_up_is_said_and_tried_again(
+    fake_nomic: FakeNomic, tmp_path: Path
+) -> None:
+    from tests.conftest import spawn_redis
+
+    redis_port, port = free_port(), free_port()
+    teams, key = teams_file_with_a_key(tmp_path)
+    env = clean_env(
+        NOMIC_API_KEY=FAKE_API_KEY, GATEWAY_UPSTREAM_URL=fake_nomic.url,  # type: ignore[attr-defined]
+        GATEWAY_TEAMS_FILE=str(teams), GATEWAY_REDIS_TIMEOUT_SECONDS="0.5",
+        GATEWAY_REDIS_URL=f"redis://:secret-password@127.0.0.1:{redis_port}/0",
+    )  # fmt: skip
+    log = tmp_path / "gateway.log"
+    with log.open("wb") as out:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "serve", "--port", str(port),
+            env=env, stdout=out, stderr=out,
+        )  # fmt: skip
+    redis_process = None
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            await wait_healthy(session, url)  # up, though its store is not
+            assert f"the store (redis at 127.0.0.1:{redis_port}) is unreachable" in log.read_text()
+            redis_process = spawn_redis(redis_port, str(tmp_path))
+            deadline = time.monotonic() + 15
+            while "answers again" not in log.read_text() and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            async with session.post(
+                url + "/v1/embedding/image", data=image_form([png(1)]),
+                headers={"Authorization": f"Bearer {key}"},
+            ) as response:  # fmt: skip
+                assert response.status == 200  # the teams file was applied once Redis came
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+        if redis_process is not None:
+            redis_process.kill()
+            redis_process.wait()
+    text = log.read_text()
+    assert "answers again" in text
+    assert "secret-password" not in text
+    assert "Traceback" not in text
