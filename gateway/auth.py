@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import math
 import time
 from collections.abc import Callable
 from typing import NamedTuple
@@ -121,9 +122,8 @@ def _bearer(authorization: str | None) -> str:
 
 
 def _export_limits(team: Team) -> None:
+    # Unlimited is +Inf, not a removed series: --workers' multiprocess metrics cannot remove
+    # one, and "billed > 0.9 * limit" stays false without special cases.
     for name, value in team.limits.to_json().items():
-        if value is None:
-            with contextlib.suppress(KeyError):
-                metrics.TEAM_LIMIT.remove(team.id, name)
-        else:
-            metrics.TEAM_LIMIT.labels(team=team.id, limit=name).set(value)
+        limit = math.inf if value is None else value
+        metrics.TEAM_LIMIT.labels(team=team.id, limit=name).set(limit)

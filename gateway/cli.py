@@ -46,6 +46,7 @@ def serve(flags: dict[str, str | None]) -> int:
         print(f"nomic-gateway: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_format)
+    logging.captureWarnings(True)  # a library's warning is a log line too, not loose stderr
     log = logging.getLogger("gateway")
     descriptors = connections.budget(settings, connections.raise_descriptor_limit())
     log.info("connections: %s", descriptors.describe())
@@ -71,6 +72,7 @@ def serve(flags: dict[str, str | None]) -> int:
 def run_worker(settings: Settings) -> None:
     """One gateway process: serve until SIGTERM or SIGINT, then finish in-flight requests."""
     logs.configure(settings.log_level, settings.log_format)
+    logging.captureWarnings(True)  # a library's warning is a log line too, not loose stderr
     # Computed again: a spawned worker is given only the settings (raising is idempotent).
     descriptors = connections.budget(settings, connections.raise_descriptor_limit())
     server.run(settings, descriptors.bound, functools.partial(_listening, settings))

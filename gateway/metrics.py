@@ -14,7 +14,7 @@ _children: dict[tuple[MetricWrapperBase, tuple[str, ...]], Any] = {}
 def child(metric: M, *values: str) -> M:
     """``metric.labels(*values)``, looked up once: ``labels()`` validates and locks on every
     call, a few microseconds each on the request path. Not for a metric whose children are
-    ever removed (``TEAM_LIMIT``)."""
+    ever removed."""
     key = (metric, values)
     found = _children.get(key)
     if found is None:
@@ -64,7 +64,7 @@ TEAM_ITEMS = Counter(
 )
 TEAM_LIMIT = Gauge(
     "gateway_team_limit",
-    "A team's limit, as this process last read it (absent: unlimited)",
+    "A team's limit, as this process last read it (+Inf: unlimited)",
     ["team", "limit"],
     multiprocess_mode="livemax",
 )

@@ -4,6 +4,7 @@ give exactly what one process would: budgets, usage totals, upstream calls, metr
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import signal
 from collections import Counter
@@ -71,6 +72,21 @@ async def test_three_workers_give_what_one_process_would(
             answered = sum(sample(text, "gateway_requests_total", route=route, status_class=c)
                            for c in ("2xx", "4xx"))  # fmt: skip
             assert answered == 300  # every worker's requests, whichever worker answered
+
+            # A limit removed reads as unlimited (+Inf) in every worker's metrics.
+            patch = {"limits": {"tokens_per_day": None}}
+            async with session.patch(url + "/admin/teams/capped", json=patch, headers=ADMIN):
+                pass
+            await asyncio.sleep(5.2)  # every worker's key cache (5 s) reads the team again
+            for _ in range(12):  # reach every worker
+                async with session.get(
+                    url + "/v1/user", headers={"Authorization": f"Bearer {capped_key}"}
+                ):
+                    pass  # fmt: skip
+            async with session.get(url + "/metrics") as response:
+                text = await response.text()
+            limit = sample(text, "gateway_team_limit", team="capped", limit="tokens_per_day")
+            assert limit == float("inf")
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 30) == 0
     finally:
@@ -78,7 +94,10 @@ async def test_three_workers_give_what_one_process_would(
             process.kill()
             await process.wait()
         log.close()
-    assert "Traceback" not in (tmp_path / "gateway.log").read_text()
+    lines = (tmp_path / "gateway.log").read_text().splitlines()
+    assert "Traceback" not in "\n".join(lines)
+    for line in lines:  # one JSON object per line, whichever process wrote it (no warnings)
+        assert isinstance(json.loads(line), dict), line
 
 
 def test_workers_need_redis() -> None:
