@@ -18,7 +18,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nomic-gateway", description="A caching gateway in front of Nomic's embedding API."
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the gateway")
+    serve = commands.add_parser(
+        "serve",
+        help="run the gateway",
+        description="Run the gateway. Every setting is a flag or a GATEWAY_* variable (the "
+        "default follows the variable's name). Secrets come from the environment only: "
+        "NOMIC_API_KEY (required: the organisation's Nomic key), GATEWAY_ADMIN_TOKEN (turns "
+        "the admin API on) and GATEWAY_METRICS_TOKEN (guards /metrics).",
+    )
     add_arguments(serve)
     admin_cli.add_commands(commands)
     return parser
@@ -61,7 +68,13 @@ def serve(flags: dict[str, str | None]) -> int:
             "nomic-gateway starting %d workers on port %d, upstream %s",
             settings.workers, settings.port, settings.upstream_url,
         )  # fmt: skip
-        code = workers.supervise(settings.workers, functools.partial(run_worker, settings))
+        try:
+            code = workers.supervise(
+                settings.workers, functools.partial(run_worker, settings), settings.metrics_dir
+            )
+        except workers.NoMetricsDir as exc:
+            print(f"nomic-gateway: {exc}", file=sys.stderr)
+            return 2
     else:
         run_worker(settings)
         code = 0

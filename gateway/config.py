@@ -68,6 +68,12 @@ def _readable_file(text: str) -> str:
     return text
 
 
+def _writable_directory(text: str) -> str:
+    if not os.path.isdir(text) or not os.access(text, os.W_OK | os.X_OK):
+        raise ValueError("must be a writable directory")
+    return text
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -143,6 +149,13 @@ class Settings:
     port: int = _setting("GATEWAY_PORT", _port, "port to listen on", 8080)
     workers: int = _setting(
         "GATEWAY_WORKERS", _positive_int, "gateway processes sharing the port (needs Redis)", 1
+    )
+    metrics_dir: str | None = _setting(
+        "GATEWAY_METRICS_DIR",
+        _writable_directory,
+        "writable directory in which --workers keeps its processes' metrics files (a folder "
+        "of its own, removed at exit); unset: the system's temporary directory",
+        None,
     )
     upstream_url: str = _setting(
         "GATEWAY_UPSTREAM_URL", _http_url, "Nomic's API base URL", "https://api-atlas.nomic.ai"
@@ -355,9 +368,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for field in dataclasses.fields(Settings):
         if field.name in SECRETS:
             continue
+        default = "" if field.default in (None, dataclasses.MISSING) else f"; {field.default}"
         parser.add_argument(
             f"--{field.name.replace('_', '-')}",
             dest=field.name,
             default=None,
-            help=f"{field.metadata['help']} (env {field.metadata['env']})",
+            help=f"{field.metadata['help']} (env {field.metadata['env']}{default})",
         )

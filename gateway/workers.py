@@ -24,8 +24,20 @@ log = logging.getLogger("gateway")
 RESTART_PAUSE_SECONDS = 1.0
 
 
-def supervise(count: int, run_worker: Callable[[], None]) -> int:
-    metrics_dir = tempfile.mkdtemp(prefix="nomic-gateway-metrics-")
+class NoMetricsDir(Exception):
+    """No writable place for the workers' metrics files; the message says what to set."""
+
+
+def supervise(count: int, run_worker: Callable[[], None], metrics_parent: str | None) -> int:
+    """Run ``count`` workers until SIGTERM or SIGINT; their metrics files go in a new folder
+    in ``metrics_parent`` (None: the system's temporary directory)."""
+    try:
+        metrics_dir = tempfile.mkdtemp(prefix="nomic-gateway-metrics-", dir=metrics_parent)
+    except OSError as exc:  # a read-only root filesystem without a writable /tmp, say
+        raise NoMetricsDir(
+            f"--workers needs a writable directory for its metrics files ({exc.strerror or exc}"
+            "): set GATEWAY_METRICS_DIR to one (in Kubernetes, an emptyDir volume)"
+        ) from None
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # before any worker imports metrics
     context = multiprocessing.get_context("spawn")
     workers: list[BaseProcess] = [_start(context, run_worker) for _ in range(count)]

@@ -5,5 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_lib.sh
+case " $* " in
+  *" -h "*|*" --help "*) [ -x .venv/bin/python ] && exec .venv/bin/python -m tests.bench --help
+    exec python3 -m tests.bench --help ;;  # the options, before anything is installed
+esac
 install_for_tests
 exec .venv/bin/python -m tests.bench "$@"

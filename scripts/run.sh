@@ -5,5 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_lib.sh
 ensure_venv
-.venv/bin/python -m pip install -q .
+# Installed once (editable: the code in this clone is what runs), again when pyproject.toml changes.
+stamp=.venv/.nomic-gateway-installed
+if [ ! -x .venv/bin/nomic-gateway ] || [ ! -e "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install -q -e .
+  touch "$stamp"
+fi
 exec .venv/bin/nomic-gateway serve "$@"

@@ -30,8 +30,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import orjson
-import PIL.Image
 from aiohttp import web
+
+try:
+    import PIL.Image
+except ImportError:
+    if __name__ == "__main__":  # run as a program without the test extras: say what is missing
+        raise SystemExit(
+            "the fake Nomic needs Pillow, from the test extras: .venv/bin/pip install -e '.[test]'"
+        ) from None
+    raise
 
 MODELS = ("nomic-embed-vision-v1", "nomic-embed-vision-v1.5")
 DIMENSIONS = 768

@@ -106,3 +106,17 @@ def test_workers_need_redis() -> None:
     result = run_cli("serve", "--workers", "2", env=clean_env(NOMIC_API_KEY="nk-x"))
     assert result.returncode == 2
     assert "needs GATEWAY_REDIS_URL" in result.stderr
+
+
+def test_a_metrics_directory_that_is_not_one_stops_startup_in_one_line(tmp_path: Path) -> None:
+    from tests.test_cli import run_cli
+
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+    env = clean_env(NOMIC_API_KEY="nk-x", GATEWAY_REDIS_URL="redis://127.0.0.1:1/0")
+    result = run_cli("serve", "--workers", "2", "--metrics-dir", str(not_a_directory), env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"nomic-gateway: --metrics-dir='{not_a_directory}' is not valid: must be a writable "
+        "directory"
+    ]
