@@ -51,9 +51,11 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[request_context], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[LIMITS] = Limits(settings.max_image_bytes, settings.max_items)
-    app[BODY_BUDGET] = BodyBudget(settings.body_bytes_in_flight)
+    app[BODY_BUDGET] = BodyBudget(settings.body_bytes_in_flight, settings.max_body_bytes)
     app.cleanup_ctx.extend([_store_ctx, _pipeline_ctx])
-    app.router.add_post("/v1/embedding/image", embeddings.embed_image)
+    app.router.add_post(
+        "/v1/embedding/image", embeddings.embed_image, expect_handler=embeddings.expect_body_later
+    )
     app.router.add_get("/v1/user", user.current_user)
     app.router.add_get("/v1/user/", user.current_user)
     app.router.add_get("/v1/usage", user.own_usage)

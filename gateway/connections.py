@@ -68,6 +68,9 @@ def raise_descriptor_limit() -> int:
     return _UNLIMITED if soft == resource.RLIM_INFINITY else soft
 
 
+MAX_DERIVED_CONNECTIONS = 10_000
+
+
 def budget(settings: Settings, limit: int) -> DescriptorBudget:
     """The bound on client connections under a descriptor ``limit``. Pure."""
     redis = settings.redis_max_connections if settings.redis_url is not None else 0
@@ -82,6 +85,9 @@ def budget(settings: Settings, limit: int) -> DescriptorBudget:
     if settings.max_connections is not None:
         return DescriptorBudget(limit, reserve, settings.max_connections, configured=True)
     derived = max(limit // 4, limit - reserve)  # a tiny limit: a quarter for clients, at least
+    # A container's limit can be a million: each connection also holds read buffers (tens of
+    # KiB that aiohttp reads ahead of the handler), so memory bounds it too.
+    derived = min(derived, MAX_DERIVED_CONNECTIONS)
     return DescriptorBudget(limit, reserve, derived, configured=False)
 
 

@@ -105,9 +105,7 @@ class _Fields:
     def add_model(self, value: str) -> None:
         self.model = value
 
-    def add_image(self, data: bytes, digest: bytes) -> None:
-        # The digest of the whole image at once: 8.7 µs for 49 KB, against 22 µs fed in the
-        # 4 KB chunks a socket may give (BLAKE3 is fastest on long inputs).
+    def add_image(self, data: bytes) -> None:
         index = len(self.images)
         self._check_count("images", index)
         if not data:
@@ -118,7 +116,9 @@ class _Fields:
                 loc=("body", "images", index),
             )
         self.images.append(data)
-        self.digests["image"].append(digest)
+        # Digested whole, once valid: 8.7 µs for 49 KB, against 22 µs fed in the 4 KB chunks
+        # a socket may give (BLAKE3 is fastest on long inputs).
+        self.digests["image"].append(content_digest(data))
 
     def add_url(self, value: str) -> None:
         index = len(self.urls)
@@ -221,7 +221,7 @@ class MultipartBody(_Fields):
         data = b"".join(self._chunks)
         self._chunks = []
         if self._name == "images":
-            self.add_image(data, content_digest(data))
+            self.add_image(data)
         elif self._name in ("urls", "model"):
             try:
                 text = data.decode()

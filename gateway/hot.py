@@ -2,7 +2,7 @@
 
 Entries are decoded (their JSON ready to splice) and keyed like the store, so a request whose
 inputs are all hot costs no store round trip and no float decoding. What a key holds never
-changes (the key covers model, kind and content); URL entries carry their freshness, which
+changes (the key covers model, kind, scope and content); URL entries carry their freshness, which
 is checked on every use. Bounded by bytes, least recently used out first.
 """
 

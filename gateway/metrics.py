@@ -112,7 +112,9 @@ BODY_BYTES_IN_FLIGHT = Gauge(
 )
 BODIES_REFUSED = Counter(
     "gateway_bodies_refused_total",
-    "Requests answered 503 before their body was read: too many body bytes in flight",
+    "Requests refused for body bytes in flight: the process's budget full (503), or the "
+    "team's share of it used (429)",
+    ["reason"],
 )
 CONNECTIONS_OPEN = Gauge(
     "gateway_connections_open",

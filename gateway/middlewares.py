@@ -62,6 +62,9 @@ async def _answer_errors(request: web.Request, handler: Handler) -> web.StreamRe
         return await handler(request)
     except web.RequestPayloadError as exc:  # the body, found broken while it was read
         return _answer(_malformed_body(exc.__cause__))
+    except ConnectionError:  # the client left mid-body: nobody reads this answer
+        log.debug("%s %s: the client closed the connection", request.method, request.path)
+        return _answer(MalformedBody("the connection closed before the body was in"))
     except GatewayError as exc:
         if exc.status >= 500:
             log.warning("%s %s: %s", request.method, request.path, exc.msg)

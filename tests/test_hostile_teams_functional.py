@@ -5,6 +5,7 @@ cache, read /metrics without its token, crowd the process with bodies in flight.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -119,27 +120,104 @@ async def slow_body(data: bytes, pause: asyncio.Event) -> AsyncIterator[bytes]:
     yield data[len(data) // 2 :]
 
 
+def upload_headers(body: bytes, team: dict[str, str]) -> dict[str, str]:
+    return {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}",
+            "Content-Length": str(len(body)), **team}  # fmt: skip
+
+
 async def test_bodies_past_the_budget_in_flight_get_503_before_they_are_read(
     make_gateway: GatewayFactory, fake_nomic: FakeNomic
 ) -> None:
-    gateway = await make_gateway(body_bytes_in_flight=300_000, max_body_bytes=200_000)
-    body = multipart([png(1) + bytes(150_000)])  # a PNG with a tail: a valid upload
-    headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}",
-               "Content-Length": str(len(body))}  # fmt: skip
+    gateway = await make_gateway(body_bytes_in_flight=400_000, max_body_bytes=200_000)
+    teams = [await team_headers(gateway, name) for name in ("first", "second", "third")]
+    body = multipart([png(1) + bytes(190_000)])  # a PNG with a tail: a valid upload
     release = asyncio.Event()
-    held = asyncio.ensure_future(gateway.post("/v1/embedding/image", data=slow_body(body, release),
-                                              headers=headers))  # fmt: skip
-    await asyncio.sleep(0.3)  # the first body is half in, its whole length claimed
-    refused = await gateway.post("/v1/embedding/image", data=body, headers=headers)
+    held = [
+        asyncio.ensure_future(gateway.post("/v1/embedding/image", data=slow_body(body, release),
+                                           headers=upload_headers(body, team)))
+        for team in teams[:2]
+    ]  # fmt: skip
+    await asyncio.sleep(0.3)  # two bodies half in, their whole length claimed: 380 KB
+    refused = await gateway.post("/v1/embedding/image", data=body,
+                                 headers=upload_headers(body, teams[2]))  # fmt: skip
     assert refused.status == 503
     assert refused.headers["Retry-After"] == "2"
     assert (await refused.json())["detail"][0]["type"] == "gateway_overloaded"
     release.set()
-    first = await held
-    assert first.status == 200, await first.text()
-    again = await gateway.post("/v1/embedding/image", data=body, headers=headers)
+    for first in held:
+        assert (await first).status == 200
+    again = await gateway.post("/v1/embedding/image", data=body,
+                               headers=upload_headers(body, teams[2]))  # fmt: skip
     assert (again.status, again.headers["X-Cache"]) == (200, "HIT")  # the budget was given back
     assert len(fake_nomic.items_received) == 1
+
+
+async def test_one_team_cannot_hold_the_others_body_budget(
+    make_gateway: GatewayFactory, fake_nomic: FakeNomic
+) -> None:
+    gateway = await make_gateway(body_bytes_in_flight=300_000, max_body_bytes=100_000)
+    hog, other = await team_headers(gateway, "hog"), await team_headers(gateway, "other")
+    body = multipart([png(2) + bytes(90_000)])
+    release = asyncio.Event()
+    held = asyncio.ensure_future(gateway.post("/v1/embedding/image", data=slow_body(body, release),
+                                              headers=upload_headers(body, hog)))  # fmt: skip
+    # Declared and never sent: it would hold what it declares, but the team's share is used.
+    _, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    head = upload_headers(body, hog) | {"Host": "gw"}
+    writer.write(b"POST /v1/embedding/image HTTP/1.1\r\n" + "".join(
+        f"{name}: {value}\r\n" for name, value in head.items()).encode() + b"\r\n")  # fmt: skip
+    await asyncio.sleep(0.3)
+    over_share = await gateway.post("/v1/embedding/image", data=body,
+                                    headers=upload_headers(body, hog))  # fmt: skip
+    assert over_share.status == 429  # the team's own share (100 KB) is what it holds up
+    assert "wait for its uploads in flight" in (await over_share.json())["detail"][0]["msg"]
+    served = await gateway.post("/v1/embedding/image", data=body,
+                                headers=upload_headers(body, other))  # fmt: skip
+    assert served.status == 200
+    writer.close()
+    release.set()
+    assert (await held).status == 200
+
+
+async def test_a_refused_request_never_gets_100_continue(gateway: Client) -> None:
+    limited = await team_headers(gateway, "limited", limits={"requests_per_minute": 1})
+    body = multipart([png(3)])
+
+    async def ask(team: dict[str, str]) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+        head = upload_headers(body, team) | {"Host": "gw", "Expect": "100-continue"}
+        writer.write(b"POST /v1/embedding/image HTTP/1.1\r\n" + "".join(
+            f"{name}: {value}\r\n" for name, value in head.items()).encode() + b"\r\n")  # fmt: skip
+        status = await asyncio.wait_for(reader.readline(), 5)
+        if status.startswith(b"HTTP/1.1 100"):
+            await reader.readline()
+            writer.write(body)
+            status = await asyncio.wait_for(reader.readline(), 5)
+        writer.close()
+        return status
+
+    assert (await ask(limited)).startswith(b"HTTP/1.1 200")  # after 100 Continue
+    assert (await ask(limited)).startswith(b"HTTP/1.1 429")  # read, then refused: now known
+    assert (await ask(limited)).startswith(b"HTTP/1.1 429")  # refused before 100 Continue
+    assert (await ask({"Authorization": "Bearer nk-nobody"})).startswith(b"HTTP/1.1 401")
+
+
+async def test_a_client_that_leaves_mid_body_costs_no_traceback(
+    gateway: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = multipart([png(4) + bytes(500_000)])
+    _, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    head = upload_headers(body, {"Authorization": f"Bearer {gateway.team_key}"}) | {"Host": "g"}  # type: ignore[attr-defined]
+    writer.write(b"POST /v1/embedding/image HTTP/1.1\r\n" + "".join(
+        f"{name}: {value}\r\n" for name, value in head.items()).encode() + b"\r\n")  # fmt: skip
+    writer.write(body[: len(body) // 2])
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    writer.transport.abort()
+    await asyncio.sleep(0.3)
+    assert (await gateway.get("/healthz")).status == 200
+    gateway_lines = [r for r in caplog.records if r.name.startswith(("gateway", "aiohttp"))]
+    assert not [r for r in gateway_lines if r.exc_info or r.levelno >= logging.ERROR]
 
 
 def test_the_queue_drains_in_calls_counted_by_items_and_bytes() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from gateway import forms, malloc
 from gateway.appkeys import ACCOUNTS, AUTH, BODY_BUDGET, LIMITS, PIPELINE, SETTINGS
@@ -29,12 +29,17 @@ async def embed_image(request: web.Request) -> web.Response:
     log = request[LOG_FIELDS]
     log["team"] = team.id
     app[ACCOUNTS].refuse_early(team)
-    with app[BODY_BUDGET].claim() as claim:
-        parsed = await read_form(request, claim)
-        if claim.bytes >= malloc.TRIM_AFTER_BYTES:
-            malloc.release_freed_memory()  # the socket's chunks, now joined into images
-        log.update(model=parsed.model, items=len(parsed.items))
-        return await _embed(request, team, parsed, deadline)
+    claim = app[BODY_BUDGET].claim(team.id)
+    try:
+        with claim:
+            parsed = await read_form(request, claim)
+            if claim.bytes >= malloc.TRIM_AFTER_BYTES:
+                malloc.release_freed_memory()  # the socket's chunks, joined into images now
+            log.update(model=parsed.model, items=len(parsed.items))
+            return await _embed(request, team, parsed, deadline)
+    finally:
+        if claim.largest >= malloc.TRIM_AFTER_BYTES:
+            malloc.release_freed_memory()  # the images, answered
 
 
 async def _embed(
@@ -81,6 +86,21 @@ def _response(answer: Answer, log: dict[str, object]) -> web.Response:
     )
 
 
+async def expect_body_later(request: web.Request) -> None:
+    """The route's ``Expect`` handler: no ``100 Continue`` before the request is judged (its
+    key, its team's limits, its Content-Length and Content-Type, room for its body); the
+    handler sends it when it starts to read the body (:func:`_continue`), so a refused
+    client never uploads."""
+
+
+async def _continue(request: web.Request) -> None:
+    if request.version == HttpVersion11 and (
+        request.headers.get("Expect", "").lower() == "100-continue"
+    ):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # as aiohttp's own handler: the answer has not begun
+
+
 async def read_form(request: web.Request, claim: Claim) -> forms.ParsedRequest:
     """Stream the body into its parser, within the body time limit, the body size limit and
     ``claim`` on the process's budget of body bytes."""
@@ -98,6 +118,7 @@ async def _stream_form(request: web.Request, claim: Claim) -> forms.ParsedReques
         raise PayloadTooLarge(f"request body larger than {limit} bytes")
     parser = forms.parser_for(request.headers.get("Content-Type", ""), request.app[LIMITS])
     claim.cover(request.content_length or 0)  # compressed bodies grow it as they inflate
+    await _continue(request)
     received = 0
     async for chunk in request.content.iter_any():
         received += len(chunk)
