@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -141,19 +142,33 @@ async def start_workers(
     fake: FakeNomic, redis_url: str, teams: Path, log: Any, workers: int = 3, **env: str
 ) -> tuple[asyncio.subprocess.Process, str]:
     """``nomic-gateway serve --workers N`` as a real process over ``redis_url``, in front of
-    the fake, at the fake's pace (no global rate to wait on); its log goes to ``log``."""
+    the fake, at the fake's pace (no global rate to wait on); its log goes to ``log``. It
+    leads a process group of its own and keeps its metrics files beside the teams file, so
+    :func:`stop_workers` reaps every worker and file, whatever happened."""
     port = free_port()
     environment = clean_env(
         NOMIC_API_KEY=FAKE_API_KEY, GATEWAY_UPSTREAM_URL=fake.url,  # type: ignore[attr-defined]
         GATEWAY_REDIS_URL=redis_url, GATEWAY_TEAMS_FILE=str(teams), GATEWAY_ADMIN_TOKEN=ADMIN_TOKEN,
         GATEWAY_UPSTREAM_RATE_CALLS="100000", GATEWAY_UPSTREAM_RATE_PERIOD_SECONDS="1",
-        GATEWAY_UPSTREAM_RATE_BURST="1000", **env,
+        GATEWAY_UPSTREAM_RATE_BURST="1000", GATEWAY_METRICS_DIR=str(teams.parent), **env,
     )  # fmt: skip
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", "serve", "--workers", str(workers), "--port", str(port),
-        env=environment, stdout=asyncio.subprocess.DEVNULL, stderr=log,
+        env=environment, stdout=asyncio.subprocess.DEVNULL, stderr=log, start_new_session=True,
     )  # fmt: skip
     return process, f"http://127.0.0.1:{port}"
+
+
+async def stop_workers(process: asyncio.subprocess.Process) -> None:
+    """Stop a :func:`start_workers` gateway: SIGTERM (its workers finish and it cleans up),
+    then, if it has not exited in 20 s, SIGKILL to its whole group, workers included."""
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(process.wait(), 20)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # workers left by a supervisor that died
+    await process.wait()
 
 
 def test_a_port_in_use_stops_startup_in_one_line() -> None:

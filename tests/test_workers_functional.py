@@ -17,7 +17,7 @@ from gateway.teams import key_hash, new_key
 from tests.conftest import ADMIN
 from tests.fake_nomic import FakeNomic, png
 from tests.helpers import image_form
-from tests.test_cli import clean_env, start_workers, wait_healthy
+from tests.test_cli import clean_env, start_workers, stop_workers, wait_healthy
 from tests.test_operations import sample
 
 
@@ -90,9 +90,7 @@ async def test_three_workers_give_what_one_process_would(
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 30) == 0
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        await stop_workers(process)
         log.close()
     lines = (tmp_path / "gateway.log").read_text().splitlines()
     assert "Traceback" not in "\n".join(lines)
