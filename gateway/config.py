@@ -334,6 +334,11 @@ class Settings:
                 f"GATEWAY_BODY_BYTES_IN_FLIGHT ({self.body_bytes_in_flight}) must be at least "
                 f"GATEWAY_MAX_BODY_BYTES ({self.max_body_bytes}): a largest body must fit"
             )
+        if self.metrics_token is not None and self.metrics_token == self.admin_token:
+            raise SettingsError(
+                "GATEWAY_METRICS_TOKEN must differ from GATEWAY_ADMIN_TOKEN: whoever scrapes "
+                "the metrics must not hold the admin API"
+            )
 
     def __repr__(self) -> str:
         shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -69,3 +69,10 @@ def test_nomic_key_with_spaces_or_control_characters_is_refused_unshown(bad: str
         Settings.from_sources({}, {"NOMIC_API_KEY": bad})
     if bad.strip():
         assert bad not in str(raised.value)
+
+
+def test_the_metrics_token_may_not_be_the_admin_token() -> None:
+    token = "t" * 32
+    env = {"NOMIC_API_KEY": "nk-x", "GATEWAY_ADMIN_TOKEN": token, "GATEWAY_METRICS_TOKEN": token}
+    with pytest.raises(SettingsError, match="must differ from GATEWAY_ADMIN_TOKEN"):
+        Settings.from_sources({}, env)
