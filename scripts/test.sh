@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
 # Install everything the tests need (redis-server, Prometheus and wrk too, if missing), run every
-# quality gate:
-# ruff, mypy --strict on gateway/, and the whole pytest suite with warnings as errors.
+# quality gate: ruff, mypy --strict on gateway/, and the whole pytest suite with warnings as
+# errors; then the deployment check (scripts/deploy_check.py: the image built and run under a
+# real container engine, as Kubernetes runs it, and the Compose stack; SKIP_DEPLOY_CHECK=1
+# leaves it out), and last, that nothing the suite or the check started is still running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_lib.sh
 install_for_tests  # wrk: one short run of the benchmark
 command -v promtool >/dev/null || apt_install prometheus  # promtool checks the alert rules
 # The suite starts its own redis-server on free ports; a system service is not needed.
+# Every process started from here on inherits this marker: one that still carries it at the
+# end was left behind (scripts/deploy_check.py leftovers).
+export NG_TEST_RUN="$$-$(date +%s)"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy --strict gateway
-.venv/bin/python -m pytest -W error "$@"
+status=0
+.venv/bin/python -m pytest -W error "$@" || status=$?
+if [ "${SKIP_DEPLOY_CHECK:-0}" != 1 ]; then
+  .venv/bin/python scripts/deploy_check.py || status=$((status ? status : 1))
+fi
+.venv/bin/python scripts/deploy_check.py leftovers || status=$((status ? status : 1))
+exit "$status"

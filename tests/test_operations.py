@@ -89,6 +89,7 @@ def k8s() -> dict[str, dict[str, Any]]:
 
 
 def test_kubernetes_manifests_agree_with_each_other_and_the_gateway() -> None:
+    """What Kubernetes' schemas cannot say (tests/test_deploy.py validates against them)."""
     manifests = k8s()
     deployment, service = manifests["Deployment"], manifests["Service"]
     config, secret = manifests["ConfigMap"], manifests["Secret"]
@@ -110,10 +111,12 @@ def test_kubernetes_manifests_agree_with_each_other_and_the_gateway() -> None:
         assert ref["name"] == secret["metadata"]["name"]
         assert ref["key"] in secret["stringData"]
     selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= pod["metadata"]["labels"].items()
     for kind in ("Service", "PodDisruptionBudget"):
         spec = manifests[kind]["spec"]
         assert spec.get("selector", {}).get("matchLabels", spec.get("selector")) == selector
-    assert manifests["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]["name"] == "nomic-gateway"
+    target = manifests["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
     env = {
         **config["data"],
         "NOMIC_API_KEY": "nk-x",
@@ -123,17 +126,41 @@ def test_kubernetes_manifests_agree_with_each_other_and_the_gateway() -> None:
     Settings.from_sources({}, env)  # every variable the manifests set is one the gateway takes
 
 
-def test_compose_wires_prometheus_and_grafana_to_the_gateway() -> None:
+def test_kubernetes_runs_the_image_read_only_with_a_writable_tmp_and_as_its_user() -> None:
+    pod = k8s()["Deployment"]["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    # --workers keeps its metrics files in the temporary directory: without a writable /tmp
+    # the gateway cannot start more than one process (scripts/deploy_check.py runs it so)
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    [tmp] = [mount for mount in container["volumeMounts"] if mount["mountPath"] == "/tmp"]
+    assert "emptyDir" in volumes[tmp["name"]]
+    assert not tmp.get("readOnly", False)
+    # runAsNonRoot holds on the image's own numeric USER; runAsUser names the same one
+    [user] = re.findall(r"^USER\s+(\d+)", (DEPLOY / "Dockerfile").read_text(), re.MULTILINE)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert str(pod["securityContext"]["runAsUser"]) == user
+
+
+def test_compose_wires_prometheus_alertmanager_and_grafana_to_the_gateway() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    for name in ("prometheus", "grafana"):
+    for name in ("prometheus", "alertmanager", "grafana"):
         for volume in services[name]["volumes"]:
             source = volume.split(":")[0]
             if source.startswith("./"):
                 assert (ROOT / source).exists(), source
     scrape = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())
     [target] = scrape["scrape_configs"][0]["static_configs"][0]["targets"]
-    assert target == f"gateway:{services['gateway']['ports'][0].split(':')[1]}"
+    assert target == f"gateway:{services['gateway']['ports'][0].rsplit(':', 1)[1]}"
+    [alertmanagers] = scrape["alerting"]["alertmanagers"]
+    [alertmanager] = alertmanagers["static_configs"][0]["targets"]
+    assert alertmanager == f"alertmanager:{services['alertmanager']['ports'][0].rsplit(':', 1)[1]}"
+    routes = yaml.safe_load((DEPLOY / "alertmanager/alertmanager.yml").read_text())
+    receivers = {receiver["name"] for receiver in routes["receivers"]}
+    assert routes["route"]["receiver"] in receivers
+    assert {route["receiver"] for route in routes["route"].get("routes", [])} <= receivers
     datasource = yaml.safe_load(
         (DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text()
     )
