@@ -71,7 +71,7 @@ async def test_memory_store_skips_an_entry_larger_than_itself() -> None:
 
 async def test_redis_store_that_cannot_connect_raises_store_error() -> None:
     store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout_seconds=0.2)
-    with pytest.raises(StoreError, match="MGET"):
+    with pytest.raises(StoreError, match="Redis get failed"):
         await store.get_many(["a"])
     with pytest.raises(StoreError):
         await store.ping()
@@ -92,3 +92,29 @@ async def test_more_concurrent_calls_than_connections_wait_their_turn(
     results = await asyncio.gather(*(store.get_many(["k"]) for _ in range(300)))
     assert results == [[b"v"]] * 300
     await store.close()
+
+
+async def test_an_unreachable_cluster_is_a_store_error_for_every_operation() -> None:
+    """The cluster client's own errors are no RedisError, and entering a pipeline may already
+    reach a node: both are StoreErrors, never a raw exception (a 500, a dead watcher task)."""
+    from gateway.store.redis_coordinator import RedisCoordinator
+    from gateway.store.redis_ledger import RedisLedger
+
+    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout_seconds=0.5,
+                       max_connections=4, cluster=True)  # fmt: skip
+    ledger, coordinator = RedisLedger(store.client), RedisCoordinator(store.client)
+    operations = {
+        "get_many": store.get_many(["k"]),
+        "set_many": store.set_many([("k", b"v")], None),
+        "ping": store.ping(),
+        "get_key": ledger.get_key("a" * 64),
+        "usage": ledger.usage("t", ["2026-11-26"]),
+        "claim_fetches": coordinator.claim_fetches(["k"], "holder", 1000),
+        "fetching": coordinator.fetching(["k"]),
+    }
+    try:
+        for operation in operations.values():
+            with pytest.raises(StoreError, match=r"Redis .* failed: RedisClusterException"):
+                await operation
+    finally:
+        await store.close()

@@ -10,11 +10,11 @@ restarts are retried by the cluster client.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Sequence
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from gateway import metrics
 from gateway.store.base import StoreError
@@ -25,14 +25,28 @@ Client = aioredis.Redis | aioredis.RedisCluster
 
 
 async def call(what: str, awaitable: Awaitable[T]) -> T:
-    """Await one Redis operation: timed, and its failures as :class:`StoreError`."""
+    """Await one Redis operation: timed, and its failures as :class:`StoreError` (the cluster
+    client's own errors too, which are no ``RedisError``: a cluster it cannot reach)."""
     started = time.perf_counter()
     try:
         return await awaitable
-    except (RedisError, OSError) as exc:
+    except (RedisError, RedisClusterException, OSError) as exc:
         raise StoreError(f"Redis {what} failed: {type(exc).__name__}") from exc
     finally:
         metrics.child(metrics.STORE_SECONDS, what).observe(time.perf_counter() - started)
+
+
+async def pipelined(what: str, client: Client, queue: Callable[[Any], object]) -> list[Any]:
+    """One pipeline of the commands ``queue`` adds to it, as one :func:`call`: entering a
+    pipeline is inside the wrapper too, since on a cluster it may reach a node that is down."""
+
+    async def run() -> list[Any]:
+        async with client.pipeline(transaction=False) as pipe:
+            queue(pipe)
+            result: list[Any] = await pipe.execute()
+            return result
+
+    return await call(what, run())
 
 
 class RedisStore:
@@ -72,37 +86,20 @@ class RedisStore:
         self._redis = self.client
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        started = time.perf_counter()
-        try:
-            if isinstance(self._redis, aioredis.RedisCluster):
-                values = await self._redis.mget_nonatomic(keys)
-            else:
-                values = await self._redis.mget(keys)
-        except (RedisError, OSError) as exc:
-            raise StoreError(f"Redis MGET failed: {type(exc).__name__}") from exc
-        finally:
-            metrics.child(metrics.STORE_SECONDS, "get").observe(time.perf_counter() - started)
+        if isinstance(self._redis, aioredis.RedisCluster):
+            values = await call("get", self._redis.mget_nonatomic(keys))
+        else:
+            values = await call("get", self._redis.mget(keys))
         return [value if isinstance(value, bytes | None) else value.encode() for value in values]
 
     async def set_many(self, items: Sequence[tuple[str, bytes]], ttl_seconds: int | None) -> None:
-        if not items:
-            return
-        started = time.perf_counter()
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for key, value in items:
-                    pipe.set(key, value, ex=ttl_seconds)
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise StoreError(f"Redis SET failed: {type(exc).__name__}") from exc
-        finally:
-            metrics.child(metrics.STORE_SECONDS, "set").observe(time.perf_counter() - started)
+        if items:
+            await pipelined(
+                "set", self._redis, lambda pipe: [pipe.set(k, v, ex=ttl_seconds) for k, v in items]
+            )
 
     async def ping(self) -> None:
-        try:
-            await self._redis.ping()
-        except (RedisError, OSError) as exc:
-            raise StoreError(f"Redis PING failed: {type(exc).__name__}") from exc
+        await call("ping", self._redis.ping())
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -10,7 +10,7 @@ from typing import Any
 from redis.asyncio import RedisCluster
 from redis.crc import key_slot
 
-from gateway.store.redis import Client, call
+from gateway.store.redis import Client, call, pipelined
 from gateway.store.redis_ledger import script
 
 # Keys one script reads together share a hash tag (one Redis Cluster slot).
@@ -46,10 +46,9 @@ class RedisCoordinator:
         await self._call("slot release", self._redis.zrem(SLOTS_KEY, holder))
 
     async def claim_fetches(self, keys: Sequence[str], holder: str, ttl_ms: int) -> list[bool]:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.set(FETCH_PREFIX + key, holder, nx=True, px=ttl_ms)
-            claimed = await self._call("claim", pipe.execute())
+        claimed = await pipelined("claim", self._redis, lambda pipe: [
+            pipe.set(FETCH_PREFIX + key, holder, nx=True, px=ttl_ms) for key in keys
+        ])  # fmt: skip
         return [bool(value) for value in claimed]
 
     async def release_fetches(self, keys: Sequence[str], holder: str) -> None:
@@ -66,8 +65,7 @@ class RedisCoordinator:
         await self._call("unclaim", asyncio.gather(*unclaims))
 
     async def fetching(self, keys: Sequence[str]) -> list[bool]:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.exists(FETCH_PREFIX + key)
-            marks = await self._call("fetching", pipe.execute())
+        marks = await pipelined(
+            "fetching", self._redis, lambda pipe: [pipe.exists(FETCH_PREFIX + key) for key in keys]
+        )
         return [bool(mark) for mark in marks]

@@ -17,7 +17,7 @@ import orjson
 from gateway import quota
 from gateway.batching import Coalescer
 from gateway.quota import Decision, Demand, Window
-from gateway.store.redis import Client, call
+from gateway.store.redis import Client, call, pipelined
 from gateway.teams import LIMIT_NAMES, KeyRecord, Team
 
 TEAMS = "ng:v1:teams"
@@ -135,10 +135,9 @@ class RedisLedger:
         await self._call("key narrow", self._narrow(keys=[_state(record.sha256)], args=args))
 
     async def get_key(self, sha256: str) -> KeyRecord | None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.get(f"ng:v1:key:{sha256}")
-            pipe.hmget(_state(sha256), ["revoked", "expires"])
-            raw, (revoked, expires) = await self._call("key read", pipe.execute())
+        raw, (revoked, expires) = await pipelined("key read", self._redis, lambda pipe: (
+            pipe.get(f"ng:v1:key:{sha256}"), pipe.hmget(_state(sha256), ["revoked", "expires"])
+        ))  # fmt: skip
         if raw is None:
             return None
         record = KeyRecord.from_json(orjson.loads(raw))
@@ -225,10 +224,9 @@ class RedisLedger:
         await self._call("cost write", self._redis.set(f"ng:v1:cost:{model}", tokens))
 
     async def usage(self, team_id: str, days: Sequence[str]) -> list[dict[str, int]]:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for day in days:
-                pipe.hmget(team_key(team_id, f"day:{day}"), quota.USAGE_FIELDS)
-            rows = await self._call("usage read", pipe.execute())
+        rows = await pipelined("usage read", self._redis, lambda pipe: [
+            pipe.hmget(team_key(team_id, f"day:{day}"), quota.USAGE_FIELDS) for day in days
+        ])  # fmt: skip
         return [
             {field: int(value or 0) for field, value in zip(quota.USAGE_FIELDS, row, strict=True)}
             for row in rows
