@@ -36,6 +36,23 @@ class GatewayError(Exception):
         return [{"loc": list(self.loc), "msg": self.msg, "type": self.kind}]
 
 
+class InternalError(GatewayError):
+    """A bug of ours: answered without a word of what went wrong."""
+
+    status = 500
+    kind = "internal_error"
+
+    def __init__(self) -> None:
+        super().__init__("internal gateway error", loc=())
+
+
+class HandlerTimeout(GatewayError):
+    """aiohttp's handler timeout ran out before an answer began."""
+
+    status = 504
+    kind = "timeout"
+
+
 class InvalidRequest(GatewayError):
     """The client's request is malformed; ``loc`` points at the offending input."""
 

@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import ContentEncodingError, DecompressSizeError
 
 from gateway import logs, metrics
-from gateway.errors import GatewayError, MalformedBody, UnsupportedEncoding
+from gateway.errors import GatewayError, InternalError, MalformedBody, UnsupportedEncoding
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +61,14 @@ async def _answer_errors(request: web.Request, handler: Handler) -> web.StreamRe
         _check_encoding(request)
         return await handler(request)
     except web.RequestPayloadError as exc:  # the body, found broken while it was read
-        return _answer(_malformed_body(exc.__cause__))
+        return answer_for(_malformed_body(exc.__cause__))
     except ConnectionError:  # the client left mid-body: nobody reads this answer
         log.debug("%s %s: the client closed the connection", request.method, request.path)
-        return _answer(MalformedBody("the connection closed before the body was in"))
+        return answer_for(MalformedBody("the connection closed before the body was in"))
     except GatewayError as exc:
         if exc.status >= 500:
             log.warning("%s %s: %s", request.method, request.path, exc.msg)
-        return _answer(exc)
+        return answer_for(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -81,8 +81,7 @@ async def _answer_errors(request: web.Request, handler: Handler) -> web.StreamRe
         return response
     except Exception:
         log.exception("unexpected error answering %s %s", request.method, request.path)
-        detail = [{"loc": [], "msg": "internal gateway error", "type": "internal_error"}]
-        return error_response(500, detail)
+        return answer_for(InternalError())
 
 
 def _malformed_body(cause: BaseException | None) -> MalformedBody:
@@ -91,7 +90,8 @@ def _malformed_body(cause: BaseException | None) -> MalformedBody:
     return MalformedBody("the request body is malformed")
 
 
-def _answer(error: GatewayError) -> web.Response:
+def answer_for(error: GatewayError) -> web.Response:
+    """The Nomic-shaped answer to ``error``, with its Retry-After and headers."""
     response = error_response(error.status, error.detail(), error.retry_after)
     response.headers.update(error.headers)
     return response

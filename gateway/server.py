@@ -45,7 +45,8 @@ from gateway import metrics
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.connections import LISTEN_BACKLOG, ConnectionGuard
-from gateway.middlewares import DECODED_ENCODINGS, error_response
+from gateway.errors import HandlerTimeout, InternalError
+from gateway.middlewares import DECODED_ENCODINGS, answer_for, error_response
 
 log = logging.getLogger(__name__)
 
@@ -200,10 +201,10 @@ class GatewayRequestHandler(web.RequestHandler):
             if answer.status == 415:
                 response.headers["Accept-Encoding"] = "gzip, deflate"
         elif status == 504:
-            response = error_response(504, _detail("the gateway timed out", "timeout"))
+            response = answer_for(HandlerTimeout("the gateway timed out", loc=()))
         else:
             log.error("unexpected error answering a request", exc_info=exc)
-            response = error_response(500, _detail("internal gateway error", "internal_error"))
+            response = answer_for(InternalError())
         response.force_close()
         return response
 
@@ -236,10 +237,6 @@ class GatewayRequestHandler(web.RequestHandler):
             log.debug("closed a connection that sent no complete request line and headers")
             self._guard.forget(self)
             self.force_close()
-
-
-def _detail(msg: str, kind: str) -> list[dict[str, object]]:
-    return [{"loc": [], "msg": msg, "type": kind}]
 
 
 class GatewayServer(web.Server):

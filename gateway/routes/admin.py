@@ -112,8 +112,8 @@ async def create_team(request: web.Request) -> web.Response:
         teams.check_name(data.get("name", team_id)),
         Limits.from_json(_limits(data)),
         created=time.time(),
-        **_switches(data, Team(team_id, team_id, Limits())),
     )
+    team = dataclasses.replace(team, **_switches(data, team))  # given, or Team's defaults
     if not await _ledger(request).create_team(team):
         raise Conflict(f"team {team_id!r} exists", loc=("body", "id"))
     return web.json_response(team.to_json(), status=201)
