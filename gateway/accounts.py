@@ -21,12 +21,12 @@ import logging
 import secrets
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import NamedTuple
 
 from gateway import metrics, quota
 from gateway.errors import QuotaExceeded, StoreUnavailable
-from gateway.pipeline import Answer, Lookup
+from gateway.pipeline import Answer, Lookup, count_items
 from gateway.quota import TokenEstimator, Window
 from gateway.store import StoreError
 from gateway.store.base import Ledger
@@ -127,6 +127,7 @@ class Accounts:
         self._clock = clock
         self.buffer = UsageBuffer(ledger)
         self._settling: set[asyncio.Task[None]] = set()
+        self._prompt: set[asyncio.Task[None]] = set()  # the settles that wait for nothing
         self._learning: dict[str, asyncio.Event] = {}
         self._recorded_cost: dict[str, int] = {}
         self._used_up: dict[str, tuple[quota.Decision, int]] = {}  # team → refusal, minute
@@ -192,16 +193,31 @@ class Accounts:
         return Reservation(team, model, at, request_id, True, learner, fallback)
 
     def settle(
-        self, reservation: Reservation, answer: Answer | None, billed: int
-    ) -> asyncio.Task[None]:
+        self, reservation: Reservation, answer: Answer | None, billed: int,
+        later: Awaitable[int] | None = None,
+    ) -> asyncio.Task[None]:  # fmt: skip
         """Settle in a task of its own (it must finish even if the request is cancelled);
-        the final usage flush at shutdown waits for it."""
-        task = asyncio.create_task(self._settle(reservation, answer, billed))
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
+        the final usage flush at shutdown waits for it. ``later`` is what fetches of the
+        request that outlived it cost, once they end: billed too."""
+        task = asyncio.create_task(self._settle(reservation, answer, billed, later))
+        for tasks in (self._settling, self._prompt if later is None else set()):
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
         return task
 
-    async def _settle(self, reservation: Reservation, answer: Answer | None, billed: int) -> None:
+    async def flush(self) -> None:
+        """Write this process's latest counts: the settles under way (but those waiting for
+        a fetch that outlived its request), then the buffer."""
+        if self._prompt:
+            await asyncio.gather(*self._prompt, return_exceptions=True)
+        await self.buffer.flush()
+
+    async def _settle(
+        self, reservation: Reservation, answer: Answer | None, billed: int,
+        later: Awaitable[int] | None,
+    ) -> None:  # fmt: skip
+        if later is not None:
+            billed += await later
         usage = answered_usage(answer) if answer is not None else {"upstream_errors": 1}
         team, at, model = reservation.team, reservation.at, reservation.model
         if answer is not None:
@@ -265,6 +281,7 @@ class Accounts:
                 log.warning("could not share the learned item cost: %s", exc)
 
     async def drain(self) -> None:
+        """Wait for the settles under way."""
         while self._settling:
             await asyncio.gather(*self._settling, return_exceptions=True)
 
@@ -290,6 +307,7 @@ def _exceeded(team: Team, decision: quota.Decision, at: Window) -> QuotaExceeded
 
 
 def _count_tokens(team: Team, model: str, answer: Answer) -> None:
+    count_items(model, answer)
     metrics.child(metrics.TEAM_ITEMS, team.id, "hit").inc(answer.hits)
     metrics.child(metrics.TEAM_ITEMS, team.id, "miss").inc(answer.misses)
     metrics.child(metrics.BILLED_TOKENS, team.id, model).inc(answer.billed_tokens)

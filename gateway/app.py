@@ -73,18 +73,7 @@ def shield_policy(settings: Settings) -> Policy:
     metrics.UPSTREAM_RATE_LIMIT.set(
         settings.upstream_rate_calls / settings.upstream_rate_period_seconds
     )
-    return Policy(
-        batch_items=settings.upstream_batch_size,
-        batch_bytes=settings.upstream_batch_bytes,
-        linger_seconds=settings.upstream_linger_seconds,
-        rate_calls=settings.upstream_rate_calls,
-        rate_period_seconds=settings.upstream_rate_period_seconds,
-        rate_burst=settings.upstream_rate_burst,
-        concurrency=settings.upstream_concurrency,
-        queue_items=settings.upstream_queue_items,
-        call_timeout_seconds=settings.upstream_timeout_seconds,
-        max_attempts=settings.upstream_max_attempts,
-    )
+    return Policy.of(settings)
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -177,7 +166,8 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
             stale_grace_seconds=settings.stale_grace_seconds,
             estimator=estimator,
             breaker=Breaker(settings.breaker_failures, settings.breaker_open_seconds),
-            linger_seconds=settings.redis_timeout_seconds + 1.0,
+            remember_seconds=settings.redis_timeout_seconds + 1.0,
+            lease_seconds=max(3.0, 3 * settings.redis_timeout_seconds),
             shares_fetches=settings.redis_url is not None,
             hot_cache_bytes=settings.hot_cache_bytes,
         )

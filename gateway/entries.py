@@ -28,6 +28,10 @@ class Entry(NamedTuple):
     tokens: int
     fresh_until: int = 0  # seconds since the epoch; 0: fresh for ever
 
+    def fresh(self, now: float) -> bool:
+        """Whether the entry may be served as it is at ``now`` (a URL's may have gone stale)."""
+        return not self.fresh_until or self.fresh_until > now
+
 
 class CorruptEntry(ValueError):
     """A stored value that is not an entry of this version."""

@@ -33,7 +33,7 @@ class HotCache:
             entry = self._entries.get(key)
             if entry is None:
                 continue
-            if entry.fresh_until and entry.fresh_until <= now:
+            if not entry.fresh(now):
                 self._entries.pop(key)
                 continue
             found[key] = entry

@@ -1,9 +1,11 @@
 """The upstream shield: many small, bursty misses become few, well-formed upstream calls.
 
-Misses of every request (any team) wait in one lane per (model, kind). A lane's sender takes
-a batch when it is full, or when the first miss in it has waited ``linger``; before it sends,
-it takes a slot of the global concurrency cap and the next call of the global rate, both
-shared by all replicas through the store, so misses that arrive meanwhile join the batch.
+Misses of every request (any team) wait in one lane per (model, kind). A miss that finds
+its lane quiet (no call of the lane in flight, no other miss within the last ``linger``) goes
+at once; otherwise the lane's sender takes a batch when it is full, or when its first miss
+has waited ``linger``. Before it sends, it takes a slot of the global concurrency cap and the
+next call of the global rate, both shared by all replicas through the store, so misses that
+arrive meanwhile join the batch.
 Failed calls are retried with exponential backoff and jitter, honouring Nomic's Retry-After,
 within the batch's deadline; a circuit breaker stops calling a Nomic that keeps failing.
 
@@ -11,6 +13,10 @@ A batch Nomic rejects because of one item is sent again without it: only the req
 sent the item gets the error. Each request may cost at most ``MAX_REJECTIONS_PER_OWNER``
 such resends; past that its other items fail too, so one request of undecodable images
 cannot spend Nomic's rate limit item by item.
+
+:meth:`Shield.submit` returns a future per item, answered with its vector and its share of
+the call's tokens, or failed with the error; the slot is let go as soon as Nomic answers.
+What to do with an answer (store it, answer requests) is the caller's.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from typing import NamedTuple, Protocol
 
 from gateway import metrics
 from gateway.breaker import Breaker
+from gateway.config import Settings
 from gateway.errors import (
     GatewayError,
     ItemRejected,
@@ -54,41 +61,62 @@ class Embedder(Protocol):
 
 
 class Job(NamedTuple):
-    """One item to fetch: its cache key, content, the request that asked, and by when."""
+    """One item to fetch: its content, the request that asked (an opaque id), and by when."""
 
-    key: str
     content: bytes
     owner: int
     deadline: float
 
 
-class Sink(Protocol):
-    """Where results go (the pipeline: it resolves waiting requests and fills the cache)."""
+class Embedded(NamedTuple):
+    """One item's answer: its vector, and its share of the call's billed tokens (the shares
+    of a call add up to exactly what Nomic billed for it)."""
 
-    async def filled(
-        self, model: str, kind: Kind, jobs: list[Job], result: UpstreamResult
-    ) -> None: ...
-
-    def failed(self, jobs: list[Job], error: GatewayError) -> None: ...
+    vector: list[float]
+    tokens: int
 
 
 class Policy(NamedTuple):
-    batch_items: int = 64
-    batch_bytes: int = 32 * 1024 * 1024
-    linger_seconds: float = 0.005
-    rate_calls: int = 1200
-    rate_period_seconds: float = 300.0
-    rate_burst: int = 1
-    concurrency: int = 8
-    queue_items: int = 10_000
-    call_timeout_seconds: float = 30.0
-    max_attempts: int = 6
+    """How the shield batches, paces and retries: the settings' (:meth:`of`)."""
+
+    batch_items: int
+    batch_bytes: int
+    linger_seconds: float
+    rate_calls: int
+    rate_period_seconds: float
+    rate_burst: int
+    concurrency: int
+    queue_items: int
+    call_timeout_seconds: float
+    max_attempts: int
     backoff_base_seconds: float = 0.25
     backoff_max_seconds: float = 8.0
+
+    @classmethod
+    def of(cls, settings: Settings) -> Policy:
+        return cls(
+            batch_items=settings.upstream_batch_size,
+            batch_bytes=settings.upstream_batch_bytes,
+            linger_seconds=settings.upstream_linger_seconds,
+            rate_calls=settings.upstream_rate_calls,
+            rate_period_seconds=settings.upstream_rate_period_seconds,
+            rate_burst=settings.upstream_rate_burst,
+            concurrency=settings.upstream_concurrency,
+            queue_items=settings.upstream_queue_items,
+            call_timeout_seconds=settings.upstream_timeout_seconds,
+            max_attempts=settings.upstream_max_attempts,
+        )
 
     @property
     def interval_ms(self) -> int:
         return max(1, math.ceil(self.rate_period_seconds * 1000 / self.rate_calls))
+
+
+def split_tokens(total: int, count: int) -> list[int]:
+    """Share a call's ``total`` tokens over ``count`` items: evenly, the remainder one token
+    each to the first items, so the shares always add up to exactly what Nomic billed."""
+    base, extra = divmod(total, count)
+    return [base + (1 if i < extra else 0) for i in range(count)]
 
 
 def backoff(attempt: int, policy: Policy, retry_after: float | None, rng: random.Random) -> float:
@@ -97,6 +125,21 @@ def backoff(attempt: int, policy: Policy, retry_after: float | None, rng: random
     ceiling = min(policy.backoff_max_seconds, policy.backoff_base_seconds * 2.0**attempt)
     delay = ceiling / 2 + rng.uniform(0, ceiling / 2)
     return max(delay, retry_after or 0.0)
+
+
+def retry_delay(
+    error: GatewayError, attempt: int, policy: Policy, *, breaker_wait: float, time_left: float,
+    rng: random.Random,
+) -> float | None:  # fmt: skip
+    """Seconds before retrying a call that failed with ``error`` on ``attempt`` (0-based), or
+    None to give up: the error is not worth retrying, the attempts are used up, the breaker
+    is open (``breaker_wait`` > 0), or the retry would come after ``time_left``."""
+    if not isinstance(error, RETRYABLE) or attempt + 1 >= policy.max_attempts:
+        return None
+    if breaker_wait > 0:
+        return None
+    delay = backoff(attempt, policy, error.retry_after, rng)
+    return delay if delay < time_left else None
 
 
 def drain_seconds(items: int, size: int, policy: Policy, call_seconds: float) -> float:
@@ -115,14 +158,25 @@ def drain_seconds(items: int, size: int, policy: Policy, call_seconds: float) ->
     return max(by_rate, by_concurrency)
 
 
+class _Waiting(NamedTuple):
+    job: Job
+    answer: asyncio.Future[Embedded]
+
+
+Results = list[tuple[_Waiting, "Embedded | GatewayError"]]
+
+
 @dataclass
 class _Lane:
     model: str
     kind: Kind
-    jobs: deque[Job] = field(default_factory=deque)
+    jobs: deque[_Waiting] = field(default_factory=deque)
     bytes: int = 0
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    sending: int = 0  # calls of this lane in flight
+    last_arrival: float = -math.inf
+    quiet: bool = False  # the batch now queued began with nothing to wait for
 
 
 class Shield:
@@ -130,7 +184,6 @@ class Shield:
         self,
         upstream: Embedder,
         coordinator: Coordinator,
-        sink: Sink,
         policy: Policy,
         *,
         breaker: Breaker | None = None,
@@ -139,7 +192,6 @@ class Shield:
     ) -> None:
         self._upstream = upstream
         self._coordinator = coordinator
-        self._sink = sink
         self.policy = policy
         self.breaker = breaker or Breaker()
         self._clock = clock
@@ -152,11 +204,11 @@ class Shield:
         self.queued = 0
         self.queued_bytes = 0
 
-    def submit(self, model: str, kind: Kind, jobs: list[Job]) -> None:
-        """Queue ``jobs``; raises :class:`UpstreamUnavailable` at once when the breaker is
-        open, the queue is full, or the queue ahead of them cannot drain before their
-        deadline (the jobs are then not queued). Retry-After says when the queue will have
-        drained."""
+    def submit(self, model: str, kind: Kind, jobs: Sequence[Job]) -> list[asyncio.Future[Embedded]]:
+        """Queue ``jobs``: a future for each, in order. Raises :class:`UpstreamUnavailable` at
+        once when the breaker is open, the queue is full, or the queue ahead of them cannot
+        drain before their deadline (the jobs are then not queued). Retry-After says when the
+        queue will have drained."""
         wait = self.breaker.retry_after()
         if wait > 0:
             raise UpstreamUnavailable("Nomic is failing; retry later", retry_after=wait)
@@ -167,7 +219,8 @@ class Shield:
                 retry_after=self._drain_seconds(self.queued, self.queued_bytes),
             )
         expected = self._drain_seconds(self.queued + len(jobs), self.queued_bytes + size)
-        if self._clock() + expected > min(job.deadline for job in jobs):
+        now = self._clock()
+        if now + expected > min(job.deadline for job in jobs):
             raise UpstreamUnavailable(
                 "Nomic's rate cannot take these misses before the request's deadline",
                 retry_after=expected,
@@ -176,12 +229,19 @@ class Shield:
         if lane is None:
             lane = self._lanes[(model, kind)] = _Lane(model, kind)
             lane.task = asyncio.create_task(self._run(lane))
-        lane.jobs.extend(jobs)
+        if not lane.jobs:  # a new batch: worth lingering for only if others are coming
+            recent = now - lane.last_arrival < self.policy.linger_seconds
+            lane.quiet = not recent and not lane.sending
+        lane.last_arrival = now
+        loop = asyncio.get_running_loop()
+        waiting = [_Waiting(job, loop.create_future()) for job in jobs]
+        lane.jobs.extend(waiting)
         lane.bytes += size
         self.queued += len(jobs)
         self.queued_bytes += size
         metrics.UPSTREAM_QUEUE.set(self.queued)
         lane.arrived.set()
+        return [item.answer for item in waiting]
 
     def _drain_seconds(self, items: int, size: int) -> float:
         """About how long until the last of ``items`` queued misses (``size`` bytes) has
@@ -194,12 +254,13 @@ class Shield:
             if not lane.jobs:
                 lane.arrived.clear()
                 continue
-            # A concurrency slot is taken while the batch lingers: a lone miss waits for the
+            # A concurrency slot is taken while the batch lingers: a batch waits for the
             # linger or the slot, whichever is longer, not for both. The rate's next call is
             # taken last, so calls leave as evenly spaced as the rate grants them.
             taking = asyncio.create_task(self._take_slot(lane))
             try:
-                await self._linger(lane)
+                if not lane.quiet:
+                    await self._linger(lane)
                 slot = await taking
             except BaseException:
                 taking.cancel()
@@ -209,6 +270,7 @@ class Shield:
             batch = self._take_batch(lane)
             if not lane.jobs:
                 lane.arrived.clear()
+            lane.sending += 1
             task = asyncio.create_task(self._send(lane, batch, slot))
             self._sends.add(task)
             task.add_done_callback(self._sends.discard)
@@ -231,7 +293,7 @@ class Shield:
         """A concurrency slot; None (and the lane's jobs failed) if their deadline passes
         first or the store fails."""
         holder = f"{self._holder}:{next(self._slot_ids)}"
-        deadline = max(job.deadline for job in lane.jobs)
+        deadline = max(item.job.deadline for item in lane.jobs)
         # The slot is held through retries and pauses until the batch's deadline at most.
         lease_ms = round((deadline - self._clock() + self.policy.call_timeout_seconds + 5) * 1000)
         try:
@@ -250,7 +312,7 @@ class Shield:
         """The rate's next call for the lane's batch; False (the jobs failed) if it comes
         after their deadline or the store fails."""
         try:
-            await self._pace(max(job.deadline for job in lane.jobs))
+            await self._pace(max(item.job.deadline for item in lane.jobs))
         except (GatewayError, StoreError) as exc:
             await self._give_up(lane, holder, exc)
             return False
@@ -265,7 +327,7 @@ class Shield:
             )
         )
         await self._release(holder)
-        self._fail(self._take_batch(lane, everything=True), error)
+        _answer([(item, error) for item in self._take_batch(lane, everything=True)])
         lane.arrived.clear()
 
     async def _pace(self, deadline: float) -> None:
@@ -282,15 +344,15 @@ class Shield:
             metrics.UPSTREAM_PACED_SECONDS.observe(wait_ms / 1000)
             await asyncio.sleep(wait_ms / 1000)
 
-    def _take_batch(self, lane: _Lane, everything: bool = False) -> list[Job]:
-        batch: list[Job] = []
+    def _take_batch(self, lane: _Lane, everything: bool = False) -> list[_Waiting]:
+        batch: list[_Waiting] = []
         size = 0
         while lane.jobs and (everything or len(batch) < self.policy.batch_items):
-            job = lane.jobs[0]
-            if batch and not everything and size + len(job.content) > self.policy.batch_bytes:
+            item = lane.jobs[0]
+            if batch and not everything and size + len(item.job.content) > self.policy.batch_bytes:
                 break
             batch.append(lane.jobs.popleft())
-            size += len(job.content)
+            size += len(item.job.content)
         lane.bytes -= size
         self.queued -= len(batch)
         self.queued_bytes -= size
@@ -303,45 +365,81 @@ class Shield:
         except StoreError as exc:
             log.warning("could not release an upstream slot (its lease will end): %s", exc)
 
-    async def _send(self, lane: _Lane, jobs: list[Job], holder: str) -> None:
-        """Call Nomic for ``jobs`` until they are all answered or failed."""
+    async def _send(self, lane: _Lane, batch: list[_Waiting], holder: str) -> None:
+        """Call Nomic for ``batch``, answer every item, then let go of the slot."""
+        try:
+            results = await self._call(lane, batch)
+        except Exception:
+            log.exception("unexpected error calling Nomic for %d items", len(batch))
+            results = [(item, UpstreamError("the upstream call failed unexpectedly"))
+                       for item in batch]  # fmt: skip
+        except BaseException:
+            await self._release(holder)
+            raise
+        finally:
+            lane.sending -= 1
+            metrics.BREAKER_STATE.set(("closed", "half_open", "open").index(self.breaker.state))
+        _answer(results)
+        await self._release(holder)
+
+    async def _call(self, lane: _Lane, batch: list[_Waiting]) -> Results:
+        """Each item's answer: calls Nomic (again without an item it rejects, and after
+        failures worth retrying) until every item is answered or failed."""
+        results: Results = []
         rejections: dict[int, int] = {}
         attempt = 0
         paced = True  # the first call's rate slot was taken before the batch
-        try:
-            while jobs:
+        while batch:
+            deadline = max(item.job.deadline for item in batch)
+            try:
                 if not paced:
-                    await self._pace(max(job.deadline for job in jobs))
+                    await self._pace(deadline)
                 paced = False
                 started = self._clock()
-                try:
-                    result = await self._upstream.embed(
-                        lane.model, lane.kind, [job.content for job in jobs]
-                    )
-                except UpstreamItemRejected as rejected:
-                    self.breaker.record_success()  # Nomic answered: it is up
-                    jobs = self._reject(jobs, rejected, rejections)
-                    continue
-                except GatewayError as exc:
-                    retry_in = await self._retry_in(exc, attempt, jobs)
-                    if retry_in is None:
-                        raise
-                    metrics.UPSTREAM_RETRIES.labels(reason=type(exc).__name__).inc()
-                    await asyncio.sleep(retry_in)
-                    attempt += 1
-                    continue
-                self.breaker.record_success()
-                self._call_seconds += (self._clock() - started - self._call_seconds) / 8
-                await self._sink.filled(lane.model, lane.kind, jobs, result)
-                return
-        except GatewayError as exc:
-            self._fail(jobs, exc)
-        except Exception:
-            log.exception("unexpected error calling Nomic for %d items", len(jobs))
-            self._fail(jobs, UpstreamError("the upstream call failed unexpectedly"))
-        finally:
-            metrics.BREAKER_STATE.set(("closed", "half_open", "open").index(self.breaker.state))
-            await self._release(holder)
+                answer = await self._upstream.embed(
+                    lane.model, lane.kind, [item.job.content for item in batch]
+                )
+            except UpstreamItemRejected as rejected:
+                self.breaker.record_success()  # Nomic answered: it is up
+                batch = self._without_rejected(batch, rejected, rejections, results)
+                continue
+            except GatewayError as exc:
+                delay = await self._after_failure(exc, attempt, deadline)
+                if delay is None:
+                    return results + [(item, exc) for item in batch]
+                metrics.UPSTREAM_RETRIES.labels(reason=type(exc).__name__).inc()
+                await asyncio.sleep(delay)
+                attempt += 1
+                continue
+            except StoreError:  # the rate could not be paced for a retry
+                error = UpstreamUnavailable(
+                    "the store that paces upstream calls is unavailable", retry_after=1
+                )
+                return results + [(item, error) for item in batch]
+            self.breaker.record_success()
+            self._call_seconds += (self._clock() - started - self._call_seconds) / 8
+            costs = split_tokens(answer.total_tokens, len(batch))
+            embedded = zip(answer.embeddings, costs, strict=True)
+            return results + [(item, Embedded(*e)) for item, e in zip(batch, embedded, strict=True)]
+        return results
+
+    async def _after_failure(
+        self, error: GatewayError, attempt: int, deadline: float
+    ) -> float | None:
+        """Record a failed call (Nomic's pause for every replica, or the breaker), and
+        decide: seconds before the retry, or None to give up (see :func:`retry_delay`)."""
+        if isinstance(error, UpstreamRateLimited):
+            await self._hold(error.retry_after)  # a rate limit is Nomic working, not failing
+        elif isinstance(error, RETRYABLE):
+            self.breaker.record_failure()
+        breaker_wait = self.breaker.retry_after()
+        delay = retry_delay(
+            error, attempt, self.policy, breaker_wait=breaker_wait,
+            time_left=deadline - self._clock(), rng=self._rng,
+        )  # fmt: skip
+        if delay is None and breaker_wait > 0 and isinstance(error, RETRYABLE):
+            error.retry_after = max(error.retry_after or 0, breaker_wait)  # what clients are told
+        return delay
 
     async def _hold(self, seconds: float | None) -> None:
         if seconds:
@@ -350,44 +448,26 @@ class Shield:
             except StoreError as exc:
                 log.warning("could not pause the shared upstream rate: %s", exc)
 
-    async def _retry_in(self, error: GatewayError, attempt: int, jobs: list[Job]) -> float | None:
-        """Seconds before retrying after ``error``, or None: not retryable, the breaker is
-        open, or the retry could not finish before the batch's deadline."""
-        if isinstance(error, UpstreamRateLimited):
-            await self._hold(error.retry_after)  # Nomic's pause holds for every replica
-        elif isinstance(error, RETRYABLE):
-            self.breaker.record_failure()  # a rate limit is Nomic working, not failing
-        if not isinstance(error, RETRYABLE) or attempt + 1 >= self.policy.max_attempts:
-            return None
-        if self.breaker.retry_after() > 0:
-            error.retry_after = max(error.retry_after or 0, self.breaker.retry_after())
-            return None
-        delay = backoff(attempt, self.policy, error.retry_after, self._rng)
-        if self._clock() + delay >= max(job.deadline for job in jobs):
-            return None
-        return delay
-
-    def _reject(
-        self, jobs: list[Job], rejected: UpstreamItemRejected, rejections: dict[int, int]
-    ) -> list[Job]:
+    def _without_rejected(
+        self, batch: list[_Waiting], rejected: UpstreamItemRejected, rejections: dict[int, int],
+        results: Results,
+    ) -> list[_Waiting]:  # fmt: skip
         """The batch without the item Nomic refused (and without the rest of the items of a
-        request that has used up its resends)."""
-        if not 0 <= rejected.index < len(jobs):
-            self._fail(jobs, UpstreamError("Nomic rejected an item it was not sent"))
+        request that has used up its resends); what is left out goes to ``results``."""
+        if not 0 <= rejected.index < len(batch):
+            error = UpstreamError("Nomic rejected an item it was not sent")
+            results.extend((item, error) for item in batch)
             return []
-        bad = jobs[rejected.index]
-        self._fail([bad], ItemRejected(f"rejected by Nomic: {rejected.msg}"))
-        rest = jobs[: rejected.index] + jobs[rejected.index + 1 :]
-        rejections[bad.owner] = rejections.get(bad.owner, 0) + 1
-        if rejections[bad.owner] < MAX_REJECTIONS_PER_OWNER:
+        bad = batch[rejected.index]
+        results.append((bad, ItemRejected(f"rejected by Nomic: {rejected.msg}")))
+        rest = batch[: rejected.index] + batch[rejected.index + 1 :]
+        owner = bad.job.owner
+        rejections[owner] = rejections.get(owner, 0) + 1
+        if rejections[owner] < MAX_REJECTIONS_PER_OWNER:
             return rest
-        same_owner = [job for job in rest if job.owner == bad.owner]
-        self._fail(same_owner, UpstreamError("Nomic rejected several items sent with this one"))
-        return [job for job in rest if job.owner != bad.owner]
-
-    def _fail(self, jobs: list[Job], error: GatewayError) -> None:
-        if jobs:
-            self._sink.failed(jobs, error)
+        error = UpstreamError("Nomic rejected several items sent with this one")
+        results.extend((item, error) for item in rest if item.job.owner == owner)
+        return [item for item in rest if item.job.owner != owner]
 
     async def drain(self) -> None:
         """Wait for what is queued and in flight (at shutdown), then stop the lanes."""
@@ -403,3 +483,13 @@ class Shield:
             *(lane.task for lane in self._lanes.values() if lane.task is not None),
             return_exceptions=True,
         )
+
+
+def _answer(results: Results) -> None:
+    for item, result in results:
+        if item.answer.done():
+            continue
+        if isinstance(result, GatewayError):
+            item.answer.set_exception(result)
+        else:
+            item.answer.set_result(result)

@@ -7,6 +7,9 @@ from typing import Any
 import aiohttp
 from aiohttp.test_utils import TestClient
 
+from gateway.config import Settings
+from gateway.shield import Policy
+
 
 def image_form(images: list[bytes], model: str | None = None) -> aiohttp.FormData:
     form = aiohttp.FormData()
@@ -30,3 +33,8 @@ async def post_urls(
     if model is not None:
         fields.append(("model", model))
     return await client.post("/v1/embedding/image", data=fields)
+
+
+def policy(**changes: Any) -> Policy:
+    """The shield's policy of the default settings, with ``changes``."""
+    return Policy.of(Settings(nomic_api_key="not-a-real-key"))._replace(**changes)

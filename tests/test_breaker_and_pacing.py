@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import pytest
+import redis
 
 from gateway.breaker import Breaker
-from gateway.shield import Policy, backoff
+from gateway.shield import backoff
 from gateway.store import RedisStore
-from gateway.store.base import Coordinator
+from gateway.store.base import Coordinator, Mark
 from gateway.store.memory_coordinator import MemoryCoordinator
 from gateway.store.redis_coordinator import RedisCoordinator
 from tests.conftest import open_redis_store
+from tests.helpers import policy as make_policy
 
 
 class Clock:
@@ -50,7 +52,7 @@ def test_breaker_opens_after_failures_in_a_row_and_closes_on_success() -> None:
 
 
 def test_backoff_grows_with_jitter_and_honours_retry_after() -> None:
-    policy = Policy(backoff_base_seconds=0.25, backoff_max_seconds=8)
+    policy = make_policy(backoff_base_seconds=0.25, backoff_max_seconds=8)
     rng = random.Random(1)
     for attempt, ceiling in [(0, 0.25), (1, 0.5), (2, 1), (5, 8), (9, 8)]:
         delays = [backoff(attempt, policy, None, rng) for _ in range(200)]
@@ -61,7 +63,7 @@ def test_backoff_grows_with_jitter_and_honours_retry_after() -> None:
 
 
 def test_the_rate_interval_keeps_nomics_limit() -> None:
-    assert Policy(rate_calls=1200, rate_period_seconds=300).interval_ms == 250
+    assert make_policy(rate_calls=1200, rate_period_seconds=300).interval_ms == 250
 
 
 @pytest.fixture
@@ -113,15 +115,49 @@ async def test_a_slot_lease_ends_by_itself(coordinator: Coordinator) -> None:
     assert await coordinator.acquire_slot("next", 1, 10_000)
 
 
-async def test_fetch_marks_on_redis(redis_client: object, redis_url: str) -> None:
+async def test_fetch_marks_on_redis(redis_client: redis.Redis, redis_url: str) -> None:
     store = RedisStore(redis_url)
     coordinator = RedisCoordinator(store.client)
-    assert await coordinator.claim_fetches(["k1", "k2"], "me", 10_000) == [True, True]
-    assert await coordinator.claim_fetches(["k2", "k3"], "other", 10_000) == [False, True]
-    assert await coordinator.fetching(["k1", "k2", "k3", "k4"]) == [True, True, True, False]
+
+    async def held(claims: Awaitable[list[Mark]]) -> list[bool]:
+        return [mark.held for mark in await claims]
+
+    assert await held(coordinator.claim_fetches(["k1", "k2"], "me", 10_000)) == [True, True]
+    assert await held(coordinator.claim_fetches(["k2", "k3"], "other", 10_000)) == [False, True]
+    assert await held(coordinator.fetching(["k1", "k2", "k3", "k4"])) == [True, True, True, False]
     await coordinator.release_fetches(["k1", "k2", "k3"], "me")  # k3 is not mine
-    assert await coordinator.fetching(["k1", "k2", "k3"]) == [False, False, True]
-    assert await coordinator.claim_fetches(["short"], "me", 30) == [True]
+    assert await held(coordinator.fetching(["k1", "k2", "k3"])) == [False, False, True]
+    assert await held(coordinator.claim_fetches(["short"], "me", 30)) == [True]
     await asyncio.sleep(0.06)
-    assert await coordinator.fetching(["short"]) == [False]
+    assert await held(coordinator.fetching(["short"])) == [False]
+    await store.close()
+
+
+async def test_a_fetch_mark_is_a_lease_its_holder_alone_renews(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    store = RedisStore(redis_url)
+    coordinator = RedisCoordinator(store.client)
+    await coordinator.claim_fetches(["mine", "theirs"], "me", 200)
+    await coordinator.claim_fetches(["other"], "someone", 200)
+    await coordinator.renew_fetches(["mine", "other"], "me", 10_000)  # "other" is not mine
+    await asyncio.sleep(0.3)
+    assert [m.held for m in await coordinator.fetching(["mine", "theirs", "other"])] == [
+        True, False, False
+    ]  # fmt: skip
+    await store.close()
+
+
+async def test_a_claim_reads_the_entry_in_the_same_trip(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    store = RedisStore(redis_url)
+    coordinator = RedisCoordinator(store.client)
+    await store.set_many([("stored", b"entry")], None)
+    assert await coordinator.claim_fetches(["stored", "new"], "me", 1000) == [
+        Mark(True, b"entry"), Mark(True, None)
+    ]  # fmt: skip
+    assert await coordinator.fetching(["stored", "new", "none"]) == [
+        Mark(True, b"entry"), Mark(True, None), Mark(False, None)
+    ]  # fmt: skip
     await store.close()

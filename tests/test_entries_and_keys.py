@@ -8,7 +8,8 @@ import pytest
 
 from gateway import entries
 from gateway.keys import OLD_PREFIXES, PREFIX, cache_key, content_digest, private_scope
-from gateway.pipeline import answer_body, split_tokens
+from gateway.pipeline import answer_body
+from gateway.shield import split_tokens
 from tests.fake_nomic import FakeNomic
 
 

@@ -221,10 +221,11 @@ async def test_a_client_that_leaves_mid_body_costs_no_traceback(
 
 
 def test_the_queue_drains_in_calls_counted_by_items_and_bytes() -> None:
-    from gateway.shield import Policy, drain_seconds
+    from gateway.shield import drain_seconds
+    from tests.helpers import policy as make_policy
 
-    policy = Policy(batch_items=64, batch_bytes=32_000_000, rate_calls=1200,
-                    rate_period_seconds=300, rate_burst=1, concurrency=8)  # fmt: skip
+    policy = make_policy(batch_items=64, batch_bytes=32_000_000, rate_calls=1200,
+                         rate_period_seconds=300, rate_burst=1, concurrency=8)  # fmt: skip
     assert drain_seconds(0, 0, policy, 2.0) == 0.0
     assert drain_seconds(64, 64_000, policy, 0.1) == pytest.approx(0.1)  # one call
     assert drain_seconds(65, 65_000, policy, 0.1) == pytest.approx(0.35)  # two: 0.25 s apart

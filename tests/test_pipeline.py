@@ -11,13 +11,13 @@ import pytest
 
 from gateway.errors import UpstreamUnavailable
 from gateway.forms import Kind, ParsedRequest
-from gateway.pipeline import Answer, FetchFailed, Pipeline
+from gateway.pipeline import Answer, FetchFailed, Pipeline, assemble
 from gateway.quota import TokenEstimator
-from gateway.shield import Policy
 from gateway.store import MemoryStore
 from gateway.store.memory_coordinator import MemoryCoordinator
 from gateway.upstream import UpstreamResult
 from tests.fake_nomic import FakeNomic, png
+from tests.helpers import policy
 
 MODEL = "nomic-embed-vision-v1.5"
 
@@ -54,7 +54,7 @@ class StaleReadStore(MemoryStore):
 def make_pipeline(store: MemoryStore, embedder: CountingEmbedder) -> Pipeline:
     return Pipeline(
         store, embedder, MemoryCoordinator(),
-        policy=Policy(batch_items=8, linger_seconds=0, max_attempts=1),
+        policy=policy(batch_items=8, linger_seconds=0, max_attempts=1),
         url_ttl_seconds=60, stale_grace_seconds=0, estimator=TokenEstimator(1),
     )  # fmt: skip
 
@@ -62,7 +62,7 @@ def make_pipeline(store: MemoryStore, embedder: CountingEmbedder) -> Pipeline:
 async def embed(pipeline: Pipeline, request: ParsedRequest) -> Answer:
     lookup = await pipeline.lookup(request)
     if not lookup.missing:
-        return pipeline.assemble(lookup)
+        return assemble(lookup)
     return await pipeline.complete(lookup, time.monotonic() + 10)
 
 

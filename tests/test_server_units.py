@@ -20,13 +20,14 @@ from gateway import logs
 from gateway.breaker import Breaker
 from gateway.config import Settings
 from gateway.connections import ConnectionGuard, budget
-from gateway.errors import GatewayError, LocalResourceError, UpstreamServerError
+from gateway.errors import LocalResourceError, UpstreamServerError
 from gateway.forms import Kind
 from gateway.server import MAX_HEADER_LINE, MAX_REQUEST_LINE, refusal
-from gateway.shield import Job, Policy, Shield
+from gateway.shield import Job, Shield
 from gateway.store.memory_coordinator import MemoryCoordinator
 from gateway.upstream import NomicClient, UpstreamResult
 from tests.fake_nomic import png
+from tests.helpers import policy as make_policy
 
 
 class Clock:
@@ -287,31 +288,21 @@ class ShortOfDescriptors:
         raise LocalResourceError()
 
 
-class Failures:
-    def __init__(self) -> None:
-        self.errors: list[GatewayError] = []
-        self.arrived = asyncio.Event()
-
-    async def filled(self, model: str, kind: Kind, jobs: list[Job], result: Any) -> None:
-        raise AssertionError("nothing can be filled")
-
-    def failed(self, jobs: list[Job], error: GatewayError) -> None:
-        self.errors.append(error)
-        self.arrived.set()
-
-
 async def test_the_shield_neither_retries_nor_counts_a_local_shortage() -> None:
-    upstream, sink, breaker = ShortOfDescriptors(), Failures(), Breaker(failures_to_open=2)
-    policy = Policy(linger_seconds=0, rate_calls=100_000, rate_period_seconds=1, rate_burst=1000)
-    shield = Shield(upstream, MemoryCoordinator(), sink, policy, breaker=breaker)
+    upstream, breaker = ShortOfDescriptors(), Breaker(failures_to_open=2)
+    policy = make_policy(linger_seconds=0, rate_calls=100_000, rate_period_seconds=1,
+                         rate_burst=1000)  # fmt: skip
+    shield = Shield(upstream, MemoryCoordinator(), policy, breaker=breaker)
+    errors = []
     try:
         for attempt in range(5):
-            sink.arrived.clear()
-            job = Job(f"key{attempt}", b"image", owner=attempt, deadline=time.monotonic() + 10)
-            shield.submit("nomic-embed-vision-v1.5", "image", [job])
-            await asyncio.wait_for(sink.arrived.wait(), 5)
+            job = Job(b"image", owner=attempt, deadline=time.monotonic() + 10)
+            [answer] = shield.submit("nomic-embed-vision-v1.5", "image", [job])
+            with pytest.raises(LocalResourceError) as caught:
+                await asyncio.wait_for(answer, 5)
+            errors.append(caught.value)
     finally:
         await shield.drain()
     assert upstream.calls == 5  # one call each: no retries
-    assert all(isinstance(error, LocalResourceError) for error in sink.errors)
+    assert len(errors) == 5
     assert breaker.state == "closed"

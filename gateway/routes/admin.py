@@ -207,7 +207,7 @@ async def rotate_key(request: web.Request) -> web.Response:
 
 async def usage(request: web.Request) -> web.Response:
     days = requested_days(request)
-    await request.config_dict[ACCOUNTS].buffer.flush()  # this process's latest counts
+    await request.config_dict[ACCOUNTS].flush()  # this process's latest counts
     team_id = request.query.get("team")
     ledger = _ledger(request)
     if team_id is not None:  # a deleted team's usage is kept, and shown

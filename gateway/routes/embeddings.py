@@ -17,8 +17,9 @@ from gateway import forms, malloc
 from gateway.appkeys import ACCOUNTS, AUTH, BODY_BUDGET, LIMITS, PIPELINE, SETTINGS
 from gateway.body_budget import Claim
 from gateway.errors import BodyTimeout, PayloadTooLarge
+from gateway.fetch import late_tokens
 from gateway.middlewares import LOG_FIELDS
-from gateway.pipeline import Answer, FetchFailed
+from gateway.pipeline import Answer, FetchFailed, assemble
 from gateway.teams import Team
 
 
@@ -49,24 +50,31 @@ async def _embed(
     pipeline, accounts = request.app[PIPELINE], request.app[ACCOUNTS]
     lookup = await pipeline.lookup(parsed, team.cache_scope)
     if not lookup.missing:
-        cached = pipeline.assemble(lookup)
+        cached = assemble(lookup)
         await accounts.admit(team, lookup, cached)
         return _response(cached, log)
     reservation = await accounts.admit(team, lookup, None)
     answer: Answer | None = None
     billed = 0
+    late = None
     upstream_started = time.perf_counter()
     try:
         answer = await pipeline.complete(lookup, deadline)
         billed = answer.billed_tokens
     except FetchFailed as failed:
         billed = failed.billed_tokens
+        late = late_tokens(failed.late) if failed.late else None
         raise failed.error from None
     finally:
         log.update(upstream_ms=round((time.perf_counter() - upstream_started) * 1000, 2),
                    billed_tokens=billed)  # fmt: skip
-        # Settled even if this handler is cancelled: a reservation must never leak.
-        await asyncio.shield(accounts.settle(reservation, answer, billed))
+        # Settled in a task of its own: a reservation must never leak, even if this handler
+        # is cancelled. An answer goes out at once, its settle following; a failure waits
+        # for its settle (a client retrying at once finds its reservation released) unless
+        # a fetch of it outlives it, to be billed when it ends.
+        settled = accounts.settle(reservation, answer, billed, later=late)
+        if answer is None and late is None:
+            await asyncio.shield(settled)
     assert answer is not None
     return _response(answer, log)
 

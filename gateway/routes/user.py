@@ -21,7 +21,7 @@ async def current_user(request: web.Request) -> web.Response:
 async def own_usage(request: web.Request) -> web.Response:
     team = await request.app[AUTH].team_for(request.headers.get("Authorization"))
     days = requested_days(request)
-    await request.app[ACCOUNTS].buffer.flush()  # this process's latest counts
+    await request.app[ACCOUNTS].flush()  # this process's latest counts
     return web.json_response({"usage": await usage_rows(request.app[LEDGER], [team.id], days)})
 
 

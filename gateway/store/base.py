@@ -8,7 +8,7 @@ Both implementations (embedded memory, Redis) implement both protocols.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from gateway.quota import Decision, Demand, Window
 from gateway.teams import KeyRecord, Team
@@ -98,6 +98,15 @@ class Ledger(Protocol):
         ...
 
 
+class Mark(NamedTuple):
+    """An input's in-flight mark as one round trip found it, and its cache entry as the same
+    trip read it just after (an owner stores its entry before it lets go of its mark, so a
+    mark that is free and an entry that is missing mean nobody has fetched it)."""
+
+    held: bool  # claim_fetches: this holder now holds it; fetching: some holder does
+    stored: bytes | None
+
+
 class Coordinator(Protocol):
     """What replicas share to shield Nomic: its rate, its concurrency, fetches in flight."""
 
@@ -116,15 +125,19 @@ class Coordinator(Protocol):
 
     async def release_slot(self, holder: str) -> None: ...
 
-    async def claim_fetches(self, keys: Sequence[str], holder: str, ttl_ms: int) -> list[bool]:
-        """Mark each key as being fetched by ``holder`` unless another holder's live mark is
-        there; True where this holder now fetches it."""
+    async def claim_fetches(self, keys: Sequence[str], holder: str, lease_ms: int) -> list[Mark]:
+        """Mark each cache key as being fetched by ``holder`` for ``lease_ms`` unless another
+        holder's mark is there; ``held`` where this holder now holds the mark."""
+        ...
+
+    async def renew_fetches(self, keys: Sequence[str], holder: str, lease_ms: int) -> None:
+        """Extend this holder's marks to ``lease_ms`` from now (not another's)."""
         ...
 
     async def release_fetches(self, keys: Sequence[str], holder: str) -> None:
         """Remove this holder's marks (not another's, should one have taken over)."""
         ...
 
-    async def fetching(self, keys: Sequence[str]) -> list[bool]:
-        """Whether each key is still marked as being fetched."""
+    async def fetching(self, keys: Sequence[str]) -> list[Mark]:
+        """Whether each key is still marked as being fetched, and its entry."""
         ...

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Sequence
 
 from gateway import metrics
-from gateway.store.base import Coordinator, StoreError
+from gateway.store.base import Coordinator, Mark, StoreError
 from gateway.store.memory_coordinator import MemoryCoordinator
 
 log = logging.getLogger(__name__)
@@ -57,11 +57,14 @@ class FallbackCoordinator:
         else:
             await self._shared.release_slot(holder)
 
-    async def claim_fetches(self, keys: Sequence[str], holder: str, ttl_ms: int) -> list[bool]:
-        return await self._shared.claim_fetches(keys, holder, ttl_ms)
+    async def claim_fetches(self, keys: Sequence[str], holder: str, lease_ms: int) -> list[Mark]:
+        return await self._shared.claim_fetches(keys, holder, lease_ms)
+
+    async def renew_fetches(self, keys: Sequence[str], holder: str, lease_ms: int) -> None:
+        await self._shared.renew_fetches(keys, holder, lease_ms)
 
     async def release_fetches(self, keys: Sequence[str], holder: str) -> None:
         await self._shared.release_fetches(keys, holder)
 
-    async def fetching(self, keys: Sequence[str]) -> list[bool]:
+    async def fetching(self, keys: Sequence[str]) -> list[Mark]:
         return await self._shared.fetching(keys)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
+from gateway.store.base import Mark
+
 
 class MemoryCoordinator:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
@@ -40,11 +42,14 @@ class MemoryCoordinator:
     async def release_slot(self, holder: str) -> None:
         self._slots.pop(holder, None)
 
-    async def claim_fetches(self, keys: Sequence[str], holder: str, ttl_ms: int) -> list[bool]:
-        return [True] * len(keys)  # one process: the pipeline's own futures coalesce
+    async def claim_fetches(self, keys: Sequence[str], holder: str, lease_ms: int) -> list[Mark]:
+        return [Mark(True, None)] * len(keys)  # one process: the fetcher's futures coalesce
+
+    async def renew_fetches(self, keys: Sequence[str], holder: str, lease_ms: int) -> None:
+        return None
 
     async def release_fetches(self, keys: Sequence[str], holder: str) -> None:
         return None
 
-    async def fetching(self, keys: Sequence[str]) -> list[bool]:
-        return [False] * len(keys)
+    async def fetching(self, keys: Sequence[str]) -> list[Mark]:
+        return [Mark(False, None)] * len(keys)

@@ -1,5 +1,12 @@
 """The Redis coordinator: every replica paces, caps and coalesces its upstream calls through
-the same Redis, so N replicas together stay under Nomic's limit and fetch an image once."""
+the same Redis, so N replicas together stay under Nomic's limit and fetch an image once.
+
+An input's in-flight mark is named after its cache key, which is the mark's hash tag: mark and
+entry live in one Redis Cluster slot, so one pipeline sets or reads the mark and then reads
+the entry in that order on the node that holds both. A mark is a lease: its owner renews it
+while it fetches, so the mark of an owner that died (or could not remove it) lapses within
+the lease.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,7 @@ from typing import Any
 from redis.asyncio import RedisCluster
 from redis.crc import key_slot
 
+from gateway.store.base import Mark
 from gateway.store.redis import Client, call, pipelined
 from gateway.store.redis_ledger import script
 
@@ -17,7 +25,11 @@ from gateway.store.redis_ledger import script
 PACE_KEY = "ng:v1:{upstream}:tat"
 HOLD_KEY = "ng:v1:{upstream}:hold"
 SLOTS_KEY = "ng:v1:{upstream}:slots"
-FETCH_PREFIX = "ng:v1:fetching:"
+
+
+def mark_name(cache_key: str) -> str:
+    """The in-flight mark of a cache key (which holds no brace: it is the hash tag)."""
+    return f"ng:v2:fetching:{{{cache_key}}}"
 
 
 class RedisCoordinator:
@@ -26,6 +38,7 @@ class RedisCoordinator:
         self._pace = client.register_script(script("pace.lua"))
         self._slot = client.register_script(script("slot.lua"))
         self._unclaim = client.register_script(script("unclaim.lua"))
+        self._renew = client.register_script(script("renew.lua"))
         self._hold = client.register_script(script("hold.lua"))
 
     async def _call(self, what: str, awaitable: Awaitable[Any]) -> Any:
@@ -45,27 +58,46 @@ class RedisCoordinator:
     async def release_slot(self, holder: str) -> None:
         await self._call("slot release", self._redis.zrem(SLOTS_KEY, holder))
 
-    async def claim_fetches(self, keys: Sequence[str], holder: str, ttl_ms: int) -> list[bool]:
-        claimed = await pipelined("claim", self._redis, lambda pipe: [
-            pipe.set(FETCH_PREFIX + key, holder, nx=True, px=ttl_ms) for key in keys
-        ])  # fmt: skip
-        return [bool(value) for value in claimed]
+    async def claim_fetches(self, keys: Sequence[str], holder: str, lease_ms: int) -> list[Mark]:
+        def queue(pipe: Any) -> None:
+            for key in keys:
+                pipe.set(mark_name(key), holder, nx=True, px=lease_ms)
+                pipe.get(key)
+
+        replies = await pipelined("claim", self._redis, queue)
+        return _marks(replies)
+
+    async def renew_fetches(self, keys: Sequence[str], holder: str, lease_ms: int) -> None:
+        renewals = (
+            self._renew(keys=group, args=[holder, lease_ms]) for group in self._by_slot(keys)
+        )
+        await self._call("renew", asyncio.gather(*renewals))
 
     async def release_fetches(self, keys: Sequence[str], holder: str) -> None:
-        # One script call for all the marks; on a cluster one per hash slot they live in.
-        marks = [FETCH_PREFIX + key for key in keys]
-        if isinstance(self._redis, RedisCluster):
-            by_slot: dict[int, list[str]] = {}
-            for mark in marks:
-                by_slot.setdefault(key_slot(mark.encode()), []).append(mark)
-            groups = list(by_slot.values())
-        else:
-            groups = [marks]
-        unclaims = (self._unclaim(keys=group, args=[holder]) for group in groups)
+        unclaims = (self._unclaim(keys=group, args=[holder]) for group in self._by_slot(keys))
         await self._call("unclaim", asyncio.gather(*unclaims))
 
-    async def fetching(self, keys: Sequence[str]) -> list[bool]:
-        marks = await pipelined(
-            "fetching", self._redis, lambda pipe: [pipe.exists(FETCH_PREFIX + key) for key in keys]
-        )
-        return [bool(mark) for mark in marks]
+    async def fetching(self, keys: Sequence[str]) -> list[Mark]:
+        def queue(pipe: Any) -> None:
+            for key in keys:
+                pipe.exists(mark_name(key))
+                pipe.get(key)
+
+        replies = await pipelined("fetching", self._redis, queue)
+        return _marks(replies)
+
+    def _by_slot(self, keys: Sequence[str]) -> list[list[str]]:
+        """The marks of ``keys`` for one script call each: all together, or on a cluster one
+        group per hash slot."""
+        marks = [mark_name(key) for key in keys]
+        if not isinstance(self._redis, RedisCluster):
+            return [marks]
+        by_slot: dict[int, list[str]] = {}
+        for mark, key in zip(marks, keys, strict=True):
+            by_slot.setdefault(key_slot(key.encode()), []).append(mark)
+        return list(by_slot.values())
+
+
+def _marks(replies: list[Any]) -> list[Mark]:
+    """Marks from a pipeline's replies, two a key: the mark's, then the entry's."""
+    return [Mark(bool(held), stored) for held, stored in zip(*[iter(replies)] * 2, strict=True)]

@@ -1,0 +1,379 @@
+"""Fetching what the cache missed: each input upstream once, however many ask at once.
+
+:meth:`Fetcher.fetch` takes a request's missing cache keys and returns an :class:`Outcome`
+for each: what happened to it, and so who pays for it.
+
+- In this process, one future per key in flight: the first request to miss a key owns its
+  fetch, later ones join it. An answered future is remembered a little longer, for lookups
+  that began before the entry was stored.
+- Across replicas (a shared store), the owner takes the key's in-flight mark; the same round
+  trip reads the entry, in case another replica stored it since the lookup. A key marked by
+  another replica is watched through the store until its entry appears (paid there), or its
+  mark disappears without one (given up: this process fetches it). Marks are leases, renewed
+  by their owner while it fetches, so a dead owner's mark lapses within ``lease_seconds``.
+- The owned rest goes to the shield; each answer is stored, then its mark released.
+
+A fetch this request owns that is still running at its deadline goes on: its entry is stored
+for the next request, and :func:`late_tokens` says what it cost, so it is still billed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from typing import Any, Literal, NamedTuple
+
+import orjson
+
+from gateway import entries, metrics
+from gateway.entries import Entry
+from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
+from gateway.forms import Kind
+from gateway.hot import HotCache
+from gateway.quota import TokenEstimator
+from gateway.shield import Embedded, Job, Shield
+from gateway.store import Store, StoreError
+from gateway.store.base import Coordinator
+
+log = logging.getLogger(__name__)
+
+How = Literal["fetched", "joined", "replica", "stale", "failed"]
+POLL_SECONDS = (0.02, 0.05, 0.1, 0.2)  # watching another replica's fetch: quick, then calmer
+
+
+class Outcome(NamedTuple):
+    """What became of one missing key. ``fetched``: upstream, for this request, which pays;
+    ``joined``: another request's fetch in this process; ``replica``: stored by another
+    replica meanwhile; ``stale``: Nomic failed, the stale entry serves; ``failed``: ``error``."""
+
+    how: How
+    entry: Entry | None = None
+    error: GatewayError | None = None
+
+    @property
+    def paid(self) -> bool:
+        return self.how == "fetched"
+
+
+class Landed(NamedTuple):
+    """What an in-flight future resolves with: the entry, and whether this process fetched it
+    upstream (else another replica did, and paid)."""
+
+    entry: Entry
+    here: bool
+
+
+class Fetched(NamedTuple):
+    outcomes: dict[str, Outcome]
+    late: list[asyncio.Future[Landed]]  # this request's own fetches, still running
+
+
+async def late_tokens(late: Sequence[asyncio.Future[Landed]]) -> int:
+    """What this request's fetches that outlived its deadline cost upstream, once they end."""
+    if late:
+        await asyncio.wait(late)
+    return sum(
+        f.result().entry.tokens for f in late if _succeeded(f) and f.result().here
+    )  # fmt: skip
+
+
+class Fetcher:
+    def __init__(
+        self,
+        store: Store,
+        shield: Shield,
+        coordinator: Coordinator,
+        hot: HotCache,
+        estimator: TokenEstimator,
+        *,
+        url_ttl_seconds: int,
+        stale_grace_seconds: int,
+        shares_fetches: bool,
+        remember_seconds: float = 2.0,
+        lease_seconds: float = 3.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._shield = shield
+        self._coordinator = coordinator
+        self._hot = hot
+        self._estimator = estimator
+        self._url_ttl_seconds = url_ttl_seconds
+        self._stale_grace_seconds = stale_grace_seconds
+        self._shares_fetches = shares_fetches
+        self._remember_seconds = remember_seconds
+        self._lease_ms = round(lease_seconds * 1000)
+        self._clock = clock
+        self._holder = uuid.uuid4().hex
+        self._owners = itertools.count()
+        self._inflight: dict[str, asyncio.Future[Landed]] = {}
+        self._marked: set[str] = set()  # marks this process holds, renewed by the heartbeat
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def in_flight(self) -> int:
+        """Keys being fetched or remembered in this process."""
+        return len(self._inflight)
+
+    async def fetch(
+        self, model: str, kind: Kind, wanted: Mapping[str, bytes], stale: Mapping[str, Entry],
+        deadline: float,
+    ) -> Fetched:  # fmt: skip
+        """An outcome for each key of ``wanted`` (key → content) by ``deadline`` (a
+        ``time.monotonic()`` instant); a key in ``stale`` is served stale if its fetch fails."""
+        futures, owned = self._join_or_own(wanted)
+        if owned:
+            owner = next(self._owners)
+            try:
+                await self._dispatch(
+                    model, kind, {k: c for k, c in wanted.items() if k in owned}, deadline, owner
+                )
+            except BaseException:  # cancelled before the shield had them: nobody would
+                self._fail(owned, UpstreamError("the request was cancelled"))
+                raise
+        pending = [f for f in futures.values() if not f.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=max(0.0, deadline - time.monotonic()))
+        outcomes: dict[str, Outcome] = {}
+        late: list[asyncio.Future[Landed]] = []
+        for key, future in futures.items():
+            outcome = _outcome(future, key in owned)
+            if outcome.how == "failed" and key in stale:
+                outcome = Outcome("stale", stale[key])
+                metrics.STALE_SERVED.inc()
+            elif not future.done() and key in owned:
+                late.append(future)
+            outcomes[key] = outcome
+        return Fetched(outcomes, late)
+
+    def _join_or_own(
+        self, wanted: Mapping[str, bytes]
+    ) -> tuple[dict[str, asyncio.Future[Landed]], set[str]]:
+        """Join fetches already in flight; own the rest."""
+        loop = asyncio.get_running_loop()
+        now = self._clock()
+        futures: dict[str, asyncio.Future[Landed]] = {}
+        owned: set[str] = set()
+        for key in wanted:
+            future = self._inflight.get(key)
+            if future is not None and _succeeded(future) and not future.result().entry.fresh(now):
+                future = None  # a remembered answer that has since gone stale: fetch anew
+            if future is None:
+                future = self._inflight[key] = loop.create_future()
+                future.add_done_callback(_consume_exception)
+                owned.add(key)
+            futures[key] = future
+        return futures, owned
+
+    async def _dispatch(
+        self, model: str, kind: Kind, wanted: dict[str, bytes], deadline: float, owner: int
+    ) -> None:
+        """Send what no other replica is fetching to the shield; watch the rest."""
+        elsewhere: dict[str, bytes] = {}
+        if self._shares_fetches:
+            wanted, elsewhere = await self._mark(wanted)
+        if wanted:
+            jobs = [Job(content, owner, deadline) for content in wanted.values()]
+            try:
+                answers = self._shield.submit(model, kind, jobs)
+            except GatewayError as exc:
+                self._fail(wanted, exc)
+                self._spawn(self._unmark(list(wanted)))
+            else:
+                self._spawn(self._fill(model, kind, list(wanted), answers))
+        if elsewhere:
+            self._spawn(self._watch(model, kind, elsewhere, deadline, owner))
+
+    async def _mark(self, wanted: dict[str, bytes]) -> tuple[dict[str, bytes], dict[str, bytes]]:
+        """Take the marks of ``wanted`` where no other replica holds one: what is now this
+        process's to fetch, and what another replica fetches. What another replica stored
+        since the lookup is answered here."""
+        try:
+            marks = await self._coordinator.claim_fetches(
+                list(wanted), self._holder, self._lease_ms
+            )
+        except StoreError:
+            return wanted, {}  # no marks: fetch it here (maybe twice across replicas)
+        mine: dict[str, bytes] = {}
+        elsewhere: dict[str, bytes] = {}
+        done: list[str] = []
+        for (key, content), mark in zip(wanted.items(), marks, strict=True):
+            entry = self._decode(key, mark.stored)
+            if entry is not None:
+                self._land(key, entry, here=False)
+                if mark.held:
+                    done.append(key)
+            elif mark.held:
+                mine[key] = content
+            else:
+                elsewhere[key] = content
+        self._marked.update(mine)
+        if mine and self._heartbeat is None:
+            self._heartbeat = asyncio.create_task(self._renew_marks())
+        if done:
+            self._spawn(self._unmark(done))
+        return mine, elsewhere
+
+    async def _renew_marks(self) -> None:
+        """Keep this process's marks alive while it fetches, a third of a lease apart."""
+        try:
+            while self._marked:
+                await asyncio.sleep(self._lease_ms / 3000)
+                if not self._marked:
+                    break
+                try:
+                    await self._coordinator.renew_fetches(
+                        list(self._marked), self._holder, self._lease_ms
+                    )
+                except StoreError as exc:
+                    log.warning("in-flight marks not renewed (they may lapse): %s", exc)
+        finally:
+            self._heartbeat = None
+
+    async def _watch(
+        self, model: str, kind: Kind, pending: dict[str, bytes], deadline: float, owner: int
+    ) -> None:
+        """Wait for other replicas' fetches through the store; take over any they drop."""
+        metrics.REPLICA_WAITS.inc(len(pending))
+        for attempt in itertools.count():
+            if not pending:
+                return
+            if time.monotonic() >= deadline:
+                error = UpstreamTimeout("another replica's upstream call did not finish in time")
+                self._fail(pending, error)
+                return
+            await asyncio.sleep(POLL_SECONDS[min(attempt, len(POLL_SECONDS) - 1)])
+            keys = list(pending)
+            try:
+                marks = await self._coordinator.fetching(keys)
+            except StoreError:
+                continue
+            dropped: dict[str, bytes] = {}
+            for key, mark in zip(keys, marks, strict=True):
+                entry = self._decode(key, mark.stored)
+                if entry is not None:
+                    self._land(key, entry, here=False)
+                    del pending[key]
+                elif not mark.held:  # the mark went, and no entry came: given up, or lapsed
+                    dropped[key] = pending.pop(key)
+            if dropped:
+                await self._dispatch(model, kind, dropped, deadline, owner)
+
+    async def _fill(
+        self, model: str, kind: Kind, keys: list[str], answers: list[asyncio.Future[Embedded]]
+    ) -> None:
+        """Answer everyone waiting for ``keys`` as the shield answers, then store the entries
+        and release the marks."""
+        await asyncio.wait(answers)
+        fresh_until = 0 if kind == "image" else math.ceil(self._clock() + self._url_ttl_seconds)
+        stored: list[tuple[str, bytes]] = []
+        for key, answer in zip(keys, answers, strict=True):
+            error = answer.exception()
+            if error is not None:
+                self._fail([key], _gateway_error(error))
+                continue
+            embedded = answer.result()
+            try:
+                blob = entries.encode(embedded.vector, embedded.tokens, fresh_until)
+            except ValueError:
+                self._fail([key], UpstreamError("Nomic answered a malformed embedding"))
+                continue
+            self._estimator.observe(model, embedded.tokens, 1)
+            entry = Entry(orjson.dumps(embedded.vector), embedded.tokens, fresh_until)
+            self._land(key, entry, here=True)
+            stored.append((key, blob))
+        ttl = None if kind == "image" else self._url_ttl_seconds + self._stale_grace_seconds
+        try:
+            await self._store.set_many(stored, ttl)
+        except StoreError as exc:
+            metrics.STORE_ERRORS.labels(operation="set").inc()
+            log.warning("could not store %d fetched embeddings: %s", len(stored), exc)
+        await self._unmark(keys)  # after the store: a free mark and no entry means given up
+
+    def _decode(self, key: str, blob: bytes | None) -> Entry | None:
+        """The fresh entry of ``blob``, if it is one."""
+        if blob is None:
+            return None
+        try:
+            entry = entries.decode(blob)
+        except entries.CorruptEntry:
+            log.warning("unreadable cache entry %s, fetching it again", key)
+            return None
+        return entry if entry.fresh(self._clock()) else None
+
+    def _land(self, key: str, entry: Entry, *, here: bool) -> None:
+        self._hot.put(key, entry)
+        future = self._inflight.get(key)
+        if future is not None and not future.done():
+            future.set_result(Landed(entry, here))
+            # Lookups that began before the entry was stored may still miss it: they find
+            # the answer here for a while instead of fetching again.
+            asyncio.get_running_loop().call_later(self._remember_seconds, self._forget, key, future)
+
+    def _fail(self, keys: Iterable[str], error: GatewayError) -> None:
+        """Fail these keys' fetches, and forget them at once: the next request asks again."""
+        for key in keys:
+            future = self._inflight.get(key)
+            if future is not None and not future.done():
+                del self._inflight[key]
+                future.set_exception(error)
+
+    async def _unmark(self, keys: list[str]) -> None:
+        if not self._shares_fetches:
+            return
+        self._marked.difference_update(keys)  # not renewed: one left behind soon lapses
+        try:
+            await self._coordinator.release_fetches(keys, self._holder)
+        except StoreError as exc:
+            log.warning("in-flight marks left to lapse: %s", exc)
+
+    def _forget(self, key: str, future: asyncio.Future[Landed]) -> None:
+        if self._inflight.get(key) is future:
+            del self._inflight[key]
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        """Wait for fills and watches still running (at shutdown: their results get stored)."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+
+
+def _outcome(future: asyncio.Future[Landed], owned: bool) -> Outcome:
+    if not future.done():
+        timeout = UpstreamTimeout("Nomic did not answer within the request's deadline")
+        return Outcome("failed", error=timeout)
+    error = future.exception()
+    if error is not None:
+        return Outcome("failed", error=_gateway_error(error))
+    landed = future.result()
+    if not owned:
+        return Outcome("joined", landed.entry)
+    return Outcome("fetched" if landed.here else "replica", landed.entry)
+
+
+def _gateway_error(error: BaseException) -> GatewayError:
+    if isinstance(error, GatewayError):
+        return error
+    return UpstreamError("the upstream call failed unexpectedly")
+
+
+def _succeeded(future: asyncio.Future[Landed]) -> bool:
+    return future.done() and not future.cancelled() and future.exception() is None
+
+
+def _consume_exception(future: asyncio.Future[Landed]) -> None:
+    """Mark a failed fetch's error as seen: a future no request waits on any more is fine."""
+    if not future.cancelled():
+        future.exception()
