@@ -17,9 +17,9 @@ from gateway.appkeys import (
     ACCOUNTS,
     AUTH,
     BODY_BUDGET,
+    BODY_LIMITS,
     COORDINATOR,
     LEDGER,
-    LIMITS,
     PIPELINE,
     SETTINGS,
     STORE,
@@ -29,7 +29,7 @@ from gateway.auth import Authenticator
 from gateway.body_budget import BodyBudget
 from gateway.breaker import Breaker
 from gateway.config import Settings
-from gateway.forms import Limits
+from gateway.forms import BodyLimits
 from gateway.middlewares import request_context
 from gateway.pipeline import Pipeline
 from gateway.quota import TokenEstimator
@@ -50,7 +50,7 @@ STORE_RETRY_SECONDS = 2.0  # while the store is unreachable at start-up
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[request_context], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
-    app[LIMITS] = Limits(settings.max_image_bytes, settings.max_items)
+    app[BODY_LIMITS] = BodyLimits(settings.max_image_bytes, settings.max_items)
     app[BODY_BUDGET] = BodyBudget(settings.body_bytes_in_flight, settings.max_body_bytes)
     app.cleanup_ctx.extend([_store_ctx, _pipeline_ctx])
     app.router.add_post(

@@ -8,14 +8,14 @@ from gateway.accounts import Accounts
 from gateway.auth import Authenticator
 from gateway.body_budget import BodyBudget
 from gateway.config import Settings
-from gateway.forms import Limits
+from gateway.forms import BodyLimits
 from gateway.pipeline import Pipeline
 from gateway.store import Store
 from gateway.store.base import Coordinator, Ledger
 from gateway.upstream import NomicClient
 
 SETTINGS = web.AppKey("settings", Settings)
-LIMITS = web.AppKey("limits", Limits)
+BODY_LIMITS = web.AppKey("body_limits", BodyLimits)
 STORE = web.AppKey("store", Store)
 LEDGER = web.AppKey("ledger", Ledger)
 COORDINATOR = web.AppKey("coordinator", Coordinator)

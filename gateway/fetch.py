@@ -33,8 +33,8 @@ import orjson
 from gateway import entries, metrics
 from gateway.entries import Entry
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
-from gateway.forms import Kind
 from gateway.hot import HotCache
+from gateway.models import Kind
 from gateway.quota import TokenEstimator
 from gateway.shield import Embedded, Job, Shield
 from gateway.store import Store, StoreError

@@ -11,24 +11,25 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Literal, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 from urllib.parse import unquote_plus, urlsplit
 
 import multipart
 
 from gateway.errors import InvalidRequest
 from gateway.keys import content_digest
+from gateway.models import DEFAULT_IMAGE_MODEL, IMAGE_MODELS, Kind
 
-Kind = Literal["image", "url"]
-MODELS = frozenset({"nomic-embed-vision-v1", "nomic-embed-vision-v1.5"})
-DEFAULT_MODEL = "nomic-embed-vision-v1.5"
 MAX_URL_LENGTH = 2048
 MAX_FIELD_BYTES = 64 * 1024
 
 _FIELD_FOR: dict[Kind, str] = {"image": "images", "url": "urls"}
 
 
-class Limits(NamedTuple):
+class BodyLimits(NamedTuple):
+    """What one request's body may hold (the settings'); a team's limits are
+    :class:`gateway.teams.Limits`."""
+
     max_image_bytes: int
     max_items: int
 
@@ -69,7 +70,7 @@ def image_format(data: bytes) -> str | None:
     return None
 
 
-def parser_for(content_type: str, limits: Limits) -> BodyParser:
+def parser_for(content_type: str, limits: BodyLimits) -> BodyParser:
     """The parser for a request's ``Content-Type`` header; 422 if it is not one Nomic takes."""
     mime, boundary = _media_type(content_type or "")
     if mime == "multipart/form-data":
@@ -95,7 +96,7 @@ def _media_type(content_type: str) -> tuple[str, str]:
 class _Fields:
     """What both encodings share: collecting fields, then one validation at the end."""
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: BodyLimits) -> None:
         self.limits = limits
         self.model: str | None = None
         self.images: list[bytes] = []
@@ -141,10 +142,10 @@ class _Fields:
             )
 
     def validated(self) -> ParsedRequest:
-        model = DEFAULT_MODEL if self.model is None else self.model
-        if model not in MODELS:
+        model = DEFAULT_IMAGE_MODEL if self.model is None else self.model
+        if model not in IMAGE_MODELS:
             raise InvalidRequest(
-                f"unknown model {model[:100]!r}; expected one of {', '.join(sorted(MODELS))}",
+                f"unknown model {model[:100]!r}; expected one of {', '.join(sorted(IMAGE_MODELS))}",
                 loc=("body", "model"),
             )
         if self.images and self.urls:
@@ -170,7 +171,7 @@ def _http_url(value: str) -> bool:
 class MultipartBody(_Fields):
     """``multipart/form-data``: ``images`` file parts, ``urls`` and ``model`` fields."""
 
-    def __init__(self, boundary: str, limits: Limits) -> None:
+    def __init__(self, boundary: str, limits: BodyLimits) -> None:
         super().__init__(limits)
         try:
             self._parser = multipart.PushMultipartParser(boundary, max_header_count=16)
@@ -250,7 +251,7 @@ class UrlencodedBody(_Fields):
     the body is never decoded whole.
     """
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: BodyLimits) -> None:
         super().__init__(limits)
         self._pending = b""
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import blake3
 
 if TYPE_CHECKING:
-    from gateway.forms import Kind
+    from gateway.models import Kind
 
 PREFIX = "ng:v2:emb:"
 OLD_PREFIXES = ("ng:v1:emb:",)  # never read again; `README.md` says how to drop them

@@ -45,7 +45,7 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from gateway.forms import Kind
+from gateway.models import Kind
 from gateway.store import StoreError
 from gateway.store.base import Coordinator
 from gateway.upstream import UpstreamItemRejected, UpstreamResult

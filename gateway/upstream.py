@@ -21,7 +21,8 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from gateway.forms import Kind, image_format
+from gateway.forms import image_format
+from gateway.models import Kind
 
 IMAGE_PATH = "/v1/embedding/image"
 _MAX_MSG = 300

@@ -3,10 +3,10 @@ from __future__ import annotations
 import pytest
 
 from gateway.errors import InvalidRequest
-from gateway.forms import Limits, ParsedRequest, image_format, parser_for
+from gateway.forms import BodyLimits, ParsedRequest, image_format, parser_for
 from tests.fake_nomic import png
 
-LIMITS = Limits(max_image_bytes=10_000, max_items=8)
+LIMITS = BodyLimits(max_image_bytes=10_000, max_items=8)
 BOUNDARY = "b0undary"
 CT = f"multipart/form-data; boundary={BOUNDARY}"
 

@@ -10,7 +10,8 @@ import orjson
 import pytest
 
 from gateway.errors import UpstreamUnavailable
-from gateway.forms import Kind, ParsedRequest
+from gateway.forms import ParsedRequest
+from gateway.models import Kind
 from gateway.pipeline import Answer, FetchFailed, Pipeline, assemble
 from gateway.quota import TokenEstimator
 from gateway.store import MemoryStore

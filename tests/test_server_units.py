@@ -21,7 +21,7 @@ from gateway.breaker import Breaker
 from gateway.config import Settings
 from gateway.connections import ConnectionGuard, budget
 from gateway.errors import LocalResourceError, UpstreamServerError
-from gateway.forms import Kind
+from gateway.models import Kind
 from gateway.server import MAX_HEADER_LINE, MAX_REQUEST_LINE, refusal
 from gateway.shield import Job, Shield
 from gateway.store.memory_coordinator import MemoryCoordinator

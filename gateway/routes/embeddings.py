@@ -14,7 +14,7 @@ import time
 from aiohttp import HttpVersion11, web
 
 from gateway import forms, malloc
-from gateway.appkeys import ACCOUNTS, AUTH, BODY_BUDGET, LIMITS, PIPELINE, SETTINGS
+from gateway.appkeys import ACCOUNTS, AUTH, BODY_BUDGET, BODY_LIMITS, PIPELINE, SETTINGS
 from gateway.body_budget import Claim
 from gateway.errors import BodyTimeout, PayloadTooLarge
 from gateway.fetch import late_tokens
@@ -124,7 +124,7 @@ async def _stream_form(request: web.Request, claim: Claim) -> forms.ParsedReques
     limit = request.app[SETTINGS].max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body larger than {limit} bytes")
-    parser = forms.parser_for(request.headers.get("Content-Type", ""), request.app[LIMITS])
+    parser = forms.parser_for(request.headers.get("Content-Type", ""), request.app[BODY_LIMITS])
     claim.cover(request.content_length or 0)  # compressed bodies grow it as they inflate
     await _continue(request)
     received = 0
