@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
 from gateway.config import Settings
-from gateway.store import RedisStore
+from gateway.store import RedisBackend
 from tests.fake_nomic import FAKE_API_KEY, FakeNomic
 
 STORES = ("memory", "redis", "cluster")
@@ -148,8 +148,8 @@ def all_keys(client: redis.Redis | redis.RedisCluster, pattern: str) -> list[byt
     return list(client.keys(pattern))
 
 
-def open_redis_store(url: str, **kwargs: Any) -> RedisStore:
-    return RedisStore(url, cluster=url in CLUSTER_URLS, **kwargs)
+def open_redis_backend(url: str, **kwargs: Any) -> RedisBackend:
+    return RedisBackend(url, cluster=url in CLUSTER_URLS, **kwargs)
 
 
 @pytest.fixture

@@ -11,11 +11,11 @@ import pytest
 
 from gateway.breaker import Breaker
 from gateway.shield import Policy, backoff
-from gateway.store import RedisStore
+from gateway.store import RedisBackend
 from gateway.store.base import Coordinator
 from gateway.store.memory_coordinator import MemoryCoordinator
 from gateway.store.redis_coordinator import RedisCoordinator
-from tests.conftest import open_redis_store
+from tests.conftest import open_redis_backend
 
 
 class Clock:
@@ -69,9 +69,9 @@ async def coordinator(store_url: str | None) -> AsyncIterator[Coordinator]:
     if store_url is None:
         yield MemoryCoordinator()
         return
-    store = open_redis_store(store_url)
-    yield RedisCoordinator(store.client)
-    await store.close()
+    backend = open_redis_backend(store_url)
+    yield RedisCoordinator(backend)
+    await backend.close()
 
 
 async def test_pacing_spaces_calls_by_the_interval(coordinator: Coordinator) -> None:
@@ -114,8 +114,8 @@ async def test_a_slot_lease_ends_by_itself(coordinator: Coordinator) -> None:
 
 
 async def test_fetch_marks_on_redis(redis_client: object, redis_url: str) -> None:
-    store = RedisStore(redis_url)
-    coordinator = RedisCoordinator(store.client)
+    backend = RedisBackend(redis_url)
+    coordinator = RedisCoordinator(backend)
     assert await coordinator.claim_fetches(["k1", "k2"], "me", 10_000) == [True, True]
     assert await coordinator.claim_fetches(["k2", "k3"], "other", 10_000) == [False, True]
     assert await coordinator.fetching(["k1", "k2", "k3", "k4"]) == [True, True, True, False]
@@ -124,4 +124,4 @@ async def test_fetch_marks_on_redis(redis_client: object, redis_url: str) -> Non
     assert await coordinator.claim_fetches(["short"], "me", 30) == [True]
     await asyncio.sleep(0.06)
     assert await coordinator.fetching(["short"]) == [False]
-    await store.close()
+    await backend.close()

@@ -31,8 +31,6 @@ class Store(Protocol):
         """Return if the store is usable, raise :class:`StoreError` if not."""
         ...
 
-    async def close(self) -> None: ...
-
 
 class Ledger(Protocol):
     async def create_team(self, team: Team) -> bool:

@@ -10,8 +10,7 @@ from typing import Any
 from redis.asyncio import RedisCluster
 from redis.crc import key_slot
 
-from gateway.store.redis import Client, call, pipelined
-from gateway.store.redis_ledger import script
+from gateway.store.redis_backend import RedisBackend
 
 # Keys one script reads together share a hash tag (one Redis Cluster slot).
 PACE_KEY = "ng:v1:{upstream}:tat"
@@ -21,15 +20,16 @@ FETCH_PREFIX = "ng:v1:fetching:"
 
 
 class RedisCoordinator:
-    def __init__(self, client: Client) -> None:
-        self._redis = client
-        self._pace = client.register_script(script("pace.lua"))
-        self._slot = client.register_script(script("slot.lua"))
-        self._unclaim = client.register_script(script("unclaim.lua"))
-        self._hold = client.register_script(script("hold.lua"))
+    def __init__(self, backend: RedisBackend) -> None:
+        self._backend = backend
+        self._redis = backend.client
+        self._pace = backend.script("pace.lua")
+        self._slot = backend.script("slot.lua")
+        self._unclaim = backend.script("unclaim.lua")
+        self._hold = backend.script("hold.lua")
 
     async def _call(self, what: str, awaitable: Awaitable[Any]) -> Any:
-        return await call(what, awaitable)
+        return await self._backend.call(what, awaitable)
 
     async def pace(self, interval_ms: int, burst: int, max_wait_ms: int) -> int:
         args = [interval_ms, burst, max_wait_ms]
@@ -46,7 +46,7 @@ class RedisCoordinator:
         await self._call("slot release", self._redis.zrem(SLOTS_KEY, holder))
 
     async def claim_fetches(self, keys: Sequence[str], holder: str, ttl_ms: int) -> list[bool]:
-        claimed = await pipelined("claim", self._redis, lambda pipe: [
+        claimed = await self._backend.pipelined("claim", lambda pipe: [
             pipe.set(FETCH_PREFIX + key, holder, nx=True, px=ttl_ms) for key in keys
         ])  # fmt: skip
         return [bool(value) for value in claimed]
@@ -65,7 +65,7 @@ class RedisCoordinator:
         await self._call("unclaim", asyncio.gather(*unclaims))
 
     async def fetching(self, keys: Sequence[str]) -> list[bool]:
-        marks = await pipelined(
-            "fetching", self._redis, lambda pipe: [pipe.exists(FETCH_PREFIX + key) for key in keys]
+        marks = await self._backend.pipelined(
+            "fetching", lambda pipe: [pipe.exists(FETCH_PREFIX + key) for key in keys]
         )
         return [bool(mark) for mark in marks]
