@@ -6,7 +6,9 @@ applies to (say, all hits for a team without per-minute limits) is counted in an
 buffer that is written once a second, one ``settle`` per team and day, and at shutdown.
 Every settle carries an id and the store applies each id once, so a settle or a buffer
 write that failed (or timed out after it ran) is simply retried later: nothing is lost,
-nothing counted twice, and a reservation is always released.
+nothing counted twice, and a reservation is always released. What a store failure means
+for a decision (decide in the process, or refuse) is the ledger's to say
+(:class:`gateway.store.fallback.FallbackLedger`).
 
 Before the cost of an item of a model is known (no replica has seen Nomic answer yet), a
 team with a token budget sends its misses one request at a time: the first answer teaches
@@ -29,8 +31,7 @@ from gateway.errors import QuotaExceeded, StoreUnavailable
 from gateway.pipeline import Answer, Lookup
 from gateway.quota import TokenEstimator, Window
 from gateway.store import StoreError
-from gateway.store.base import Ledger
-from gateway.store.memory_ledger import MemoryLedger
+from gateway.store.base import Ledger, QuotaLedger, Settlement
 from gateway.teams import Team
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,6 @@ class Reservation(NamedTuple):
     request_id: str
     decided: bool  # the store admitted it (and may hold a reservation under request_id)
     learner: bool  # this request teaches the model's cost; the others wait for it
-    fallback: bool = False  # admitted by this process alone while the store was failing
 
 
 def answered_usage(answer: Answer) -> dict[str, int]:
@@ -56,33 +56,28 @@ def answered_usage(answer: Answer) -> dict[str, int]:
     }
 
 
-class _Settle(NamedTuple):
-    team_id: str
-    day: str
-    month: str
-    request_id: str
-    billed: int
-    usage: Counter[str]
-
-
 class UsageBuffer:
-    """Usage counted in the process, and settles that failed, written by :meth:`flush`."""
+    """Usage counted in the process, and settles that failed, written by :meth:`flush`.
 
-    def __init__(self, ledger: Ledger) -> None:
+    It writes to the store's own ledger, never through a :class:`FallbackLedger` (which
+    hands what fails back to :meth:`retry_later`)."""
+
+    def __init__(self, ledger: QuotaLedger) -> None:
         self._ledger = ledger
-        self._open: dict[tuple[str, str, str], _Settle] = {}
-        self._retry: list[_Settle] = []
+        self._open: dict[tuple[str, str, str], Settlement] = {}
+        self._retry: list[Settlement] = []
         self._flushing = asyncio.Lock()
 
     def add(self, team_id: str, at: Window, billed: int, usage: dict[str, int]) -> None:
         key = (team_id, at.day, at.month)
         entry = self._open.get(key)
         if entry is None:
-            entry = _Settle(team_id, at.day, at.month, secrets.token_hex(16), 0, Counter())
+            entry = Settlement(team_id, at.day, at.month, secrets.token_hex(16), 0, Counter())
         entry.usage.update(usage)
         self._open[key] = entry._replace(billed=entry.billed + billed)
 
-    def retry_later(self, settle: _Settle) -> None:
+    def retry_later(self, settle: Settlement) -> None:
+        """Make ``settle`` at the next flush, and at each one after until it is made."""
         self._retry.append(settle)
 
     async def flush(self) -> None:
@@ -96,8 +91,7 @@ class UsageBuffer:
         while self._retry:
             entry = self._retry[0]
             try:
-                await self._ledger.settle(entry.team_id, entry.day, entry.month,
-                                          entry.request_id, entry.billed, entry.usage)  # fmt: skip
+                await self._ledger.settle(*entry)
             except StoreError as exc:
                 metrics.STORE_ERRORS.labels(operation="usage").inc()
                 log.warning("%d usage records kept in memory: %s", len(self._retry), exc)
@@ -111,21 +105,23 @@ class UsageBuffer:
 
 
 class Accounts:
+    """Admits and settles requests on ``ledger``; ``buffer`` counts what needs no decision.
+
+    Over Redis the ledger is a :class:`FallbackLedger`: it hands a settle the store failed
+    to ``buffer`` to retry, and raises :class:`StoreError` only for a decision it will not
+    make in the store's stead (answered 503)."""
+
     def __init__(
         self,
-        ledger: Ledger,
+        ledger: QuotaLedger,
+        buffer: UsageBuffer,
         estimator: TokenEstimator,
         clock: Callable[[], float] = time.time,
-        *,
-        fail_open: bool = True,
     ) -> None:
         self._ledger = ledger
-        # While the store fails, limits hold per process (fail open) or nothing is admitted.
-        self._fail_open = fail_open
-        self._fallback = MemoryLedger()
         self._estimator = estimator
         self._clock = clock
-        self.buffer = UsageBuffer(ledger)
+        self.buffer = buffer
         self._settling: set[asyncio.Task[None]] = set()
         self._learning: dict[str, asyncio.Event] = {}
         self._recorded_cost: dict[str, int] = {}
@@ -165,23 +161,13 @@ class Accounts:
                 self.buffer.add(team.id, at, 0, usage)
                 _count_tokens(team, model, answer)
             return Reservation(team, model, at, request_id, False, learner)
-        fallback = False
         try:
             decision = await self._ledger.admit(team, want, at, usage, request_id)
         except StoreError as exc:
-            # It may have run: settling the id later releases its reservation if it made one,
-            # and records the usage once (an admit that recorded usage marked the id settled).
-            self.buffer.retry_later(
-                _Settle(team.id, at.day, at.month, request_id, 0, Counter(usage))
-            )
-            if not self._fail_open:
-                self._end_learning(model, learner)
-                raise StoreUnavailable(
-                    "the usage store is unavailable; retry shortly", retry_after=1
-                ) from exc
-            metrics.STORE_ERRORS.labels(operation="admit").inc()
-            decision = await self._fallback.admit(team, want, at, usage, request_id)
-            fallback = True
+            self._end_learning(model, learner)
+            raise StoreUnavailable(
+                "the usage store is unavailable; retry shortly", retry_after=1
+            ) from exc
         if not decision.allowed:
             self._end_learning(model, learner)
             if quota.refuses_every_request(team, decision):
@@ -189,7 +175,7 @@ class Accounts:
             raise _exceeded(team, decision, at)
         if answer is not None:
             _count_tokens(team, model, answer)
-        return Reservation(team, model, at, request_id, True, learner, fallback)
+        return Reservation(team, model, at, request_id, True, learner)
 
     def settle(
         self, reservation: Reservation, answer: Answer | None, billed: int
@@ -215,17 +201,7 @@ class Accounts:
         if not reservation.decided:
             self.buffer.add(team.id, at, billed, usage)
             return
-        entry = _Settle(team.id, at.day, at.month, reservation.request_id, billed, Counter(usage))
-        if reservation.fallback:
-            await self._fallback.settle(*entry)  # the local counts, for the local limits
-            # A settle of this id is already queued for the store (from admit): this one
-            # goes under its own id, with what the request actually did.
-            entry = entry._replace(request_id=secrets.token_hex(16))
-        try:
-            await self._ledger.settle(*entry)
-        except StoreError as exc:
-            log.warning("settle of a request of team %s will be retried: %s", team.id, exc)
-            self.buffer.retry_later(entry)
+        await self._ledger.settle(team.id, at.day, at.month, reservation.request_id, billed, usage)
 
     async def _cost_known_or_my_turn(self, model: str) -> bool:
         """Wait until the model's item cost is known, or until it is this request's turn to

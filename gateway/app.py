@@ -12,7 +12,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway import metrics, teams_file
-from gateway.accounts import Accounts, flushing
+from gateway.accounts import Accounts, UsageBuffer, flushing
 from gateway.appkeys import (
     ACCOUNTS,
     AUTH,
@@ -36,7 +36,8 @@ from gateway.quota import TokenEstimator
 from gateway.routes import admin, embeddings, ops, user
 from gateway.shield import Policy
 from gateway.store import MemoryStore, RedisStore, StoreError
-from gateway.store.fallback import FallbackCoordinator
+from gateway.store.base import QuotaLedger
+from gateway.store.fallback import FallbackCoordinator, FallbackLedger
 from gateway.store.memory_coordinator import MemoryCoordinator
 from gateway.store.memory_ledger import MemoryLedger
 from gateway.store.redis_backend import RedisBackend
@@ -163,8 +164,12 @@ def _redis_at(url: str) -> str:
 async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     estimator = TokenEstimator(settings.tokens_per_item_estimate)
-    fail_open = settings.on_store_failure == "open"
-    accounts = app[ACCOUNTS] = Accounts(app[LEDGER], estimator, fail_open=fail_open)
+    buffer = UsageBuffer(app[LEDGER])
+    ledger: QuotaLedger = app[LEDGER]
+    if settings.redis_url is not None:  # a store that can fail
+        fail_open = settings.on_store_failure == "open"
+        ledger = FallbackLedger(app[LEDGER], buffer.retry_later, fail_open=fail_open)
+    accounts = app[ACCOUNTS] = Accounts(ledger, buffer, estimator)
     timeout = aiohttp.ClientTimeout(total=settings.upstream_timeout_seconds)
     async with aiohttp.ClientSession(timeout=timeout, raise_for_status=False) as session:
         upstream = app[UPSTREAM] = NomicClient(

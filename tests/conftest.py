@@ -74,6 +74,34 @@ def spawn_redis(port: int, workdir: str, *extra: str) -> subprocess.Popen[bytes]
     return process
 
 
+class RestartableRedis:
+    """A redis-server of the test's own, with AOF, so teams and usage survive a restart."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = str(workdir)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = spawn_redis(self.port, self.workdir, "--appendonly", "yes",
+                                   "--appendfsync", "always")  # fmt: skip
+
+    def stop(self) -> None:
+        assert self.process is not None
+        self.process.terminate()
+        self.process.wait(10)
+
+
+@pytest.fixture
+def outage_redis(tmp_path: Path) -> Iterator[RestartableRedis]:
+    server = RestartableRedis(tmp_path)
+    server.start()
+    yield server
+    if server.process is not None and server.process.poll() is None:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """The session's redis-server, on a free port, gone at the end of the session."""

@@ -107,7 +107,8 @@ async def used_up(team: Team, clock: list[float], hit: bool = True) -> Accounts:
     """Accounts whose store refused ``team`` this minute (for a hit, or for a miss)."""
     estimator = TokenEstimator(1)
     estimator.observe(MODEL, 10, 1)  # a miss's cost is known: no request waits to learn it
-    accounts = Accounts(MemoryLedger(), estimator, clock=lambda: clock[0])
+    ledger = MemoryLedger()
+    accounts = Accounts(ledger, UsageBuffer(ledger), estimator, clock=lambda: clock[0])
     lookup, answer = one_image(hit)
     with pytest.raises(QuotaExceeded):  # admitted until refused
         for _ in range(10):
