@@ -1,6 +1,10 @@
 """Accounting around the pipeline: admit a request against its team's limits (reserving the
 expected cost of its misses), then settle it with what Nomic billed.
 
+A request answered from the cache is admitted with its usage in one step
+(:meth:`Accounts.admit_answered`); one with misses reserves their expected cost
+(:meth:`Accounts.reserve`) and is settled with what Nomic billed (:meth:`Accounts.settle`).
+
 Only a decision goes to the store on the request path: a request that no limit of its team
 applies to (say, all hits for a team without per-minute limits) is counted in an in-process
 buffer that is written once a second, one ``settle`` per team and day, and at shutdown.
@@ -38,11 +42,12 @@ log = logging.getLogger(__name__)
 
 
 class Reservation(NamedTuple):
+    """A request with misses, admitted: what its settle needs."""
+
     team: Team
     model: str
     at: Window
-    request_id: str
-    decided: bool  # the store admitted it (and may hold a reservation under request_id)
+    request_id: str | None  # its id in the ledger; None: no limit applied, it is buffered
     learner: bool  # this request teaches the model's cost; the others wait for it
 
 
@@ -142,40 +147,56 @@ class Accounts:
         self.buffer.add(team.id, at, 0, {"rejected": 1})
         raise _exceeded(team, decision, at)
 
-    async def admit(self, team: Team, lookup: Lookup, answer: Answer | None) -> Reservation:
-        """Admit the request or raise :class:`QuotaExceeded`. With its ``answer`` already
-        known (everything was cached) its usage is recorded at the same time."""
-        model = lookup.request.model
-        learner = False
-        if lookup.missing and _has_budget(team):
-            learner = await self._cost_known_or_my_turn(model)
+    async def admit_answered(self, team: Team, lookup: Lookup, answer: Answer) -> None:
+        """Admit a request answered from the cache, its usage recorded with the decision, or
+        raise :class:`QuotaExceeded` (or :class:`StoreUnavailable`). Nothing is left to
+        settle."""
         at = quota.window(self._clock())
-        per_item = self._estimator.per_item(model) if lookup.missing else 0
+        want = quota.demand(team, len(lookup.keys), lookup.cached_inputs, 0, 0)
+        usage = answered_usage(answer)
+        if quota.applies(team, want):
+            await self._decide(team, want, at, usage)
+        else:
+            self.buffer.add(team.id, at, 0, usage)
+        _count_tokens(team, lookup.request.model, answer)
+
+    async def reserve(self, team: Team, lookup: Lookup) -> Reservation:
+        """Admit a request with misses, reserving their expected cost, or raise
+        :class:`QuotaExceeded` (or :class:`StoreUnavailable`); :meth:`settle` it once it
+        is answered or has failed."""
+        model = lookup.request.model
+        learner = _has_budget(team) and await self._cost_known_or_my_turn(model)
+        at = quota.window(self._clock())
+        per_item = self._estimator.per_item(model)
         want = quota.demand(
             team, len(lookup.keys), lookup.cached_inputs, len(lookup.missing), per_item
         )
-        usage = answered_usage(answer) if answer is not None else {}
-        request_id = secrets.token_hex(16)  # a fifth of what uuid4().hex costs
         if not quota.applies(team, want):
-            if answer is not None:
-                self.buffer.add(team.id, at, 0, usage)
-                _count_tokens(team, model, answer)
-            return Reservation(team, model, at, request_id, False, learner)
+            return Reservation(team, model, at, None, learner)
+        try:
+            request_id = await self._decide(team, want, at, {})
+        except BaseException:  # refused, or cancelled: the next request learns the cost
+            self._end_learning(model, learner)
+            raise
+        return Reservation(team, model, at, request_id, learner)
+
+    async def _decide(
+        self, team: Team, want: quota.Demand, at: Window, usage: dict[str, int]
+    ) -> str:
+        """Admit ``want`` (adding ``usage``) in the ledger under a new request id, returned;
+        raise what a refusal or a store that cannot decide is answered with."""
+        request_id = secrets.token_hex(16)  # a fifth of what uuid4().hex costs
         try:
             decision = await self._ledger.admit(team, want, at, usage, request_id)
         except StoreError as exc:
-            self._end_learning(model, learner)
             raise StoreUnavailable(
                 "the usage store is unavailable; retry shortly", retry_after=1
             ) from exc
         if not decision.allowed:
-            self._end_learning(model, learner)
             if quota.refuses_every_request(team, decision):
                 self._used_up[team.id] = (decision, at.minute)
             raise _exceeded(team, decision, at)
-        if answer is not None:
-            _count_tokens(team, model, answer)
-        return Reservation(team, model, at, request_id, True, learner)
+        return request_id
 
     def settle(
         self, reservation: Reservation, answer: Answer | None, billed: int
@@ -198,10 +219,11 @@ class Accounts:
             await self._share_cost(model)
         finally:
             self._end_learning(model, reservation.learner)
-        if not reservation.decided:
+        request_id = reservation.request_id
+        if request_id is None:
             self.buffer.add(team.id, at, billed, usage)
-            return
-        await self._ledger.settle(team.id, at.day, at.month, reservation.request_id, billed, usage)
+        else:
+            await self._ledger.settle(team.id, at.day, at.month, request_id, billed, usage)
 
     async def _cost_known_or_my_turn(self, model: str) -> bool:
         """Wait until the model's item cost is known, or until it is this request's turn to
