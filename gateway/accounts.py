@@ -1,12 +1,18 @@
 """Accounting around the pipeline: admit a request against its team's limits (reserving the
 expected cost of its misses), then settle it with what Nomic billed.
 
+A request answered from the cache is admitted with its usage in one step
+(:meth:`Accounts.admit_answered`); one with misses reserves their expected cost
+(:meth:`Accounts.reserve`) and is settled with what Nomic billed (:meth:`Accounts.settle`).
+
 Only a decision goes to the store on the request path: a request that no limit of its team
 applies to (say, all hits for a team without per-minute limits) is counted in an in-process
 buffer that is written once a second, one ``settle`` per team and day, and at shutdown.
 Every settle carries an id and the store applies each id once, so a settle or a buffer
 write that failed (or timed out after it ran) is simply retried later: nothing is lost,
-nothing counted twice, and a reservation is always released.
+nothing counted twice, and a reservation is always released. What a store failure means
+for a decision (decide in the process, or refuse) is the ledger's to say
+(:class:`gateway.store.fallback.FallbackLedger`).
 
 Before the cost of an item of a model is known (no replica has seen Nomic answer yet), a
 team with a token budget sends its misses one request at a time: the first answer teaches
@@ -29,21 +35,20 @@ from gateway.errors import QuotaExceeded, StoreUnavailable
 from gateway.pipeline import Answer, Lookup, count_items
 from gateway.quota import TokenEstimator, Window
 from gateway.store import StoreError
-from gateway.store.base import Ledger
-from gateway.store.memory_ledger import MemoryLedger
+from gateway.store.base import Ledger, QuotaLedger, Settlement
 from gateway.teams import Team
 
 log = logging.getLogger(__name__)
 
 
 class Reservation(NamedTuple):
+    """A request with misses, admitted: what its settle needs."""
+
     team: Team
     model: str
     at: Window
-    request_id: str
-    decided: bool  # the store admitted it (and may hold a reservation under request_id)
+    request_id: str | None  # its id in the ledger; None: no limit applied, it is buffered
     learner: bool  # this request teaches the model's cost; the others wait for it
-    fallback: bool = False  # admitted by this process alone while the store was failing
 
 
 def answered_usage(answer: Answer) -> dict[str, int]:
@@ -56,33 +61,28 @@ def answered_usage(answer: Answer) -> dict[str, int]:
     }
 
 
-class _Settle(NamedTuple):
-    team_id: str
-    day: str
-    month: str
-    request_id: str
-    billed: int
-    usage: Counter[str]
-
-
 class UsageBuffer:
-    """Usage counted in the process, and settles that failed, written by :meth:`flush`."""
+    """Usage counted in the process, and settles that failed, written by :meth:`flush`.
 
-    def __init__(self, ledger: Ledger) -> None:
+    It writes to the store's own ledger, never through a :class:`FallbackLedger` (which
+    hands what fails back to :meth:`retry_later`)."""
+
+    def __init__(self, ledger: QuotaLedger) -> None:
         self._ledger = ledger
-        self._open: dict[tuple[str, str, str], _Settle] = {}
-        self._retry: list[_Settle] = []
+        self._open: dict[tuple[str, str, str], Settlement] = {}
+        self._retry: list[Settlement] = []
         self._flushing = asyncio.Lock()
 
     def add(self, team_id: str, at: Window, billed: int, usage: dict[str, int]) -> None:
         key = (team_id, at.day, at.month)
         entry = self._open.get(key)
         if entry is None:
-            entry = _Settle(team_id, at.day, at.month, secrets.token_hex(16), 0, Counter())
+            entry = Settlement(team_id, at.day, at.month, secrets.token_hex(16), 0, Counter())
         entry.usage.update(usage)
         self._open[key] = entry._replace(billed=entry.billed + billed)
 
-    def retry_later(self, settle: _Settle) -> None:
+    def retry_later(self, settle: Settlement) -> None:
+        """Make ``settle`` at the next flush, and at each one after until it is made."""
         self._retry.append(settle)
 
     async def flush(self) -> None:
@@ -96,8 +96,7 @@ class UsageBuffer:
         while self._retry:
             entry = self._retry[0]
             try:
-                await self._ledger.settle(entry.team_id, entry.day, entry.month,
-                                          entry.request_id, entry.billed, entry.usage)  # fmt: skip
+                await self._ledger.settle(*entry)
             except StoreError as exc:
                 metrics.STORE_ERRORS.labels(operation="usage").inc()
                 log.warning("%d usage records kept in memory: %s", len(self._retry), exc)
@@ -111,21 +110,23 @@ class UsageBuffer:
 
 
 class Accounts:
+    """Admits and settles requests on ``ledger``; ``buffer`` counts what needs no decision.
+
+    Over Redis the ledger is a :class:`FallbackLedger`: it hands a settle the store failed
+    to ``buffer`` to retry, and raises :class:`StoreError` only for a decision it will not
+    make in the store's stead (answered 503)."""
+
     def __init__(
         self,
-        ledger: Ledger,
+        ledger: QuotaLedger,
+        buffer: UsageBuffer,
         estimator: TokenEstimator,
         clock: Callable[[], float] = time.time,
-        *,
-        fail_open: bool = True,
     ) -> None:
         self._ledger = ledger
-        # While the store fails, limits hold per process (fail open) or nothing is admitted.
-        self._fail_open = fail_open
-        self._fallback = MemoryLedger()
         self._estimator = estimator
         self._clock = clock
-        self.buffer = UsageBuffer(ledger)
+        self.buffer = buffer
         self._settling: set[asyncio.Task[None]] = set()
         self._prompt: set[asyncio.Task[None]] = set()  # the settles that wait for nothing
         self._learning: dict[str, asyncio.Event] = {}
@@ -147,50 +148,56 @@ class Accounts:
         self.buffer.add(team.id, at, 0, {"rejected": 1})
         raise _exceeded(team, decision, at)
 
-    async def admit(self, team: Team, lookup: Lookup, answer: Answer | None) -> Reservation:
-        """Admit the request or raise :class:`QuotaExceeded`. With its ``answer`` already
-        known (everything was cached) its usage is recorded at the same time."""
-        model = lookup.request.model
-        learner = False
-        if lookup.missing and _has_budget(team):
-            learner = await self._cost_known_or_my_turn(model)
+    async def admit_answered(self, team: Team, lookup: Lookup, answer: Answer) -> None:
+        """Admit a request answered from the cache, its usage recorded with the decision, or
+        raise :class:`QuotaExceeded` (or :class:`StoreUnavailable`). Nothing is left to
+        settle."""
         at = quota.window(self._clock())
-        per_item = self._estimator.per_item(model) if lookup.missing else 0
+        want = quota.demand(team, len(lookup.keys), lookup.cached_inputs, 0, 0)
+        usage = answered_usage(answer)
+        if quota.applies(team, want):
+            await self._decide(team, want, at, usage)
+        else:
+            self.buffer.add(team.id, at, 0, usage)
+        _count_tokens(team, lookup.request.model, answer)
+
+    async def reserve(self, team: Team, lookup: Lookup) -> Reservation:
+        """Admit a request with misses, reserving their expected cost, or raise
+        :class:`QuotaExceeded` (or :class:`StoreUnavailable`); :meth:`settle` it once it
+        is answered or has failed."""
+        model = lookup.request.model
+        learner = _has_budget(team) and await self._cost_known_or_my_turn(model)
+        at = quota.window(self._clock())
+        per_item = self._estimator.per_item(model)
         want = quota.demand(
             team, len(lookup.keys), lookup.cached_inputs, len(lookup.missing), per_item
         )
-        usage = answered_usage(answer) if answer is not None else {}
-        request_id = secrets.token_hex(16)  # a fifth of what uuid4().hex costs
         if not quota.applies(team, want):
-            if answer is not None:
-                self.buffer.add(team.id, at, 0, usage)
-                _count_tokens(team, model, answer)
-            return Reservation(team, model, at, request_id, False, learner)
-        fallback = False
+            return Reservation(team, model, at, None, learner)
+        try:
+            request_id = await self._decide(team, want, at, {})
+        except BaseException:  # refused, or cancelled: the next request learns the cost
+            self._end_learning(model, learner)
+            raise
+        return Reservation(team, model, at, request_id, learner)
+
+    async def _decide(
+        self, team: Team, want: quota.Demand, at: Window, usage: dict[str, int]
+    ) -> str:
+        """Admit ``want`` (adding ``usage``) in the ledger under a new request id, returned;
+        raise what a refusal or a store that cannot decide is answered with."""
+        request_id = secrets.token_hex(16)  # a fifth of what uuid4().hex costs
         try:
             decision = await self._ledger.admit(team, want, at, usage, request_id)
         except StoreError as exc:
-            # It may have run: settling the id later releases its reservation if it made one,
-            # and records the usage once (an admit that recorded usage marked the id settled).
-            self.buffer.retry_later(
-                _Settle(team.id, at.day, at.month, request_id, 0, Counter(usage))
-            )
-            if not self._fail_open:
-                self._end_learning(model, learner)
-                raise StoreUnavailable(
-                    "the usage store is unavailable; retry shortly", retry_after=1
-                ) from exc
-            metrics.STORE_ERRORS.labels(operation="admit").inc()
-            decision = await self._fallback.admit(team, want, at, usage, request_id)
-            fallback = True
+            raise StoreUnavailable(
+                "the usage store is unavailable; retry shortly", retry_after=1
+            ) from exc
         if not decision.allowed:
-            self._end_learning(model, learner)
             if quota.refuses_every_request(team, decision):
                 self._used_up[team.id] = (decision, at.minute)
             raise _exceeded(team, decision, at)
-        if answer is not None:
-            _count_tokens(team, model, answer)
-        return Reservation(team, model, at, request_id, True, learner, fallback)
+        return request_id
 
     def settle(
         self, reservation: Reservation, answer: Answer | None, billed: int,
@@ -228,20 +235,11 @@ class Accounts:
             await self._share_cost(model)
         finally:
             self._end_learning(model, reservation.learner)
-        if not reservation.decided:
+        request_id = reservation.request_id
+        if request_id is None:
             self.buffer.add(team.id, at, billed, usage)
-            return
-        entry = _Settle(team.id, at.day, at.month, reservation.request_id, billed, Counter(usage))
-        if reservation.fallback:
-            await self._fallback.settle(*entry)  # the local counts, for the local limits
-            # A settle of this id is already queued for the store (from admit): this one
-            # goes under its own id, with what the request actually did.
-            entry = entry._replace(request_id=secrets.token_hex(16))
-        try:
-            await self._ledger.settle(*entry)
-        except StoreError as exc:
-            log.warning("settle of a request of team %s will be retried: %s", team.id, exc)
-            self.buffer.retry_later(entry)
+        else:
+            await self._ledger.settle(team.id, at.day, at.month, request_id, billed, usage)
 
     async def _cost_known_or_my_turn(self, model: str) -> bool:
         """Wait until the model's item cost is known, or until it is this request's turn to

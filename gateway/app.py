@@ -12,7 +12,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway import metrics, teams_file
-from gateway.accounts import Accounts, flushing
+from gateway.accounts import Accounts, UsageBuffer, flushing
 from gateway.appkeys import (
     ACCOUNTS,
     AUTH,
@@ -35,10 +35,12 @@ from gateway.pipeline import Pipeline
 from gateway.quota import TokenEstimator
 from gateway.routes import admin, embeddings, ops, user
 from gateway.shield import Policy
-from gateway.store import MemoryStore, RedisStore, Store, StoreError
-from gateway.store.fallback import FallbackCoordinator
+from gateway.store import MemoryStore, RedisStore, StoreError
+from gateway.store.base import QuotaLedger
+from gateway.store.fallback import FallbackCoordinator, FallbackLedger
 from gateway.store.memory_coordinator import MemoryCoordinator
 from gateway.store.memory_ledger import MemoryLedger
+from gateway.store.redis_backend import RedisBackend
 from gateway.store.redis_coordinator import RedisCoordinator
 from gateway.store.redis_ledger import RedisLedger
 from gateway.upstream import NomicClient
@@ -78,21 +80,21 @@ def shield_policy(settings: Settings) -> Policy:
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    store: Store
+    backend: RedisBackend | None = None
     if settings.redis_url is None:
-        app[STORE] = store = MemoryStore(settings.memory_store_bytes)
+        app[STORE] = MemoryStore(settings.memory_store_bytes)
         app[LEDGER] = MemoryLedger()
         app[COORDINATOR] = MemoryCoordinator()
     else:
-        redis = RedisStore(
+        backend = RedisBackend(
             settings.redis_url,
             timeout_seconds=settings.redis_timeout_seconds,
             max_connections=settings.redis_max_connections,
             cluster=settings.redis_mode == "cluster",
         )
-        app[STORE] = store = redis
-        app[LEDGER] = RedisLedger(redis.client)
-        shared = RedisCoordinator(redis.client)
+        app[STORE] = RedisStore(backend)
+        app[LEDGER] = RedisLedger(backend)
+        shared = RedisCoordinator(backend)
         fail_open = settings.on_store_failure == "open"
         app[COORDINATOR] = FallbackCoordinator(shared) if fail_open else shared
     where = "embedded memory" if settings.redis_url is None else _redis_at(settings.redis_url)
@@ -119,7 +121,8 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await retrying
     await auth.drain()
-    await store.close()
+    if backend is not None:
+        await backend.close()
 
 
 async def _prepare_store(app: web.Application) -> None:
@@ -150,8 +153,12 @@ def _redis_at(url: str) -> str:
 async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     estimator = TokenEstimator(settings.tokens_per_item_estimate)
-    fail_open = settings.on_store_failure == "open"
-    accounts = app[ACCOUNTS] = Accounts(app[LEDGER], estimator, fail_open=fail_open)
+    buffer = UsageBuffer(app[LEDGER])
+    ledger: QuotaLedger = app[LEDGER]
+    if settings.redis_url is not None:  # a store that can fail
+        fail_open = settings.on_store_failure == "open"
+        ledger = FallbackLedger(app[LEDGER], buffer.retry_later, fail_open=fail_open)
+    accounts = app[ACCOUNTS] = Accounts(ledger, buffer, estimator)
     timeout = aiohttp.ClientTimeout(total=settings.upstream_timeout_seconds)
     async with aiohttp.ClientSession(timeout=timeout, raise_for_status=False) as session:
         upstream = app[UPSTREAM] = NomicClient(

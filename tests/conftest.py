@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
 from gateway.config import Settings
-from gateway.store import RedisStore
+from gateway.store import RedisBackend
 from tests.fake_nomic import FAKE_API_KEY, FakeNomic
 
 STORES = ("memory", "redis", "cluster")
@@ -72,6 +72,34 @@ def spawn_redis(port: int, workdir: str, *extra: str) -> subprocess.Popen[bytes]
             time.sleep(0.02)
     client.close()
     return process
+
+
+class RestartableRedis:
+    """A redis-server of the test's own, with AOF, so teams and usage survive a restart."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = str(workdir)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = spawn_redis(self.port, self.workdir, "--appendonly", "yes",
+                                   "--appendfsync", "always")  # fmt: skip
+
+    def stop(self) -> None:
+        assert self.process is not None
+        self.process.terminate()
+        self.process.wait(10)
+
+
+@pytest.fixture
+def outage_redis(tmp_path: Path) -> Iterator[RestartableRedis]:
+    server = RestartableRedis(tmp_path)
+    server.start()
+    yield server
+    if server.process is not None and server.process.poll() is None:
+        server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -148,8 +176,8 @@ def all_keys(client: redis.Redis | redis.RedisCluster, pattern: str) -> list[byt
     return list(client.keys(pattern))
 
 
-def open_redis_store(url: str, **kwargs: Any) -> RedisStore:
-    return RedisStore(url, cluster=url in CLUSTER_URLS, **kwargs)
+def open_redis_backend(url: str, **kwargs: Any) -> RedisBackend:
+    return RedisBackend(url, cluster=url in CLUSTER_URLS, **kwargs)
 
 
 @pytest.fixture

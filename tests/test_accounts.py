@@ -1,5 +1,5 @@
 """The usage buffer: nothing lost when the store fails or a flush is cut short, nothing twice;
-and the refusals decided before a body is read."""
+the refusals decided before a body is read; and the turn to learn what an item costs."""
 
 from __future__ import annotations
 
@@ -107,11 +107,15 @@ async def used_up(team: Team, clock: list[float], hit: bool = True) -> Accounts:
     """Accounts whose store refused ``team`` this minute (for a hit, or for a miss)."""
     estimator = TokenEstimator(1)
     estimator.observe(MODEL, 10, 1)  # a miss's cost is known: no request waits to learn it
-    accounts = Accounts(MemoryLedger(), estimator, clock=lambda: clock[0])
+    ledger = MemoryLedger()
+    accounts = Accounts(ledger, UsageBuffer(ledger), estimator, clock=lambda: clock[0])
     lookup, answer = one_image(hit)
     with pytest.raises(QuotaExceeded):  # admitted until refused
         for _ in range(10):
-            await accounts.admit(team, lookup, answer)
+            if answer is None:
+                await accounts.reserve(team, lookup)
+            else:
+                await accounts.admit_answered(team, lookup, answer)
     return accounts
 
 
@@ -141,3 +145,38 @@ async def test_a_raised_limit_or_hits_that_do_not_count_are_never_refused_early(
     budget = Team("b", "B", Limits(tokens_per_day=15))
     accounts = await used_up(budget, clock, hit=False)
     accounts.refuse_early(budget)  # hits cost no tokens: they still pass
+
+
+# ---- learning what an item costs -----------------------------------------------------------
+
+
+class StallingLedger(MemoryLedger):
+    """Its first admit never answers, as a store that hangs until the request is cancelled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stalled = False
+
+    async def admit(
+        self, team: Team, want: quota.Demand, at: quota.Window, usage: Mapping[str, int],
+        request_id: str,
+    ) -> quota.Decision:  # fmt: skip
+        if not self.stalled:
+            self.stalled = True
+            await asyncio.Event().wait()
+        return await super().admit(team, want, at, usage, request_id)
+
+
+async def test_a_learner_cancelled_while_admitted_hands_its_turn_to_the_next_request() -> None:
+    ledger = StallingLedger()
+    accounts = Accounts(ledger, UsageBuffer(ledger), TokenEstimator(1))  # no item cost known
+    budget = Team("b", "B", Limits(tokens_per_day=1000))
+    lookup, _ = one_image(hit=False)
+    first = asyncio.create_task(accounts.reserve(budget, lookup))
+    await asyncio.sleep(0.01)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    async with asyncio.timeout(1):  # not waiting for a lesson that will never come
+        second = await accounts.reserve(budget, lookup)
+    assert second.learner

@@ -22,7 +22,7 @@ def test_the_bench_bodies_are_what_the_gateway_and_the_ceiling_read() -> None:
     pictures = [png(1), png(2), png(3) + b"00000042"]
     body = multipart(pictures)
     content_type = f"multipart/form-data; boundary={BOUNDARY}"
-    parser = forms.parser_for(content_type, forms.Limits(2**20, 10))
+    parser = forms.parser_for(content_type, forms.BodyLimits(2**20, 10))
     parser.feed(body)
     parsed = parser.finish()
     assert (parsed.model, parsed.items) == ("nomic-embed-vision-v1.5", pictures)

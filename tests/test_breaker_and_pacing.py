@@ -12,11 +12,11 @@ import redis
 
 from gateway.breaker import Breaker
 from gateway.shield import backoff
-from gateway.store import RedisStore
+from gateway.store import RedisBackend, RedisStore
 from gateway.store.base import Coordinator, Mark
 from gateway.store.memory_coordinator import MemoryCoordinator
 from gateway.store.redis_coordinator import RedisCoordinator
-from tests.conftest import open_redis_store
+from tests.conftest import open_redis_backend
 from tests.helpers import policy as make_policy
 
 
@@ -71,9 +71,9 @@ async def coordinator(store_url: str | None) -> AsyncIterator[Coordinator]:
     if store_url is None:
         yield MemoryCoordinator()
         return
-    store = open_redis_store(store_url)
-    yield RedisCoordinator(store.client)
-    await store.close()
+    backend = open_redis_backend(store_url)
+    yield RedisCoordinator(backend)
+    await backend.close()
 
 
 async def test_pacing_spaces_calls_by_the_interval(coordinator: Coordinator) -> None:
@@ -116,8 +116,8 @@ async def test_a_slot_lease_ends_by_itself(coordinator: Coordinator) -> None:
 
 
 async def test_fetch_marks_on_redis(redis_client: redis.Redis, redis_url: str) -> None:
-    store = RedisStore(redis_url)
-    coordinator = RedisCoordinator(store.client)
+    backend = RedisBackend(redis_url)
+    coordinator = RedisCoordinator(backend)
 
     async def held(claims: Awaitable[list[Mark]]) -> list[bool]:
         return [mark.held for mark in await claims]
@@ -130,14 +130,14 @@ async def test_fetch_marks_on_redis(redis_client: redis.Redis, redis_url: str) -
     assert await held(coordinator.claim_fetches(["short"], "me", 30)) == [True]
     await asyncio.sleep(0.06)
     assert await held(coordinator.fetching(["short"])) == [False]
-    await store.close()
+    await backend.close()
 
 
 async def test_a_fetch_mark_is_a_lease_its_holder_alone_renews(
     redis_client: redis.Redis, redis_url: str
 ) -> None:
-    store = RedisStore(redis_url)
-    coordinator = RedisCoordinator(store.client)
+    backend = RedisBackend(redis_url)
+    coordinator = RedisCoordinator(backend)
     await coordinator.claim_fetches(["mine", "theirs"], "me", 200)
     await coordinator.claim_fetches(["other"], "someone", 200)
     await coordinator.renew_fetches(["mine", "other"], "me", 10_000)  # "other" is not mine
@@ -145,19 +145,19 @@ async def test_a_fetch_mark_is_a_lease_its_holder_alone_renews(
     assert [m.held for m in await coordinator.fetching(["mine", "theirs", "other"])] == [
         True, False, False
     ]  # fmt: skip
-    await store.close()
+    await backend.close()
 
 
 async def test_a_claim_reads_the_entry_in_the_same_trip(
     redis_client: redis.Redis, redis_url: str
 ) -> None:
-    store = RedisStore(redis_url)
-    coordinator = RedisCoordinator(store.client)
-    await store.set_many([("stored", b"entry")], None)
+    backend = RedisBackend(redis_url)
+    coordinator = RedisCoordinator(backend)
+    await RedisStore(backend).set_many([("stored", b"entry")], None)
     assert await coordinator.claim_fetches(["stored", "new"], "me", 1000) == [
         Mark(True, b"entry"), Mark(True, None)
     ]  # fmt: skip
     assert await coordinator.fetching(["stored", "new", "none"]) == [
         Mark(True, b"entry"), Mark(True, None), Mark(False, None)
     ]  # fmt: skip
-    await store.close()
+    await backend.close()

@@ -11,12 +11,12 @@ import redis
 
 from gateway import quota
 from gateway.quota import Demand
-from gateway.store import RedisStore
+from gateway.store import RedisBackend
 from gateway.store.base import Ledger
 from gateway.store.memory_ledger import MemoryLedger
 from gateway.store.redis_ledger import DAY_TTL, RedisLedger, team_key
 from gateway.teams import KeyRecord, Limits, Team
-from tests.conftest import open_redis_store
+from tests.conftest import open_redis_backend
 
 NOW = 1_800_000_000.0
 AT = quota.window(NOW)
@@ -27,9 +27,9 @@ async def ledger(store_url: str | None) -> AsyncIterator[Ledger]:
     if store_url is None:
         yield MemoryLedger()
         return
-    store = open_redis_store(store_url)
-    yield RedisLedger(store.client)
-    await store.close()
+    backend = open_redis_backend(store_url)
+    yield RedisLedger(backend)
+    await backend.close()
 
 
 def team(**limits: int | None) -> Team:
@@ -138,10 +138,10 @@ async def test_settles_made_together_each_apply_once(ledger: Ledger) -> None:
 async def test_redis_usage_is_kept_at_least_400_days(
     redis_client: redis.Redis, redis_url: str
 ) -> None:
-    store = RedisStore(redis_url)
-    ledger = RedisLedger(store.client)
+    backend = RedisBackend(redis_url)
+    ledger = RedisLedger(backend)
     await ledger.settle("t1", AT.day, AT.month, "r", 5, {"requests": 1})
-    await store.close()
+    await backend.close()
     ttl = redis_client.ttl(team_key("t1", f"day:{AT.day}"))
     assert 400 * 86400 < ttl <= DAY_TTL
 

@@ -4,47 +4,16 @@ as configured), nothing hangs, and the usage counted during the outage lands aft
 from __future__ import annotations
 
 import asyncio
-import subprocess
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import admin_get, free_port, spawn_redis, start_gateway, team_headers
+from tests.conftest import RestartableRedis, admin_get, start_gateway, team_headers
 from tests.fake_nomic import FakeNomic, png
 from tests.helpers import image_form
 
 Client = TestClient[Any, Any]
-
-
-class RestartableRedis:
-    """A redis-server of the test's own, with AOF, so teams and usage survive a restart."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.workdir = str(workdir)
-        self.process: subprocess.Popen[bytes] | None = None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = spawn_redis(self.port, self.workdir, "--appendonly", "yes",
-                                   "--appendfsync", "always")  # fmt: skip
-
-    def stop(self) -> None:
-        assert self.process is not None
-        self.process.terminate()
-        self.process.wait(10)
-
-
-@pytest.fixture
-async def outage_redis(tmp_path: Path) -> AsyncIterator[RestartableRedis]:
-    server = RestartableRedis(tmp_path)
-    server.start()
-    yield server
-    if server.process is not None and server.process.poll() is None:
-        server.stop()
 
 
 async def embed(client: Client, seed: int, headers: dict[str, str]) -> Any:

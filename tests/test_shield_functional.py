@@ -193,13 +193,13 @@ async def test_a_crashed_replica_blocks_an_image_only_until_its_mark_expires(
     make_redis_gateway: GatewayFactory, fake_nomic: FakeNomic, redis_url: str
 ) -> None:
     from gateway.keys import cache_key, content_digest
-    from gateway.store import RedisStore
+    from gateway.store import RedisBackend
     from gateway.store.redis_coordinator import RedisCoordinator
 
     gateway = await make_redis_gateway()
     image = png(77)
-    store = RedisStore(redis_url)
-    crashed = RedisCoordinator(store.client)
+    backend = RedisBackend(redis_url)
+    crashed = RedisCoordinator(backend)
     key = cache_key("nomic-embed-vision-v1.5", "image", content_digest(image))
     assert (await crashed.claim_fetches([key], "a-replica-that-died", 400))[0].held
     started = time.monotonic()
@@ -207,7 +207,7 @@ async def test_a_crashed_replica_blocks_an_image_only_until_its_mark_expires(
     assert response.status == 200
     assert 0.3 <= time.monotonic() - started < 3
     assert fake_nomic.items_received == [image]
-    await store.close()
+    await backend.close()
 
 
 async def test_the_shield_is_observable(

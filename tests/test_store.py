@@ -6,16 +6,19 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.store import MemoryStore, RedisStore, Store, StoreError
+from gateway.store import MemoryStore, RedisBackend, RedisStore, Store, StoreError
 from gateway.store.memory import ENTRY_OVERHEAD
-from tests.conftest import free_port, open_redis_store
+from tests.conftest import free_port, open_redis_backend
 
 
 @pytest.fixture
 async def store(store_url: str | None) -> AsyncIterator[Store]:
-    opened: Store = MemoryStore(10_000_000) if store_url is None else open_redis_store(store_url)
-    yield opened
-    await opened.close()
+    if store_url is None:
+        yield MemoryStore(10_000_000)
+        return
+    backend = open_redis_backend(store_url)
+    yield RedisStore(backend)
+    await backend.close()
 
 
 async def test_get_many_answers_in_order_with_none_for_missing(store: Store) -> None:
@@ -70,12 +73,13 @@ async def test_memory_store_skips_an_entry_larger_than_itself() -> None:
 
 
 async def test_redis_store_that_cannot_connect_raises_store_error() -> None:
-    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout_seconds=0.2)
+    backend = RedisBackend(f"redis://127.0.0.1:{free_port()}/0", timeout_seconds=0.2)
+    store = RedisStore(backend)
     with pytest.raises(StoreError, match="Redis get failed"):
         await store.get_many(["a"])
     with pytest.raises(StoreError):
         await store.ping()
-    await store.close()
+    await backend.close()
 
 
 async def test_more_concurrent_calls_than_connections_wait_their_turn(
@@ -83,15 +87,13 @@ async def test_more_concurrent_calls_than_connections_wait_their_turn(
 ) -> None:
     import asyncio
 
-    store: Store = (
-        MemoryStore(10_000_000)
-        if store_url is None
-        else open_redis_store(store_url, max_connections=4)
-    )
+    backend = None if store_url is None else open_redis_backend(store_url, max_connections=4)
+    store: Store = MemoryStore(10_000_000) if backend is None else RedisStore(backend)
     await store.set_many([("k", b"v")], None)
     results = await asyncio.gather(*(store.get_many(["k"]) for _ in range(300)))
     assert results == [[b"v"]] * 300
-    await store.close()
+    if backend is not None:
+        await backend.close()
 
 
 async def test_an_unreachable_cluster_is_a_store_error_for_every_operation() -> None:
@@ -100,9 +102,10 @@ async def test_an_unreachable_cluster_is_a_store_error_for_every_operation() -> 
     from gateway.store.redis_coordinator import RedisCoordinator
     from gateway.store.redis_ledger import RedisLedger
 
-    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout_seconds=0.5,
-                       max_connections=4, cluster=True)  # fmt: skip
-    ledger, coordinator = RedisLedger(store.client), RedisCoordinator(store.client)
+    backend = RedisBackend(f"redis://127.0.0.1:{free_port()}/0", timeout_seconds=0.5,
+                           max_connections=4, cluster=True)  # fmt: skip
+    store = RedisStore(backend)
+    ledger, coordinator = RedisLedger(backend), RedisCoordinator(backend)
     operations = {
         "get_many": store.get_many(["k"]),
         "set_many": store.set_many([("k", b"v")], None),
@@ -117,4 +120,4 @@ async def test_an_unreachable_cluster_is_a_store_error_for_every_operation() -> 
             with pytest.raises(StoreError, match=r"Redis .* failed: RedisClusterException"):
                 await operation
     finally:
-        await store.close()
+        await backend.close()

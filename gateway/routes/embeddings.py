@@ -51,9 +51,9 @@ async def _embed(
     lookup = await pipeline.lookup(parsed, team.cache_scope)
     if not lookup.missing:
         cached = assemble(lookup)
-        await accounts.admit(team, lookup, cached)
+        await accounts.admit_answered(team, lookup, cached)
         return _response(cached, log)
-    reservation = await accounts.admit(team, lookup, None)
+    reservation = await accounts.reserve(team, lookup)
     answer: Answer | None = None
     billed = 0
     late = None

@@ -3,5 +3,6 @@
 from gateway.store.base import Store, StoreError
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
+from gateway.store.redis_backend import RedisBackend
 
-__all__ = ["MemoryStore", "RedisStore", "Store", "StoreError"]
+__all__ = ["MemoryStore", "RedisBackend", "RedisStore", "Store", "StoreError"]

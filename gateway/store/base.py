@@ -1,12 +1,14 @@
 """The store protocols: only the methods the gateway uses.
 
 :class:`Store` is the embedding cache. :class:`Ledger` holds teams, keys, usage and the quota
-counters; every decision that must be exact under concurrency is one atomic call in it.
-Both implementations (embedded memory, Redis) implement both protocols.
+counters; every decision that must be exact under concurrency is one atomic call in it. The
+request path needs only its :class:`QuotaLedger` part. Both implementations (embedded
+memory, Redis) implement every protocol.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple, Protocol
 
@@ -31,10 +33,47 @@ class Store(Protocol):
         """Return if the store is usable, raise :class:`StoreError` if not."""
         ...
 
-    async def close(self) -> None: ...
+
+class QuotaLedger(Protocol):
+    """What the request path asks of the ledger: decisions, settles and item costs."""
+
+    async def admit(
+        self, team: Team, want: Demand, at: Window, usage: Mapping[str, int], request_id: str
+    ) -> Decision:
+        """Atomically: check ``want`` against the team's limits; if it fits, count it, reserve
+        its tokens (under ``request_id``) and add ``usage`` to the day; if not, count a
+        rejection. An admit that added usage also marks ``request_id`` settled: the request
+        was answered already, and needs no :meth:`settle`."""
+        ...
+
+    async def settle(
+        self, team_id: str, day: str, month: str, request_id: str, billed: int,
+        usage: Mapping[str, int],
+    ) -> None:  # fmt: skip
+        """Once per ``request_id``, atomically: release what it reserved on ``day`` (of
+        ``month``), add ``billed`` to that day and month and ``usage`` to the day. Settling
+        the same id again changes nothing, so a settle may be retried after a timeout."""
+        ...
+
+    async def item_cost(self, model: str) -> int | None:
+        """What one item of ``model`` cost upstream lately, as any replica learned it."""
+        ...
+
+    async def record_item_cost(self, model: str, tokens: int) -> None: ...
 
 
-class Ledger(Protocol):
+class Settlement(NamedTuple):
+    """The arguments of one :meth:`QuotaLedger.settle`, kept to be made (again) later."""
+
+    team_id: str
+    day: str
+    month: str
+    request_id: str
+    billed: int
+    usage: Counter[str]
+
+
+class Ledger(QuotaLedger, Protocol):
     async def create_team(self, team: Team) -> bool:
         """Add a team; False if one with its id exists."""
         ...
@@ -69,29 +108,6 @@ class Ledger(Protocol):
         """Note that the key was used at ``now`` (kept apart from the record, so a write of
         it can never undo a revocation)."""
         ...
-
-    async def admit(
-        self, team: Team, want: Demand, at: Window, usage: Mapping[str, int], request_id: str
-    ) -> Decision:
-        """Atomically: check ``want`` against the team's limits; if it fits, count it, reserve
-        its tokens (under ``request_id``) and add ``usage`` to the day; if not, count a
-        rejection."""
-        ...
-
-    async def settle(
-        self, team_id: str, day: str, month: str, request_id: str, billed: int,
-        usage: Mapping[str, int],
-    ) -> None:  # fmt: skip
-        """Once per ``request_id``, atomically: release what it reserved on ``day`` (of
-        ``month``), add ``billed`` to that day and month and ``usage`` to the day. Settling
-        the same id again changes nothing, so a settle may be retried after a timeout."""
-        ...
-
-    async def item_cost(self, model: str) -> int | None:
-        """What one item of ``model`` cost upstream lately, as any replica learned it."""
-        ...
-
-    async def record_item_cost(self, model: str, tokens: int) -> None: ...
 
     async def usage(self, team_id: str, days: Sequence[str]) -> list[dict[str, int]]:
         """The team's usage of each day, in order (zeros where nothing was recorded)."""

@@ -1,17 +1,27 @@
-"""Failing open: while the shared coordinator (Redis) fails, this process paces itself.
+"""While the shared store (Redis) fails: what this process does alone.
 
-Nomic's rate and the concurrency cap are then held per process, so N replicas could reach N
-times the rate until Redis is back; Nomic's own 429s are retried and pause this process.
+:class:`FallbackCoordinator` paces upstream calls in the process: Nomic's rate and the
+concurrency cap are then held per process, so N replicas could reach N times the rate until
+Redis is back; Nomic's own 429s are retried and pause this process.
+
+:class:`FallbackLedger` decides admissions in the process (fail open), or refuses them
+(closed), and keeps every settle the store could not take to be made later: nothing lost,
+nothing counted twice, no reservation left behind.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import secrets
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 
 from gateway import metrics
-from gateway.store.base import Coordinator, Mark, StoreError
+from gateway.quota import Decision, Demand, Window
+from gateway.store.base import Coordinator, Mark, QuotaLedger, Settlement, StoreError
 from gateway.store.memory_coordinator import MemoryCoordinator
+from gateway.store.memory_ledger import MemoryLedger
+from gateway.teams import Team
 
 log = logging.getLogger(__name__)
 
@@ -68,3 +78,66 @@ class FallbackCoordinator:
 
     async def fetching(self, keys: Sequence[str]) -> list[Mark]:
         return await self._shared.fetching(keys)
+
+
+class FallbackLedger:
+    """The request path's ledger over the ``shared`` one, whose failures it answers.
+
+    An admit the store fails may have run there all the same (it timed out after): its id is
+    handed at once to ``settle_later`` (the usage buffer's retries), so settling it in the
+    store releases what it reserved and records its usage once. Then, with ``fail_open``,
+    the request is decided by a :class:`MemoryLedger` of this process, which holds each limit
+    per process until the store is back; without, the :class:`StoreError` is raised (the
+    request is refused). A settle the store fails goes to ``settle_later`` too: :meth:`settle`
+    never raises it.
+    """
+
+    def __init__(
+        self,
+        shared: QuotaLedger,
+        settle_later: Callable[[Settlement], None],
+        *,
+        fail_open: bool,
+    ) -> None:
+        self._shared = shared
+        self._settle_later = settle_later
+        self._local = MemoryLedger() if fail_open else None
+        self._decided_here: set[str] = set()  # admitted by the local ledger, to settle there
+
+    async def admit(
+        self, team: Team, want: Demand, at: Window, usage: Mapping[str, int], request_id: str
+    ) -> Decision:
+        try:
+            return await self._shared.admit(team, want, at, usage, request_id)
+        except StoreError:
+            self._settle_later(Settlement(team.id, at.day, at.month, request_id, 0, Counter(usage)))
+            if self._local is None:
+                raise
+            metrics.STORE_ERRORS.labels(operation="admit").inc()
+        decision = await self._local.admit(team, want, at, usage, request_id)
+        if decision.allowed and not usage:
+            self._decided_here.add(request_id)
+        return decision
+
+    async def settle(
+        self, team_id: str, day: str, month: str, request_id: str, billed: int,
+        usage: Mapping[str, int],
+    ) -> None:  # fmt: skip
+        settlement = Settlement(team_id, day, month, request_id, billed, Counter(usage))
+        if self._local is not None and request_id in self._decided_here:
+            self._decided_here.discard(request_id)
+            await self._local.settle(*settlement)  # the local counts, for the local limits
+            # The store's settle of this id is queued already (by admit): this one goes under
+            # an id of its own, with what the request actually did.
+            settlement = settlement._replace(request_id=secrets.token_hex(16))
+        try:
+            await self._shared.settle(*settlement)
+        except StoreError as exc:
+            log.warning("settle of a request of team %s will be retried: %s", team_id, exc)
+            self._settle_later(settlement)
+
+    async def item_cost(self, model: str) -> int | None:
+        return await self._shared.item_cost(model)
+
+    async def record_item_cost(self, model: str, tokens: int) -> None:
+        await self._shared.record_item_cost(model, tokens)

@@ -47,9 +47,6 @@ class MemoryStore:
     async def ping(self) -> None:
         return None
 
-    async def close(self) -> None:
-        self._entries.clear()
-
 
 def _cost(key: str, entry: tuple[bytes, float | None]) -> int:
     return len(key) + len(entry[0]) + ENTRY_OVERHEAD

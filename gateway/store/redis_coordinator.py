@@ -18,8 +18,7 @@ from redis.asyncio import RedisCluster
 from redis.crc import key_slot
 
 from gateway.store.base import Mark
-from gateway.store.redis import Client, call, pipelined
-from gateway.store.redis_ledger import script
+from gateway.store.redis_backend import RedisBackend
 
 # Keys one script reads together share a hash tag (one Redis Cluster slot).
 PACE_KEY = "ng:v1:{upstream}:tat"
@@ -33,16 +32,17 @@ def mark_name(cache_key: str) -> str:
 
 
 class RedisCoordinator:
-    def __init__(self, client: Client) -> None:
-        self._redis = client
-        self._pace = client.register_script(script("pace.lua"))
-        self._slot = client.register_script(script("slot.lua"))
-        self._unclaim = client.register_script(script("unclaim.lua"))
-        self._renew = client.register_script(script("renew.lua"))
-        self._hold = client.register_script(script("hold.lua"))
+    def __init__(self, backend: RedisBackend) -> None:
+        self._backend = backend
+        self._redis = backend.client
+        self._pace = backend.script("pace.lua")
+        self._slot = backend.script("slot.lua")
+        self._unclaim = backend.script("unclaim.lua")
+        self._renew = backend.script("renew.lua")
+        self._hold = backend.script("hold.lua")
 
     async def _call(self, what: str, awaitable: Awaitable[Any]) -> Any:
-        return await call(what, awaitable)
+        return await self._backend.call(what, awaitable)
 
     async def pace(self, interval_ms: int, burst: int, max_wait_ms: int) -> int:
         args = [interval_ms, burst, max_wait_ms]
@@ -64,7 +64,7 @@ class RedisCoordinator:
                 pipe.set(mark_name(key), holder, nx=True, px=lease_ms)
                 pipe.get(key)
 
-        replies = await pipelined("claim", self._redis, queue)
+        replies = await self._backend.pipelined("claim", queue)
         return _marks(replies)
 
     async def renew_fetches(self, keys: Sequence[str], holder: str, lease_ms: int) -> None:
@@ -83,7 +83,7 @@ class RedisCoordinator:
                 pipe.exists(mark_name(key))
                 pipe.get(key)
 
-        replies = await pipelined("fetching", self._redis, queue)
+        replies = await self._backend.pipelined("fetching", queue)
         return _marks(replies)
 
     def _by_slot(self, keys: Sequence[str]) -> list[list[str]]:

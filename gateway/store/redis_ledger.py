@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Awaitable, Mapping, Sequence
-from importlib import resources
 from typing import Any, NamedTuple
 
 import orjson
@@ -17,7 +16,7 @@ import orjson
 from gateway import quota
 from gateway.batching import Coalescer
 from gateway.quota import Decision, Demand, Window
-from gateway.store.redis import Client, call, pipelined
+from gateway.store.redis_backend import RedisBackend
 from gateway.teams import LIMIT_NAMES, KeyRecord, Team
 
 TEAMS = "ng:v1:teams"
@@ -30,10 +29,6 @@ SETTLED_TTL = 3600  # how long a settle id is remembered, to make a retried sett
 
 def team_key(team_id: str, suffix: str) -> str:
     return f"ng:v1:{{t:{team_id}}}:{suffix}"
-
-
-def script(name: str) -> str:
-    return resources.files("gateway.store").joinpath("lua", name).read_text()
 
 
 def _float(value: bytes | None) -> float | None:
@@ -75,17 +70,18 @@ class _Settlement(NamedTuple):
 
 
 class RedisLedger:
-    def __init__(self, client: Client) -> None:
-        self._redis = client
-        self._admit = client.register_script(script("usage.lua") + script("admit.lua"))
-        self._settle = client.register_script(script("usage.lua") + script("settle.lua"))
-        self._narrow = client.register_script(script("narrow_key.lua"))
+    def __init__(self, backend: RedisBackend) -> None:
+        self._backend = backend
+        self._redis = backend.client
+        self._admit = backend.script("admit.lua", prelude="usage.lua")
+        self._settle = backend.script("settle.lua", prelude="usage.lua")
+        self._narrow = backend.script("narrow_key.lua")
         # Admissions (settles) of one team made while one is in flight share the next call.
         self._admissions = Coalescer(self._admit_batch)
         self._settles = Coalescer(self._settle_batch)
 
     async def _call(self, what: str, awaitable: Awaitable[Any]) -> Any:
-        return await call(what, awaitable)
+        return await self._backend.call(what, awaitable)
 
     async def create_team(self, team: Team) -> bool:
         created = await self._call(
@@ -135,7 +131,7 @@ class RedisLedger:
         await self._call("key narrow", self._narrow(keys=[_state(record.sha256)], args=args))
 
     async def get_key(self, sha256: str) -> KeyRecord | None:
-        raw, (revoked, expires) = await pipelined("key read", self._redis, lambda pipe: (
+        raw, (revoked, expires) = await self._backend.pipelined("key read", lambda pipe: (
             pipe.get(f"ng:v1:key:{sha256}"), pipe.hmget(_state(sha256), ["revoked", "expires"])
         ))  # fmt: skip
         if raw is None:
@@ -224,7 +220,7 @@ class RedisLedger:
         await self._call("cost write", self._redis.set(f"ng:v1:cost:{model}", tokens))
 
     async def usage(self, team_id: str, days: Sequence[str]) -> list[dict[str, int]]:
-        rows = await pipelined("usage read", self._redis, lambda pipe: [
+        rows = await self._backend.pipelined("usage read", lambda pipe: [
             pipe.hmget(team_key(team_id, f"day:{day}"), quota.USAGE_FIELDS) for day in days
         ])  # fmt: skip
         return [

@@ -1,6 +1,7 @@
 -- Admit a batch of requests of one team, in order, atomically: each is decided against its
 -- team's limits as the requests before it left them, and reserves its expected tokens.
 -- Counts are whole numbers; times are in seconds.
+-- Runs after its prelude, usage.lua (add_usage, write_usage).
 -- KEYS: 1 the team's requests this minute, 2 its images this minute,
 --       3 its usage hash of the day, 4 its token hash of the month, then for each request:
 --       its reservation (read back by settle.lua) and the marker that it is settled (set

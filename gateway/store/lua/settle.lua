@@ -1,6 +1,7 @@
 -- Settle a batch of requests of one team and day, each once: release what it reserved, add
 -- what was billed and its usage. Idempotent per request: a settle retried after a timeout
 -- (that had in fact run) changes nothing. Counts are whole numbers; times are in seconds.
+-- Runs after its prelude, usage.lua (add_usage, write_usage).
 -- KEYS: 1 the team's usage hash of the day the reservations were made, 2 its token hash of
 --       that month, then for each request: the marker that its settle ran, and its
 --       reservation (written by admit.lua; absent when nothing was reserved)

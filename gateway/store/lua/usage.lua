@@ -1,4 +1,5 @@
--- Shared by admit.lua and settle.lua (prepended to each): usage counts summed over a batch.
+-- The prelude of admit.lua and settle.lua (run before each, see RedisBackend.script): usage
+-- counts summed over a batch.
 -- Adds the n usage field and amount pairs of ARGV from ARGV[first] to usage; fields keeps
 -- the fields in the order first seen.
 local function add_usage(usage, fields, first, n)

@@ -1,0 +1,104 @@
+"""The ledger while Redis is down, on real redis-servers (one on a port nobody listens on, one
+the test stops and starts again): limits hold in the process or requests are refused, and
+once Redis is back every settle lands in it once, every reservation made there released."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from prometheus_client import REGISTRY
+
+from gateway import quota
+from gateway.accounts import UsageBuffer
+from gateway.quota import Demand
+from gateway.store import RedisBackend, StoreError
+from gateway.store.fallback import FallbackLedger
+from gateway.store.redis_ledger import RedisLedger
+from gateway.teams import Limits, Team
+from tests.conftest import RestartableRedis, free_port
+
+AT = quota.window(1_800_000_000.0)
+MISS = {"requests": 1, "images": 1, "misses": 1}
+HIT = {"requests": 1, "images": 1, "hits": 1, "saved_tokens": 10}
+
+
+def team(**limits: int) -> Team:
+    return Team("t1", "Team one", Limits(**limits))
+
+
+def admit_errors() -> float:
+    return REGISTRY.get_sample_value("gateway_store_errors_total", {"operation": "admit"}) or 0.0
+
+
+def ledgers(
+    backend: RedisBackend, *, fail_open: bool
+) -> tuple[RedisLedger, UsageBuffer, FallbackLedger]:
+    """Redis's ledger, the usage buffer that writes to it, and the fallback over both."""
+    shared = RedisLedger(backend)
+    buffer = UsageBuffer(shared)
+    return shared, buffer, FallbackLedger(shared, buffer.retry_later, fail_open=fail_open)
+
+
+@pytest.fixture
+async def unreachable() -> AsyncIterator[RedisBackend]:
+    backend = RedisBackend(f"redis://127.0.0.1:{free_port()}/0", timeout_seconds=0.2)
+    yield backend
+    await backend.close()
+
+
+@pytest.fixture
+async def restartable(outage_redis: RestartableRedis) -> AsyncIterator[RedisBackend]:
+    backend = RedisBackend(outage_redis.url, timeout_seconds=0.2)
+    yield backend
+    await backend.close()
+
+
+async def test_while_redis_is_down_each_limit_holds_in_the_process(
+    unreachable: RedisBackend,
+) -> None:
+    _, _, ledger = ledgers(unreachable, fail_open=True)
+    errors_before = admit_errors()
+    limited = team(requests_per_minute=2)
+    decisions = [await ledger.admit(limited, Demand(1, 1, 0), AT, {}, f"r{i}") for i in range(3)]
+    assert [decision.allowed for decision in decisions] == [True, True, False]
+    assert decisions[2].limit == "requests_per_minute"
+    assert admit_errors() == errors_before + 3
+    await ledger.settle("t1", AT.day, AT.month, "r0", 0, MISS)  # kept for later, not raised
+
+
+async def test_failing_closed_refuses_and_releases_what_an_admit_that_ran_reserved(
+    outage_redis: RestartableRedis, restartable: RedisBackend
+) -> None:
+    shared, buffer, ledger = ledgers(restartable, fail_open=False)
+    capped = team(tokens_per_day=100)
+    # An admit that ran in Redis, but whose answer never came back: Redis went away.
+    assert (await shared.admit(capped, Demand(1, 1, 60), AT, {}, "lost")).allowed
+    outage_redis.stop()
+    with pytest.raises(StoreError):
+        await ledger.admit(capped, Demand(1, 1, 60), AT, {}, "lost")
+    outage_redis.start()
+    await buffer.flush()
+    assert (await shared.admit(capped, Demand(1, 1, 100), AT, {}, "all")).allowed  # released
+
+
+async def test_failing_open_writes_every_settle_once_when_redis_is_back(
+    outage_redis: RestartableRedis, restartable: RedisBackend
+) -> None:
+    shared, buffer, ledger = ledgers(restartable, fail_open=True)
+    capped = team(tokens_per_day=1000)
+    assert (await ledger.admit(capped, Demand(1, 1, 50), AT, {}, "before")).allowed  # by Redis
+    assert (await shared.admit(capped, Demand(1, 1, 60), AT, {}, "ran")).allowed  # answer lost
+    outage_redis.stop()
+    assert (await ledger.admit(capped, Demand(1, 1, 60), AT, {}, "ran")).allowed  # by the process
+    assert (await ledger.admit(capped, Demand(1, 1, 0), AT, HIT, "hit")).allowed
+    await ledger.settle("t1", AT.day, AT.month, "before", 40, MISS)
+    await ledger.settle("t1", AT.day, AT.month, "ran", 45, MISS)
+    outage_redis.start()
+    await buffer.flush()
+    await buffer.flush()  # nothing is left, nothing written twice
+    [row] = await shared.usage("t1", [AT.day])
+    assert (row["requests"], row["misses"], row["hits"], row["billed_tokens"]) == (3, 2, 1, 85)
+    # Both reservations made in Redis were released: all that is left of the day is unbilled.
+    assert (await shared.admit(capped, Demand(1, 1, 1000 - 85), AT, {}, "rest")).allowed
+    assert not (await shared.admit(capped, Demand(1, 1, 1), AT, {}, "more")).allowed
