@@ -254,18 +254,8 @@ class Shield:
             if not lane.jobs:
                 lane.arrived.clear()
                 continue
-            # A concurrency slot is taken while the batch lingers: a batch waits for the
-            # linger or the slot, whichever is longer, not for both. The rate's next call is
-            # taken last, so calls leave as evenly spaced as the rate grants them.
-            taking = asyncio.create_task(self._take_slot(lane))
-            try:
-                if not lane.quiet:
-                    await self._linger(lane)
-                slot = await taking
-            except BaseException:
-                taking.cancel()
-                raise
-            if slot is None or not await self._paced(lane, slot):
+            slot = await self._start(lane)
+            if slot is None:
                 continue
             batch = self._take_batch(lane)
             if not lane.jobs:
@@ -274,6 +264,48 @@ class Shield:
             task = asyncio.create_task(self._send(lane, batch, slot))
             self._sends.add(task)
             task.add_done_callback(self._sends.discard)
+
+    async def _start(self, lane: _Lane) -> str | None:
+        """A slot of the concurrency cap and the rate's next call for the lane's next batch;
+        None if its jobs failed instead (deadline, store).
+
+        A quiet lane's batch takes both in one round trip and goes. Otherwise the slot is
+        taken while the batch lingers (it waits for the linger or the slot, whichever is
+        longer, not for both), and the rate's next call last, so calls leave as evenly
+        spaced as the rate grants them."""
+        if lane.quiet:
+            started = await self._start_at_once(lane)
+            if started != "busy":
+                return started
+        taking = asyncio.create_task(self._take_slot(lane))
+        try:
+            if not lane.quiet:
+                await self._linger(lane)
+            slot = await taking
+        except BaseException:
+            taking.cancel()
+            raise
+        if slot is None or not await self._paced(lane, slot):
+            return None
+        return slot
+
+    async def _start_at_once(self, lane: _Lane) -> str | None:
+        """The slot and the rate's next call in one step; "busy" if every slot is held."""
+        holder = f"{self._holder}:{next(self._slot_ids)}"
+        deadline = max(item.job.deadline for item in lane.jobs)
+        left_ms = max(0, round((deadline - self._clock()) * 1000))
+        try:
+            wait_ms = await self._coordinator.start_call(
+                holder, self.policy.concurrency, self._lease_ms(deadline),
+                self.policy.interval_ms, self.policy.rate_burst, left_ms,
+            )  # fmt: skip
+            if wait_ms is None:
+                return "busy"
+            await self._wait_turn(wait_ms, left_ms)
+        except (GatewayError, StoreError) as exc:
+            await self._give_up(lane, holder, exc)
+            return None
+        return holder
 
     async def _linger(self, lane: _Lane) -> None:
         """Give other requests' misses ``linger`` to join, unless the batch is full."""
@@ -294,11 +326,9 @@ class Shield:
         first or the store fails."""
         holder = f"{self._holder}:{next(self._slot_ids)}"
         deadline = max(item.job.deadline for item in lane.jobs)
-        # The slot is held through retries and pauses until the batch's deadline at most.
-        lease_ms = round((deadline - self._clock() + self.policy.call_timeout_seconds + 5) * 1000)
         try:
             while not await self._coordinator.acquire_slot(
-                holder, self.policy.concurrency, lease_ms
+                holder, self.policy.concurrency, self._lease_ms(deadline)
             ):
                 if self._clock() > deadline:
                     raise UpstreamUnavailable("too many upstream calls in flight", retry_after=1)
@@ -336,6 +366,11 @@ class Shield:
         wait_ms = await self._coordinator.pace(
             self.policy.interval_ms, self.policy.rate_burst, left_ms
         )
+        await self._wait_turn(wait_ms, left_ms)
+
+    async def _wait_turn(self, wait_ms: int, left_ms: int) -> None:
+        """Wait the ``wait_ms`` the rate gave, or raise if it gave none (a negative wait:
+        the next call comes after the ``left_ms`` the batch has)."""
         if wait_ms < 0:
             raise UpstreamUnavailable(
                 "Nomic's rate is used up for now", retry_after=left_ms / 1000 or 1
@@ -343,6 +378,10 @@ class Shield:
         if wait_ms:
             metrics.UPSTREAM_PACED_SECONDS.observe(wait_ms / 1000)
             await asyncio.sleep(wait_ms / 1000)
+
+    def _lease_ms(self, deadline: float) -> int:
+        """A slot is held through retries and pauses until the batch's deadline at most."""
+        return round((deadline - self._clock() + self.policy.call_timeout_seconds + 5) * 1000)
 
     def _take_batch(self, lane: _Lane, everything: bool = False) -> list[_Waiting]:
         batch: list[_Waiting] = []

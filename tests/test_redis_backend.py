@@ -54,18 +54,18 @@ def test_lines_after_the_prelude_are_counted_from_the_scripts_own_first_line(
     assert admit.where(1) == "lua/usage.lua:1"
     assert admit.where(prelude_lines) == f"lua/usage.lua:{prelude_lines}"
     assert admit.where(prelude_lines + 1) == "lua/admit.lua:1"
-    assert unconnected.script("pace.lua").where(7) == "lua/pace.lua:7"
+    assert unconnected.script("hold.lua").where(7) == "lua/hold.lua:7"
     # an error that names no line still names the script
     out_of_memory = "command not allowed when used memory > 'maxmemory'."
     assert admit.locate(out_of_memory) == f"lua/admit.lua: {out_of_memory}"
 
 
 async def test_a_lua_error_names_the_script_file_and_line(backend: RedisBackend) -> None:
-    pace = backend.script("pace.lua")
+    pace = backend.script("pace.lua", prelude="upstream.lua")
     with pytest.raises(StoreError) as failed:
         await backend.call("pace", pace(keys=["tat", "hold"], args=["not", "a", "number"]))
-    line = line_of("pace.lua", "local wait = tat - (burst - 1) * interval - now")
-    assert f"Redis pace failed: ScriptError: lua/pace.lua:{line}: " in str(failed.value)
+    line = line_of("upstream.lua", "local wait = tat - (burst - 1) * interval - now")
+    assert f"Redis pace failed: ScriptError: lua/upstream.lua:{line}: " in str(failed.value)
     assert "user_script" not in str(failed.value)
 
 

@@ -139,6 +139,13 @@ class Coordinator(Protocol):
         """Take one of ``cap`` upstream call slots for ``lease_ms``; False if all are held."""
         ...
 
+    async def start_call(
+        self, holder: str, cap: int, lease_ms: int, interval_ms: int, burst: int, max_wait_ms: int
+    ) -> int | None:
+        """:meth:`acquire_slot` then :meth:`pace`, in one step: None (nothing taken) if every
+        slot is held; else what ``pace`` returns, and a negative wait gives the slot back."""
+        ...
+
     async def release_slot(self, holder: str) -> None: ...
 
     async def claim_fetches(self, keys: Sequence[str], holder: str, lease_ms: int) -> list[Mark]:

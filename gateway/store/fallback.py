@@ -60,6 +60,20 @@ class FallbackCoordinator:
             self._local_holders.add(holder)
         return taken
 
+    async def start_call(
+        self, holder: str, cap: int, lease_ms: int, interval_ms: int, burst: int, max_wait_ms: int
+    ) -> int | None:
+        try:
+            return await self._shared.start_call(
+                holder, cap, lease_ms, interval_ms, burst, max_wait_ms
+            )
+        except StoreError as exc:
+            self._failed("slot", exc)
+        wait = await self._local.start_call(holder, cap, lease_ms, interval_ms, burst, max_wait_ms)
+        if wait is not None and wait >= 0:
+            self._local_holders.add(holder)
+        return wait
+
     async def release_slot(self, holder: str) -> None:
         if holder in self._local_holders:
             self._local_holders.discard(holder)

@@ -39,6 +39,16 @@ class MemoryCoordinator:
         self._slots[holder] = now + lease_ms
         return True
 
+    async def start_call(
+        self, holder: str, cap: int, lease_ms: int, interval_ms: int, burst: int, max_wait_ms: int
+    ) -> int | None:
+        if not await self.acquire_slot(holder, cap, lease_ms):
+            return None
+        wait = await self.pace(interval_ms, burst, max_wait_ms)
+        if wait < 0:
+            await self.release_slot(holder)
+        return wait
+
     async def release_slot(self, holder: str) -> None:
         self._slots.pop(holder, None)
 

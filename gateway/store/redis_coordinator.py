@@ -35,8 +35,9 @@ class RedisCoordinator:
     def __init__(self, backend: RedisBackend) -> None:
         self._backend = backend
         self._redis = backend.client
-        self._pace = backend.script("pace.lua")
-        self._slot = backend.script("slot.lua")
+        self._pace = backend.script("pace.lua", prelude="upstream.lua")
+        self._slot = backend.script("slot.lua", prelude="upstream.lua")
+        self._start_call = backend.script("start_call.lua", prelude="upstream.lua")
         self._unclaim = backend.script("unclaim.lua")
         self._renew = backend.script("renew.lua")
         self._hold = backend.script("hold.lua")
@@ -54,6 +55,14 @@ class RedisCoordinator:
     async def acquire_slot(self, holder: str, cap: int, lease_ms: int) -> bool:
         taken = await self._call("slot", self._slot(keys=[SLOTS_KEY], args=[holder, cap, lease_ms]))
         return bool(taken)
+
+    async def start_call(
+        self, holder: str, cap: int, lease_ms: int, interval_ms: int, burst: int, max_wait_ms: int
+    ) -> int | None:
+        keys = [SLOTS_KEY, PACE_KEY, HOLD_KEY]
+        args = [holder, cap, lease_ms, interval_ms, burst, max_wait_ms]
+        wait = await self._call("start call", self._start_call(keys=keys, args=args))
+        return None if wait is None else int(wait)
 
     async def release_slot(self, holder: str) -> None:
         await self._call("slot release", self._redis.zrem(SLOTS_KEY, holder))
