@@ -153,7 +153,7 @@ class Accounts:
         raise :class:`QuotaExceeded` (or :class:`StoreUnavailable`). Nothing is left to
         settle."""
         at = quota.window(self._clock())
-        want = quota.demand(team, len(lookup.keys), lookup.cached_inputs, 0, 0)
+        want = quota.demand(team, len(lookup.cache_keys), lookup.cached_inputs, 0, 0)
         usage = answered_usage(answer)
         if quota.applies(team, want):
             await self._decide(team, want, at, usage)
@@ -170,7 +170,7 @@ class Accounts:
         at = quota.window(self._clock())
         per_item = self._estimator.per_item(model)
         want = quota.demand(
-            team, len(lookup.keys), lookup.cached_inputs, len(lookup.missing), per_item
+            team, len(lookup.cache_keys), lookup.cached_inputs, len(lookup.missing), per_item
         )
         if not quota.applies(team, want):
             return Reservation(team, model, at, None, learner)

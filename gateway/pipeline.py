@@ -38,7 +38,7 @@ class Lookup(NamedTuple):
     """A request after its one batched cache lookup."""
 
     request: ParsedRequest
-    keys: list[str]  # one per input, in the client's order
+    cache_keys: list[str]  # one per input, in the client's order
     first_item: dict[str, bytes]  # each distinct key once, in order, with its content
     found: dict[str, Entry]
     missing: list[str]  # distinct keys not in the cache, or stale
@@ -47,7 +47,7 @@ class Lookup(NamedTuple):
 
     @property
     def cached_inputs(self) -> int:
-        return sum(1 for key in self.keys if key in self.found)
+        return sum(1 for key in self.cache_keys if key in self.found)
 
 
 class FetchFailed(Exception):
@@ -109,7 +109,7 @@ def assemble(lookup: Lookup, outcomes: Mapping[str, Outcome] | None = None) -> A
     :class:`FetchFailed` (the first failure, at its position) if any failed. An input the
     request paid for is a miss where it first stands; every other input is a hit. Pure."""
     outcomes = outcomes or {}
-    failed = [(i, o.error) for i, key in enumerate(lookup.keys)
+    failed = [(i, o.error) for i, key in enumerate(lookup.cache_keys)
               if (o := outcomes.get(key)) is not None and o.error is not None]  # fmt: skip
     paid = {key for key, outcome in outcomes.items() if outcome.paid}
     if failed:
@@ -117,7 +117,7 @@ def assemble(lookup: Lookup, outcomes: Mapping[str, Outcome] | None = None) -> A
         raise FetchFailed(_first_failure(lookup.request, failed), billed)
     embeddings: list[bytes] = []
     usage = billed = misses = cached = stale = 0
-    for key in lookup.keys:
+    for key in lookup.cache_keys:
         entry = lookup.found.get(key)
         if entry is not None:
             cached += 1
@@ -134,7 +134,7 @@ def assemble(lookup: Lookup, outcomes: Mapping[str, Outcome] | None = None) -> A
         embeddings.append(entry.embedding_json)
         usage += entry.tokens
     body = answer_body(lookup.request.model, embeddings, usage)
-    hits = len(lookup.keys) - misses
+    hits = len(lookup.cache_keys) - misses
     return Answer(body, hits, misses, billed, usage, stale, lookup.bypassed, cached)
 
 

@@ -47,7 +47,7 @@ def entry(item: bytes, tokens: int) -> Entry:
 
 
 def key_of(look: Lookup, item: bytes) -> str:
-    return look.keys[look.request.items.index(item)]
+    return look.cache_keys[look.request.items.index(item)]
 
 
 def test_a_request_pays_for_what_it_fetched_once_wherever_the_input_stands() -> None:
