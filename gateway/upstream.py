@@ -91,9 +91,9 @@ def _form(model: str, kind: Kind, items: Sequence[bytes]) -> aiohttp.FormData | 
 
 
 class _Multipart(aiohttp.Payload):
-    """The images as one multipart body, written part by part from the images' own bytes:
-    no joined copy of the body, and slices small enough that the socket's send buffer never
-    holds a whole image either. (aiohttp's ``FormData`` goes through its multipart writer,
+    """The images as one multipart body, written from the images' own bytes in writes of at
+    most ``_SLICE_BYTES``: no joined copy of a large body, and slices small enough that the
+    socket's send buffer never holds a whole large image either. (aiohttp's ``FormData`` goes through its multipart writer,
     about 1.5 ms slower on this machine for one image.)"""
 
     def __init__(self, model: str, items: Sequence[bytes]) -> None:
@@ -111,10 +111,21 @@ class _Multipart(aiohttp.Payload):
         self._size = sum(len(part) for part in parts)
 
     async def write(self, writer: AbstractStreamWriter) -> None:
+        """Writes of up to ``_SLICE_BYTES`` each, parts joined up to that: one send for a
+        small image (a send is a system call, and costly), slices for a large one."""
+        pending: list[memoryview] = []
+        size = 0
         for part in self._parts:
             view = memoryview(part)
             for start in range(0, len(view), _SLICE_BYTES):
-                await writer.write(view[start : start + _SLICE_BYTES])
+                piece = view[start : start + _SLICE_BYTES]
+                if pending and size + len(piece) > _SLICE_BYTES:
+                    await writer.write(b"".join(pending))
+                    pending, size = [], 0
+                pending.append(piece)
+                size += len(piece)
+        if pending:
+            await writer.write(b"".join(pending))
 
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
         return b"".join(self._parts).decode(encoding, errors)

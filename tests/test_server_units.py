@@ -306,3 +306,28 @@ async def test_the_shield_neither_retries_nor_counts_a_local_shortage() -> None:
     assert upstream.calls == 5  # one call each: no retries
     assert len(errors) == 5
     assert breaker.state == "closed"
+
+
+class Writes:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    async def write(self, chunk: bytes | memoryview) -> None:
+        self.writes.append(bytes(chunk))
+
+
+async def test_an_upstream_body_goes_in_one_write_when_small_and_in_bounded_slices_when_large(
+) -> None:  # fmt: skip
+    from gateway.upstream import _SLICE_BYTES, _Multipart
+
+    for images in ([png(1)], [png(1), png(2)], [bytes(3 * _SLICE_BYTES + 5), png(3)]):
+        body = _Multipart("nomic-embed-vision-v1.5", images)
+        writer = Writes()
+        await body.write(writer)  # type: ignore[arg-type]
+        sent = b"".join(writer.writes)
+        assert sent == b"".join(body._parts)
+        assert max(len(write) for write in writer.writes) <= _SLICE_BYTES  # memory stays bounded
+        if len(sent) <= _SLICE_BYTES:
+            assert len(writer.writes) == 1  # one send, not one per part
+        else:
+            assert len(writer.writes) <= len(sent) // _SLICE_BYTES + 2
