@@ -93,8 +93,8 @@ def _form(model: str, kind: Kind, items: Sequence[bytes]) -> aiohttp.FormData | 
 class _Multipart(aiohttp.Payload):
     """The images as one multipart body, written from the images' own bytes in writes of at
     most ``_SLICE_BYTES``: no joined copy of a large body, and slices small enough that the
-    socket's send buffer never holds a whole large image either. (aiohttp's ``FormData`` goes through its multipart writer,
-    about 1.5 ms slower on this machine for one image.)"""
+    socket's send buffer never holds a whole large image either. (aiohttp's ``FormData``
+    goes through its multipart writer, about 1.5 ms slower on this machine for one image.)"""
 
     def __init__(self, model: str, items: Sequence[bytes]) -> None:
         boundary = uuid.uuid4().hex
