@@ -37,10 +37,13 @@ ensure_venv() {
 }
 
 install_for_tests() {
-  # The test extras, and what both the suite and the benchmark start: redis-server, wrk.
+  # The test extras, and what both the suite and the benchmark start: redis-server, wrk, nginx
+  # (the benchmark's caching-proxy row; it runs its own, configured in a temporary folder;
+  # where apt starts services, Debian's package also starts a system nginx on port 80).
   ensure_venv
   .venv/bin/python -m pip install -q -e '.[test]'
   command -v redis-server >/dev/null || apt_install redis-server
   command -v wrk >/dev/null || apt_install wrk
   command -v taskset >/dev/null || apt_install util-linux
+  command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || apt_install nginx
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The benchmark (issue 7): installs what it needs (the test extras, redis-server, wrk, taskset)
-# and prints one table of the gateway beside its naive and ceiling baselines. It starts every
-# server itself on loopback, stops them at the end and gives up after --budget seconds (540).
+# The benchmark (issue 7): installs what it needs (the test extras, redis-server, wrk, taskset,
+# nginx) and prints one table of the gateway beside its naive and ceiling baselines and nginx as
+# a caching proxy. It starts every server itself on loopback, stops them at the end and gives
+# up after --budget seconds (540).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_lib.sh

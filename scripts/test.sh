@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Install everything the tests need (redis-server, Prometheus and wrk too, if missing), run every
-# quality gate: ruff, mypy --strict on gateway/, and the whole pytest suite with warnings as
-# errors; then the deployment check (scripts/deploy_check.py: the image built and run under a
-# real container engine, as Kubernetes runs it, and the Compose stack; SKIP_DEPLOY_CHECK=1
-# leaves it out), and last, that nothing the suite or the check started is still running.
+# Install everything the tests need (redis-server, Prometheus, wrk and nginx too, if missing),
+# run every quality gate: ruff, mypy --strict on gateway/, and the whole pytest suite with
+# warnings as errors; then the deployment check (scripts/deploy_check.py: the image built and
+# run under a real container engine, as Kubernetes runs it, and the Compose stack;
+# SKIP_DEPLOY_CHECK=1 leaves it out), and last, that nothing the suite or the check started is
+# still running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_lib.sh
-install_for_tests  # wrk: one short run of the benchmark
+install_for_tests  # wrk: one short run of the benchmark; nginx: its caching-proxy row
 command -v promtool >/dev/null || apt_install prometheus  # promtool checks the alert rules
 # The suite starts its own redis-server on free ports; a system service is not needed.
 # Every process started from here on inherits this marker: one that still carries it at the

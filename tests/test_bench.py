@@ -9,13 +9,17 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
+import orjson
 import pytest
 
 from gateway import forms
+from tests.bench import harness, nginx
 from tests.bench.ceiling import images
-from tests.bench.harness import BOUNDARY, multipart
-from tests.fake_nomic import png
+from tests.bench.harness import BOUNDARY, MODEL, multipart
+from tests.conftest import free_port
+from tests.fake_nomic import FAKE_API_KEY, FakeNomic, png
 
 
 def test_the_bench_bodies_are_what_the_gateway_and_the_ceiling_read() -> None:
@@ -44,3 +48,23 @@ def test_a_short_bench_run_prints_its_table() -> None:
                                                      "ceiling baseline"]  # fmt: skip
     assert "b. 8-image hits >= 2.5x naive:" in done.stdout
     assert "Redis MEMORY USAGE per cached 768-dim embedding" in done.stdout
+
+
+@pytest.mark.slow
+def test_the_nginx_row_caches_by_body_with_the_organisations_key(tmp_path: Path) -> None:
+    if nginx.binary() is None:
+        pytest.fail("the bench's nginx row needs nginx: scripts/test.sh installs it")
+    fake_port, nginx_port = free_port(), free_port()
+    fake_args = [sys.executable, "-m", "tests.fake_nomic", "--port", str(fake_port)]
+    nginx_args = nginx.command(tmp_path, nginx_port, f"127.0.0.1:{fake_port}", FAKE_API_KEY)
+    with harness.process(fake_args) as fake, harness.process(nginx_args) as proxy:
+        harness.wait_http(f"http://127.0.0.1:{fake_port}/_fake/stats", fake)
+        harness.wait_http(f"http://127.0.0.1:{nginx_port}{nginx.PROBE}", proxy)
+        url = f"http://127.0.0.1:{nginx_port}/v1/embedding/image"
+        one, other = multipart([png(1, size=128)]), multipart([png(2, size=128)])
+        statuses = [harness.cache_status(url, body, "any-client-key") for body in (one, one, other)]
+        answer = orjson.loads(harness.post(url, one, "any-client-key"))
+        stats = harness.get_json(f"http://127.0.0.1:{fake_port}/_fake/stats")
+    assert statuses == ["MISS", "HIT", "MISS"]
+    assert answer["embeddings"] == [FakeNomic.embedding(MODEL, png(1, size=128))]
+    assert stats == {"calls": 2, "answered_calls": 2, "answered_items": 2}

@@ -17,7 +17,9 @@ The gateway runs with every feature on: team key auth, a team with per-minute li
 token budgets (so every request is an atomic quota decision in Redis), usage accounting,
 metrics (scraped every second in d) and one JSON log line per request. Beside it, against
 the same Redis: the *naive* baseline (``naive.py``: aiohttp's multipart reader, one MGET)
-and the *ceiling* (``ceiling.py``: the least work a hit can take). The servers of a
+and the *ceiling* (``ceiling.py``: the least work a hit can take); in a and c, *nginx*
+(``nginx.py``: Debian's nginx as a proxy_cache keyed on the body, in front of the fake, the
+proxy a user would otherwise reach for; warmed in a, so that it answers hits). The servers of a
 scenario run side by side; each is warmed up, then they are loaded in turns (``--rounds``
 runs of ``--seconds`` each), so a slow spell of a shared machine falls on all of them.
 Requests/s is over all of a server's runs, p50 and p99 the medians of its runs, CPU the
@@ -47,7 +49,7 @@ import orjson
 import redis
 
 from gateway.teams import key_hash, new_key
-from tests.bench import harness
+from tests.bench import harness, nginx
 from tests.bench.harness import MODEL, image_part, multipart, multipart_head
 from tests.bench.naive import key as naive_key
 from tests.conftest import free_port
@@ -81,7 +83,7 @@ class Target:
     """A server under test, and the wrk script (by salt) that loads it."""
 
     label: str
-    kind: str  # "gateway", "naive", "ceiling" or "direct"
+    kind: str  # "gateway", "naive", "ceiling", "nginx" or "direct"
     pid: int
     url: str
     script: Callable[[int], Path]
@@ -96,7 +98,7 @@ class Row:
     cpu_us: float
     upstream: tuple[int, int] | None  # calls and images answered during the measured run
     rss_mib: float
-    kind: str  # "gateway", "naive", "ceiling" or "direct"
+    kind: str  # "gateway", "naive", "ceiling", "nginx" or "direct"
     ratios: dict[str, float] = field(default_factory=dict)
 
 
@@ -129,6 +131,10 @@ class Bench:
         if kind == "gateway":
             args = [PY, "-m", "gateway", "serve", "--port", str(port)]
             probe = f"http://127.0.0.1:{port}/healthz"
+        elif kind == "nginx":
+            fake = self.fake_url.removeprefix("http://")
+            args = nginx.command(self.tmp / f"nginx-{port}", port, fake, FAKE_API_KEY)
+            probe = f"http://127.0.0.1:{port}{nginx.PROBE}"
         else:
             args = [PY, "-m", f"tests.bench.{kind}", str(port), self.redis_url]
             probe = f"http://127.0.0.1:{port}/"
@@ -271,7 +277,13 @@ def seed_baselines(client: redis.Redis, images: list[bytes]) -> None:
 
 
 def hits(
-    bench: Bench, scenario: str, images: list[bytes], *, embedded: bool = False, workers: int = 1
+    bench: Bench,
+    scenario: str,
+    images: list[bytes],
+    *,
+    embedded: bool = False,
+    proxy: bool = False,
+    workers: int = 1,
 ) -> None:
     tmp, connections = bench.tmp, bench.args.connections
     body = multipart(images)
@@ -296,12 +308,30 @@ def hits(
         for kind in ("naive", "ceiling"):
             pid, url = stack.enter_context(bench.server(kind, dict(os.environ), cpus))
             targets.append(Target(f"{kind} baseline", kind, pid, url, scripts[KEY]))
+        if proxy:
+            targets.append(warm_nginx(bench, stack, body, scripts[KEY], cpus))
         bench.compare(scenario, targets, connections, wrk_cpus)
+
+
+NGINX = "nginx proxy_cache"
+
+
+def warm_nginx(
+    bench: Bench, stack: contextlib.ExitStack, body: bytes, script: Callable[[int], Path], cpus: str
+) -> Target:
+    """nginx with ``body``'s answer in its cache, so that its row measures hits."""
+    pid, url = stack.enter_context(bench.server("nginx", dict(os.environ), cpus))
+    harness.post(url, body, KEY)  # the miss that fills the cache
+    status = harness.cache_status(url, body, KEY)
+    if status != "HIT":
+        raise RuntimeError(f"nginx answered a repeated body with X-Cache-Status {status!r}")
+    return Target(NGINX, "nginx", pid, url, script)
 
 
 def misses(bench: Bench) -> None:
     """Every image new. One client shows what the gateway adds to a lone miss; eight show
-    their misses sharing upstream calls (the fake then embeds several images a call)."""
+    their misses sharing upstream calls (the fake then embeds several images a call), where
+    nginx sends one call a request."""
     image = png(3, size=128)
     through, direct = (
         misses_script(bench.tmp, image, KEY),
@@ -315,6 +345,8 @@ def misses(bench: Bench) -> None:
         pid, url = stack.enter_context(bench.server("gateway", env, SERVER_CPU))
         del env["GATEWAY_REDIS_URL"]  # what the gateway adds without a round trip to Redis
         alone_pid, alone_url = stack.enter_context(bench.server("gateway", env, SERVER_CPU))
+        proxy = bench.server("nginx", dict(os.environ), SERVER_CPU)
+        nginx_pid, nginx_url = stack.enter_context(proxy)
         for clients in (1, 8):
             targets = [
                 Target("fake Nomic, direct", "direct", bench.fake_pid, fake, direct),
@@ -323,6 +355,7 @@ def misses(bench: Bench) -> None:
             if clients == 1:
                 targets.append(Target("gateway, embedded store", "gateway", alone_pid, alone_url,
                                       through))  # fmt: skip
+            targets.append(Target(NGINX, "nginx", nginx_pid, nginx_url, through))
             bench.compare(f"c. misses, {clients} client{'s' if clients > 1 else ''}", targets,
                           clients)  # fmt: skip
 
@@ -443,6 +476,8 @@ def main() -> None:
     for tool in ("wrk", "taskset", "redis-server"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is needed (Debian: apt-get install wrk util-linux redis-server)")
+    if set(args.only) & set("ac") and nginx.binary() is None:
+        sys.exit("nginx is needed for scenarios a and c (Debian: apt-get install nginx)")
     signal.signal(signal.SIGALRM, _timeout)
     signal.alarm(args.budget)
     try:
@@ -471,7 +506,7 @@ def run(args: argparse.Namespace) -> None:
             one, eight = [png(1, size=128)], [png(10 + i, size=128) for i in range(8)]
             seed_baselines(redis.Redis.from_url(redis_url), one + eight)
             if "a" in args.only:
-                hits(bench, "a. 1-image hits", one, embedded=True)
+                hits(bench, "a. 1-image hits", one, embedded=True, proxy=True)
             if "b" in args.only:
                 hits(bench, "b. 8-image hits", eight)
             if "c" in args.only:

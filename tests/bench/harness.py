@@ -77,13 +77,23 @@ def wait_http(url: str, proc: subprocess.Popen[bytes]) -> None:
 
 
 def post(url: str, body: bytes, key: str) -> bytes:
+    with urllib.request.urlopen(_post_request(url, body, key), timeout=60) as response:
+        return response.read()  # type: ignore[no-any-return]
+
+
+def cache_status(url: str, body: bytes, key: str) -> str:
+    """What a caching proxy's ``X-Cache-Status`` says of one post (HIT, MISS, ...)."""
+    with urllib.request.urlopen(_post_request(url, body, key), timeout=60) as response:
+        response.read()
+        return str(response.headers.get("X-Cache-Status", ""))
+
+
+def _post_request(url: str, body: bytes, key: str) -> urllib.request.Request:
     headers = {
         "Content-Type": f"multipart/form-data; boundary={BOUNDARY}",
         "Authorization": f"Bearer {key}",
     }
-    request = urllib.request.Request(url, data=body, headers=headers)
-    with urllib.request.urlopen(request, timeout=60) as response:
-        return response.read()  # type: ignore[no-any-return]
+    return urllib.request.Request(url, data=body, headers=headers)
 
 
 def fetch(url: str) -> bytes:
