@@ -29,7 +29,7 @@ import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -254,58 +254,52 @@ class Shield:
             if not lane.jobs:
                 lane.arrived.clear()
                 continue
-            slot = await self._start(lane)
-            if slot is None:
+            holder = f"{self._holder}:{next(self._slot_ids)}"
+            try:
+                await self._start(lane, holder)
+            except (GatewayError, StoreError) as exc:  # the lane's jobs cannot go in time
+                await self._give_up(lane, holder, exc)
                 continue
             batch = self._take_batch(lane)
             if not lane.jobs:
                 lane.arrived.clear()
             lane.sending += 1
-            task = asyncio.create_task(self._send(lane, batch, slot))
+            task = asyncio.create_task(self._send(lane, batch, holder))
             self._sends.add(task)
             task.add_done_callback(self._sends.discard)
 
-    async def _start(self, lane: _Lane) -> str | None:
-        """A slot of the concurrency cap and the rate's next call for the lane's next batch;
-        None if its jobs failed instead (deadline, store).
+    async def _start(self, lane: _Lane, holder: str) -> None:
+        """Take, for ``holder``, a slot of the concurrency cap and the rate's next call for
+        the lane's next batch; raises if they come after its deadline, or the store fails.
 
         A quiet lane's batch takes both in one round trip and goes. Otherwise the slot is
         taken while the batch lingers (it waits for the linger or the slot, whichever is
         longer, not for both), and the rate's next call last, so calls leave as evenly
         spaced as the rate grants them."""
-        if lane.quiet:
-            started = await self._start_at_once(lane)
-            if started != "busy":
-                return started
-        taking = asyncio.create_task(self._take_slot(lane))
+        if lane.quiet and await self._start_at_once(lane, holder):
+            return
+        taking = asyncio.create_task(self._take_slot(lane, holder))
         try:
             if not lane.quiet:
                 await self._linger(lane)
-            slot = await taking
+            await taking
         except BaseException:
             taking.cancel()
             raise
-        if slot is None or not await self._paced(lane, slot):
-            return None
-        return slot
+        await self._pace(_deadline(lane.jobs))
 
-    async def _start_at_once(self, lane: _Lane) -> str | None:
-        """The slot and the rate's next call in one step; "busy" if every slot is held."""
-        holder = f"{self._holder}:{next(self._slot_ids)}"
-        deadline = max(item.job.deadline for item in lane.jobs)
+    async def _start_at_once(self, lane: _Lane, holder: str) -> bool:
+        """The slot and the rate's next call in one step; False if every slot is held."""
+        deadline = _deadline(lane.jobs)
         left_ms = max(0, round((deadline - self._clock()) * 1000))
-        try:
-            wait_ms = await self._coordinator.start_call(
-                holder, self.policy.concurrency, self._lease_ms(deadline),
-                self.policy.interval_ms, self.policy.rate_burst, left_ms,
-            )  # fmt: skip
-            if wait_ms is None:
-                return "busy"
-            await self._wait_turn(wait_ms, left_ms)
-        except (GatewayError, StoreError) as exc:
-            await self._give_up(lane, holder, exc)
-            return None
-        return holder
+        wait_ms = await self._coordinator.start_call(
+            holder, self.policy.concurrency, self._lease_ms(deadline),
+            self.policy.interval_ms, self.policy.rate_burst, left_ms,
+        )  # fmt: skip
+        if wait_ms is None:
+            return False
+        await self._wait_turn(wait_ms, left_ms)
+        return True
 
     async def _linger(self, lane: _Lane) -> None:
         """Give other requests' misses ``linger`` to join, unless the batch is full."""
@@ -321,34 +315,18 @@ class Shield:
     def _full(self, lane: _Lane) -> bool:
         return len(lane.jobs) >= self.policy.batch_items or lane.bytes >= self.policy.batch_bytes
 
-    async def _take_slot(self, lane: _Lane) -> str | None:
-        """A concurrency slot; None (and the lane's jobs failed) if their deadline passes
-        first or the store fails."""
-        holder = f"{self._holder}:{next(self._slot_ids)}"
-        deadline = max(item.job.deadline for item in lane.jobs)
-        try:
-            while not await self._coordinator.acquire_slot(
-                holder, self.policy.concurrency, self._lease_ms(deadline)
-            ):
-                if self._clock() > deadline:
-                    raise UpstreamUnavailable("too many upstream calls in flight", retry_after=1)
-                await asyncio.sleep(0.005 + self._rng.uniform(0, 0.01))
-        except (GatewayError, StoreError) as exc:
-            await self._give_up(lane, holder, exc)
-            return None
-        return holder
-
-    async def _paced(self, lane: _Lane, holder: str) -> bool:
-        """The rate's next call for the lane's batch; False (the jobs failed) if it comes
-        after their deadline or the store fails."""
-        try:
-            await self._pace(max(item.job.deadline for item in lane.jobs))
-        except (GatewayError, StoreError) as exc:
-            await self._give_up(lane, holder, exc)
-            return False
-        return True
+    async def _take_slot(self, lane: _Lane, holder: str) -> None:
+        """A concurrency slot for ``holder``; raises if the batch's deadline passes first."""
+        deadline = _deadline(lane.jobs)
+        while not await self._coordinator.acquire_slot(
+            holder, self.policy.concurrency, self._lease_ms(deadline)
+        ):
+            if self._clock() > deadline:
+                raise UpstreamUnavailable("too many upstream calls in flight", retry_after=1)
+            await asyncio.sleep(0.005 + self._rng.uniform(0, 0.01))
 
     async def _give_up(self, lane: _Lane, holder: str, exc: GatewayError | StoreError) -> None:
+        """Fail every job of the lane (they could not go) with ``exc``, as clients see it."""
         error = (
             exc
             if isinstance(exc, GatewayError)
@@ -429,7 +407,7 @@ class Shield:
         attempt = 0
         paced = True  # the first call's rate slot was taken before the batch
         while batch:
-            deadline = max(item.job.deadline for item in batch)
+            deadline = _deadline(batch)
             try:
                 if not paced:
                     await self._pace(deadline)
@@ -532,3 +510,8 @@ def _answer(results: Results) -> None:
             item.answer.set_exception(result)
         else:
             item.answer.set_result(result)
+
+
+def _deadline(items: Iterable[_Waiting]) -> float:
+    """When the last of ``items`` must be answered: a batch goes on until then."""
+    return max(item.job.deadline for item in items)
