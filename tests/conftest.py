@@ -113,42 +113,150 @@ def redis_url() -> Iterator[str]:
         process.wait(10)
 
 
-@pytest.fixture(scope="session")
-def cluster_url() -> Iterator[str]:
-    """A real 3-master Redis Cluster of the suite's own, on free ports."""
+def start_cluster(
+    ports: list[int], workdir: str, replicas: int, node_timeout_ms: int, *extra: str
+) -> list[subprocess.Popen[bytes]]:
+    """A local Redis Cluster on ``ports`` (each master followed by ``replicas`` replicas),
+    answering ``cluster_state:ok`` on every node, every replica in sync, when this returns.
+    On failure every node it started is gone again."""
     cli = shutil.which("redis-cli")
     if cli is None:
         pytest.fail("redis-cli is not installed: run the README's test command, it installs it")
-    ports = [free_cluster_port() for _ in range(3)]
-    with tempfile.TemporaryDirectory() as workdir:
-        nodes: list[subprocess.Popen[bytes]] = []
+    nodes: list[subprocess.Popen[bytes]] = []
+    try:
+        for port in ports:
+            node_dir = Path(workdir) / str(port)
+            node_dir.mkdir()
+            nodes.append(spawn_redis(port, str(node_dir), "--cluster-enabled", "yes",
+                                     "--cluster-config-file", "nodes.conf",
+                                     "--cluster-node-timeout", str(node_timeout_ms),
+                                     *extra))  # fmt: skip
+        subprocess.run(
+            [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
+             "--cluster-replicas", str(replicas), "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while not all(_node_ready(port) for port in ports):
+            if time.monotonic() > deadline:
+                pytest.fail("the test Redis Cluster did not form")
+            time.sleep(0.1)
+    except BaseException:
+        stop_nodes(nodes)
+        raise
+    return nodes
+
+
+def _node_ready(port: int) -> bool:
+    """The node sees the whole cluster up and, if it is a replica, is in sync."""
+    with redis.Redis(port=port) as client:
+        if client.cluster("info")["cluster_state"] != "ok":
+            return False
+        replication = client.info("replication")
+        return bool(replication["role"] == "master" or replication["master_link_status"] == "up")
+
+
+def stop_nodes(nodes: list[subprocess.Popen[bytes]]) -> None:
+    for node in nodes:
+        if node.poll() is None:
+            node.terminate()
+    for node in nodes:
         try:
-            for port in ports:
-                node_dir = Path(workdir) / str(port)
-                node_dir.mkdir()
-                nodes.append(spawn_redis(port, str(node_dir), "--cluster-enabled", "yes",
-                                         "--cluster-config-file", "nodes.conf",
-                                         "--cluster-node-timeout", "2000"))  # fmt: skip
-            subprocess.run(
-                [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
-                 "--cluster-replicas", "0", "--cluster-yes"],
-                check=True, capture_output=True, timeout=60,
-            )  # fmt: skip
-            deadline = time.monotonic() + 30
-            while True:
-                states = [redis.Redis(port=p).cluster("info")["cluster_state"] for p in ports]
-                if states == ["ok"] * 3:
-                    break
-                if time.monotonic() > deadline:
-                    pytest.fail(f"the test Redis Cluster did not form: {states}")
-                time.sleep(0.1)
+            node.wait(10)
+        except subprocess.TimeoutExpired:
+            node.kill()
+            node.wait()
+
+
+def free_cluster_ports(count: int) -> list[int]:
+    ports: set[int] = set()
+    while len(ports) < count:
+        ports.add(free_cluster_port())
+    return sorted(ports)
+
+
+@pytest.fixture(scope="session")
+def cluster_url() -> Iterator[str]:
+    """A real 3-master Redis Cluster of the suite's own, on free ports."""
+    ports = free_cluster_ports(3)
+    with tempfile.TemporaryDirectory() as workdir:
+        nodes = start_cluster(ports, workdir, replicas=0, node_timeout_ms=2000)
+        try:
             url = f"redis://127.0.0.1:{ports[0]}/0"
             CLUSTER_URLS.add(url)
             yield url
         finally:
-            for node in nodes:
-                node.terminate()
-                node.wait(10)
+            stop_nodes(nodes)
+
+
+class ReplicatedCluster:
+    """A local Redis Cluster of 3 masters with a replica each, for a test to break: a
+    master killed is replaced by its replica within about two node timeouts."""
+
+    NODE_TIMEOUT_MS = 1000
+
+    def __init__(self, workdir: str) -> None:
+        ports = free_cluster_ports(6)
+        # Replicas sync at once, not after Redis's default 5 s wait for more replicas.
+        nodes = start_cluster(ports, workdir, 1, self.NODE_TIMEOUT_MS,
+                              "--repl-diskless-sync-delay", "0")  # fmt: skip
+        self.nodes = dict(zip(ports, nodes, strict=True))
+
+    def url(self, port: int) -> str:
+        return f"redis://127.0.0.1:{port}/0"
+
+    def alive(self) -> list[int]:
+        return [port for port, node in self.nodes.items() if node.poll() is None]
+
+    def slot_table(self) -> list[tuple[int, int, int]]:
+        """(first slot, last slot, master's port) of every range, as a live node sees it."""
+        with redis.Redis(port=self.alive()[0]) as client:
+            table = client.execute_command("CLUSTER", "SLOTS")
+        return [(int(start), int(end), int(master[1])) for start, end, master, *_ in table]
+
+    def master_of(self, slot: int) -> int | None:
+        """The port of the master serving ``slot``; None while none does."""
+        table = self.slot_table()
+        return next((port for start, end, port in table if start <= slot <= end), None)
+
+    def kill(self, port: int) -> None:
+        """SIGKILL a node: no goodbye to the cluster, as a machine that dies."""
+        self.nodes[port].kill()
+        self.nodes[port].wait(10)
+
+    def wait_for_failover(self, slot: int, dead: int, timeout: float = 20.0) -> None:
+        """Return once another node serves ``slot`` and every live node says the cluster
+        is ok."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.master_of(slot) not in (dead, None) and all(map(_state_ok, self.alive())):
+                    return
+            except redis.RedisError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"no failover of slot {slot} within {timeout:g} s")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        stop_nodes(list(self.nodes.values()))
+
+
+def _state_ok(port: int) -> bool:
+    with redis.Redis(port=port) as client:
+        return bool(client.cluster("info")["cluster_state"] == "ok")
+
+
+@pytest.fixture
+def replicated_cluster(tmp_path: Path) -> Iterator[ReplicatedCluster]:
+    """A 3-master, 3-replica Redis Cluster of the test's own, gone at its end."""
+    workdir = tmp_path / "cluster"
+    workdir.mkdir()
+    cluster = ReplicatedCluster(str(workdir))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 def flush(url: str) -> None:

@@ -28,6 +28,7 @@ import time
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -66,6 +67,7 @@ class FakeNomic:
     fail_when: Callable[[int], int | str | None] | None = None
     retry_after: float | None = None
     calls: list[Call] = field(default_factory=list)
+    held: asyncio.Event | None = None  # answers wait for it: see hold()
 
     def __post_init__(self) -> None:
         # Nomic documents no body limit; aiohttp's 1 MiB default would refuse a batch of
@@ -73,6 +75,16 @@ class FakeNomic:
         self.app = web.Application(client_max_size=64 * 2**20)
         self.app.router.add_post("/v1/embedding/image", self._embed_image)
         self.app.router.add_get("/_fake/stats", self._stats)  # the fake's own, not Nomic's
+
+    def hold(self) -> None:
+        """Keep the answers of calls read from now on (and of calls waiting for their
+        ``latency``) until :meth:`release`."""
+        self.held = asyncio.Event()
+
+    def release(self) -> None:
+        if self.held is not None:
+            self.held.set()
+            self.held = None
 
     @property
     def items_received(self) -> list[bytes]:
@@ -115,13 +127,15 @@ class FakeNomic:
             return web.json_response({"detail": "Invalid API key"}, status=401)
         form = await request.post()
         call.model = str(form.get("model", "nomic-embed-vision-v1.5"))
-        images = [part.file.read() for part in form.getall("images", [])]  # type: ignore[union-attr]
+        images = [_read_and_close(part) for part in form.getall("images", [])]
         urls = [str(url).encode() for url in form.getall("urls", [])]
         call.kind, call.items = ("image", images) if images else ("url", urls)
         error = self._validate(call.model, images, urls)
         if error is not None:
             call.status = 422
             return web.json_response({"detail": [error]}, status=422)
+        if self.held is not None:
+            await self.held.wait()
         call.status = 200
         tokens = self.tokens_per_image * len(call.items)
         return web.Response(
@@ -158,6 +172,14 @@ class FakeNomic:
                     "type": "value_error",
                 }
         return None
+
+
+def _read_and_close(part: Any) -> bytes:
+    """An uploaded file's bytes. Closed here: aiohttp closes it only once an answer was
+    sent, and a caller that went away (a gateway killed mid-call) gets none."""
+    with part.file as file:
+        data: bytes = file.read()
+    return data
 
 
 def png(seed: int, size: int = 8) -> bytes:
