@@ -245,7 +245,9 @@ class Fetcher:
             if not pending:
                 return
             if time.monotonic() >= deadline:
-                error = UpstreamTimeout("another replica's upstream call did not finish in time")
+                error = UpstreamTimeout(
+                    "another replica's upstream call did not finish in time", retry_after=1
+                )
                 self._fail(pending, error)
                 return
             await asyncio.sleep(POLL_SECONDS[min(attempt, len(POLL_SECONDS) - 1)])
@@ -352,7 +354,10 @@ class Fetcher:
 
 def _outcome(future: asyncio.Future[Landed], owned: bool) -> Outcome:
     if not future.done():
-        timeout = UpstreamTimeout("Nomic did not answer within the request's deadline")
+        # The fetch goes on, and stores its answer: a retry soon is likely a hit.
+        timeout = UpstreamTimeout(
+            "Nomic did not answer within the request's deadline", retry_after=1
+        )
         return Outcome("failed", error=timeout)
     error = future.exception()
     if error is not None:

@@ -33,9 +33,9 @@ import redis
 from aiohttp.test_utils import TestClient
 from redis.crc import key_slot
 
-from gateway.forms import DEFAULT_MODEL
 from gateway.keys import cache_key, content_digest
-from gateway.store.redis_coordinator import FETCH_PREFIX
+from gateway.models import DEFAULT_IMAGE_MODEL as DEFAULT_MODEL
+from gateway.store.redis_coordinator import mark_name
 from tests.conftest import (
     ADMIN,
     GatewayFactory,
@@ -314,15 +314,15 @@ async def test_a_cluster_master_killed_under_load_costs_seconds_not_a_minute(
         slot = key_slot(key.encode())
         return next(port for start, end, port in table if start <= slot <= end)
 
-    def home(image: bytes) -> int | None:
-        """The master holding both the image's entry and its mark, if one master does."""
+    def home(image: bytes) -> int:
+        """The master holding the image's entry and its mark (its hash tag is the entry's
+        key: one slot)."""
         key = cache_key(DEFAULT_MODEL, "image", content_digest(image))
-        entry, mark = master(key), master(FETCH_PREFIX + key)
-        return entry if entry == mark else None
+        entry, mark = master(key), master(mark_name(key))
+        assert entry == mark
+        return entry
 
-    # A mark's slot is its entry's, XORed with a constant (CRC16 is linear): on some masters
-    # the two never meet. The victim is one on which they do.
-    victim = next(port for n in range(10**6, 10**6 + 1000) if (port := home(png(n))))
+    victim = home(png(10**6))
     seed_node = next(port for _, _, port in table if port != victim)
     limited = next(
         f"limited-{n}" for n in itertools.count() if master(f"{{t:limited-{n}}}") == victim

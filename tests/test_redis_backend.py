@@ -88,3 +88,22 @@ async def test_an_error_in_a_script_or_in_its_prelude_names_its_own_file_and_lin
         await backend.call("admit", admit(keys=keys, args=a_limit_that_is_no_number))
     line = line_of("admit.lua", "if limits[i] >= 0 and asked[i] > 0")
     assert f": lua/admit.lua:{line}: " in str(in_script.value)
+
+
+async def test_a_failure_inside_redis_py_is_a_store_error_and_one_of_ours_is_not(
+    unconnected: RedisBackend,
+) -> None:
+    """redis-py's cluster client can raise AttributeError during a failover (redis-py issue
+    4287): the store failed, as far as the gateway is concerned."""
+    from redis.commands.helpers import decode_dict_keys
+
+    async def inside_redis_py() -> None:
+        decode_dict_keys(None)  # type: ignore[arg-type]  # AttributeError, raised in redis-py
+
+    async def ours() -> None:
+        raise AttributeError("a bug of the gateway's own")
+
+    with pytest.raises(StoreError, match="AttributeError in redis-py"):
+        await unconnected.call("get", inside_redis_py())
+    with pytest.raises(AttributeError, match="own"):
+        await unconnected.call("get", ours())

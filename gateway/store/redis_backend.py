@@ -12,12 +12,14 @@ restarts are retried by the cluster client.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
 from typing import Any, TypeVar
 
+import redis
 import redis.asyncio as aioredis
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
@@ -67,6 +69,17 @@ class Script:
         if self.prelude is not None and line <= self._prelude_lines:
             return f"lua/{self.prelude}:{line}"
         return f"lua/{self.name}:{line - self._prelude_lines}"
+
+
+def _raised_in_redis_py(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised by the code of the redis package itself."""
+    frame = exc.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame is not None and _REDIS_PY in frame.tb_frame.f_code.co_filename
+
+
+_REDIS_PY = os.path.dirname(redis.__file__) + os.sep
 
 
 def _lua(name: str) -> str:
@@ -130,6 +143,13 @@ class RedisBackend:
         except (RedisError, RedisClusterException, OSError) as exc:
             reason = f"ScriptError: {exc}" if isinstance(exc, ScriptError) else type(exc).__name__
             raise StoreError(f"Redis {what} failed: {reason}") from exc
+        except Exception as exc:
+            if not _raised_in_redis_py(exc):
+                raise
+            # redis-py's own bug, not ours: during a cluster failover its connection may
+            # raise AttributeError ('NoneType' object has no attribute 'writelines'; redis-py
+            # issue 4287). The store failed; the request path knows what to do with that.
+            raise StoreError(f"Redis {what} failed: {type(exc).__name__} in redis-py") from exc
         finally:
             metrics.child(metrics.STORE_SECONDS, what).observe(time.perf_counter() - started)
 
