@@ -34,6 +34,7 @@ from gateway import entries, metrics
 from gateway.entries import Entry
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
 from gateway.hot import HotCache
+from gateway.leases import Heartbeat
 from gateway.models import Kind
 from gateway.quota import TokenEstimator
 from gateway.shield import Embedded, Job, Shield
@@ -107,13 +108,11 @@ class Fetcher:
         self._stale_grace_seconds = stale_grace_seconds
         self._shares_fetches = shares_fetches
         self._remember_seconds = remember_seconds
-        self._lease_ms = round(lease_seconds * 1000)
         self._clock = clock
         self._holder = uuid.uuid4().hex
         self._owners = itertools.count()
         self._inflight: dict[str, asyncio.Future[Landed]] = {}
-        self._marked: set[str] = set()  # marks this process holds, renewed by the heartbeat
-        self._heartbeat: asyncio.Task[None] | None = None
+        self._marks = Heartbeat(self._renew_marks, lease_seconds, "in-flight marks")
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -196,7 +195,7 @@ class Fetcher:
         since the lookup is answered here."""
         try:
             marks = await self._coordinator.claim_fetches(
-                list(wanted), self._holder, self._lease_ms
+                list(wanted), self._holder, self._marks.lease_ms
             )
         except StoreError:
             return wanted, {}  # no marks: fetch it here (maybe twice across replicas)
@@ -213,28 +212,13 @@ class Fetcher:
                 mine[key] = content
             else:
                 elsewhere[key] = content
-        self._marked.update(mine)
-        if mine and self._heartbeat is None:
-            self._heartbeat = asyncio.create_task(self._renew_marks())
+        self._marks.hold(mine)
         if done:
             self._spawn(self._unmark(done))
         return mine, elsewhere
 
-    async def _renew_marks(self) -> None:
-        """Keep this process's marks alive while it fetches, a third of a lease apart."""
-        try:
-            while self._marked:
-                await asyncio.sleep(self._lease_ms / 3000)
-                if not self._marked:
-                    break
-                try:
-                    await self._coordinator.renew_fetches(
-                        list(self._marked), self._holder, self._lease_ms
-                    )
-                except StoreError as exc:
-                    log.warning("in-flight marks not renewed (they may lapse): %s", exc)
-        finally:
-            self._heartbeat = None
+    async def _renew_marks(self, keys: list[str], lease_ms: int) -> None:
+        await self._coordinator.renew_fetches(keys, self._holder, lease_ms)
 
     async def _watch(
         self, model: str, kind: Kind, pending: dict[str, bytes], deadline: float, owner: int
@@ -329,7 +313,7 @@ class Fetcher:
     async def _unmark(self, keys: list[str]) -> None:
         if not self._shares_fetches:
             return
-        self._marked.difference_update(keys)  # not renewed: one left behind soon lapses
+        self._marks.drop(keys)  # not renewed: one left behind soon lapses
         try:
             await self._coordinator.release_fetches(keys, self._holder)
         except StoreError as exc:
@@ -348,8 +332,7 @@ class Fetcher:
         """Wait for fills and watches still running (at shutdown: their results get stored)."""
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
+        await self._marks.stop()
 
 
 def _outcome(future: asyncio.Future[Landed], owned: bool) -> Outcome:

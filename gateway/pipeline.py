@@ -168,7 +168,9 @@ class Pipeline:
         self._store = store
         self._clock = clock
         self._hot = HotCache(hot_cache_bytes)
-        self.shield = Shield(upstream, coordinator, policy, breaker=breaker)
+        self.shield = Shield(
+            upstream, coordinator, policy, breaker=breaker, lease_seconds=lease_seconds
+        )
         self.fetcher = Fetcher(
             store, self.shield, coordinator, self._hot, estimator,
             url_ttl_seconds=url_ttl_seconds, stale_grace_seconds=stale_grace_seconds,

@@ -45,6 +45,7 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from gateway.leases import Heartbeat
 from gateway.models import Kind
 from gateway.store import StoreError
 from gateway.store.base import Coordinator
@@ -187,6 +188,7 @@ class Shield:
         policy: Policy,
         *,
         breaker: Breaker | None = None,
+        lease_seconds: float = 3.0,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
@@ -200,6 +202,9 @@ class Shield:
         self._sends: set[asyncio.Task[None]] = set()
         self._holder = uuid.uuid4().hex
         self._slot_ids = itertools.count()
+        # A slot is a lease, renewed while its batch is paced, called, retried: one that a
+        # dead process (or one that lost the store) cannot give back lapses within a lease.
+        self._slots = Heartbeat(self._renew_slots, lease_seconds, "upstream call slots")
         self._call_seconds = 0.0  # how long upstream calls took lately (a moving average)
         self.queued = 0
         self.queued_bytes = 0
@@ -293,11 +298,13 @@ class Shield:
         deadline = _deadline(lane.jobs)
         left_ms = max(0, round((deadline - self._clock()) * 1000))
         wait_ms = await self._coordinator.start_call(
-            holder, self.policy.concurrency, self._lease_ms(deadline),
+            holder, self.policy.concurrency, self._slots.lease_ms,
             self.policy.interval_ms, self.policy.rate_burst, left_ms,
         )  # fmt: skip
         if wait_ms is None:
             return False
+        if wait_ms >= 0:  # taken (else given back already)
+            self._slots.hold([holder])
         await self._wait_turn(wait_ms, left_ms)
         return True
 
@@ -319,11 +326,12 @@ class Shield:
         """A concurrency slot for ``holder``; raises if the batch's deadline passes first."""
         deadline = _deadline(lane.jobs)
         while not await self._coordinator.acquire_slot(
-            holder, self.policy.concurrency, self._lease_ms(deadline)
+            holder, self.policy.concurrency, self._slots.lease_ms
         ):
             if self._clock() > deadline:
                 raise UpstreamUnavailable("too many upstream calls in flight", retry_after=1)
             await asyncio.sleep(0.005 + self._rng.uniform(0, 0.01))
+        self._slots.hold([holder])
 
     async def _give_up(self, lane: _Lane, holder: str, exc: GatewayError | StoreError) -> None:
         """Fail every job of the lane (they could not go) with ``exc``, as clients see it."""
@@ -357,10 +365,6 @@ class Shield:
             metrics.UPSTREAM_PACED_SECONDS.observe(wait_ms / 1000)
             await asyncio.sleep(wait_ms / 1000)
 
-    def _lease_ms(self, deadline: float) -> int:
-        """A slot is held through retries and pauses until the batch's deadline at most."""
-        return round((deadline - self._clock() + self.policy.call_timeout_seconds + 5) * 1000)
-
     def _take_batch(self, lane: _Lane, everything: bool = False) -> list[_Waiting]:
         batch: list[_Waiting] = []
         size = 0
@@ -376,11 +380,15 @@ class Shield:
         metrics.UPSTREAM_QUEUE.set(self.queued)
         return batch
 
+    async def _renew_slots(self, holders: list[str], lease_ms: int) -> None:
+        await self._coordinator.renew_slots(holders, lease_ms)
+
     async def _release(self, holder: str) -> None:
+        self._slots.drop([holder])
         try:
             await self._coordinator.release_slot(holder)
         except StoreError as exc:
-            log.warning("could not release an upstream slot (its lease will end): %s", exc)
+            log.warning("could not release an upstream slot (its lease will lapse): %s", exc)
 
     async def _send(self, lane: _Lane, batch: list[_Waiting], holder: str) -> None:
         """Call Nomic for ``batch``, answer every item, then let go of the slot."""
@@ -500,6 +508,7 @@ class Shield:
             *(lane.task for lane in self._lanes.values() if lane.task is not None),
             return_exceptions=True,
         )
+        await self._slots.stop()
 
 
 def _answer(results: Results) -> None:

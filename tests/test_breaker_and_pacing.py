@@ -123,6 +123,20 @@ async def test_a_call_starts_with_its_slot_and_its_rate_in_one_step(
     assert await coordinator.acquire_slot("d", 2, 10_000)
 
 
+async def test_a_slot_lease_is_renewed_by_its_holder_only_while_it_holds_it(
+    coordinator: Coordinator,
+) -> None:
+    assert await coordinator.acquire_slot("working", 2, 100)
+    assert await coordinator.acquire_slot("dead", 2, 100)
+    await coordinator.renew_slots(["working"], 400)
+    await asyncio.sleep(0.2)  # "dead" was not renewed: its slot lapsed
+    assert await coordinator.acquire_slot("next", 2, 10_000)
+    assert not await coordinator.acquire_slot("one more", 2, 10_000)  # "working" still holds
+    await coordinator.renew_slots(["dead"], 10_000)  # a lapsed slot is not taken back
+    await coordinator.release_slot("working")
+    assert await coordinator.acquire_slot("one more", 2, 10_000)
+
+
 async def test_a_slot_lease_ends_by_itself(coordinator: Coordinator) -> None:
     assert await coordinator.acquire_slot("crashed", 1, 50)
     assert not await coordinator.acquire_slot("next", 1, 10_000)

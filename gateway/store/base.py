@@ -146,6 +146,10 @@ class Coordinator(Protocol):
         slot is held; else what ``pace`` returns, and a negative wait gives the slot back."""
         ...
 
+    async def renew_slots(self, holders: Sequence[str], lease_ms: int) -> None:
+        """Extend these holders' slots to ``lease_ms`` from now, where they still hold one."""
+        ...
+
     async def release_slot(self, holder: str) -> None: ...
 
     async def claim_fetches(self, keys: Sequence[str], holder: str, lease_ms: int) -> list[Mark]:

@@ -74,6 +74,12 @@ class FallbackCoordinator:
             self._local_holders.add(holder)
         return wait
 
+    async def renew_slots(self, holders: Sequence[str], lease_ms: int) -> None:
+        await self._local.renew_slots([h for h in holders if h in self._local_holders], lease_ms)
+        shared = [holder for holder in holders if holder not in self._local_holders]
+        if shared:
+            await self._shared.renew_slots(shared, lease_ms)
+
     async def release_slot(self, holder: str) -> None:
         if holder in self._local_holders:
             self._local_holders.discard(holder)

@@ -49,6 +49,12 @@ class MemoryCoordinator:
             await self.release_slot(holder)
         return wait
 
+    async def renew_slots(self, holders: Sequence[str], lease_ms: int) -> None:
+        now = self._now_ms()
+        for holder in holders:
+            if self._slots.get(holder, 0) > now:
+                self._slots[holder] = now + lease_ms
+
     async def release_slot(self, holder: str) -> None:
         self._slots.pop(holder, None)
 

@@ -38,6 +38,7 @@ class RedisCoordinator:
         self._pace = backend.script("pace.lua", prelude="upstream.lua")
         self._slot = backend.script("slot.lua", prelude="upstream.lua")
         self._start_call = backend.script("start_call.lua", prelude="upstream.lua")
+        self._renew_slots = backend.script("renew_slots.lua", prelude="upstream.lua")
         self._unclaim = backend.script("unclaim.lua")
         self._renew = backend.script("renew.lua")
         self._hold = backend.script("hold.lua")
@@ -63,6 +64,10 @@ class RedisCoordinator:
         args = [holder, cap, lease_ms, interval_ms, burst, max_wait_ms]
         wait = await self._call("start call", self._start_call(keys=keys, args=args))
         return None if wait is None else int(wait)
+
+    async def renew_slots(self, holders: Sequence[str], lease_ms: int) -> None:
+        renewal = self._renew_slots(keys=[SLOTS_KEY], args=[lease_ms, *holders])
+        await self._call("slot renew", renewal)
 
     async def release_slot(self, holder: str) -> None:
         await self._call("slot release", self._redis.zrem(SLOTS_KEY, holder))

@@ -34,3 +34,15 @@ local function pace(tat_key, hold_key, interval, burst, max_wait, now)
   redis.call('SET', tat_key, tat + interval, 'PX', tat + interval - now + 1000)
   return wait
 end
+
+-- Extend the leases of these holders' slots to now + lease, where they still hold one (a
+-- lapsed slot is not taken back: another caller may have it by now).
+local function renew_slots(slots, holders, lease, now)
+  redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
+  local renewed = 0
+  for _, holder in ipairs(holders) do
+    renewed = renewed + redis.call('ZADD', slots, 'XX', 'CH', now + lease, holder)
+  end
+  if renewed > 0 then redis.call('PEXPIRE', slots, lease * 2) end
+  return renewed
+end
