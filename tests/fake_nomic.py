@@ -1,4 +1,4 @@
-"""FakeNomic: a test double of Nomic's image embedding API, never used in production.
+"""FakeNomic: a test double of Nomic's embedding API, never used in production.
 
 Nomic cannot be reached from the machines that run these tests, so this aiohttp app stands in
 for ``https://api-atlas.nomic.ai``, following Nomic's documented behaviour:
@@ -9,13 +9,25 @@ for ``https://api-atlas.nomic.ai``, following Nomic's documented behaviour:
   Pillow, answering a FastAPI-shaped 422 naming the first item it cannot read;
 - it answers 768 float32-valued floats per input, deterministic in (model, input) and cheap
   to make (a benchmark posts thousands), with ``usage`` of ``tokens_per_image`` per input;
-- faults are injected per call: ``fail_next`` takes HTTP statuses (with ``Retry-After`` when
-  ``retry_after`` is set) or ``"drop"`` to drop the connection; ``fail_when(n)`` decides for
-  the n-th call (0-based) the same way, or None to answer; ``latency`` delays answers;
-- ``calls`` records what it received, so tests count exactly what went upstream; run as a
-  process of its own, it tells the counts at ``GET /_fake/stats`` (not part of Nomic's API).
+- ``POST /v1/embedding/text`` takes Nomic's JSON body (``texts``, ``model``, ``task_type``,
+  ``long_text_mode``, ``max_tokens_per_text``, ``dimensionality``, with the API's defaults,
+  which are not the official client's) and validates it as Nomic's FastAPI models would,
+  answering every error found in one 422 (``loc`` like ``["body", "texts", 3]``); at most
+  ``max_texts_per_call`` texts a call (Nomic's backend limit); per text, float32-valued floats
+  of the requested size (768, or a Matryoshka ``dimensionality`` for v1.5), deterministic in
+  every field that changes Nomic's answer, and a token count (:meth:`FakeNomic.text_tokens`)
+  summed in ``usage``, as Nomic's OpenAPI schema and the official client describe it;
+- faults are injected per call on both routes: ``fail_next`` takes HTTP statuses (with
+  ``Retry-After`` when ``retry_after`` is set) or ``"drop"`` to drop the connection;
+  ``fail_when(n)`` decides for the n-th call to the fake (0-based, both routes counted) the
+  same way, or None to answer; ``latency`` delays answers, and :meth:`FakeNomic.hold` keeps
+  them until :meth:`FakeNomic.release`;
+- ``calls`` (images) and ``text_calls`` record what it received, so tests count exactly what
+  went upstream; run as a process of its own, it tells the counts at ``GET /_fake/stats`` (not
+  part of Nomic's API).
 
-Its parser is aiohttp's, not the gateway's, so the two are checked against each other.
+Its parsers are aiohttp's and the standard library's, not the gateway's, so the two are checked
+against each other.
 """
 
 from __future__ import annotations
@@ -23,7 +35,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import json
 import random
+import re
 import time
 from array import array
 from collections.abc import Callable
@@ -46,6 +60,14 @@ MODELS = ("nomic-embed-vision-v1", "nomic-embed-vision-v1.5")
 DIMENSIONS = 768
 FAKE_API_KEY = "nk-fake-organisation-key-0123456789"
 
+TEXT_MODELS = ("nomic-embed-text-v1", "nomic-embed-text-v1.5")
+TASK_TYPES = ("search_document", "search_query", "classification", "clustering")
+LONG_TEXT_MODES = ("truncate", "mean")
+MATRYOSHKA_SIZES = {"nomic-embed-text-v1": (768, 768), "nomic-embed-text-v1.5": (64, 768)}
+MODEL_CONTEXT = 8192  # tokens; also Nomic's max_tokens_per_text default in "mean" mode
+MAX_TEXTS_PER_CALL = 10
+_PIECES = re.compile(r"\w+|[^\w\s]")  # a word or one punctuation mark: the fake's "token"
+
 
 @dataclass
 class Call:
@@ -53,6 +75,21 @@ class Call:
     kind: str  # "image" or "url"
     items: list[bytes]
     at: float
+    status: int = 0
+
+
+@dataclass
+class TextCall:
+    """One call to the text route; the fields are those in effect (Nomic's defaults filled in)
+    once the body validated."""
+
+    texts: list[str]
+    at: float
+    model: str = ""
+    task_type: str = ""
+    long_text_mode: str = ""
+    max_tokens_per_text: int | None = None
+    dimensionality: int | None = None
     status: int = 0
 
 
@@ -66,7 +103,9 @@ class FakeNomic:
     fail_next: list[int | str] = field(default_factory=list)
     fail_when: Callable[[int], int | str | None] | None = None
     retry_after: float | None = None
+    max_texts_per_call: int = MAX_TEXTS_PER_CALL
     calls: list[Call] = field(default_factory=list)
+    text_calls: list[TextCall] = field(default_factory=list)
     held: asyncio.Event | None = None  # answers wait for it: see hold()
 
     def __post_init__(self) -> None:
@@ -74,6 +113,7 @@ class FakeNomic:
         # twenty 50 KB photos, so the fake takes what the gateway may send in one call.
         self.app = web.Application(client_max_size=64 * 2**20)
         self.app.router.add_post("/v1/embedding/image", self._embed_image)
+        self.app.router.add_post("/v1/embedding/text", self._embed_text)
         self.app.router.add_get("/_fake/stats", self._stats)  # the fake's own, not Nomic's
 
     def hold(self) -> None:
@@ -90,24 +130,55 @@ class FakeNomic:
     def items_received(self) -> list[bytes]:
         return [item for call in self.calls for item in call.items]
 
+    @property
+    def texts_received(self) -> list[str]:
+        """Every text of every text call whose body was read, in order."""
+        return [text for call in self.text_calls for text in call.texts]
+
     @staticmethod
     def embedding(model: str, item: bytes) -> list[float]:
         """What the fake answers for ``item``: float32 values, as a float list."""
-        seed = hashlib.sha256(model.encode() + b"\0" + item).digest()
-        steps = array("h", random.Random(seed).randbytes(2 * DIMENSIONS))
-        return [step / 131072 for step in steps]  # in [-0.25, 0.25), each exact in float32
+        return _vector(hashlib.sha256(model.encode() + b"\0" + item).digest(), DIMENSIONS)
+
+    @staticmethod
+    def text_embedding(
+        text: str,
+        model: str = "nomic-embed-text-v1",
+        task_type: str | None = "search_document",
+        dimensionality: int | None = None,
+        long_text_mode: str = "mean",
+        max_tokens_per_text: int | None = None,
+    ) -> list[float]:
+        """What the fake answers for ``text`` (defaults: the API's): a vector of
+        ``dimensionality`` floats (768 when None), deterministic in every argument, where an
+        omitted value and Nomic's default for it give the same vector."""
+        size = dimensionality or DIMENSIONS
+        cap = max_tokens_per_text or MODEL_CONTEXT
+        fields = [model, task_type or "search_document", size, long_text_mode, cap, text]
+        seed = hashlib.sha256(json.dumps(fields).encode()).digest()
+        return _vector(seed, size)
+
+    @staticmethod
+    def text_tokens(text: str, max_tokens_per_text: int | None = None) -> int:
+        """The fake's token count for ``text``: its words and punctuation marks (Nomic counts
+        neither special tokens nor the task prefix), at most ``max_tokens_per_text`` (in both
+        modes: "mean" caps at 8192 by default, "truncate" at the model's context)."""
+        return min(len(_PIECES.findall(text)), max_tokens_per_text or MODEL_CONTEXT)
 
     async def _stats(self, request: web.Request) -> web.Response:
         """What the fake received, for a benchmark running it as a process of its own."""
         answered = [call for call in self.calls if call.status == 200]
         items = sum(len(call.items) for call in answered)
+        answered_texts = [call for call in self.text_calls if call.status == 200]
+        texts = sum(len(call.texts) for call in answered_texts)
         return web.json_response({"calls": len(self.calls), "answered_calls": len(answered),
-                                  "answered_items": items})  # fmt: skip
+                                  "answered_items": items, "text_calls": len(self.text_calls),
+                                  "answered_text_calls": len(answered_texts),
+                                  "answered_texts": texts})  # fmt: skip
 
-    async def _embed_image(self, request: web.Request) -> web.StreamResponse:
-        call = Call(model="", kind="", items=[], at=time.monotonic())
-        index = len(self.calls)
-        self.calls.append(call)
+    async def _refused(self, request: web.Request, call: Call | TextCall) -> web.Response | None:
+        """The injected latency, then the injected fault or a 401 for ``call``, if any."""
+        index = len(self.calls) + len(self.text_calls) - 1
         if self.latency:
             await asyncio.sleep(self.latency)
         fault = self.fail_next.pop(0) if self.fail_next else None
@@ -125,6 +196,14 @@ class FakeNomic:
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":
             call.status = 401
             return web.json_response({"detail": "Invalid API key"}, status=401)
+        return None
+
+    async def _embed_image(self, request: web.Request) -> web.StreamResponse:
+        call = Call(model="", kind="", items=[], at=time.monotonic())
+        self.calls.append(call)
+        refused = await self._refused(request, call)
+        if refused is not None:
+            return refused
         form = await request.post()
         call.model = str(form.get("model", "nomic-embed-vision-v1.5"))
         images = [_read_and_close(part) for part in form.getall("images", [])]
@@ -172,6 +251,141 @@ class FakeNomic:
                     "type": "value_error",
                 }
         return None
+
+    async def _embed_text(self, request: web.Request) -> web.StreamResponse:
+        call = TextCall(texts=[], at=time.monotonic())
+        self.text_calls.append(call)
+        refused = await self._refused(request, call)
+        if refused is not None:
+            return refused
+        raw = await request.read()
+        fields, errors = self.judge_text_body(request.headers.get("Content-Type"), raw)
+        if isinstance(fields.get("texts"), list):
+            call.texts = [text for text in fields["texts"] if isinstance(text, str)]
+        if errors:
+            call.status = 422
+            return web.json_response({"detail": errors}, status=422)
+        if self.held is not None:
+            await self.held.wait()
+        call.model = fields.get("model", "nomic-embed-text-v1")
+        call.task_type = fields.get("task_type") or "search_document"
+        call.long_text_mode = fields.get("long_text_mode", "mean")
+        call.max_tokens_per_text = _integer(fields.get("max_tokens_per_text"))
+        call.dimensionality = _integer(fields.get("dimensionality"))
+        call.status = 200
+        embeddings = [
+            self.text_embedding(text, call.model, call.task_type, call.dimensionality,
+                                call.long_text_mode, call.max_tokens_per_text)
+            for text in call.texts
+        ]  # fmt: skip
+        tokens = sum(self.text_tokens(text, call.max_tokens_per_text) for text in call.texts)
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        body = {"embeddings": embeddings, "usage": usage, "model": call.model}
+        return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+    def judge_text_body(
+        self, content_type: str | None, body: bytes
+    ) -> tuple[dict[str, Any], list[Error]]:
+        """A text request's fields and every error Nomic would answer for them (none: it
+        embeds them), without a call: for tests that check the gateway's parser against it."""
+        fields, errors = _json_object(content_type, body)
+        return fields, errors or _type_errors(fields) or self._handler_errors(fields)
+
+    def _handler_errors(self, fields: dict[str, Any]) -> list[Error]:
+        """What Nomic refuses once its model has checked the types: too many texts, an
+        unknown task type, a size the model does not embed in."""
+        count = len(fields["texts"])
+        if count > self.max_texts_per_call:
+            most = self.max_texts_per_call
+            return [_error(["texts"], "too_long", f"List should have at most {most} items, "
+                           f"not {count}")]  # fmt: skip
+        task_type = fields.get("task_type")
+        if task_type is not None and task_type not in TASK_TYPES:
+            return [_error(["task_type"], "value_error", f"unknown task type {task_type!r}")]
+        model = fields.get("model", "nomic-embed-text-v1")
+        least, most = MATRYOSHKA_SIZES[model]
+        dimensionality = _integer(fields.get("dimensionality"))
+        if dimensionality is not None and not least <= dimensionality <= most:
+            msg = f"{model} embeds in {least} to {most} dimensions"
+            return [_error(["dimensionality"], "value_error", msg)]
+        return []
+
+
+Error = dict[str, object]
+NOT_AN_OBJECT = "Input should be a valid dictionary or object to extract fields from"
+STRING = "Input should be a valid string"
+
+
+def _vector(seed: bytes, size: int) -> list[float]:
+    steps = array("h", random.Random(seed).randbytes(2 * size))
+    return [step / 131072 for step in steps]  # in [-0.25, 0.25), each exact in float32
+
+
+def _error(loc: list[str | int], kind: str, msg: str) -> Error:
+    return {"loc": ["body", *loc], "msg": msg, "type": kind}
+
+
+def _json_object(content_type: str | None, body: bytes) -> tuple[dict[str, Any], list[Error]]:
+    """The body's JSON object, or the errors FastAPI answers instead: it reads JSON only when
+    the Content-Type is absent, application/json or application/*+json."""
+    if not body:
+        return {}, [_error([], "missing", "Field required")]
+    mime = (content_type or "application/json").partition(";")[0].strip().lower()
+    main, _, sub = mime.partition("/")
+    if main != "application" or not (sub == "json" or sub.endswith("+json")):
+        return {}, [_error([], "model_attributes_type", NOT_AN_OBJECT)]
+    try:
+        fields = json.loads(body)
+    except ValueError as exc:  # a JSONDecodeError, or bytes that are not UTF-8
+        return {}, [_error([getattr(exc, "pos", 0)], "json_invalid", "JSON decode error")]
+    if not isinstance(fields, dict):
+        return {}, [_error([], "model_attributes_type", NOT_AN_OBJECT)]
+    return fields, []
+
+
+def _type_errors(fields: dict[str, Any]) -> list[Error]:
+    """Every field of the wrong type, in the order of Nomic's model, as Pydantic lists them."""
+    errors = []
+    texts = fields.get("texts")
+    if "texts" not in fields:
+        errors.append(_error(["texts"], "missing", "Field required"))
+    elif not isinstance(texts, list):
+        errors.append(_error(["texts"], "list_type", "Input should be a valid list"))
+    else:
+        for index, text in enumerate(texts):
+            if not isinstance(text, str):
+                errors.append(_error(["texts", index], "string_type", STRING))
+    errors += _enum_errors(fields, "model", TEXT_MODELS)
+    task_type = fields.get("task_type")
+    if task_type is not None and not isinstance(task_type, str):
+        errors.append(_error(["task_type"], "string_type", STRING))
+    errors += _enum_errors(fields, "long_text_mode", LONG_TEXT_MODES)
+    for name in ("max_tokens_per_text", "dimensionality"):
+        value = fields.get(name)
+        if name not in fields or (value is None and name == "dimensionality"):
+            continue
+        number = _integer(value)
+        if number is None:
+            errors.append(_error([name], "int_type", "Input should be a valid integer"))
+        elif number < 1:
+            errors.append(_error([name], "greater_than_equal", "Input should be at least 1"))
+    return errors
+
+
+def _enum_errors(fields: dict[str, Any], name: str, allowed: tuple[str, ...]) -> list[Error]:
+    if name in fields and fields[name] not in allowed:
+        choices = " or ".join(repr(value) for value in allowed)
+        return [_error([name], "enum", f"Input should be {choices}")]
+    return []
+
+
+def _integer(value: object) -> int | None:
+    """``value`` as an integer if JSON wrote one (``5`` or ``5.0``), else None."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
 
 
 def _read_and_close(part: Any) -> bytes:

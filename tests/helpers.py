@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -38,3 +43,24 @@ async def post_urls(
 def policy(**changes: Any) -> Policy:
     """The shield's policy of the default settings, with ``changes``."""
     return Policy.of(Settings(nomic_api_key="not-a-real-key"))._replace(**changes)
+
+
+async def run_official_client(
+    script: str, base_url: str, token: str, home: Path, args: list[str]
+) -> Any:
+    """The JSON that ``script`` prints, run with ``args`` by the official ``nomic`` client.
+
+    The client reads ``~/.nomic/credentials`` when it is imported and is synchronous, so it
+    runs in a subprocess with ``home`` as HOME and ``ATLAS_API_PATH`` pointing at ``base_url``.
+    """
+    (home / ".nomic").mkdir(exist_ok=True)
+    credentials = {"refresh_token": None, "token": token, "tenant": "production", "expires": None}
+    (home / ".nomic" / "credentials").write_text(json.dumps(credentials))
+    env = {**os.environ, "HOME": str(home), "ATLAS_API_PATH": base_url}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, *args,
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode == 0, stderr.decode()[-3000:]
+    return json.loads(stdout)

@@ -1,21 +1,15 @@
-"""The official ``nomic`` Python client, unmodified, through the gateway.
-
-The client reads ``~/.nomic/credentials`` when it is imported and is synchronous, so it runs in
-a subprocess with a temporary HOME and ``ATLAS_API_PATH`` pointing at the server under test.
-"""
+"""The official ``nomic`` Python client, unmodified, through the gateway (in a subprocess:
+:func:`tests.helpers.run_official_client`)."""
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient
 
 from tests.fake_nomic import FAKE_API_KEY, FakeNomic, png
+from tests.helpers import run_official_client
 
 Client = TestClient[Any, Any]
 
@@ -30,17 +24,7 @@ print(json.dumps({"files": files, "urls": urls}))
 
 
 async def run_client(base_url: str, token: str, home: Path, inputs: list[str]) -> Any:
-    (home / ".nomic").mkdir(exist_ok=True)
-    credentials = {"refresh_token": None, "token": token, "tenant": "production", "expires": None}
-    (home / ".nomic" / "credentials").write_text(json.dumps(credentials))
-    env = {**os.environ, "HOME": str(home), "ATLAS_API_PATH": base_url}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", SCRIPT, *inputs,
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    stdout, stderr = await asyncio.wait_for(process.communicate(), 120)
-    assert process.returncode == 0, stderr.decode()[-3000:]
-    return json.loads(stdout)
+    return await run_official_client(SCRIPT, base_url, token, home, inputs)
 
 
 async def test_official_client_through_the_gateway_equals_nomic_directly(

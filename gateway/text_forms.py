@@ -1,0 +1,182 @@
+"""Text embedding request bodies → a validated :class:`TextRequest`, with Nomic-shaped errors. Pure.
+
+``POST /v1/embedding/text`` takes a JSON object: ``texts`` (required), ``model``,
+``task_type``, ``long_text_mode``, ``max_tokens_per_text`` and ``dimensionality``. Omitted
+fields take Nomic's API defaults, which are not the official client's (its ``model`` and
+``long_text_mode`` differ); fields Nomic does not know are ignored, as its FastAPI models do.
+Every error names the offending input the way Nomic does, ``("body", "texts", 3)`` for the
+fourth text. The body comes whole: the server has bounded its size before it gets here.
+
+Stricter than Nomic's Pydantic in two ways the official client never meets: an integer field
+takes a JSON number with no fraction, not ``"256"`` or ``true``; and a string escaping an
+unpaired surrogate (``"\\ud800"``) makes the body malformed, since it is not text.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import orjson
+
+from gateway.errors import InvalidRequest, Loc
+from gateway.models import (
+    DEFAULT_LONG_TEXT_MODE,
+    DEFAULT_MEAN_MAX_TOKENS,
+    DEFAULT_TASK_TYPE,
+    DEFAULT_TEXT_MODEL,
+    LONG_TEXT_MODES,
+    TASK_TYPES,
+    TEXT_DIMENSIONALITIES,
+    TEXT_MODELS,
+    LongTextMode,
+)
+
+# No text is near this many tokens; a bound keeps the value a 32-bit integer wherever it goes.
+MAX_TOKENS_PER_TEXT_CEILING = 2**31 - 1
+
+
+class TextLimits(NamedTuple):
+    """What one text request may hold (the settings')."""
+
+    max_texts: int
+    max_text_bytes: int  # per text, in UTF-8
+
+
+class TextRequest(NamedTuple):
+    """A validated text embedding request, Nomic's defaults filled in; texts in the client's
+    order."""
+
+    model: str
+    task_type: str
+    dimensionality: int | None  # None: the model's full size
+    long_text_mode: LongTextMode
+    max_tokens_per_text: int | None  # None: not sent; Nomic caps at the model's input size
+    texts: list[str]
+
+    def loc(self, index: int) -> Loc:
+        """Where text ``index`` stands in the client's request, for error ``loc``s."""
+        return ("body", "texts", index)
+
+
+def is_json(content_type: str | None) -> bool:
+    """Whether Nomic reads a body sent with this ``Content-Type`` as JSON: when there is none,
+    ``application/json`` or ``application/*+json`` (FastAPI's rule)."""
+    if not content_type:
+        return True
+    mime = content_type.partition(";")[0].strip().lower()
+    main, _, sub = mime.partition("/")
+    return main == "application" and (sub == "json" or sub.endswith("+json"))
+
+
+def parse_text_request(
+    body: bytes, limits: TextLimits, content_type: str | None = None
+) -> TextRequest:
+    """The request in ``body``; :class:`InvalidRequest` naming the first input Nomic would
+    refuse (or the gateway's ``limits`` do)."""
+    if not body:
+        raise InvalidRequest("Field required", loc=("body",))
+    if not is_json(content_type):
+        raise InvalidRequest(
+            "Input should be a valid dictionary or object to extract fields from "
+            "(send Content-Type: application/json)",
+            loc=("body",),
+        )
+    try:
+        fields = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"JSON decode error: {exc.msg}", loc=("body", exc.pos)) from None
+    if not isinstance(fields, dict):
+        raise InvalidRequest(
+            "Input should be a valid dictionary or object to extract fields from", loc=("body",)
+        )
+    texts = _texts(fields, limits)
+    model = _choice(fields.get("model", DEFAULT_TEXT_MODEL), "model", TEXT_MODELS)
+    task = fields.get("task_type")  # null, like none, is Nomic's default
+    task_type = _choice(DEFAULT_TASK_TYPE if task is None else task, "task_type", TASK_TYPES)
+    long_text_mode = _long_text_mode(fields)
+    max_tokens = _max_tokens_per_text(fields, long_text_mode)
+    dimensionality = _dimensionality(fields, model)
+    return TextRequest(model, task_type, dimensionality, long_text_mode, max_tokens, texts)
+
+
+def _texts(fields: dict[str, object], limits: TextLimits) -> list[str]:
+    if "texts" not in fields:
+        raise InvalidRequest("Field required", loc=("body", "texts"))
+    texts = fields["texts"]
+    if not isinstance(texts, list):
+        raise InvalidRequest("Input should be a valid list", loc=("body", "texts"))
+    if len(texts) > limits.max_texts:
+        raise InvalidRequest(
+            f"more than {limits.max_texts} texts in one request",
+            loc=("body", "texts", limits.max_texts),
+        )
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InvalidRequest("Input should be a valid string", loc=("body", "texts", index))
+        if _utf8_length_over(text, limits.max_text_bytes):
+            raise InvalidRequest(
+                f"text longer than {limits.max_text_bytes} bytes in UTF-8",
+                loc=("body", "texts", index),
+            )
+    return texts
+
+
+def _utf8_length_over(text: str, limit: int) -> bool:
+    if len(text) * 4 <= limit:  # no character takes more than 4 bytes: no need to encode
+        return False
+    return len(text) > limit or len(text.encode()) > limit
+
+
+def _choice(value: object, name: str, allowed: frozenset[str]) -> str:
+    if not isinstance(value, str):
+        raise InvalidRequest("Input should be a valid string", loc=("body", name))
+    if value not in allowed:
+        raise InvalidRequest(
+            f"unknown {name} {value[:100]!r}; expected one of {', '.join(sorted(allowed))}",
+            loc=("body", name),
+        )
+    return value
+
+
+def _long_text_mode(fields: dict[str, object]) -> LongTextMode:
+    value = fields.get("long_text_mode", DEFAULT_LONG_TEXT_MODE)
+    for mode in LONG_TEXT_MODES:
+        if value == mode:
+            return mode
+    raise InvalidRequest("Input should be 'truncate' or 'mean'", loc=("body", "long_text_mode"))
+
+
+def _max_tokens_per_text(fields: dict[str, object], mode: LongTextMode) -> int | None:
+    if "max_tokens_per_text" not in fields:
+        return DEFAULT_MEAN_MAX_TOKENS if mode == "mean" else None
+    loc: Loc = ("body", "max_tokens_per_text")
+    value = _integer(fields["max_tokens_per_text"], loc)
+    if not 1 <= value <= MAX_TOKENS_PER_TEXT_CEILING:
+        raise InvalidRequest(f"Input should be from 1 to {MAX_TOKENS_PER_TEXT_CEILING}", loc=loc)
+    return value
+
+
+def _dimensionality(fields: dict[str, object], model: str) -> int | None:
+    value = fields.get("dimensionality")
+    if value is None:
+        return None
+    loc: Loc = ("body", "dimensionality")
+    dimensionality = _integer(value, loc)
+    sizes = TEXT_DIMENSIONALITIES[model]
+    if dimensionality in sizes:
+        return dimensionality
+    if len(sizes) == 1:
+        raise InvalidRequest(
+            f"{model} has no Matryoshka sizes: dimensionality must be {sizes[0]} or null",
+            loc=loc,
+        )
+    raise InvalidRequest(f"{model} answers in {sizes[0]} to {sizes[-1]} dimensions", loc=loc)
+
+
+def _integer(value: object, loc: Loc) -> int:
+    """A JSON integer: an int, or a float with no fraction (JSON does not tell them apart)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise InvalidRequest("Input should be a valid integer", loc=loc)
