@@ -23,6 +23,7 @@ from gateway.appkeys import (
     PIPELINE,
     SETTINGS,
     STORE,
+    TEXT_LIMITS,
     UPSTREAM,
 )
 from gateway.auth import Authenticator
@@ -43,6 +44,7 @@ from gateway.store.memory_ledger import MemoryLedger
 from gateway.store.redis_backend import RedisBackend
 from gateway.store.redis_coordinator import RedisCoordinator
 from gateway.store.redis_ledger import RedisLedger
+from gateway.text_forms import TextLimits
 from gateway.upstream import NomicClient
 
 log = logging.getLogger(__name__)
@@ -53,11 +55,12 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[request_context], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[BODY_LIMITS] = BodyLimits(settings.max_image_bytes, settings.max_items)
+    app[TEXT_LIMITS] = TextLimits(settings.max_items, settings.max_text_bytes)
     app[BODY_BUDGET] = BodyBudget(settings.body_bytes_in_flight, settings.max_body_bytes)
     app.cleanup_ctx.extend([_store_ctx, _pipeline_ctx])
-    app.router.add_post(
-        "/v1/embedding/image", embeddings.embed_image, expect_handler=embeddings.expect_body_later
-    )
+    for path, handler in (("/v1/embedding/image", embeddings.embed_image),
+                          ("/v1/embedding/text", embeddings.embed_text)):  # fmt: skip
+        app.router.add_post(path, handler, expect_handler=embeddings.expect_body_later)
     app.router.add_get("/v1/user", user.current_user)
     app.router.add_get("/v1/user/", user.current_user)
     app.router.add_get("/v1/usage", user.own_usage)

@@ -12,10 +12,12 @@ from gateway.forms import BodyLimits
 from gateway.pipeline import Pipeline
 from gateway.store import Store
 from gateway.store.base import Coordinator, Ledger
+from gateway.text_forms import TextLimits
 from gateway.upstream import NomicClient
 
 SETTINGS = web.AppKey("settings", Settings)
 BODY_LIMITS = web.AppKey("body_limits", BodyLimits)
+TEXT_LIMITS = web.AppKey("text_limits", TextLimits)
 STORE = web.AppKey("store", Store)
 LEDGER = web.AppKey("ledger", Ledger)
 COORDINATOR = web.AppKey("coordinator", Coordinator)

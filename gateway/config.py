@@ -15,6 +15,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from gateway.models import MAX_TEXTS_PER_UPSTREAM_CALL
+
+KiB = 1024
 MiB = 1024 * 1024
 SECRETS = ("nomic_api_key", "admin_token", "metrics_token")  # from the environment only
 MIN_TOKEN_LENGTH = 24
@@ -206,13 +209,22 @@ class Settings:
         256 * MiB,
     )
     max_items: int = _setting(
-        "GATEWAY_MAX_ITEMS", _positive_int, "most images or URLs in one request", 512
+        "GATEWAY_MAX_ITEMS", _positive_int, "most images, URLs or texts in one request", 512
+    )
+    max_text_bytes: int = _setting(
+        "GATEWAY_MAX_TEXT_BYTES", _positive_int, "longest text accepted, in UTF-8 bytes", 512 * KiB
     )
     url_ttl_seconds: int = _setting(
         "GATEWAY_URL_TTL_SECONDS", _positive_int, "how long a URL's embedding is cached", 86400
     )
     upstream_batch_size: int = _setting(
         "GATEWAY_UPSTREAM_BATCH_SIZE", _positive_int, "most items in one upstream call", 64
+    )
+    upstream_text_batch_size: int = _setting(
+        "GATEWAY_UPSTREAM_TEXT_BATCH_SIZE",
+        _positive_int,
+        "most texts in one upstream call (Nomic's limit is 10)",
+        MAX_TEXTS_PER_UPSTREAM_CALL,
     )
     upstream_batch_bytes: int = _setting(
         "GATEWAY_UPSTREAM_BATCH_BYTES", _positive_int, "most bytes in one upstream call", 32 * MiB

@@ -35,7 +35,7 @@ from gateway.entries import Entry
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
 from gateway.hot import HotCache
 from gateway.leases import Heartbeat
-from gateway.models import Kind
+from gateway.models import Spec
 from gateway.quota import TokenEstimator
 from gateway.shield import Embedded, Job, Shield
 from gateway.store import Store, StoreError
@@ -121,7 +121,7 @@ class Fetcher:
         return len(self._inflight)
 
     async def fetch(
-        self, model: str, kind: Kind, wanted: Mapping[str, bytes], stale: Mapping[str, Entry],
+        self, spec: Spec, wanted: Mapping[str, bytes], stale: Mapping[str, Entry],
         deadline: float,
     ) -> Fetched:  # fmt: skip
         """An outcome for each key of ``wanted`` (key → content) by ``deadline`` (a
@@ -131,7 +131,7 @@ class Fetcher:
             owner = next(self._owners)
             try:
                 await self._dispatch(
-                    model, kind, {k: c for k, c in wanted.items() if k in owned}, deadline, owner
+                    spec, {k: c for k, c in wanted.items() if k in owned}, deadline, owner
                 )
             except BaseException:  # cancelled before the shield had them: nobody would
                 self._fail(owned, UpstreamError("the request was cancelled"))
@@ -171,23 +171,25 @@ class Fetcher:
         return futures, owned
 
     async def _dispatch(
-        self, model: str, kind: Kind, wanted: dict[str, bytes], deadline: float, owner: int
+        self, spec: Spec, wanted: dict[str, bytes], deadline: float, owner: int
     ) -> None:
         """Send what no other replica is fetching to the shield; watch the rest."""
         elsewhere: dict[str, bytes] = {}
         if self._shares_fetches:
             wanted, elsewhere = await self._mark(wanted)
         if wanted:
-            jobs = [Job(content, owner, deadline) for content in wanted.values()]
+            jobs = [
+                Job(content, owner, deadline, spec.weight(content)) for content in wanted.values()
+            ]
             try:
-                answers = self._shield.submit(model, kind, jobs)
+                answers = self._shield.submit(spec, jobs)
             except GatewayError as exc:
                 self._fail(wanted, exc)
                 self._spawn(self._unmark(list(wanted)))
             else:
-                self._spawn(self._fill(model, kind, list(wanted), answers))
+                self._spawn(self._fill(spec, list(wanted), answers))
         if elsewhere:
-            self._spawn(self._watch(model, kind, elsewhere, deadline, owner))
+            self._spawn(self._watch(spec, elsewhere, deadline, owner))
 
     async def _mark(self, wanted: dict[str, bytes]) -> tuple[dict[str, bytes], dict[str, bytes]]:
         """Take the marks of ``wanted`` where no other replica holds one: what is now this
@@ -221,7 +223,7 @@ class Fetcher:
         await self._coordinator.renew_fetches(keys, self._holder, lease_ms)
 
     async def _watch(
-        self, model: str, kind: Kind, pending: dict[str, bytes], deadline: float, owner: int
+        self, spec: Spec, pending: dict[str, bytes], deadline: float, owner: int
     ) -> None:
         """Wait for other replicas' fetches through the store; take over any they drop."""
         metrics.REPLICA_WAITS.inc(len(pending))
@@ -249,15 +251,18 @@ class Fetcher:
                 elif not mark.held:  # the mark went, and no entry came: given up, or lapsed
                     dropped[key] = pending.pop(key)
             if dropped:
-                await self._dispatch(model, kind, dropped, deadline, owner)
+                await self._dispatch(spec, dropped, deadline, owner)
 
     async def _fill(
-        self, model: str, kind: Kind, keys: list[str], answers: list[asyncio.Future[Embedded]]
+        self, spec: Spec, keys: list[str], answers: list[asyncio.Future[Embedded]]
     ) -> None:
         """Answer everyone waiting for ``keys`` as the shield answers, then store the entries
         and release the marks."""
         await asyncio.wait(answers)
-        fresh_until = 0 if kind == "image" else math.ceil(self._clock() + self._url_ttl_seconds)
+        # What a URL points at may change: its entry is fresh for a while. An image's bytes or
+        # a text are what they are: theirs never expire.
+        url = spec.kind == "url"
+        fresh_until = math.ceil(self._clock() + self._url_ttl_seconds) if url else 0
         stored: list[tuple[str, bytes]] = []
         for key, answer in zip(keys, answers, strict=True):
             error = answer.exception()
@@ -270,11 +275,11 @@ class Fetcher:
             except ValueError:
                 self._fail([key], UpstreamError("Nomic answered a malformed embedding"))
                 continue
-            self._estimator.observe(model, embedded.tokens, 1)
+            self._estimator.observe(spec.model, embedded.tokens, 1)
             entry = Entry(orjson.dumps(embedded.vector), embedded.tokens, fresh_until)
             self._land(key, entry, here=True)
             stored.append((key, blob))
-        ttl = None if kind == "image" else self._url_ttl_seconds + self._stale_grace_seconds
+        ttl = self._url_ttl_seconds + self._stale_grace_seconds if url else None
         try:
             await self._store.set_many(stored, ttl)
         except StoreError as exc:

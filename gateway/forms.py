@@ -18,12 +18,12 @@ import multipart
 
 from gateway.errors import InvalidRequest
 from gateway.keys import content_digest
-from gateway.models import DEFAULT_IMAGE_MODEL, IMAGE_MODELS, Kind
+from gateway.models import DEFAULT_IMAGE_MODEL, IMAGE_MODELS, Kind, Spec, TextOptions
 
 MAX_URL_LENGTH = 2048
 MAX_FIELD_BYTES = 64 * 1024
 
-_FIELD_FOR: dict[Kind, str] = {"image": "images", "url": "urls"}
+_FIELD_FOR: dict[Kind, str] = {"image": "images", "url": "urls", "text": "texts"}
 
 
 class BodyLimits(NamedTuple):
@@ -36,17 +36,24 @@ class BodyLimits(NamedTuple):
 
 class ParsedRequest(NamedTuple):
     """A validated embedding request: the model and the items in the client's order, each
-    with the digest of its bytes."""
+    with the digest of its bytes; for texts, how they are embedded."""
 
     model: str
     kind: Kind
-    items: list[bytes]  # image bytes, or URLs encoded as UTF-8
+    items: list[bytes]  # image bytes, or URLs or texts encoded as UTF-8
     digests: list[bytes]
+    text: TextOptions | None = None
 
     @classmethod
-    def of(cls, model: str, kind: Kind, items: list[bytes]) -> ParsedRequest:
+    def of(
+        cls, model: str, kind: Kind, items: list[bytes], text: TextOptions | None = None
+    ) -> ParsedRequest:
         """A request of ``items``, digesting each."""
-        return cls(model, kind, items, [content_digest(item) for item in items])
+        return cls(model, kind, items, [content_digest(item) for item in items], text)
+
+    @property
+    def spec(self) -> Spec:
+        return Spec(self.model, self.kind, self.text)
 
     def loc(self, index: int) -> tuple[str | int, ...]:
         """Where item ``index`` stands in the client's request, for error ``loc``s."""

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import blake3
 
 if TYPE_CHECKING:
-    from gateway.models import Kind
+    from gateway.models import Spec
 
 PREFIX = "ng:v2:emb:"
 OLD_PREFIXES = ("ng:v1:emb:",)  # never read again; `README.md` says how to drop them
@@ -39,8 +39,10 @@ def private_scope(team_id: str) -> str:
     return f"team:{team_id}"
 
 
-def cache_key(model: str, kind: Kind, digest: bytes, scope: str = SHARED) -> str:
-    """``ng:v2:emb:<blake3 hex>`` over model, kind, scope (NUL-separated; none holds a NUL)
-    and the content's 32-byte digest."""
-    header = f"{model}\0{kind}\0{scope}\0".encode()
-    return PREFIX + blake3.blake3(header + digest).hexdigest()
+def cache_key(spec: Spec, digest: bytes, scope: str = SHARED) -> str:
+    """``ng:v2:emb:<blake3 hex>`` over model, kind, scope, a text's options (NUL-separated;
+    none holds a NUL, and the kind says whether options follow) and the content's 32-byte
+    digest."""
+    variant = spec.variant()
+    header = f"{spec.model}\0{spec.kind}\0{scope}\0" + (f"{variant}\0" if variant else "")
+    return PREFIX + blake3.blake3(header.encode() + digest).hexdigest()

@@ -56,6 +56,10 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     return response
 
 
+# What teams may call; every other path (Nomic's datasets, maps, ...) is a 404 here.
+SERVED = ("POST /v1/embedding/image", "POST /v1/embedding/text", "GET /v1/user", "GET /v1/usage")
+
+
 async def _answer_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         _check_encoding(request)
@@ -72,8 +76,11 @@ async def _answer_errors(request: web.Request, handler: Handler) -> web.StreamRe
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
+        msg = exc.reason
+        if exc.status == 404:  # nothing else of Nomic's is passed on with the org's key
+            msg = f"{exc.reason}: the gateway serves {', '.join(SERVED)}"
         detail: list[dict[str, object]] = [
-            {"loc": ["path"], "msg": exc.reason, "type": f"http_{exc.status}"}
+            {"loc": ["path"], "msg": msg, "type": f"http_{exc.status}"}
         ]
         response = error_response(exc.status, detail)
         if "Allow" in exc.headers:

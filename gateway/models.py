@@ -7,9 +7,10 @@ agree on them. The text values and Nomic's defaults for them are as specified in
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Literal, NamedTuple
 
-Kind = Literal["image", "url"]  # image bytes, or a URL Nomic fetches
+Kind = Literal["image", "url", "text"]  # image bytes, a URL Nomic fetches, or a text
 IMAGE_MODELS = frozenset({"nomic-embed-vision-v1", "nomic-embed-vision-v1.5"})
 DEFAULT_IMAGE_MODEL = "nomic-embed-vision-v1.5"
 
@@ -29,3 +30,44 @@ TEXT_DIMENSIONALITIES: dict[str, range] = {
     "nomic-embed-text-v1.5": range(64, TEXT_DIMENSIONS + 1),
 }
 MAX_TEXTS_PER_UPSTREAM_CALL = 10  # Nomic's backend limit since 2025 (the official client's batch)
+
+
+class TextOptions(NamedTuple):
+    """How a text is embedded, besides the model: what else changes its vector."""
+
+    task_type: str
+    dimensionality: int | None  # None: the model's full size
+    long_text_mode: LongTextMode
+    max_tokens_per_text: int | None  # None: Nomic's default for the mode
+
+
+class Spec(NamedTuple):
+    """How inputs are embedded, besides what they are: everything that changes the output
+    (so all of it is in the cache key), and what every input of one upstream call shares
+    (so the shield batches by it)."""
+
+    model: str
+    kind: Kind
+    text: TextOptions | None = None  # for kind "text"
+
+    def variant(self) -> str:
+        """The text options as a key's part: empty for images and URLs."""
+        if self.text is None:
+            return ""
+        task, dims, mode, tokens = self.text
+        return f"{task}\0{'' if dims is None else dims}\0{mode}\0{'' if tokens is None else tokens}"
+
+    def weight(self, content: bytes) -> int:
+        """An input's expected share of an upstream call's tokens, relative to the others of
+        the call: one for every image or URL; for a text, :func:`text_tokens`."""
+        return 1 if self.kind != "text" else text_tokens(content)
+
+
+_PIECES = re.compile(r"\w+|[^\w\s]")
+
+
+def text_tokens(text: bytes) -> int:
+    """About how many tokens Nomic bills for a text (UTF-8): its words and punctuation marks,
+    as a WordPiece tokenizer splits common English text, and at least one. Rare and long
+    words are split into more pieces by Nomic's tokenizer, so this undercounts them."""
+    return max(1, len(_PIECES.findall(text.decode(errors="replace"))))

@@ -181,7 +181,8 @@ class Pipeline:
     async def lookup(self, request: ParsedRequest, scope: str = SHARED) -> Lookup:
         """Key every input (in the cache of ``scope``) and look all of them up in one store
         call."""
-        keys = [cache_key(request.model, request.kind, d, scope) for d in request.digests]
+        spec = request.spec
+        keys = [cache_key(spec, digest, scope) for digest in request.digests]
         first_item = dict(zip(keys, request.items, strict=True))  # same key, same content
         now = self._clock()
         found = self._hot.get(first_item, now)
@@ -203,9 +204,7 @@ class Pipeline:
         (a ``time.monotonic()`` instant); raises :class:`FetchFailed`."""
         request = lookup.request
         wanted = {key: lookup.first_item[key] for key in lookup.missing}
-        fetched = await self.fetcher.fetch(
-            request.model, request.kind, wanted, lookup.stale, deadline
-        )
+        fetched = await self.fetcher.fetch(request.spec, wanted, lookup.stale, deadline)
         try:
             return assemble(lookup, fetched.outcomes)
         except FetchFailed as failed:

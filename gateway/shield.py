@@ -1,6 +1,7 @@
 """The upstream shield: many small, bursty misses become few, well-formed upstream calls.
 
-Misses of every request (any team) wait in one lane per (model, kind). A miss that finds
+Misses of every request (any team) wait in one lane per :class:`~gateway.models.Spec`
+(model, kind, and a text's options). A miss that finds
 its lane quiet (no call of the lane in flight, no other miss within the last ``linger``) goes
 at once; otherwise the lane's sender takes a batch when it is full, or when its first miss
 has waited ``linger``. Before it sends, it takes a slot of the global concurrency cap and the
@@ -46,7 +47,7 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.leases import Heartbeat
-from gateway.models import Kind
+from gateway.models import Spec
 from gateway.store import StoreError
 from gateway.store.base import Coordinator
 from gateway.upstream import UpstreamItemRejected, UpstreamResult
@@ -58,15 +59,17 @@ RETRYABLE = (UpstreamServerError, UpstreamUnavailable, UpstreamTimeout)
 
 
 class Embedder(Protocol):
-    async def embed(self, model: str, kind: Kind, items: Sequence[bytes]) -> UpstreamResult: ...
+    async def embed(self, spec: Spec, items: Sequence[bytes]) -> UpstreamResult: ...
 
 
 class Job(NamedTuple):
-    """One item to fetch: its content, the request that asked (an opaque id), and by when."""
+    """One item to fetch: its content, the request that asked (an opaque id), by when, and
+    its weight: its expected share of the call's tokens, relative to the others'."""
 
     content: bytes
     owner: int
     deadline: float
+    weight: int = 1
 
 
 class Embedded(NamedTuple):
@@ -81,6 +84,7 @@ class Policy(NamedTuple):
     """How the shield batches, paces and retries: the settings' (:meth:`of`)."""
 
     batch_items: int
+    text_batch_items: int  # Nomic takes fewer texts a call than images
     batch_bytes: int
     linger_seconds: float
     rate_calls: int
@@ -97,6 +101,7 @@ class Policy(NamedTuple):
     def of(cls, settings: Settings) -> Policy:
         return cls(
             batch_items=settings.upstream_batch_size,
+            text_batch_items=settings.upstream_text_batch_size,
             batch_bytes=settings.upstream_batch_bytes,
             linger_seconds=settings.upstream_linger_seconds,
             rate_calls=settings.upstream_rate_calls,
@@ -113,11 +118,19 @@ class Policy(NamedTuple):
         return max(1, math.ceil(self.rate_period_seconds * 1000 / self.rate_calls))
 
 
-def split_tokens(total: int, count: int) -> list[int]:
-    """Share a call's ``total`` tokens over ``count`` items: evenly, the remainder one token
-    each to the first items, so the shares always add up to exactly what Nomic billed."""
-    base, extra = divmod(total, count)
-    return [base + (1 if i < extra else 0) for i in range(count)]
+def split_tokens(total: int, weights: Sequence[int]) -> list[int]:
+    """Share a call's ``total`` tokens over its items in proportion to their ``weights``
+    (all 1: evenly), the tokens left by rounding down one each to the items that lost most
+    to it (the first of equals first), so the shares always add up to exactly what Nomic
+    billed."""
+    if not any(weights):
+        weights = [1] * len(weights)
+    whole = sum(weights)
+    shares = [total * weight // whole for weight in weights]
+    lost = sorted(range(len(weights)), key=lambda i: -(total * weights[i] % whole))
+    for i in lost[: total - sum(shares)]:
+        shares[i] += 1
+    return shares
 
 
 def backoff(attempt: int, policy: Policy, retry_after: float | None, rng: random.Random) -> float:
@@ -169,8 +182,8 @@ Results = list[tuple[_Waiting, "Embedded | GatewayError"]]
 
 @dataclass
 class _Lane:
-    model: str
-    kind: Kind
+    spec: Spec
+    most: int  # items a call takes
     jobs: deque[_Waiting] = field(default_factory=deque)
     bytes: int = 0
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
@@ -198,7 +211,7 @@ class Shield:
         self.breaker = breaker or Breaker()
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 (jitter, not secrets)
-        self._lanes: dict[tuple[str, Kind], _Lane] = {}
+        self._lanes: dict[Spec, _Lane] = {}
         self._sends: set[asyncio.Task[None]] = set()
         self._holder = uuid.uuid4().hex
         self._slot_ids = itertools.count()
@@ -209,7 +222,7 @@ class Shield:
         self.queued = 0
         self.queued_bytes = 0
 
-    def submit(self, model: str, kind: Kind, jobs: Sequence[Job]) -> list[asyncio.Future[Embedded]]:
+    def submit(self, spec: Spec, jobs: Sequence[Job]) -> list[asyncio.Future[Embedded]]:
         """Queue ``jobs``: a future for each, in order. Raises :class:`UpstreamUnavailable` at
         once when the breaker is open, the queue is full, or the queue ahead of them cannot
         drain before their deadline (the jobs are then not queued). Retry-After says when the
@@ -230,9 +243,10 @@ class Shield:
                 "Nomic's rate cannot take these misses before the request's deadline",
                 retry_after=expected,
             )
-        lane = self._lanes.get((model, kind))
+        lane = self._lanes.get(spec)
         if lane is None:
-            lane = self._lanes[(model, kind)] = _Lane(model, kind)
+            most = self.policy.text_batch_items if spec.kind == "text" else self.policy.batch_items
+            lane = self._lanes[spec] = _Lane(spec, most)
             lane.task = asyncio.create_task(self._run(lane))
         if not lane.jobs:  # a new batch: worth lingering for only if others are coming
             recent = now - lane.last_arrival < self.policy.linger_seconds
@@ -320,7 +334,7 @@ class Shield:
         lane.arrived.set()
 
     def _full(self, lane: _Lane) -> bool:
-        return len(lane.jobs) >= self.policy.batch_items or lane.bytes >= self.policy.batch_bytes
+        return len(lane.jobs) >= lane.most or lane.bytes >= self.policy.batch_bytes
 
     async def _take_slot(self, lane: _Lane, holder: str) -> None:
         """A concurrency slot for ``holder``; raises if the batch's deadline passes first."""
@@ -368,7 +382,7 @@ class Shield:
     def _take_batch(self, lane: _Lane, everything: bool = False) -> list[_Waiting]:
         batch: list[_Waiting] = []
         size = 0
-        while lane.jobs and (everything or len(batch) < self.policy.batch_items):
+        while lane.jobs and (everything or len(batch) < lane.most):
             item = lane.jobs[0]
             if batch and not everything and size + len(item.job.content) > self.policy.batch_bytes:
                 break
@@ -421,9 +435,7 @@ class Shield:
                     await self._pace(deadline)
                 paced = False
                 started = self._clock()
-                answer = await self._upstream.embed(
-                    lane.model, lane.kind, [item.job.content for item in batch]
-                )
+                answer = await self._upstream.embed(lane.spec, [item.job.content for item in batch])
             except UpstreamItemRejected as rejected:
                 self.breaker.record_success()  # Nomic answered: it is up
                 batch = self._without_rejected(batch, rejected, rejections, results)
@@ -443,7 +455,7 @@ class Shield:
                 return results + [(item, error) for item in batch]
             self.breaker.record_success()
             self._call_seconds += (self._clock() - started - self._call_seconds) / 8
-            costs = split_tokens(answer.total_tokens, len(batch))
+            costs = split_tokens(answer.total_tokens, [item.job.weight for item in batch])
             embedded = zip(answer.embeddings, costs, strict=True)
             return results + [(item, Embedded(*e)) for item, e in zip(batch, embedded, strict=True)]
         return results

@@ -68,6 +68,16 @@ def is_json(content_type: str | None) -> bool:
     return main == "application" and (sub == "json" or sub.endswith("+json"))
 
 
+def check_content_type(content_type: str | None) -> None:
+    """Raise :class:`InvalidRequest` as Nomic does for a body it does not read as JSON."""
+    if not is_json(content_type):
+        raise InvalidRequest(
+            "Input should be a valid dictionary or object to extract fields from "
+            "(send Content-Type: application/json)",
+            loc=("body",),
+        )
+
+
 def parse_text_request(
     body: bytes, limits: TextLimits, content_type: str | None = None
 ) -> TextRequest:
@@ -75,12 +85,7 @@ def parse_text_request(
     refuse (or the gateway's ``limits`` do)."""
     if not body:
         raise InvalidRequest("Field required", loc=("body",))
-    if not is_json(content_type):
-        raise InvalidRequest(
-            "Input should be a valid dictionary or object to extract fields from "
-            "(send Content-Type: application/json)",
-            loc=("body",),
-        )
+    check_content_type(content_type)
     try:
         fields = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

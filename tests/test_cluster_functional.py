@@ -8,6 +8,7 @@ import asyncio
 import redis
 
 from gateway.keys import cache_key, content_digest
+from gateway.models import Spec
 from tests.conftest import flush, start_gateway
 from tests.fake_nomic import FakeNomic, png
 from tests.helpers import post_images
@@ -32,7 +33,7 @@ async def test_a_slot_migrating_under_traffic_is_never_seen_by_clients(
         images = [png(seed) for seed in range(40)]
         assert (await post_images(gateway, images)).status == 200
         masters = node_clients(cluster_url)
-        key = cache_key("nomic-embed-vision-v1.5", "image", content_digest(images[0]))
+        key = cache_key(Spec("nomic-embed-vision-v1.5", "image"), content_digest(images[0]))
         any_node = next(iter(masters.values()))
         slot = int(any_node.cluster("keyslot", key))
         source_id = next(i for i, c in masters.items() if c.cluster("countkeysinslot", slot))

@@ -5,9 +5,12 @@ from array import array
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway import entries
 from gateway.keys import OLD_PREFIXES, PREFIX, cache_key, content_digest, private_scope
+from gateway.models import Spec
 from gateway.pipeline import answer_body
 from gateway.shield import split_tokens
 from tests.fake_nomic import FakeNomic
@@ -53,30 +56,43 @@ def test_corrupt_entries_are_refused(blob: bytes) -> None:
 
 def test_keys_cover_model_kind_scope_and_content() -> None:
     abc = content_digest(b"abc")
-    key = cache_key("m1", "image", abc)
+    key = cache_key(Spec("m1", "image"), abc)
     assert key.startswith(PREFIX)
-    assert key == cache_key("m1", "image", content_digest(b"abc"))
-    others = {cache_key("m2", "image", abc), cache_key("m1", "url", abc),
-              cache_key("m1", "image", content_digest(b"abd")),
-              cache_key("m1", "image", content_digest(b"")),
-              cache_key("m1", "image", abc, private_scope("a")),
-              cache_key("m1", "image", abc, private_scope("b"))}  # fmt: skip
+    assert key == cache_key(Spec("m1", "image"), content_digest(b"abc"))
+    others = {cache_key(Spec("m2", "image"), abc), cache_key(Spec("m1", "url"), abc),
+              cache_key(Spec("m1", "image"), content_digest(b"abd")),
+              cache_key(Spec("m1", "image"), content_digest(b"")),
+              cache_key(Spec("m1", "image"), abc, private_scope("a")),
+              cache_key(Spec("m1", "image"), abc, private_scope("b"))}  # fmt: skip
     assert key not in others
     assert len(others) == 6
 
 
 def test_keys_are_versioned_past_the_collidable_xxh3_keys() -> None:
-    key = cache_key("m1", "image", content_digest(b"abc"))
+    key = cache_key(Spec("m1", "image"), content_digest(b"abc"))
     assert not key.startswith(OLD_PREFIXES)
     assert len(key) == len(PREFIX) + 64  # the whole digest: no birthday attack at 2**64
 
 
 @pytest.mark.parametrize(("total", "count"), [(0, 3), (10, 3), (7, 7), (5, 8), (1000, 64)])
-def test_token_split_adds_up_to_what_was_billed(total: int, count: int) -> None:
-    shares = split_tokens(total, count)
+def test_an_even_token_split_adds_up_to_what_was_billed(total: int, count: int) -> None:
+    shares = split_tokens(total, [1] * count)
     assert sum(shares) == total
     assert len(shares) == count
     assert max(shares) - min(shares) <= 1
+
+
+@given(st.integers(0, 10**6), st.lists(st.integers(0, 10_000), min_size=1, max_size=64))
+def test_a_weighted_token_split_adds_up_and_follows_the_weights(
+    total: int, weights: list[int]
+) -> None:
+    shares = split_tokens(total, weights)
+    assert sum(shares) == total
+    assert all(share >= 0 for share in shares)
+    if any(weights):
+        whole = sum(weights)
+        for share, weight in zip(shares, weights, strict=True):
+            assert abs(share - total * weight / whole) < 1  # each within a token of its part
 
 
 def test_answer_body_is_nomics_shape() -> None:

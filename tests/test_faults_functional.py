@@ -35,6 +35,7 @@ from redis.crc import key_slot
 
 from gateway.keys import cache_key, content_digest
 from gateway.models import DEFAULT_IMAGE_MODEL as DEFAULT_MODEL
+from gateway.models import Spec
 from gateway.store.redis_coordinator import mark_name
 from tests.conftest import (
     ADMIN,
@@ -317,7 +318,7 @@ async def test_a_cluster_master_killed_under_load_costs_seconds_not_a_minute(
     def home(image: bytes) -> int:
         """The master holding the image's entry and its mark (its hash tag is the entry's
         key: one slot)."""
-        key = cache_key(DEFAULT_MODEL, "image", content_digest(image))
+        key = cache_key(Spec(DEFAULT_MODEL, "image"), content_digest(image))
         entry, mark = master(key), master(mark_name(key))
         assert entry == mark
         return entry

@@ -14,6 +14,7 @@ import xxhash
 from aiohttp.test_utils import TestClient
 
 from gateway.keys import cache_key, content_digest
+from gateway.models import Spec
 from tests.bench.harness import BOUNDARY, multipart
 from tests.conftest import GatewayFactory, team_headers
 from tests.fake_nomic import FakeNomic, png
@@ -41,8 +42,8 @@ async def test_an_image_built_to_collide_gets_its_own_embedding(
     assert xxhash.xxh3_128(OLD_KEY_INPUT + planted).digest() == (
         xxhash.xxh3_128(OLD_KEY_INPUT + victim).digest()
     )
-    assert cache_key(MODEL, "image", content_digest(planted)) != (
-        cache_key(MODEL, "image", content_digest(victim))
+    assert cache_key(Spec(MODEL, "image"), content_digest(planted)) != (
+        cache_key(Spec(MODEL, "image"), content_digest(victim))
     )
     attacker = await team_headers(gateway, "attacker")
     victims = await team_headers(gateway, "victims")

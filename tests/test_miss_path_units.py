@@ -22,6 +22,7 @@ from gateway.errors import (
 from gateway.fetch import Outcome
 from gateway.forms import ParsedRequest
 from gateway.keys import cache_key
+from gateway.models import Spec
 from gateway.pipeline import FetchFailed, Lookup, assemble
 from gateway.shield import retry_delay
 from tests.helpers import policy
@@ -33,7 +34,7 @@ def lookup(items: list[bytes], found: dict[bytes, int], stale: dict[bytes, int] 
            ) -> Lookup:  # fmt: skip
     """A lookup of ``items`` that found ``found`` (item → tokens); the rest missing."""
     request = ParsedRequest.of(MODEL, "image", items)
-    keys = [cache_key(MODEL, "image", digest) for digest in request.digests]
+    keys = [cache_key(Spec(MODEL, "image"), digest) for digest in request.digests]
     by_item = dict(zip(items, keys, strict=True))
     first_item = dict(zip(keys, items, strict=True))
     hits = {by_item[item]: entry(item, tokens) for item, tokens in found.items()}

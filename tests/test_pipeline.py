@@ -11,7 +11,7 @@ import pytest
 
 from gateway.errors import UpstreamUnavailable
 from gateway.forms import ParsedRequest
-from gateway.models import Kind
+from gateway.models import Spec
 from gateway.pipeline import Answer, FetchFailed, Pipeline, assemble
 from gateway.quota import TokenEstimator
 from gateway.store import MemoryStore
@@ -28,12 +28,13 @@ class CountingEmbedder:
         self.items: list[bytes] = []
         self.fail_with: Exception | None = None
 
-    async def embed(self, model: str, kind: Kind, items: Sequence[bytes]) -> UpstreamResult:
+    async def embed(self, spec: Spec, items: Sequence[bytes]) -> UpstreamResult:
         self.items.extend(items)
         await asyncio.sleep(0)
         if self.fail_with is not None:
             raise self.fail_with
-        return UpstreamResult([FakeNomic.embedding(model, item) for item in items], 3 * len(items))
+        vectors = [FakeNomic.embedding(spec.model, item) for item in items]
+        return UpstreamResult(vectors, 3 * len(items))
 
 
 class StaleReadStore(MemoryStore):

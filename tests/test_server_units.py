@@ -21,7 +21,7 @@ from gateway.breaker import Breaker
 from gateway.config import Settings
 from gateway.connections import ConnectionGuard, budget
 from gateway.errors import LocalResourceError, UpstreamServerError
-from gateway.models import Kind
+from gateway.models import Spec
 from gateway.server import MAX_HEADER_LINE, MAX_REQUEST_LINE, refusal
 from gateway.shield import Job, Shield
 from gateway.store.memory_coordinator import MemoryCoordinator
@@ -272,7 +272,7 @@ async def test_no_descriptor_for_nomic_is_a_local_503_not_an_upstream_failure() 
     for error, raised, outcome in cases:
         client = NomicClient(FailingSession(error), "http://nomic.test", "nk-x")  # type: ignore[arg-type]
         with pytest.raises(raised) as caught:
-            await client.embed("nomic-embed-vision-v1.5", "image", [png(1)])
+            await client.embed(Spec("nomic-embed-vision-v1.5", "image"), [png(1)])
         assert client.last_outcome == outcome
         if raised is LocalResourceError:
             assert isinstance(caught.value, LocalResourceError)
@@ -283,7 +283,7 @@ async def test_no_descriptor_for_nomic_is_a_local_503_not_an_upstream_failure() 
 class ShortOfDescriptors:
     calls = 0
 
-    async def embed(self, model: str, kind: Kind, items: Any) -> UpstreamResult:
+    async def embed(self, spec: Spec, items: Any) -> UpstreamResult:
         self.calls += 1
         raise LocalResourceError()
 
@@ -297,7 +297,7 @@ async def test_the_shield_neither_retries_nor_counts_a_local_shortage() -> None:
     try:
         for attempt in range(5):
             job = Job(b"image", owner=attempt, deadline=time.monotonic() + 10)
-            [answer] = shield.submit("nomic-embed-vision-v1.5", "image", [job])
+            [answer] = shield.submit(Spec("nomic-embed-vision-v1.5", "image"), [job])
             with pytest.raises(LocalResourceError) as caught:
                 await asyncio.wait_for(answer, 5)
             errors.append(caught.value)

@@ -193,6 +193,7 @@ async def test_a_crashed_replica_blocks_an_image_only_until_its_mark_expires(
     make_redis_gateway: GatewayFactory, fake_nomic: FakeNomic, redis_url: str
 ) -> None:
     from gateway.keys import cache_key, content_digest
+    from gateway.models import Spec
     from gateway.store import RedisBackend
     from gateway.store.redis_coordinator import RedisCoordinator
 
@@ -200,7 +201,7 @@ async def test_a_crashed_replica_blocks_an_image_only_until_its_mark_expires(
     image = png(77)
     backend = RedisBackend(redis_url)
     crashed = RedisCoordinator(backend)
-    key = cache_key("nomic-embed-vision-v1.5", "image", content_digest(image))
+    key = cache_key(Spec("nomic-embed-vision-v1.5", "image"), content_digest(image))
     assert (await crashed.claim_fetches([key], "a-replica-that-died", 400))[0].held
     started = time.monotonic()
     response = await post_images(gateway, [image])

@@ -1,4 +1,5 @@
-"""``POST /v1/embedding/image``: Nomic's endpoint, answered from the cache where it can be.
+"""``POST /v1/embedding/image`` and ``/text``: Nomic's endpoints, answered from the cache
+where they can be.
 
 What can be decided before the body is read is decided first, so a refused request costs no
 upload: the team key, a per-minute limit this process already saw used up, the body's
@@ -10,20 +11,43 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 from aiohttp import HttpVersion11, web
 
-from gateway import forms, malloc
-from gateway.appkeys import ACCOUNTS, AUTH, BODY_BUDGET, BODY_LIMITS, PIPELINE, SETTINGS
+from gateway import forms, malloc, text_forms
+from gateway.appkeys import (
+    ACCOUNTS,
+    AUTH,
+    BODY_BUDGET,
+    BODY_LIMITS,
+    PIPELINE,
+    SETTINGS,
+    TEXT_LIMITS,
+)
 from gateway.body_budget import Claim
 from gateway.errors import BodyTimeout, PayloadTooLarge
 from gateway.fetch import late_tokens
 from gateway.middlewares import LOG_FIELDS
+from gateway.models import TextOptions
 from gateway.pipeline import Answer, FetchFailed, assemble
 from gateway.teams import Team
 
 
 async def embed_image(request: web.Request) -> web.Response:
+    return await _serve(request, read_form)
+
+
+async def embed_text(request: web.Request) -> web.Response:
+    return await _serve(request, read_texts)
+
+
+async def _serve(
+    request: web.Request,
+    read: Callable[[web.Request, Claim], Awaitable[forms.ParsedRequest]],
+) -> web.Response:
+    """Judge the request before its body (key, limits, room for the body), ``read`` the body,
+    and answer it."""
     app = request.app
     deadline = time.monotonic() + app[SETTINGS].request_deadline_seconds
     team = await app[AUTH].team_for(request.headers.get("Authorization"))
@@ -33,7 +57,7 @@ async def embed_image(request: web.Request) -> web.Response:
     claim = app[BODY_BUDGET].claim(team.id)
     try:
         with claim:
-            parsed = await read_form(request, claim)
+            parsed = await read(request, claim)
             if claim.bytes >= malloc.TRIM_AFTER_BYTES:
                 malloc.release_freed_memory()  # the socket's chunks, joined into images now
             log.update(model=parsed.model, items=len(parsed.items))
@@ -110,21 +134,40 @@ async def _continue(request: web.Request) -> None:
 
 
 async def read_form(request: web.Request, claim: Claim) -> forms.ParsedRequest:
-    """Stream the body into its parser, within the body time limit, the body size limit and
-    ``claim`` on the process's budget of body bytes."""
+    """The images' (or URLs') request: the body streamed into its parser."""
+    parser = forms.parser_for(request.headers.get("Content-Type", ""), request.app[BODY_LIMITS])
+    await _stream(request, claim, parser.feed)
+    return parser.finish()
+
+
+async def read_texts(request: web.Request, claim: Claim) -> forms.ParsedRequest:
+    """The texts' request: a JSON body, read whole, then judged."""
+    content_type = request.headers.get("Content-Type")
+    text_forms.check_content_type(content_type)  # before the body is read
+    body = bytearray()
+    await _stream(request, claim, body.extend)
+    texts = text_forms.parse_text_request(bytes(body), request.app[TEXT_LIMITS], content_type)
+    options = TextOptions(texts.task_type, texts.dimensionality, texts.long_text_mode,
+                          texts.max_tokens_per_text)  # fmt: skip
+    items = [text.encode() for text in texts.texts]
+    return forms.ParsedRequest.of(texts.model, "text", items, options)
+
+
+async def _stream(request: web.Request, claim: Claim, feed: Callable[[bytes], object]) -> None:
+    """Feed the body to ``feed`` as it comes, within the body time limit, the body size limit
+    and ``claim`` on the process's budget of body bytes."""
     seconds = request.app[SETTINGS].body_timeout_seconds
     try:
         async with asyncio.timeout(seconds):
-            return await _stream_form(request, claim)
+            await _feed(request, claim, feed)
     except TimeoutError:
         raise BodyTimeout(f"request body not received within {seconds:g} seconds") from None
 
 
-async def _stream_form(request: web.Request, claim: Claim) -> forms.ParsedRequest:
+async def _feed(request: web.Request, claim: Claim, feed: Callable[[bytes], object]) -> None:
     limit = request.app[SETTINGS].max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body larger than {limit} bytes")
-    parser = forms.parser_for(request.headers.get("Content-Type", ""), request.app[BODY_LIMITS])
     claim.cover(request.content_length or 0)  # compressed bodies grow it as they inflate
     await _continue(request)
     received = 0
@@ -133,5 +176,4 @@ async def _stream_form(request: web.Request, claim: Claim) -> forms.ParsedReques
         if received > limit:
             raise PayloadTooLarge(f"request body larger than {limit} bytes")
         claim.cover(received)
-        parser.feed(chunk)
-    return parser.finish()
+        feed(chunk)

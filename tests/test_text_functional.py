@@ -1,0 +1,170 @@
+"""``POST /v1/embedding/text`` through the gateway, against the fake Nomic: a drop-in for
+Nomic's, cached per text, batched across requests, billed per text; and nothing else of
+Nomic's passed on."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp.test_utils import TestClient
+
+from tests.conftest import GatewayFactory, admin_get, team_headers
+from tests.fake_nomic import FAKE_API_KEY, FakeNomic
+from tests.helpers import run_official_client
+
+Client = TestClient[Any, Any]
+
+SCRIPT = """
+import json, sys
+from nomic import embed
+calls = json.loads(sys.argv[1])
+out = []
+for call in calls:
+    answer = embed.text(**call)
+    out.append({"embeddings": answer["embeddings"], "usage": answer["usage"]})
+print(json.dumps(out))
+"""
+
+
+async def post_texts(client: Client, texts: list[str], **fields: Any) -> Any:
+    return await client.post("/v1/embedding/text", json={"texts": texts, **fields})
+
+
+async def test_the_official_client_through_the_gateway_equals_nomic_directly(
+    gateway: Client, fake_nomic: FakeNomic, tmp_path: Path
+) -> None:
+    calls = [
+        {"texts": ["the first text", "a second one."]},
+        {"texts": ["what is a query?"], "task_type": "search_query"},
+        {"texts": ["short", "and clustered"], "task_type": "clustering", "dimensionality": 256},
+        {"texts": ["tiny vector"], "task_type": "classification", "dimensionality": 64,
+         "model": "nomic-embed-text-v1.5"},
+        {"texts": ["long mode"], "long_text_mode": "mean", "model": "nomic-embed-text-v1"},
+    ]  # fmt: skip
+    args = [orjson.dumps(calls).decode()]
+    direct = await run_official_client(SCRIPT, fake_nomic.url, FAKE_API_KEY, tmp_path, args)  # type: ignore[attr-defined]
+    upstream = len(fake_nomic.texts_received)
+    base = str(gateway.make_url(""))
+    key = gateway.session.headers["Authorization"].removeprefix("Bearer ")
+    through = await run_official_client(SCRIPT, base, key, tmp_path, args)
+    assert [call["embeddings"] for call in through] == [call["embeddings"] for call in direct]
+    assert [call["usage"] for call in through] == [call["usage"] for call in direct]
+    assert len(fake_nomic.texts_received) == 2 * upstream  # the gateway asked once for each
+    again = await run_official_client(SCRIPT, base, key, tmp_path, args)
+    assert [call["embeddings"] for call in again] == [call["embeddings"] for call in direct]
+    assert len(fake_nomic.texts_received) == 2 * upstream  # a repeat sends nothing upstream
+
+
+async def test_seven_known_and_three_new_texts_send_exactly_the_three(
+    gateway: Client, fake_nomic: FakeNomic
+) -> None:
+    texts = [f"text number {n}" for n in range(10)]
+    known = [texts[i] for i in (0, 2, 3, 5, 6, 8, 9)]
+    assert (await post_texts(gateway, known)).status == 200
+    fake_nomic.text_calls.clear()
+    response = await post_texts(gateway, texts)
+    assert response.status == 200
+    assert fake_nomic.texts_received == [texts[1], texts[4], texts[7]]
+    assert response.headers["X-Cache"] == "PARTIAL"
+    body = await response.json()
+    assert body["embeddings"] == [FakeNomic.text_embedding(text) for text in texts]
+    assert body["model"] == "nomic-embed-text-v1"  # Nomic's default, not the client's
+    tokens = sum(FakeNomic.text_tokens(text) for text in texts)
+    assert body["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
+
+
+async def test_every_option_that_changes_the_vector_is_in_the_key(
+    gateway: Client, fake_nomic: FakeNomic
+) -> None:
+    variants = [{}, {"task_type": "search_query"}, {"model": "nomic-embed-text-v1.5"},
+                {"model": "nomic-embed-text-v1.5", "dimensionality": 128},
+                {"long_text_mode": "truncate"}, {"max_tokens_per_text": 3}]  # fmt: skip
+    for fields in variants:
+        response = await post_texts(gateway, ["same words, other settings"], **fields)
+        assert response.status == 200, await response.text()
+        assert response.headers["X-Cache"] == "MISS"
+    assert len(fake_nomic.texts_received) == len(variants)
+    bodies = [await (await post_texts(gateway, ["same words, other settings"], **f)).json()
+              for f in variants]  # fmt: skip
+    assert len({orjson.dumps(body["embeddings"]) for body in bodies}) == len(variants)
+    assert len(fake_nomic.texts_received) == len(variants)  # all hits now
+
+
+async def test_the_same_text_twice_or_in_concurrent_requests_goes_upstream_once(
+    make_gateway: GatewayFactory, fake_nomic: FakeNomic, store_url: str | None
+) -> None:
+    first = await make_gateway()
+    second = await make_gateway() if store_url else first  # replicas share a store
+    fake_nomic.latency = 0.2
+    texts = ["alpha", "beta", "alpha"]
+    answers = await asyncio.gather(
+        *(post_texts(client, texts) for client in (first, second, first, second))
+    )
+    assert [answer.status for answer in answers] == [200] * 4
+    assert sorted(fake_nomic.texts_received) == ["alpha", "beta"]
+
+
+async def test_an_item_nomic_refuses_is_named_at_its_position(
+    gateway: Client, fake_nomic: FakeNomic
+) -> None:
+    too_many = await post_texts(gateway, ["x"] * 513)
+    assert too_many.status == 422
+    bad = await post_texts(gateway, ["fine", 3, "fine"])
+    assert bad.status == 422
+    assert (await bad.json())["detail"][0]["loc"] == ["body", "texts", 1]
+    small = await post_texts(gateway, ["a"], model="nomic-embed-text-v1", dimensionality=256)
+    assert small.status == 422
+    assert (await small.json())["detail"][0]["loc"] == ["body", "dimensionality"]
+    assert fake_nomic.text_calls == []
+
+
+async def test_texts_share_calls_of_at_most_nomics_limit_and_tokens_by_their_length(
+    make_gateway: GatewayFactory, fake_nomic: FakeNomic
+) -> None:
+    gateway = await make_gateway(upstream_linger_seconds=0.2)
+    short, long = "one", "a much longer text, with many more words in it than the other"
+    texts = [f"{short} {n}" for n in range(12)] + [f"{long} {n}" for n in range(12)]
+    answers = await asyncio.gather(*(post_texts(gateway, [text]) for text in texts))
+    assert all(answer.status == 200 for answer in answers)
+    assert max(len(call.texts) for call in fake_nomic.text_calls) <= 10
+    assert sorted(fake_nomic.texts_received) == sorted(texts)
+    billed = [int(answer.headers["X-Billed-Tokens"]) for answer in answers]
+    assert sum(billed) == sum(FakeNomic.text_tokens(text) for text in texts)  # to the token
+    assert sum(billed[12:]) > 4 * sum(billed[:12])  # a longer text pays more
+    again = await post_texts(gateway, [texts[-1]])
+    assert again.headers["X-Cache"] == "HIT"
+    hit = await again.json()
+    assert hit["usage"]["total_tokens"] == billed[-1]  # a hit reports its stored share
+
+
+async def test_usage_per_team_equals_what_nomic_billed(
+    make_gateway: GatewayFactory, fake_nomic: FakeNomic
+) -> None:
+    gateway = await make_gateway()
+    teams = {name: await team_headers(gateway, name) for name in ("ink", "quill")}
+    texts = [f"a text of team work {n}" for n in range(30)]
+    sent = [
+        gateway.post("/v1/embedding/text", json={"texts": texts[n : n + 3]}, headers=headers)
+        for n in range(0, 30, 3) for headers in teams.values()
+    ]  # fmt: skip
+    assert all(answer.status == 200 for answer in await asyncio.gather(*sent))
+    assert len(fake_nomic.texts_received) == 30
+    rows = (await admin_get(gateway, "/admin/usage"))["usage"]
+    billed = sum(row["billed_tokens"] for row in rows if row["team"] in teams)
+    assert billed == sum(FakeNomic.text_tokens(text) for text in texts)
+
+
+async def test_nothing_else_of_nomics_is_passed_on(gateway: Client, fake_nomic: FakeNomic) -> None:
+    paths = [("GET", "/v1/project"), ("POST", "/v1/project/create"),
+             ("GET", "/v1/project/search/dataset"), ("POST", "/v1/embedding/other")]  # fmt: skip
+    for method, path in paths:
+        response = await gateway.request(method, path, json={})
+        assert response.status == 404
+        msg = (await response.json())["detail"][0]["msg"]
+        assert "POST /v1/embedding/text" in msg
+        assert "POST /v1/embedding/image" in msg
+    assert fake_nomic.calls == []
+    assert fake_nomic.text_calls == []
