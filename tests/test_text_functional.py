@@ -5,6 +5,8 @@ Nomic's passed on."""
 from __future__ import annotations
 
 import asyncio
+import bisect
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -168,3 +170,51 @@ async def test_nothing_else_of_nomics_is_passed_on(gateway: Client, fake_nomic: 
         assert "POST /v1/embedding/image" in msg
     assert fake_nomic.calls == []
     assert fake_nomic.text_calls == []
+
+
+async def test_a_token_budget_admits_exactly_what_it_holds_of_a_hundred_concurrent_requests(
+    gateway: Client, fake_nomic: FakeNomic
+) -> None:
+    assert (await post_texts(gateway, ["teach the price here"])).status == 200  # 4 tokens
+    capped = await team_headers(gateway, "capped", limits={"tokens_per_day": 10 * 4})
+    fake_nomic.text_calls.clear()
+    texts = [f"four tokens each {n}" for n in range(100)]
+    responses = await asyncio.gather(*(
+        gateway.post("/v1/embedding/text", json={"texts": [text]}, headers=capped)
+        for text in texts
+    ))  # fmt: skip
+    assert Counter(response.status for response in responses) == {200: 10, 429: 90}
+    assert len(fake_nomic.texts_received) == 10
+    rows = (await admin_get(gateway, "/admin/usage?team=capped"))["usage"]
+    assert (
+        rows[0]["billed_tokens"] == 40 == sum(map(FakeNomic.text_tokens, fake_nomic.texts_received))
+    )
+
+
+async def test_the_official_clients_pattern_sends_each_text_once_in_full_calls_within_the_rate(
+    make_gateway: GatewayFactory, fake_nomic: FakeNomic
+) -> None:
+    """1,000 requests of 10 texts from 10 clients at once (the official client's own pattern:
+    10 texts a request, 10 threads) over 3,000 distinct texts."""
+    rate = 100  # calls a second, so the test takes seconds; Nomic's own is 4
+    gateway = await make_gateway(upstream_rate_calls=rate, upstream_rate_period_seconds=1,
+                                 upstream_rate_burst=1)  # fmt: skip
+    texts = [f"distinct text number {n}" for n in range(3000)]
+
+    async def client(first: int) -> list[int]:
+        statuses = []
+        for request in range(first, 1000, 10):
+            chunk = [texts[(request * 10 + j) * 7 % 3000] for j in range(10)]
+            statuses.append((await post_texts(gateway, chunk)).status)
+        return statuses
+
+    statuses = [s for client_statuses in await asyncio.gather(*map(client, range(10)))
+                for s in client_statuses]  # fmt: skip
+    assert statuses == [200] * 1000
+    assert sorted(fake_nomic.texts_received) == sorted(texts)  # each text once
+    calls = fake_nomic.text_calls
+    assert max(len(call.texts) for call in calls) <= 10  # Nomic's limit a call
+    assert len(calls) <= 330  # 300 if every call were full
+    times = [call.at for call in calls]
+    busiest = max(bisect.bisect_left(times, at + 1.0) - n for n, at in enumerate(times))
+    assert busiest <= rate + 1  # no second saw more calls than the rate (+1: arrival jitter)
