@@ -157,6 +157,13 @@ async def test_usage_per_team_equals_what_nomic_billed(
     rows = (await admin_get(gateway, "/admin/usage"))["usage"]
     billed = sum(row["billed_tokens"] for row in rows if row["team"] in teams)
     assert billed == sum(FakeNomic.text_tokens(text) for text in texts)
+    scraped = await (await gateway.get("/metrics")).text()
+    in_metrics = sum(
+        float(line.rpartition(" ")[2]) for line in scraped.splitlines()
+        if line.startswith("gateway_billed_tokens_total{")
+        and any(f'team="{team}"' in line for team in teams)
+    )  # fmt: skip
+    assert in_metrics == billed
 
 
 async def test_nothing_else_of_nomics_is_passed_on(gateway: Client, fake_nomic: FakeNomic) -> None:
