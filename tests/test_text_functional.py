@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import secrets
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -146,7 +147,8 @@ async def test_usage_per_team_equals_what_nomic_billed(
     make_gateway: GatewayFactory, fake_nomic: FakeNomic
 ) -> None:
     gateway = await make_gateway()
-    teams = {name: await team_headers(gateway, name) for name in ("ink", "quill")}
+    run = secrets.token_hex(4)  # the metrics registry is the test process's: new teams
+    teams = {name: await team_headers(gateway, name) for name in (f"ink-{run}", f"quill-{run}")}
     texts = [f"a text of team work {n}" for n in range(30)]
     sent = [
         gateway.post("/v1/embedding/text", json={"texts": texts[n : n + 3]}, headers=headers)
