@@ -24,13 +24,17 @@ DEFAULTS = {
 
 
 def most_calls_in_one_second(fake: FakeNomic, jitter: float = 0.1) -> int:
+    return most_in_one_second([call.at for call in fake.calls], jitter)
+
+
+def most_in_one_second(arrivals: list[float], jitter: float = 0.1) -> int:
     """The most calls the fake saw within any window of one second, less ``jitter``.
 
     The rate is granted on Redis's clock; the fake notes arrivals in the event loop it shares
     with the gateways and 64 clients. Under their opening burst the first calls reach it
     20-30 ms after their grants and later ones on time (gaps of 218, 219, 251, 250 ms seen
     for a 250 ms interval), so arrivals 1 s apart on Redis's clock can look 0.94 s apart."""
-    times = sorted(call.at for call in fake.calls)
+    times = sorted(arrivals)
     return max((sum(1 for t in times[i:] if t - start < 1 - jitter)
                 for i, start in enumerate(times)), default=0)  # fmt: skip
 
