@@ -2,7 +2,7 @@
 # The benchmark (issue 7): installs what it needs (the test extras, redis-server, wrk, taskset,
 # nginx) and prints one table of the gateway beside its naive and ceiling baselines and nginx as
 # a caching proxy. It starts every server itself on loopback, stops them at the end and gives
-# up after --budget seconds (540).
+# up after --budget seconds (720).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_lib.sh

@@ -6,6 +6,8 @@ is for the numbers it prints, read side by side, not for a test on a shared mach
 
 from __future__ import annotations
 
+import itertools
+import re
 import shutil
 import subprocess
 import sys
@@ -13,11 +15,13 @@ from pathlib import Path
 
 import orjson
 import pytest
+import redis
+from pytest_aiohttp import AiohttpClient
 
-from gateway import forms
-from tests.bench import harness, nginx
+from gateway import forms, text_forms
+from tests.bench import harness, naive, nginx
 from tests.bench.ceiling import images
-from tests.bench.harness import BOUNDARY, MODEL, multipart
+from tests.bench.harness import BOUNDARY, JSON, MODEL, PASSAGE, TEXTS, multipart, text_body
 from tests.conftest import free_port
 from tests.fake_nomic import FAKE_API_KEY, FakeNomic, png
 
@@ -33,20 +37,65 @@ def test_the_bench_bodies_are_what_the_gateway_and_the_ceiling_read() -> None:
     assert images(body, content_type) == pictures
 
 
+def lua_misses_body(salt: int, counter: int) -> bytes:
+    """What the misses' wrk script sends as request ``counter`` of run ``salt``."""
+    index = itertools.count(1)
+    return re.sub(harness.TAG.encode(), lambda _: b"%04d %012d %02d" % (salt, counter, next(index)),
+                  harness.text_misses_template())  # fmt: skip
+
+
+def test_the_bench_text_bodies_are_what_the_gateway_and_the_fake_read() -> None:
+    hits = [f"{index:02d} {PASSAGE}" for index in range(TEXTS)]
+    misses = [f"0007 000000000042 {index:02d} {PASSAGE}" for index in range(1, TEXTS + 1)]
+    limits = text_forms.TextLimits(max_texts=TEXTS, max_text_bytes=2**20)
+    for body, texts in ((text_body(hits), hits), (lua_misses_body(7, 42), misses)):
+        parsed = text_forms.parse_text_request(body, limits, JSON)
+        assert parsed.texts == texts
+        assert (parsed.model, parsed.task_type, parsed.long_text_mode, parsed.dimensionality) == (
+            "nomic-embed-text-v1.5", "search_document", "truncate", None)  # fmt: skip
+        assert FakeNomic().judge_text_body(JSON, body)[1] == []
+
+
+async def test_the_naive_baseline_passes_text_misses_on_and_answers_hits(
+    aiohttp_client: AiohttpClient, fake_nomic: FakeNomic, redis_client: redis.Redis, redis_url: str
+) -> None:
+    client = await aiohttp_client(naive.make_app(redis_url, (fake_nomic.url, FAKE_API_KEY)))
+    texts = ["one text", "another text"]
+    expected = [FakeNomic.text_embedding(text, **harness.TEXT_OPTIONS) for text in texts]
+    answers = []
+    for _ in range(2):
+        response = await client.post(harness.TEXT_PATH, data=text_body(texts),
+                                     headers={"Content-Type": JSON})  # fmt: skip
+        assert response.status == 200
+        answers.append(orjson.loads(await response.read()))
+    assert [answer["embeddings"] for answer in answers] == [expected, expected]
+    assert [answer["model"] for answer in answers] == [harness.TEXT_OPTIONS["model"]] * 2
+    assert fake_nomic.texts_received == texts  # the second request was a hit
+    assert len(redis_client.keys("naive:text:*")) == 2
+
+
 @pytest.mark.slow
 def test_a_short_bench_run_prints_its_table() -> None:
     if shutil.which("wrk") is None or shutil.which("taskset") is None:
         pytest.fail("the bench needs wrk and taskset: scripts/test.sh installs them")
     done = subprocess.run(
-        [sys.executable, "-m", "tests.bench", "--seconds", "1", "--rounds", "1", "--only", "b",
-         "--budget", "120"],
-        capture_output=True, text=True, timeout=180,
+        [sys.executable, "-m", "tests.bench", "--seconds", "1", "--rounds", "1", "--only", "bf",
+         "--budget", "180"],
+        capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    rows = [line for line in done.stdout.splitlines() if line.startswith("| b. 8-image hits")]
-    assert [row.split(" | ")[1] for row in rows] == ["gateway", "naive baseline",
-                                                     "ceiling baseline"]  # fmt: skip
+
+    def servers(scenario: str) -> list[str]:
+        rows = [line for line in done.stdout.splitlines() if line.startswith(f"| {scenario} |")]
+        return [row.split(" | ")[1] for row in rows]
+
+    assert servers("b. 8-image hits") == ["gateway", "naive baseline", "ceiling baseline"]
+    assert servers("f. 10-text hits") == ["gateway", "naive baseline"]
+    for clients in ("1 client", "8 clients"):
+        assert servers(f"f. text misses, {clients}") == ["fake Nomic, direct", "gateway",
+                                                         "naive baseline"]  # fmt: skip
     assert "b. 8-image hits >= 2.5x naive:" in done.stdout
+    assert "f. a lone text miss (no target) adds at p50" in done.stdout
     assert "Redis MEMORY USAGE per cached 768-dim embedding" in done.stdout
 
 
@@ -67,6 +116,5 @@ def test_the_nginx_row_caches_by_body_with_the_organisations_key(tmp_path: Path)
         stats = harness.get_json(f"http://127.0.0.1:{fake_port}/_fake/stats")
     assert statuses == ["MISS", "HIT", "MISS"]
     assert answer["embeddings"] == [FakeNomic.embedding(MODEL, png(1, size=128))]
-    assert {name: stats[name] for name in ("calls", "answered_calls", "answered_items")} == {
-        "calls": 2, "answered_calls": 2, "answered_items": 2
-    }  # fmt: skip
+    assert isinstance(stats, dict)
+    assert (stats["calls"], stats["answered_calls"], stats["answered_items"]) == (2, 2, 2)

@@ -1,7 +1,7 @@
 """The benchmark: the gateway side by side with its baselines, in one run, one table.
 
 ``./scripts/bench.sh`` (installs Debian's ``wrk`` if missing), or
-``.venv/bin/python -m tests.bench [--seconds 3] [--rounds 4] [--only abcde]``
+``.venv/bin/python -m tests.bench [--seconds 3] [--rounds 4] [--only abcdef]``
 
 It starts everything on loopback by itself: a redis-server and the fake Nomic (a fixed
 latency per call) on CPU 1, each server under test on CPU 0, and wrk on CPU 1. Scenarios:
@@ -11,17 +11,20 @@ c. misses: every image new (the fake's latency dominates: the gateway's added la
    from 1 client and from 8;
 d. a company-like mix: 64 clients, 1-image requests over a Zipf-distributed set of images,
    all in Redis (fetched earlier by another gateway process), none yet in the measured
-   gateway's process;                 e. (a) with ``--workers 2`` on both cores.
+   gateway's process;                 e. (a) with ``--workers 2`` on both cores;
+f. texts (``POST /v1/embedding/text``, the official client's body): 10-text hits, the same 10
+   texts; and misses, every request 10 new texts, from 1 client and from 8.
 
 The gateway runs with every feature on: team key auth, a team with per-minute limits and
 token budgets (so every request is an atomic quota decision in Redis), usage accounting,
 metrics (scraped every second in d) and one JSON log line per request. Beside it, against
-the same Redis: the *naive* baseline (``naive.py``: aiohttp's multipart reader, one MGET)
-and the *ceiling* (``ceiling.py``: the least work a hit can take); in a and c, *nginx*
-(``nginx.py``: Debian's nginx as a proxy_cache keyed on the body, in front of the fake, the
-proxy a user would otherwise reach for; warmed in a, so that it answers hits). The servers of a
-scenario run side by side; each is warmed up, then they are loaded in turns (``--rounds``
-runs of ``--seconds`` each), so a slow spell of a shared machine falls on all of them.
+the same Redis: the *naive* baseline (``naive.py``: aiohttp's multipart reader or orjson for
+texts, one MGET, misses passed on whole) and, for images, the *ceiling* (``ceiling.py``: the
+least work a hit can take); in a and c, *nginx* (``nginx.py``: Debian's nginx as a
+proxy_cache keyed on the body, in front of the fake, the proxy a user would otherwise reach
+for; warmed in a, so that it answers hits). The servers of a scenario run side by side;
+each is warmed up, then they are loaded in turns (``--rounds`` runs of ``--seconds`` each),
+so a slow spell of a shared machine falls on all of them.
 Requests/s is over all of a server's runs, p50 and p99 the medians of its runs, CPU the
 server's (all its processes) per request. Every process started is stopped at the end;
 the whole run is bounded (``--budget``).
@@ -50,7 +53,7 @@ import redis
 
 from gateway.teams import key_hash, new_key
 from tests.bench import harness, nginx
-from tests.bench.harness import MODEL, image_part, multipart, multipart_head
+from tests.bench.harness import JSON, MODEL, TEXTS, image_part, multipart, multipart_head
 from tests.bench.naive import key as naive_key
 from tests.conftest import free_port
 from tests.fake_nomic import FAKE_API_KEY, FakeNomic, png
@@ -124,8 +127,10 @@ class Bench:
         }
 
     @contextlib.contextmanager
-    def server(self, kind: str, env: dict[str, str], cpus: str) -> Iterator[tuple[int, str]]:
-        """Start one server under test; yield its pid and endpoint URL."""
+    def server(
+        self, kind: str, env: dict[str, str], cpus: str, path: str = "/v1/embedding/image"
+    ) -> Iterator[tuple[int, str]]:
+        """Start one server under test; yield its pid and the URL of its ``path``."""
         port = free_port()
         if kind == "gateway":
             args = [PY, "-m", "gateway", "serve", "--port", str(port)]
@@ -141,12 +146,14 @@ class Bench:
             probe = f"http://127.0.0.1:{port}/"
         with harness.process(args, env, cpus) as proc:
             harness.wait_http(probe, proc)
-            yield proc.pid, f"http://127.0.0.1:{port}/v1/embedding/image"
+            yield proc.pid, f"http://127.0.0.1:{port}{path}"
 
     def upstream(self) -> tuple[int, int]:
+        """The fake's answered calls and inputs so far, images and texts."""
         stats = harness.get_json(self.fake_url + "/_fake/stats")
         assert isinstance(stats, dict)
-        return stats["answered_calls"], stats["answered_items"]
+        calls = stats["answered_calls"] + stats["answered_text_calls"]
+        return calls, stats["answered_items"] + stats["answered_texts"]
 
     def compare(
         self,
@@ -211,11 +218,14 @@ def _every_second(stop: threading.Event, action: Callable[[], None]) -> None:
         action()
 
 
-def fixed_script(tmp: Path, body: bytes, key: str) -> Callable[[int], Path]:
-    body_file = tmp / f"body-{len(body)}.bin"
+def fixed_script(
+    tmp: Path, body: bytes, key: str, content_type: str = harness.MULTIPART
+) -> Callable[[int], Path]:
+    name = f"{content_type.partition(';')[0].replace('/', '-')}-{len(body)}"
+    body_file = tmp / f"body-{name}.bin"
     body_file.write_bytes(body)
-    path = harness.wrk_script(tmp / f"fixed-{len(body)}-{key_hash(key)[:8]}.lua", key,
-                              f'read("{body_file}")')  # fmt: skip
+    path = harness.wrk_script(tmp / f"fixed-{name}-{key_hash(key)[:8]}.lua", key,
+                              f'read("{body_file}")', content_type=content_type)  # fmt: skip
     return lambda _salt: path
 
 
@@ -239,6 +249,25 @@ def misses_script(tmp: Path, image: bytes, key: str) -> Callable[[int], Path]:
             tmp / f"misses-{salt}.lua", key, _parts(tmp, image),
             dynamic=f'head .. image .. string.format("{salt:04d}%012d", counter) .. tail',
         )  # fmt: skip
+
+    return script
+
+
+def text_misses_script(tmp: Path, key: str) -> Callable[[int], Path]:
+    """Every request :data:`TEXTS` new texts: the passage behind the run's salt, the request's
+    number and the text's position (``TAG`` replaced by ``"%04d %012d %02d"`` of them)."""
+    template = tmp / "text-misses.json"
+    template.write_bytes(harness.text_misses_template())
+
+    def script(salt: int) -> Path:
+        setup = (
+            f'local template = read("{template}")\n'
+            "local function texts()\n  local index = 0\n"
+            f'  return (template:gsub("{harness.TAG}", function()\n    index = index + 1\n'
+            f'    return string.format("%04d %012d %02d", {salt}, counter, index)\n  end))\nend'
+        )
+        return harness.wrk_script(tmp / f"text-misses-{salt}.lua", key, setup, dynamic="texts()",
+                                  content_type=JSON)  # fmt: skip
 
     return script
 
@@ -395,6 +424,42 @@ def zipf(bench: Bench) -> str:
             f"every second")  # fmt: skip
 
 
+def texts(bench: Bench) -> str:
+    """Texts, as the official client sends them, :data:`TEXTS` a request. Hits: the same
+    texts every time, beside the naive baseline. Misses: every text new, from 1 client and
+    from 8, beside the fake called directly and the naive baseline (one upstream call a
+    request, the body passed on whole). Returns what the texts were."""
+    hit_body = harness.text_body([f"{index:02d} {harness.PASSAGE}" for index in range(TEXTS)])
+    hit_script = fixed_script(bench.tmp, hit_body, KEY, JSON)
+    through = text_misses_script(bench.tmp, KEY)
+    direct = text_misses_script(bench.tmp, FAKE_API_KEY)
+    fake = bench.fake_url + harness.TEXT_PATH
+    env = bench.gateway_env(GATEWAY_UPSTREAM_RATE_CALLS="1000000000",
+                            GATEWAY_UPSTREAM_RATE_BURST="1000")  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        pid, url = stack.enter_context(bench.server("gateway", env, SERVER_CPU, harness.TEXT_PATH))
+        naive = bench.server("naive", dict(os.environ), SERVER_CPU, harness.TEXT_PATH)
+        naive_pid, naive_url = stack.enter_context(naive)
+        for filling in (url, naive_url):
+            harness.post(filling, hit_body, KEY, JSON)  # the miss that fills the cache
+        bench.compare(f"f. {TEXTS}-text hits", [
+            Target("gateway", "gateway", pid, url, hit_script),
+            Target("naive baseline", "naive", naive_pid, naive_url, hit_script),
+        ], bench.args.connections)  # fmt: skip
+        for clients in (1, 8):
+            targets = [
+                Target("fake Nomic, direct", "direct", bench.fake_pid, fake, direct),
+                Target("gateway", "gateway", pid, url, through),
+                Target("naive baseline", "naive", naive_pid, naive_url, through),
+            ]
+            bench.compare(f"f. text misses, {clients} client{'s' if clients > 1 else ''}",
+                          targets, clients)  # fmt: skip
+    options = ", ".join(f"{name} {value}" for name, value in harness.TEXT_OPTIONS.items())
+    return (f"f. {TEXTS} texts a request, each a {len(harness.PASSAGE)}-byte passage behind a "
+            f"tag of its own, with the official client's options ({options}); the gateway's "
+            f"upstream calls hold at most 10 texts (its default)")  # fmt: skip
+
+
 def entry_bytes(redis_url: str) -> tuple[int, int, int]:
     """MEMORY USAGE of one cached gateway entry and one baseline JSON entry, and the
     gateway entry's value length."""
@@ -411,7 +476,7 @@ def entry_bytes(redis_url: str) -> tuple[int, int, int]:
 def table(rows: list[Row]) -> str:
     lines = [
         "| scenario | server | requests/s | p50 ms | p99 ms | server CPU us/req | x naive "
-        "| x ceiling | upstream calls / images | peak RSS MiB |",
+        "| x ceiling | upstream calls / inputs | peak RSS MiB |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in sorted(rows, key=lambda r: r.scenario):  # stable: measured order within one
@@ -467,6 +532,25 @@ def targets(rows: list[Row]) -> list[str]:
             + "; ".join(f"{label} {ratio:.2f}x" for label, ratio in cpu.items())
             + ")"
         )
+    return out + _text_notes(find)
+
+
+def _text_notes(find: Callable[[str, str], Row | None]) -> list[str]:
+    """No target is set for texts: what the bench shows of them."""
+    out = []
+    hit = find(f"f. {TEXTS}-text hits", "gateway")
+    if hit is not None:
+        out.append(f"f. {TEXTS}-text hits (no target): {hit.ratios.get('naive', 0):.2f}x naive")
+    lone = "f. text misses, 1 "
+    direct, gateway, naive = (find(lone, server) for server in (
+        "fake Nomic, direct", "gateway", "naive baseline"))  # fmt: skip
+    if direct is not None and gateway is not None and naive is not None:
+        added = {label: row.result.p50_ms - direct.result.p50_ms
+                 for label, row in (("gateway", gateway), ("naive", naive))}  # fmt: skip
+        cpu = gateway.cpu_us / naive.cpu_us
+        out.append(f"f. a lone text miss (no target) adds at p50 over the fake called directly: "
+                   f"gateway {added['gateway']:.2f} ms, naive {added['naive']:.2f} ms; CPU per "
+                   f"request {cpu:.2f}x the naive baseline's")  # fmt: skip
     return out
 
 
@@ -478,7 +562,7 @@ def _timeout(_signum: int, _frame: FrameType | None) -> None:
     raise TimeoutError("the benchmark ran past its --budget; stopping everything it started")
 
 
-SCENARIOS = "abcde"
+SCENARIOS = "abcdef"
 
 
 def main() -> None:
@@ -487,7 +571,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4, help="measured runs of each server")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections for hits")
     parser.add_argument("--only", default=SCENARIOS, help="scenarios to run, e.g. 'ab'")
-    parser.add_argument("--budget", type=int, default=540, help="seconds before it gives up")
+    parser.add_argument("--budget", type=int, default=720, help="seconds before it gives up")
     args = parser.parse_args()
     for tool in ("wrk", "taskset", "redis-server"):
         if shutil.which(tool) is None:
@@ -531,6 +615,8 @@ def run(args: argparse.Namespace) -> None:
                 notes.append(zipf(bench))
             if "e" in args.only:
                 hits(bench, "e. 1-image hits, --workers 2", one, workers=2)
+            if "f" in args.only:
+                notes.append(texts(bench))
             gateway_entry, baseline_entry, value = entry_bytes(redis_url)
     signal.alarm(0)
     print(f"\nnomic-gateway benchmark, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, "

@@ -1,4 +1,5 @@
-"""What the benchmark runs its servers and wrk with: processes, /proc readings, wrk scripts.
+"""What the benchmark runs its servers and wrk with: bodies, processes, /proc readings, wrk
+scripts.
 
 Every process started here is stopped when its ``with`` block ends, whatever happens in it.
 """
@@ -20,6 +21,21 @@ import orjson
 
 BOUNDARY = "benchboundary"
 MODEL = "nomic-embed-vision-v1.5"
+MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
+JSON = "application/json"
+TEXT_PATH = "/v1/embedding/text"
+TEXTS = 10  # a text request's texts: a full upstream call, as the official client sends them
+TAG = "@tag@"  # where a text of the misses' template gets what makes it new
+# The official client's text body: its model, task type and long-text mode, no dimensionality.
+TEXT_OPTIONS = {"model": "nomic-embed-text-v1.5", "task_type": "search_document",
+                "dimensionality": None, "long_text_mode": "truncate"}  # fmt: skip
+PASSAGE = (
+    "Caching embeddings pays off when the same passages come back: a support team re-indexes "
+    "its knowledge base every night, and most articles have not changed since the day before. "
+    "Each paragraph is sent to the embedding model again, billed again, and answered with the "
+    "very same vector. A gateway that keys each text by its model, options and exact content "
+    "answers those from its cache and sends only the new or edited paragraphs upstream."
+)
 
 
 def multipart_head() -> bytes:
@@ -42,6 +58,16 @@ def image_part(image: bytes) -> bytes:
 
 def multipart(images: Sequence[bytes]) -> bytes:
     return multipart_head() + b"".join(map(image_part, images)) + f"--{BOUNDARY}--\r\n".encode()
+
+
+def text_body(texts: Sequence[str]) -> bytes:
+    """A ``POST /v1/embedding/text`` body, as the official client sends one."""
+    return orjson.dumps({"texts": list(texts), **TEXT_OPTIONS})
+
+
+def text_misses_template() -> bytes:
+    """A body of :data:`TEXTS` times the passage, each behind a :data:`TAG`."""
+    return text_body([f"{TAG} {PASSAGE}"] * TEXTS)
 
 
 @contextlib.contextmanager
@@ -76,8 +102,9 @@ def wait_http(url: str, proc: subprocess.Popen[bytes]) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-def post(url: str, body: bytes, key: str) -> bytes:
-    with urllib.request.urlopen(_post_request(url, body, key), timeout=60) as response:
+def post(url: str, body: bytes, key: str, content_type: str = MULTIPART) -> bytes:
+    request = _post_request(url, body, key, content_type)
+    with urllib.request.urlopen(request, timeout=60) as response:
         return response.read()  # type: ignore[no-any-return]
 
 
@@ -88,11 +115,10 @@ def cache_status(url: str, body: bytes, key: str) -> str:
         return str(response.headers.get("X-Cache-Status", ""))
 
 
-def _post_request(url: str, body: bytes, key: str) -> urllib.request.Request:
-    headers = {
-        "Content-Type": f"multipart/form-data; boundary={BOUNDARY}",
-        "Authorization": f"Bearer {key}",
-    }
+def _post_request(
+    url: str, body: bytes, key: str, content_type: str = MULTIPART
+) -> urllib.request.Request:
+    headers = {"Content-Type": content_type, "Authorization": f"Bearer {key}"}
     return urllib.request.Request(url, data=body, headers=headers)
 
 
@@ -148,12 +174,15 @@ def lua_string(data: bytes) -> str:
     return '"' + "".join(f"\\{byte}" for byte in data) + '"'
 
 
-def wrk_script(path: Path, key: str, body: str, dynamic: str = "") -> Path:
-    """A wrk script posting multipart bodies. ``body`` is a Lua expression for a fixed body;
-    ``dynamic``, if given, is a Lua expression evaluated for every request instead."""
+def wrk_script(
+    path: Path, key: str, body: str, dynamic: str = "", content_type: str = MULTIPART
+) -> Path:
+    """A wrk script posting bodies of ``content_type``. ``body`` is a Lua expression for a
+    fixed body; ``dynamic``, if given, is a Lua expression evaluated for every request instead
+    (``body`` is then Lua run once before, and ``counter`` the request's number)."""
     headers = (
         f'wrk.method = "POST"\n'
-        f'wrk.headers["Content-Type"] = "multipart/form-data; boundary={BOUNDARY}"\n'
+        f'wrk.headers["Content-Type"] = "{content_type}"\n'
         f'wrk.headers["Authorization"] = "Bearer {key}"\n'
     )
     read = (
