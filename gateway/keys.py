@@ -43,6 +43,12 @@ def cache_key(spec: Spec, digest: bytes, scope: str = SHARED) -> str:
     """``ng:v2:emb:<blake3 hex>`` over model, kind, scope, a text's options (NUL-separated;
     none holds a NUL, and the kind says whether options follow) and the content's 32-byte
     digest."""
+    return cache_keys(spec, [digest], scope)[0]
+
+
+def cache_keys(spec: Spec, digests: list[bytes], scope: str = SHARED) -> list[str]:
+    """:func:`cache_key` of each digest (the header built once)."""
     variant = spec.variant()
     header = f"{spec.model}\0{spec.kind}\0{scope}\0" + (f"{variant}\0" if variant else "")
-    return PREFIX + blake3.blake3(header.encode() + digest).hexdigest()
+    head = header.encode()
+    return [PREFIX + blake3.blake3(head + digest).hexdigest() for digest in digests]

@@ -23,7 +23,7 @@ from gateway.errors import GatewayError, ItemRejected
 from gateway.fetch import Fetcher, Landed, Outcome
 from gateway.forms import ParsedRequest
 from gateway.hot import HotCache
-from gateway.keys import SHARED, cache_key
+from gateway.keys import SHARED, cache_keys
 from gateway.quota import TokenEstimator
 from gateway.shield import Embedder, Policy, Shield
 from gateway.store import Store, StoreError
@@ -181,8 +181,7 @@ class Pipeline:
     async def lookup(self, request: ParsedRequest, scope: str = SHARED) -> Lookup:
         """Key every input (in the cache of ``scope``) and look all of them up in one store
         call."""
-        spec = request.spec
-        keys = [cache_key(spec, digest, scope) for digest in request.digests]
+        keys = cache_keys(request.spec, request.digests, scope)
         first_item = dict(zip(keys, request.items, strict=True))  # same key, same content
         now = self._clock()
         found = self._hot.get(first_item, now)
