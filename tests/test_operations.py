@@ -11,6 +11,7 @@ import asyncio
 import io
 import json
 import logging
+import math
 import re
 import shutil
 import subprocess
@@ -181,7 +182,7 @@ def sample(text: str, name: str, **labels: str) -> float:
 
 async def test_metrics_per_team_equal_the_usage_api(gateway: Client, fake_nomic: FakeNomic) -> None:
     team = f"ops{time.time_ns()}"  # metrics live as long as the test process: a fresh team
-    headers = await team_headers(gateway, team)
+    headers = await team_headers(gateway, team, limits={"texts_per_minute": 40})
     for images in ([png(1), png(2)], [png(1), png(3), png(3)], [png(2)]):
         response = await gateway.post(
             "/v1/embedding/image", data=image_form(images), headers=headers
@@ -189,12 +190,16 @@ async def test_metrics_per_team_equal_the_usage_api(gateway: Client, fake_nomic:
         assert response.status == 200
     [usage] = (await admin_get(gateway, f"/admin/usage?team={team}"))["usage"]
     text = await (await gateway.get("/metrics")).text()
-    assert sample(text, "gateway_team_items_total", team=team, outcome="hit") == usage["hits"]
-    assert sample(text, "gateway_team_items_total", team=team, outcome="miss") == usage["misses"]
+    for outcome, field in (("hit", "hits"), ("miss", "misses")):
+        items = sample(text, "gateway_team_items_total", team=team, kind="image", outcome=outcome)
+        assert items == usage[field]
+    assert sample(text, "gateway_team_items_total", team=team, kind="text") == 0
     billed = sample(text, "gateway_billed_tokens_total", team=team)
     saved = sample(text, "gateway_saved_tokens_total", team=team)
     assert (billed, saved) == (usage["billed_tokens"], usage["saved_tokens"])
-    assert (usage["hits"], usage["misses"]) == (3, 3)
+    assert (usage["hits"], usage["misses"], usage["images"], usage["texts"]) == (3, 3, 6, 0)
+    assert sample(text, "gateway_team_limit", team=team, limit="texts_per_minute") == 40
+    assert sample(text, "gateway_team_limit", team=team, limit="images_per_minute") == math.inf
 
 
 async def test_one_json_log_line_per_request_without_secrets(

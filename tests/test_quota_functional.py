@@ -198,6 +198,7 @@ async def test_usage_cli_after_a_mixed_workload(gateway: Client, fake_nomic: Fak
     for team in ("alpha", "beta"):
         row = rows[team]
         assert row["hits"] + row["misses"] == row["images"] == images_sent[team]
+        assert row["texts"] == 0
         assert row["billed_tokens"] == billed[team] == TOKENS * row["misses"]
         assert row["saved_tokens"] == TOKENS * row["hits"]
     assert (rows["alpha"]["misses"], rows["beta"]["misses"]) == (4, 2)
@@ -207,6 +208,6 @@ async def test_usage_cli_after_a_mixed_workload(gateway: Client, fake_nomic: Fak
         env=env, stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     lines = (await table.communicate())[0].decode().splitlines()
-    assert lines[0].split()[:4] == ["team", "day", "requests", "images"]
+    assert lines[0].split()[:5] == ["team", "day", "requests", "images", "texts"]
     assert lines[1].split()[0] == "beta"
     assert len(lines) == 2

@@ -53,7 +53,7 @@ async def _serve(
     team = await app[AUTH].team_for(request.headers.get("Authorization"))
     log = request[LOG_FIELDS]
     log["team"] = team.id
-    app[ACCOUNTS].refuse_early(team)
+    app[ACCOUNTS].refuse_early(team, "image")  # images or URLs: the same limits
     claim = app[BODY_BUDGET].claim(team.id)
     try:
         with claim:
