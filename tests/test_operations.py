@@ -82,6 +82,20 @@ def test_alert_rules_and_scrape_config_pass_promtool() -> None:
             "NomicGatewayTeamNearDailyBudget", "NomicGatewayHitRatioFalling"} <= alerts  # fmt: skip
 
 
+def test_every_dashboard_query_parses(tmp_path: Path) -> None:
+    """promtool parses each panel's query, as a recording rule of a file of its own."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: the README's test command installs it (prometheus)"
+    queries = [t["expr"] for p in dashboard()["panels"] for t in p["targets"]]
+    recorded = [{"record": f"dashboard:query_{i}", "expr": q} for i, q in enumerate(queries)]
+    path = tmp_path / "dashboard-rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": recorded}]}))
+    result = subprocess.run(
+        [promtool, "check", "rules", str(path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def k8s() -> dict[str, dict[str, Any]]:
     documents = [
         yaml.safe_load(path.read_text()) for path in sorted((DEPLOY / "k8s").glob("*.yaml"))
