@@ -184,14 +184,24 @@ def test_compose_wires_prometheus_alertmanager_and_grafana_to_the_gateway() -> N
     assert panels_uid == {datasource["datasources"][0]["uid"]}
 
 
-def sample(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in the Prometheus text format (0 if absent)."""
+def samples(text: str, name: str, labels: dict[str, str]) -> Iterator[float]:
+    """The values of the samples of ``name`` in the Prometheus text format that have
+    ``labels`` (and any others)."""
     for line in text.splitlines():
         if line.startswith(name + "{") or line.startswith(name + " "):
             found = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
             if all(found.get(k) == v for k, v in labels.items()):
-                return float(line.rsplit(" ", 1)[1])
-    return 0.0
+                yield float(line.rsplit(" ", 1)[1])
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The value of one sample (the first that matches; 0 if none)."""
+    return next(samples(text, name, labels), 0.0)
+
+
+def total(text: str, name: str, **labels: str) -> float:
+    """The sum of every sample that matches (of every model, say)."""
+    return sum(samples(text, name, labels))
 
 
 async def test_metrics_per_team_equal_the_usage_api(gateway: Client, fake_nomic: FakeNomic) -> None:
@@ -202,16 +212,20 @@ async def test_metrics_per_team_equal_the_usage_api(gateway: Client, fake_nomic:
             "/v1/embedding/image", data=image_form(images), headers=headers
         )
         assert response.status == 200
+    for texts in (["one text", "two texts here"], ["one text", "a third", "a third"]):
+        response = await gateway.post("/v1/embedding/text", json={"texts": texts}, headers=headers)
+        assert response.status == 200
     [usage] = (await admin_get(gateway, f"/admin/usage?team={team}"))["usage"]
     text = await (await gateway.get("/metrics")).text()
+    for kind, inputs in (("image", "images"), ("text", "texts")):
+        assert total(text, "gateway_team_items_total", team=team, kind=kind) == usage[inputs]
     for outcome, field in (("hit", "hits"), ("miss", "misses")):
-        items = sample(text, "gateway_team_items_total", team=team, kind="image", outcome=outcome)
-        assert items == usage[field]
-    assert sample(text, "gateway_team_items_total", team=team, kind="text") == 0
-    billed = sample(text, "gateway_billed_tokens_total", team=team)
-    saved = sample(text, "gateway_saved_tokens_total", team=team)
+        assert total(text, "gateway_team_items_total", team=team, outcome=outcome) == usage[field]
+    billed = total(text, "gateway_billed_tokens_total", team=team)
+    saved = total(text, "gateway_saved_tokens_total", team=team)
     assert (billed, saved) == (usage["billed_tokens"], usage["saved_tokens"])
-    assert (usage["hits"], usage["misses"], usage["images"], usage["texts"]) == (3, 3, 6, 0)
+    assert total(text, "gateway_billed_tokens_total", team=team, model="nomic-embed-text-v1") > 0
+    assert (usage["hits"], usage["misses"], usage["images"], usage["texts"]) == (5, 6, 6, 5)
     assert sample(text, "gateway_team_limit", team=team, limit="texts_per_minute") == 40
     assert sample(text, "gateway_team_limit", team=team, limit="images_per_minute") == math.inf
 
