@@ -32,11 +32,12 @@ from typing import NamedTuple
 
 from gateway import metrics, quota
 from gateway.errors import QuotaExceeded, StoreUnavailable
+from gateway.models import Kind
 from gateway.pipeline import Answer, Lookup, count_items
 from gateway.quota import TokenEstimator, Window
 from gateway.store import StoreError
 from gateway.store.base import Ledger, QuotaLedger, Settlement
-from gateway.teams import Team
+from gateway.teams import LimitName, Team
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +47,18 @@ class Reservation(NamedTuple):
 
     team: Team
     model: str
+    kind: Kind
     at: Window
     request_id: str | None  # its id in the ledger; None: no limit applied, it is buffered
     learner: bool  # this request teaches the model's cost; the others wait for it
 
 
-def answered_usage(answer: Answer) -> dict[str, int]:
+def answered_usage(answer: Answer, kind: Kind) -> dict[str, int]:
+    """A request's usage: its inputs (hits and misses) under ``texts`` for texts, under
+    ``images`` for images and URLs."""
     return {
         "requests": 1,
-        "images": answer.hits + answer.misses,
+        "texts" if kind == "text" else "images": answer.hits + answer.misses,
         "hits": answer.hits,
         "misses": answer.misses,
         "saved_tokens": answer.usage_tokens - answer.billed_tokens,
@@ -131,55 +135,62 @@ class Accounts:
         self._prompt: set[asyncio.Task[None]] = set()  # the settles that wait for nothing
         self._learning: dict[str, asyncio.Event] = {}
         self._recorded_cost: dict[str, int] = {}
-        self._used_up: dict[str, tuple[quota.Decision, int]] = {}  # team → refusal, minute
+        # (team, per-minute limit) → the refusal that used it up, and its minute
+        self._used_up: dict[tuple[str, LimitName], tuple[quota.Decision, int]] = {}
 
-    def refuse_early(self, team: Team) -> None:
-        """Raise :class:`QuotaExceeded` if this process saw a per-minute limit of the team
-        used up this minute (see :func:`quota.refuses_every_request`): the request is then
-        refused before its body is read, and counted as rejected."""
-        known = self._used_up.get(team.id)
-        if known is None:
+    def refuse_early(self, team: Team, kind: Kind) -> None:
+        """Raise :class:`QuotaExceeded` if this process saw a per-minute limit that a request
+        of ``kind`` counts toward used up this minute (see
+        :func:`quota.refuses_every_request`): the request is then refused before its body is
+        read, and counted as rejected. Images and URLs count toward the same limits."""
+        if not self._used_up:
             return
-        decision, minute = known
-        at = quota.window(self._clock())
-        if at.minute != minute or not quota.refuses_every_request(team, decision):
-            del self._used_up[team.id]
-            return
-        self.buffer.add(team.id, at, 0, {"rejected": 1})
-        raise _exceeded(team, decision, at)
+        for limit in quota.minute_limits(kind):
+            known = self._used_up.get((team.id, limit))
+            if known is None:
+                continue
+            decision, minute = known
+            at = quota.window(self._clock())
+            if at.minute != minute or not quota.refuses_every_request(team, decision):
+                del self._used_up[(team.id, limit)]
+                continue
+            self.buffer.add(team.id, at, 0, {"rejected": 1})
+            raise _exceeded(team, decision, at)
 
     async def admit_answered(self, team: Team, lookup: Lookup, answer: Answer) -> None:
         """Admit a request answered from the cache, its usage recorded with the decision, or
         raise :class:`QuotaExceeded` (or :class:`StoreUnavailable`). Nothing is left to
         settle."""
         at = quota.window(self._clock())
-        want = quota.demand(team, len(lookup.cache_keys), lookup.cached_inputs, 0, 0)
-        usage = answered_usage(answer)
+        request = lookup.request
+        want = quota.demand(team, request.kind, len(lookup.cache_keys), lookup.cached_inputs, 0, 0)
+        usage = answered_usage(answer, request.kind)
         if quota.applies(team, want):
             await self._decide(team, want, at, usage)
         else:
             self.buffer.add(team.id, at, 0, usage)
-        _count_tokens(team, lookup.request.model, answer)
+        _count_tokens(team, request.model, request.kind, answer)
 
     async def reserve(self, team: Team, lookup: Lookup) -> Reservation:
         """Admit a request with misses, reserving their expected cost, or raise
         :class:`QuotaExceeded` (or :class:`StoreUnavailable`); :meth:`settle` it once it
         is answered or has failed."""
-        model = lookup.request.model
+        model, kind = lookup.request.model, lookup.request.kind
         learner = _has_budget(team) and await self._cost_known_or_my_turn(model)
         at = quota.window(self._clock())
         per_item = self._estimator.per_item(model)
         want = quota.demand(
-            team, len(lookup.cache_keys), lookup.cached_inputs, len(lookup.missing), per_item
-        )
+            team, kind, len(lookup.cache_keys), lookup.cached_inputs, len(lookup.missing),
+            per_item,
+        )  # fmt: skip
         if not quota.applies(team, want):
-            return Reservation(team, model, at, None, learner)
+            return Reservation(team, model, kind, at, None, learner)
         try:
             request_id = await self._decide(team, want, at, {})
         except BaseException:  # refused, or cancelled: the next request learns the cost
             self._end_learning(model, learner)
             raise
-        return Reservation(team, model, at, request_id, learner)
+        return Reservation(team, model, kind, at, request_id, learner)
 
     async def _decide(
         self, team: Team, want: quota.Demand, at: Window, usage: dict[str, int]
@@ -195,7 +206,8 @@ class Accounts:
             ) from exc
         if not decision.allowed:
             if quota.refuses_every_request(team, decision):
-                self._used_up[team.id] = (decision, at.minute)
+                assert decision.limit is not None
+                self._used_up[(team.id, decision.limit)] = (decision, at.minute)
             raise _exceeded(team, decision, at)
         return request_id
 
@@ -225,11 +237,12 @@ class Accounts:
     ) -> None:  # fmt: skip
         if later is not None:
             billed += await later
-        usage = answered_usage(answer) if answer is not None else {"upstream_errors": 1}
         team, at, model = reservation.team, reservation.at, reservation.model
         if answer is not None:
-            _count_tokens(team, model, answer)
+            usage = answered_usage(answer, reservation.kind)
+            _count_tokens(team, model, reservation.kind, answer)
         else:
+            usage = {"upstream_errors": 1}
             metrics.child(metrics.BILLED_TOKENS, team.id, model).inc(billed)
         try:
             await self._share_cost(model)
@@ -304,10 +317,11 @@ def _exceeded(team: Team, decision: quota.Decision, at: Window) -> QuotaExceeded
     )
 
 
-def _count_tokens(team: Team, model: str, answer: Answer) -> None:
+def _count_tokens(team: Team, model: str, kind: Kind, answer: Answer) -> None:
     count_items(model, answer)
-    metrics.child(metrics.TEAM_ITEMS, team.id, "hit").inc(answer.hits)
-    metrics.child(metrics.TEAM_ITEMS, team.id, "miss").inc(answer.misses)
+    counted_as = "text" if kind == "text" else "image"  # as in usage: URLs are images
+    metrics.child(metrics.TEAM_ITEMS, team.id, counted_as, "hit").inc(answer.hits)
+    metrics.child(metrics.TEAM_ITEMS, team.id, counted_as, "miss").inc(answer.misses)
     metrics.child(metrics.BILLED_TOKENS, team.id, model).inc(answer.billed_tokens)
     saved = answer.usage_tokens - answer.billed_tokens
     metrics.child(metrics.SAVED_TOKENS, team.id, model).inc(saved)

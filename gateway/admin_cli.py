@@ -21,8 +21,8 @@ from typing import Any
 
 from gateway.teams import LIMIT_NAMES, SWITCHES, key_hash, well_formed
 
-USAGE_COLUMNS = ("team", "day", "requests", "images", "hits", "misses", "billed_tokens",
-                 "saved_tokens", "upstream_errors", "rejected")  # fmt: skip
+USAGE_COLUMNS = ("team", "day", "requests", "images", "texts", "hits", "misses",
+                 "billed_tokens", "saved_tokens", "upstream_errors", "rejected")  # fmt: skip
 TEAM_COLUMNS = ("id", "name", *LIMIT_NAMES, *SWITCHES)
 KEY_COLUMNS = ("id", "prefix", "created", "last_used", "expires", "revoked")
 

@@ -59,8 +59,9 @@ QUOTA_REJECTIONS = Counter(
 )
 TEAM_ITEMS = Counter(
     "gateway_team_items_total",
-    "Inputs answered per team: hit (not paid upstream by this request) or miss (paid)",
-    ["team", "outcome"],
+    "Inputs answered per team, by kind (image: images and URLs; text) and outcome (hit: not "
+    "paid upstream by this request; miss: paid)",
+    ["team", "kind", "outcome"],
 )
 TEAM_LIMIT = Gauge(
     "gateway_team_limit",

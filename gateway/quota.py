@@ -1,9 +1,11 @@
 """Limits and usage decisions: pure arithmetic over numbers the store returns, clock passed in.
 
-Rate limits count in fixed UTC minutes; token budgets per UTC day and month. Before misses go
-upstream a request reserves their expected cost against the budgets; afterwards the reservation
-is replaced by what Nomic billed. Each check-and-reserve is one atomic step in the store
-(``admit``), so requests racing on any number of replicas cannot pass a budget together.
+Rate limits count in fixed UTC minutes: requests, and inputs by kind (images and URLs toward
+``images_per_minute``, texts toward ``texts_per_minute``); token budgets per UTC day and
+month. Before misses go upstream a request reserves their expected cost against the budgets;
+afterwards the reservation is replaced by what Nomic billed. Each check-and-reserve is one
+atomic step in the store (``admit``), so requests racing on any number of replicas cannot
+pass a budget together.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from collections import deque
 from collections.abc import Mapping
 from typing import NamedTuple
 
-from gateway.teams import LimitName, Team
+from gateway.models import Kind
+from gateway.teams import LIMIT_NAMES, LimitName, Team
 
 USAGE_FIELDS = (
-    "requests", "images", "hits", "misses", "billed_tokens", "saved_tokens",
+    "requests", "images", "texts", "hits", "misses", "billed_tokens", "saved_tokens",
     "upstream_errors", "rejected",
 )  # fmt: skip
 USAGE_DAYS_KEPT = 400
@@ -71,8 +74,13 @@ class Demand(NamedTuple):
     """What a request asks of its team's limits."""
 
     requests: int
-    images: int
+    images: int  # images and URLs
+    texts: int
     reserve_tokens: int
+
+    def asked(self) -> tuple[int, ...]:
+        """What it asks of each limit, in ``LIMIT_NAMES`` order."""
+        return (self.requests, self.images, self.texts, self.reserve_tokens, self.reserve_tokens)
 
 
 class Decision(NamedTuple):
@@ -82,44 +90,50 @@ class Decision(NamedTuple):
     remaining: int = 0
 
 
-def demand(team: Team, images: int, hits: int, unique_misses: int, estimate: int) -> Demand:
-    """A request of ``images`` inputs of which ``hits`` were found in the cache."""
-    counted = images if team.count_hits else images - hits
-    return Demand(1 if counted else 0, counted, unique_misses * estimate)
+def demand(
+    team: Team, kind: Kind, inputs: int, hits: int, unique_misses: int, estimate: int
+) -> Demand:
+    """A request of ``inputs`` inputs of ``kind``, of which ``hits`` were found in the cache,
+    reserving ``estimate`` tokens for each of its ``unique_misses``."""
+    counted = inputs if team.count_hits else inputs - hits
+    images, texts = (0, counted) if kind == "text" else (counted, 0)
+    return Demand(1 if counted else 0, images, texts, unique_misses * estimate)
+
+
+def minute_limits(kind: Kind) -> tuple[LimitName, LimitName]:
+    """The per-minute limits a request of ``kind`` counts toward."""
+    return ("requests_per_minute", "texts_per_minute" if kind == "text" else "images_per_minute")
 
 
 def applies(team: Team, want: Demand) -> bool:
     """Whether any limit of the team bears on ``want`` (if none, the store need not decide)."""
-    rpm, ipm, per_day, per_month = limit_values(team)
+    rpm, ipm, tpm, per_day, per_month = limit_values(team)
     return (
         (rpm >= 0 and want.requests > 0)
         or (ipm >= 0 and want.images > 0)
+        or (tpm >= 0 and want.texts > 0)
         or ((per_day >= 0 or per_month >= 0) and want.reserve_tokens > 0)
     )
 
 
-def limit_values(team: Team) -> tuple[int, int, int, int]:
+def limit_values(team: Team) -> tuple[int, int, int, int, int]:
     """The team's limits in ``LIMIT_NAMES`` order, -1 for unlimited (as the store takes them)."""
     limits = team.limits
     return tuple(  # type: ignore[return-value]
         -1 if value is None else value
         for value in (limits.requests_per_minute, limits.images_per_minute,
-                      limits.tokens_per_day, limits.tokens_per_month)
+                      limits.texts_per_minute, limits.tokens_per_day, limits.tokens_per_month)
     )  # fmt: skip
 
 
 def decide(
-    team: Team, want: Demand, minute_counts: tuple[int, int], budgets: tuple[int, int]
+    team: Team, want: Demand, minute_counts: tuple[int, int, int], budgets: tuple[int, int]
 ) -> Decision:
-    """Admit ``want`` given this minute's counts (requests, images) and the tokens already
-    billed or reserved today and this month. The memory store calls this; the Redis store
-    runs the same rules in ``lua/admit.lua``."""
-    rpm, ipm, per_day, per_month = limit_values(team)
-    checks: tuple[tuple[LimitName, int, int, int], ...] = (
-        ("requests_per_minute", rpm, minute_counts[0], want.requests),
-        ("images_per_minute", ipm, minute_counts[1], want.images),
-        ("tokens_per_day", per_day, budgets[0], want.reserve_tokens),
-        ("tokens_per_month", per_month, budgets[1], want.reserve_tokens),
+    """Admit ``want`` given this minute's counts (requests, images, texts) and the tokens
+    already billed or reserved today and this month. The memory store calls this; the Redis
+    store runs the same rules in ``lua/admit.lua``."""
+    checks = zip(
+        LIMIT_NAMES, limit_values(team), (*minute_counts, *budgets), want.asked(), strict=True
     )
     for name, limit, used, asked in checks:
         if limit >= 0 and asked > 0 and used + asked > limit:
@@ -129,12 +143,12 @@ def decide(
 
 def refuses_every_request(team: Team, decision: Decision) -> bool:
     """Whether ``decision``, a refusal with nothing left, refuses every request of the team
-    until its window ends (so later ones can be refused before their body is read): a
-    per-minute limit that hits count toward. A used-up token budget does not: hits cost no
-    tokens and are still answered."""
+    that counts toward its limit until its window ends (so later ones can be refused before
+    their body is read): a per-minute limit that hits count toward. A used-up token budget
+    does not: hits cost no tokens and are still answered."""
     return (
         team.count_hits
-        and decision.limit in ("requests_per_minute", "images_per_minute")
+        and decision.limit in ("requests_per_minute", "images_per_minute", "texts_per_minute")
         and decision.remaining == 0
         and getattr(team.limits, decision.limit) == decision.limit_value
     )

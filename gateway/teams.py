@@ -13,7 +13,7 @@ import dataclasses
 import hashlib
 import re
 import secrets
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from gateway import keys
 
@@ -21,11 +21,15 @@ KEY_PREFIX = "nk-"
 MAX_LIMIT = 2**53  # counts stay exact in Redis's Lua (doubles) and in JSON
 _KEY = re.compile(r"nk-[A-Za-z0-9_-]{43}")
 _TEAM_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
-LIMIT_NAMES = ("requests_per_minute", "images_per_minute", "tokens_per_day", "tokens_per_month")
 SWITCHES = ("count_hits", "private_cache")  # a team's yes/no settings
 LimitName = Literal[
-    "requests_per_minute", "images_per_minute", "tokens_per_day", "tokens_per_month"
+    "requests_per_minute",
+    "images_per_minute",  # images and URLs
+    "texts_per_minute",
+    "tokens_per_day",
+    "tokens_per_month",
 ]
+LIMIT_NAMES: tuple[LimitName, ...] = get_args(LimitName)  # in the order the store takes them
 
 
 class InvalidTeam(ValueError):
@@ -37,7 +41,8 @@ class Limits:
     """A team's limits; None is unlimited."""
 
     requests_per_minute: int | None = None
-    images_per_minute: int | None = None
+    images_per_minute: int | None = None  # images and URLs
+    texts_per_minute: int | None = None
     tokens_per_day: int | None = None
     tokens_per_month: int | None = None
 

@@ -9,6 +9,7 @@ private_cache = false                # true: the team's embeddings are cached ap
 
 [teams.research.limits]              # a limit left out is unlimited
 requests_per_minute = 600
+texts_per_minute = 10_000
 tokens_per_day = 1_000_000
 
 [[teams.research.keys]]

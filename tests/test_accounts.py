@@ -1,5 +1,6 @@
 """The usage buffer: nothing lost when the store fails or a flush is cut short, nothing twice;
-the refusals decided before a body is read; and the turn to learn what an item costs."""
+the refusals decided before a body is read; the turn to learn what an item costs; and texts
+counted apart from images."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import dataclasses
 from collections.abc import Mapping
 
 import pytest
+from prometheus_client import REGISTRY
 
 from gateway import quota
 from gateway.accounts import Accounts, UsageBuffer
 from gateway.entries import Entry
 from gateway.errors import QuotaExceeded
 from gateway.forms import ParsedRequest
+from gateway.models import Kind
 from gateway.pipeline import Answer, Lookup
 from gateway.quota import TokenEstimator
 from gateway.store import StoreError
@@ -93,23 +96,36 @@ async def test_concurrent_flushes_write_each_record_once() -> None:
 
 
 MODEL = "nomic-embed-vision-v1.5"
+TEXT_MODEL = "nomic-embed-text-v1.5"
 
 
-def one_image(hit: bool) -> tuple[Lookup, Answer | None]:
-    request = ParsedRequest.of(MODEL, "image", [b"\x89PNG\r\n\x1a\n"])
+def one_input(hit: bool, kind: Kind = "image") -> tuple[Lookup, Answer | None]:
+    """A request of one input, found in the cache (with its answer) or not."""
+    if kind == "text":
+        request = ParsedRequest.of(TEXT_MODEL, kind, [b"hello"])
+    else:
+        request = ParsedRequest.of(MODEL, kind, [b"\x89PNG\r\n\x1a\n"])
     found = {"k": Entry(b"[0.5]", 10)} if hit else {}
     lookup = Lookup(request, ["k"], {"k": request.items[0]}, found, [] if hit else ["k"], {})
     answer = Answer(b"{}", hits=1, misses=0, billed_tokens=0, usage_tokens=10)
     return lookup, answer if hit else None
 
 
-async def used_up(team: Team, clock: list[float], hit: bool = True) -> Accounts:
-    """Accounts whose store refused ``team`` this minute (for a hit, or for a miss)."""
+def one_image(hit: bool) -> tuple[Lookup, Answer | None]:
+    return one_input(hit, "image")
+
+
+async def used_up(
+    team: Team, clock: list[float], hit: bool = True, kind: Kind = "image"
+) -> Accounts:
+    """Accounts whose store refused ``team`` this minute (for a hit, or for a miss, of
+    ``kind``)."""
     estimator = TokenEstimator(1)
-    estimator.observe(MODEL, 10, 1)  # a miss's cost is known: no request waits to learn it
+    for model in (MODEL, TEXT_MODEL):  # a miss's cost is known: no request waits to learn it
+        estimator.observe(model, 10, 1)
     ledger = MemoryLedger()
     accounts = Accounts(ledger, UsageBuffer(ledger), estimator, clock=lambda: clock[0])
-    lookup, answer = one_image(hit)
+    lookup, answer = one_input(hit, kind)
     with pytest.raises(QuotaExceeded):  # admitted until refused
         for _ in range(10):
             if answer is None:
@@ -124,27 +140,118 @@ async def test_a_used_up_per_minute_limit_refuses_before_the_body_until_the_minu
     team = Team("t", "T", Limits(requests_per_minute=2))
     accounts = await used_up(team, clock)
     with pytest.raises(QuotaExceeded) as refused:
-        accounts.refuse_early(team)
+        accounts.refuse_early(team, "image")
     assert refused.value.loc == ("limits", "requests_per_minute")
     assert refused.value.headers["X-RateLimit-Remaining"] == "0"
     clock[0] += 59.9
     with pytest.raises(QuotaExceeded):
-        accounts.refuse_early(team)
+        accounts.refuse_early(team, "image")
     clock[0] += 0.1  # the next minute
-    accounts.refuse_early(team)
+    accounts.refuse_early(team, "image")
 
 
 async def test_a_raised_limit_or_hits_that_do_not_count_are_never_refused_early() -> None:
     clock = [1_800_000_000.0]
     team = Team("t", "T", Limits(requests_per_minute=2))
     accounts = await used_up(team, clock)
-    accounts.refuse_early(dataclasses.replace(team, limits=Limits(requests_per_minute=5)))
+    accounts.refuse_early(dataclasses.replace(team, limits=Limits(requests_per_minute=5)), "url")
     hits_free = Team("h", "H", Limits(requests_per_minute=1), count_hits=False)
     accounts = await used_up(hits_free, clock, hit=False)
-    accounts.refuse_early(hits_free)  # an all-hits request of it would still pass
+    accounts.refuse_early(hits_free, "image")  # an all-hits request of it would still pass
     budget = Team("b", "B", Limits(tokens_per_day=15))
     accounts = await used_up(budget, clock, hit=False)
-    accounts.refuse_early(budget)  # hits cost no tokens: they still pass
+    accounts.refuse_early(budget, "image")  # hits cost no tokens: they still pass
+
+
+async def test_a_used_up_texts_per_minute_refuses_texts_early_but_not_images() -> None:
+    clock = [1_800_000_000.0]
+    team = Team("t", "T", Limits(images_per_minute=5, texts_per_minute=3))
+    accounts = await used_up(team, clock, kind="text")
+    with pytest.raises(QuotaExceeded) as refused:
+        accounts.refuse_early(team, "text")
+    assert refused.value.loc == ("limits", "texts_per_minute")
+    assert refused.value.headers["X-RateLimit-Limit"] == "3"
+    assert refused.value.headers["X-RateLimit-Remaining"] == "0"
+    assert refused.value.retry_after == 60
+    accounts.refuse_early(team, "image")  # images count toward a limit of their own
+    accounts.refuse_early(team, "url")
+    clock[0] += 60
+    accounts.refuse_early(team, "text")
+
+
+async def test_a_used_up_images_per_minute_refuses_images_and_urls_early_but_not_texts() -> None:
+    clock = [1_800_000_000.0]
+    team = Team("t", "T", Limits(images_per_minute=2, texts_per_minute=100))
+    accounts = await used_up(team, clock, kind="url")
+    images: tuple[Kind, ...] = ("image", "url")
+    for kind in images:
+        with pytest.raises(QuotaExceeded) as refused:
+            accounts.refuse_early(team, kind)
+        assert refused.value.loc == ("limits", "images_per_minute")
+    accounts.refuse_early(team, "text")
+
+
+async def test_a_used_up_requests_per_minute_refuses_every_kind_early() -> None:
+    clock = [1_800_000_000.0]
+    team = Team("t", "T", Limits(requests_per_minute=2))
+    accounts = await used_up(team, clock, kind="text")
+    every: tuple[Kind, ...] = ("image", "url", "text")
+    for kind in every:
+        with pytest.raises(QuotaExceeded):
+            accounts.refuse_early(team, kind)
+
+
+# ---- texts and images in usage and metrics ---------------------------------------------------
+
+
+def team_items(team: str, kind: str, outcome: str) -> float:
+    labels = {"team": team, "kind": kind, "outcome": outcome}
+    return REGISTRY.get_sample_value("gateway_team_items_total", labels) or 0.0
+
+
+async def test_a_text_requests_usage_lands_under_texts_and_an_images_under_images() -> None:
+    ledger = MemoryLedger()
+    estimator = TokenEstimator(1)
+    accounts = Accounts(ledger, UsageBuffer(ledger), estimator, clock=lambda: 1_800_000_000.0)
+    team = Team("usage-kinds", "T", Limits(texts_per_minute=100))  # texts decided in the store
+    kinds: tuple[Kind, ...] = ("text", "image", "url")
+    for kind in kinds:
+        lookup, hit = one_input(True, kind)
+        assert hit is not None
+        await accounts.admit_answered(team, lookup, hit._replace(hits=2, usage_tokens=20))
+    lookup, _ = one_input(False, "text")
+    reservation = await accounts.reserve(team, lookup)
+    assert reservation.request_id is not None  # decided in the store
+    missed = Answer(b"{}", hits=1, misses=2, billed_tokens=14, usage_tokens=21)
+    await accounts.settle(reservation, missed, 14)
+    await accounts.flush()
+    [row] = await ledger.usage(team.id, [AT.day])
+    assert (row["requests"], row["texts"], row["images"]) == (4, 5, 4)
+    assert (row["hits"], row["misses"]) == (7, 2)
+    assert (row["billed_tokens"], row["saved_tokens"]) == (14, 3 * 20 + 7)
+    assert team_items(team.id, "text", "hit") == 3
+    assert team_items(team.id, "text", "miss") == 2
+    assert team_items(team.id, "image", "hit") == 4  # URLs counted with images, as in usage
+
+
+async def test_texts_per_minute_refuses_text_requests_with_its_headers() -> None:
+    ledger = MemoryLedger()
+    clock = [1_800_000_000.0]
+    accounts = Accounts(ledger, UsageBuffer(ledger), TokenEstimator(1), clock=lambda: clock[0])
+    team = Team("tpm", "T", Limits(texts_per_minute=3), count_hits=False)
+    lookup, _ = one_input(False, "text")
+    for _ in range(3):
+        await accounts.settle(await accounts.reserve(team, lookup), None, 0)
+    with pytest.raises(QuotaExceeded) as refused:
+        await accounts.reserve(team, lookup)
+    assert refused.value.loc == ("limits", "texts_per_minute")
+    assert refused.value.headers["X-RateLimit-Remaining"] == "0"
+    hit_lookup, hit = one_input(True, "text")
+    assert hit is not None
+    await accounts.admit_answered(team, hit_lookup, hit)  # hits do not count for this team
+    await accounts.flush()
+    [row] = await ledger.usage(team.id, [AT.day])
+    assert (row["upstream_errors"], row["rejected"], row["texts"]) == (3, 1, 1)
 
 
 # ---- learning what an item costs -----------------------------------------------------------

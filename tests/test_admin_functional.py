@@ -12,7 +12,7 @@ from tests.conftest import ADMIN, gateway_settings
 from tests.fake_nomic import FakeNomic
 
 Client = TestClient[Any, Any]
-LIMITS = {"requests_per_minute": 600, "images_per_minute": 6000,
+LIMITS = {"requests_per_minute": 600, "images_per_minute": 6000, "texts_per_minute": 20000,
           "tokens_per_day": 1000000, "tokens_per_month": 20000000}  # fmt: skip
 
 
@@ -50,7 +50,8 @@ async def test_team_lifecycle(gateway: Client) -> None:
     partial = await call(gateway, "POST", "/admin/teams", 201,
                          {"id": "ml", "name": "ML", "limits": {"tokens_per_day": 5}})  # fmt: skip
     assert partial["limits"] == {"requests_per_minute": None, "images_per_minute": None,
-                                 "tokens_per_day": 5, "tokens_per_month": None}  # fmt: skip
+                                 "texts_per_minute": None, "tokens_per_day": 5,
+                                 "tokens_per_month": None}  # fmt: skip
 
     listed = await call(gateway, "GET", "/admin/teams", 200)
     assert [team["id"] for team in listed["teams"]] == ["ml", "research", "test"]
@@ -60,6 +61,12 @@ async def test_team_lifecycle(gateway: Client) -> None:
                          {"limits": {"tokens_per_day": None, "requests_per_minute": 10},
                           "count_hits": False})  # fmt: skip
     assert updated["limits"] == {**LIMITS, "tokens_per_day": None, "requests_per_minute": 10}
+    texts = await call(gateway, "PATCH", "/admin/teams/research", 200,
+                       {"limits": {"texts_per_minute": 50}})  # fmt: skip
+    assert texts["limits"] == {**updated["limits"], "texts_per_minute": 50}
+    unlimited = await call(gateway, "PATCH", "/admin/teams/research", 200,
+                           {"limits": {"texts_per_minute": None}})  # fmt: skip
+    assert unlimited["limits"]["texts_per_minute"] is None
     assert updated["count_hits"] is False
     assert updated["name"] == "Research"
 
@@ -78,7 +85,10 @@ async def test_team_lifecycle(gateway: Client) -> None:
         ({"id": "x", "limits": {"tokens_per_day": 1.5}}, "tokens_per_day"),
         ({"id": "x", "limits": {"tokens_per_day": True}}, "tokens_per_day"),
         ({"id": "x", "limits": {"tokens_per_day": 10**20}}, "from 0 to 9007199254740992"),
+        ({"id": "x", "limits": {"texts_per_minute": -1}}, "limits.texts_per_minute must be"),
+        ({"id": "x", "limits": {"texts_per_minute": "10"}}, "limits.texts_per_minute must be"),
         ({"id": "x", "limits": {"per_year": 1}}, "unknown limit"),
+        ({"id": "x", "limits": {"texts_per_hour": 1}}, "images_per_minute, texts_per_minute"),
         ({"id": "x", "limits": []}, "limits must be an object"),
         ({"id": "x", "count_hits": "yes"}, "count_hits"),
         ({"id": "x", "colour": "red"}, "unknown field"),
@@ -144,8 +154,8 @@ async def test_usage_of_every_team(gateway: Client) -> None:
     rows = (await call(gateway, "GET", "/admin/usage", 200))["usage"]
     assert len(rows) == 1
     row = rows[0]
-    assert {k: row[k] for k in ("team", "requests", "images", "hits", "misses")} == {
-        "team": "test", "requests": 1, "images": 2, "hits": 1, "misses": 1}  # fmt: skip
+    assert {k: row[k] for k in ("team", "requests", "images", "texts", "hits", "misses")} == {
+        "team": "test", "requests": 1, "images": 2, "texts": 0, "hits": 1, "misses": 1}  # fmt: skip
     assert set(row) >= {"day", "billed_tokens", "saved_tokens", "upstream_errors", "rejected"}
 
 
@@ -178,12 +188,19 @@ async def run_cli(gateway: Client, *args: str) -> tuple[int, str, str]:
 
 
 async def test_the_cli_drives_teams_and_keys(gateway: Client) -> None:
+    import csv
+    import io
     import json
 
     code, out, _ = await run_cli(gateway, "teams", "create", "cli", "--name", "CLI",
-                                 "--tokens-per-day", "1_000", "--count-hits", "no")  # fmt: skip
+                                 "--tokens-per-day", "1_000", "--texts-per-minute", "3_000",
+                                 "--count-hits", "no")  # fmt: skip
     assert code == 0
-    assert "cli" in out.splitlines()[1]
+    header, row = out.splitlines()
+    assert "cli" in row
+    columns = dict(zip(header.split(), row.split(), strict=True))
+    assert (columns["texts_per_minute"], columns["tokens_per_day"]) == ("3000", "1000")
+    assert columns["images_per_minute"] == "-"
     code, out, _ = await run_cli(gateway, "keys", "create", "cli", "--json")
     [made] = json.loads(out)
     assert made["key"].startswith("nk-")
@@ -194,6 +211,15 @@ async def test_the_cli_drives_teams_and_keys(gateway: Client) -> None:
     [shown] = json.loads(out)
     assert (shown["limits"]["tokens_per_day"], shown["count_hits"]) == (None, False)
     assert shown["private_cache"] is True
+    assert shown["limits"]["texts_per_minute"] == 3000  # left as it was
+    code, out, _ = await run_cli(gateway, "teams", "update", "cli", "--texts-per-minute", "none",
+                                 "--csv")  # fmt: skip
+    assert code == 0
+    [updated] = csv.DictReader(io.StringIO(out))
+    assert (updated["texts_per_minute"], updated["count_hits"]) == ("", "False")
+    code, _, err = await run_cli(gateway, "teams", "update", "cli", "--texts-per-minute", "lots")
+    assert code == 1
+    assert err.strip() == "nomic-gateway: --texts-per-minute takes a whole number or none"
     code, out, _ = await run_cli(gateway, "keys", "revoke", "cli", made["id"])
     assert code == 0
     code, out, _ = await run_cli(gateway, "keys", "list", "cli", "--csv")

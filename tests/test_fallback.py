@@ -60,7 +60,7 @@ async def test_while_redis_is_down_each_limit_holds_in_the_process(
     _, _, ledger = ledgers(unreachable, fail_open=True)
     errors_before = admit_errors()
     limited = team(requests_per_minute=2)
-    decisions = [await ledger.admit(limited, Demand(1, 1, 0), AT, {}, f"r{i}") for i in range(3)]
+    decisions = [await ledger.admit(limited, Demand(1, 1, 0, 0), AT, {}, f"r{i}") for i in range(3)]
     assert [decision.allowed for decision in decisions] == [True, True, False]
     assert decisions[2].limit == "requests_per_minute"
     assert admit_errors() == errors_before + 3
@@ -73,13 +73,13 @@ async def test_failing_closed_refuses_and_releases_what_an_admit_that_ran_reserv
     shared, buffer, ledger = ledgers(restartable, fail_open=False)
     capped = team(tokens_per_day=100)
     # An admit that ran in Redis, but whose answer never came back: Redis went away.
-    assert (await shared.admit(capped, Demand(1, 1, 60), AT, {}, "lost")).allowed
+    assert (await shared.admit(capped, Demand(1, 1, 0, 60), AT, {}, "lost")).allowed
     outage_redis.stop()
     with pytest.raises(StoreError):
-        await ledger.admit(capped, Demand(1, 1, 60), AT, {}, "lost")
+        await ledger.admit(capped, Demand(1, 1, 0, 60), AT, {}, "lost")
     outage_redis.start()
     await buffer.flush()
-    assert (await shared.admit(capped, Demand(1, 1, 100), AT, {}, "all")).allowed  # released
+    assert (await shared.admit(capped, Demand(1, 1, 0, 100), AT, {}, "all")).allowed  # released
 
 
 async def test_failing_open_writes_every_settle_once_when_redis_is_back(
@@ -87,11 +87,11 @@ async def test_failing_open_writes_every_settle_once_when_redis_is_back(
 ) -> None:
     shared, buffer, ledger = ledgers(restartable, fail_open=True)
     capped = team(tokens_per_day=1000)
-    assert (await ledger.admit(capped, Demand(1, 1, 50), AT, {}, "before")).allowed  # by Redis
-    assert (await shared.admit(capped, Demand(1, 1, 60), AT, {}, "ran")).allowed  # answer lost
+    assert (await ledger.admit(capped, Demand(1, 1, 0, 50), AT, {}, "before")).allowed  # by Redis
+    assert (await shared.admit(capped, Demand(1, 1, 0, 60), AT, {}, "ran")).allowed  # answer lost
     outage_redis.stop()
-    assert (await ledger.admit(capped, Demand(1, 1, 60), AT, {}, "ran")).allowed  # by the process
-    assert (await ledger.admit(capped, Demand(1, 1, 0), AT, HIT, "hit")).allowed
+    assert (await ledger.admit(capped, Demand(1, 1, 0, 60), AT, {}, "ran")).allowed  # locally
+    assert (await ledger.admit(capped, Demand(1, 1, 0, 0), AT, HIT, "hit")).allowed
     await ledger.settle("t1", AT.day, AT.month, "before", 40, MISS)
     await ledger.settle("t1", AT.day, AT.month, "ran", 45, MISS)
     outage_redis.start()
@@ -100,5 +100,5 @@ async def test_failing_open_writes_every_settle_once_when_redis_is_back(
     [row] = await shared.usage("t1", [AT.day])
     assert (row["requests"], row["misses"], row["hits"], row["billed_tokens"]) == (3, 2, 1, 85)
     # Both reservations made in Redis were released: all that is left of the day is unbilled.
-    assert (await shared.admit(capped, Demand(1, 1, 1000 - 85), AT, {}, "rest")).allowed
-    assert not (await shared.admit(capped, Demand(1, 1, 1), AT, {}, "more")).allowed
+    assert (await shared.admit(capped, Demand(1, 1, 0, 1000 - 85), AT, {}, "rest")).allowed
+    assert not (await shared.admit(capped, Demand(1, 1, 0, 1), AT, {}, "more")).allowed

@@ -102,7 +102,8 @@ async def test_metrics_need_their_token_when_one_is_set(make_gateway: GatewayFac
         assert token not in body
     allowed = await gateway.get("/metrics", headers={"Authorization": f"Bearer {token}"})
     assert allowed.status == 200
-    assert 'gateway_team_items_total{outcome="miss",team="test"}' in await allowed.text()
+    team_items = 'gateway_team_items_total{kind="image",outcome="miss",team="test"}'
+    assert team_items in await allowed.text()
 
 
 @pytest.mark.parametrize("variable", ["GATEWAY_ADMIN_TOKEN", "GATEWAY_METRICS_TOKEN"])

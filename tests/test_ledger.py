@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from collections.abc import AsyncIterator
 
 import pytest
@@ -14,7 +15,7 @@ from gateway.quota import Demand
 from gateway.store import RedisBackend
 from gateway.store.base import Ledger
 from gateway.store.memory_ledger import MemoryLedger
-from gateway.store.redis_ledger import DAY_TTL, RedisLedger, team_key
+from gateway.store.redis_ledger import DAY_TTL, MINUTE_TTL, RedisLedger, team_key
 from gateway.teams import KeyRecord, Limits, Team
 from tests.conftest import open_redis_backend
 
@@ -40,13 +41,31 @@ async def test_teams(ledger: Ledger) -> None:
     assert await ledger.create_team(team())
     assert not await ledger.create_team(team())
     assert await ledger.get_team("t1") == team()
-    changed = dataclasses.replace(team(), name="Renamed", limits=Limits(tokens_per_day=3))
+    changed = dataclasses.replace(
+        team(), name="Renamed", limits=Limits(texts_per_minute=7, tokens_per_day=3)
+    )
     await ledger.update_team(changed)
     assert await ledger.list_teams() == [changed]
     assert await ledger.delete_team("t1")
     assert not await ledger.delete_team("t1")
     assert await ledger.get_team("t1") is None
     assert await ledger.list_teams() == []
+
+
+async def test_a_team_stored_before_texts_per_minute_existed_has_no_texts_limit(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    limits = {"requests_per_minute": 5, "images_per_minute": 9, "tokens_per_day": None,
+              "tokens_per_month": None}  # fmt: skip
+    stored = {"id": "old", "name": "Old", "limits": limits, "count_hits": True,
+              "private_cache": False, "created": NOW}  # fmt: skip
+    redis_client.set(team_key("old", "team"), json.dumps(stored))
+    backend = RedisBackend(redis_url)
+    found = await RedisLedger(backend).get_team("old")
+    await backend.close()
+    assert found is not None
+    assert found.limits == Limits(requests_per_minute=5, images_per_minute=9)
+    assert found.limits.texts_per_minute is None
 
 
 async def test_keys_and_last_use(ledger: Ledger) -> None:
@@ -65,33 +84,62 @@ async def test_keys_and_last_use(ledger: Ledger) -> None:
 
 async def test_admit_reserve_settle_and_usage(ledger: Ledger) -> None:
     capped = team(tokens_per_day=100)
-    assert (await ledger.admit(capped, Demand(1, 2, 60), AT, {}, "r1")).allowed
-    refused = await ledger.admit(capped, Demand(1, 1, 50), AT, {}, "r2")
+    assert (await ledger.admit(capped, Demand(1, 2, 0, 60), AT, {}, "r1")).allowed
+    refused = await ledger.admit(capped, Demand(1, 1, 0, 50), AT, {}, "r2")
     assert (refused.allowed, refused.limit, refused.remaining) == (False, "tokens_per_day", 40)
     usage = {"requests": 1, "images": 2, "misses": 2}
     await ledger.settle("t1", AT.day, AT.month, "r1", 45, usage)
     await ledger.settle("t1", AT.day, AT.month, "r1", 45, usage)  # a retry: no effect
-    assert (await ledger.admit(capped, Demand(1, 1, 50), AT, {}, "r3")).allowed  # 45 + 50
+    assert (await ledger.admit(capped, Demand(1, 1, 0, 50), AT, {}, "r3")).allowed  # 45 + 50
     hits = {"requests": 1, "images": 3, "hits": 3, "saved_tokens": 30}
-    assert (await ledger.admit(capped, Demand(1, 3, 0), AT, hits, "r4")).allowed
+    assert (await ledger.admit(capped, Demand(1, 3, 0, 0), AT, hits, "r4")).allowed
+    texts = {"requests": 1, "texts": 4, "hits": 4, "saved_tokens": 8}
+    assert (await ledger.admit(capped, Demand(1, 0, 4, 0), AT, texts, "r5")).allowed
     [row] = await ledger.usage("t1", [AT.day])
-    assert row == {"requests": 2, "images": 5, "hits": 3, "misses": 2, "billed_tokens": 45,
-                   "saved_tokens": 30, "upstream_errors": 0, "rejected": 1}  # fmt: skip
+    assert row == {"requests": 3, "images": 5, "texts": 4, "hits": 7, "misses": 2,
+                   "billed_tokens": 45, "saved_tokens": 38, "upstream_errors": 0,
+                   "rejected": 1}  # fmt: skip
     assert await ledger.usage("t1", ["2000-01-01"]) == [dict.fromkeys(quota.USAGE_FIELDS, 0)]
 
 
 async def test_minute_counters_start_again_each_minute(ledger: Ledger) -> None:
     limited = team(requests_per_minute=1)
-    assert (await ledger.admit(limited, Demand(1, 1, 0), AT, {}, "a")).allowed
-    assert not (await ledger.admit(limited, Demand(1, 1, 0), AT, {}, "b")).allowed
+    assert (await ledger.admit(limited, Demand(1, 1, 0, 0), AT, {}, "a")).allowed
+    assert not (await ledger.admit(limited, Demand(1, 1, 0, 0), AT, {}, "b")).allowed
     next_minute = quota.window(NOW + 60)
-    assert (await ledger.admit(limited, Demand(1, 1, 0), next_minute, {}, "c")).allowed
+    assert (await ledger.admit(limited, Demand(1, 1, 0, 0), next_minute, {}, "c")).allowed
+
+
+async def test_texts_per_minute_is_counted_apart_from_images_per_minute(ledger: Ledger) -> None:
+    limited = team(images_per_minute=5, texts_per_minute=3)
+    assert (await ledger.admit(limited, Demand(1, 0, 2, 0), AT, {}, "t1")).allowed
+    refused = await ledger.admit(limited, Demand(1, 0, 2, 0), AT, {}, "t2")
+    assert refused == quota.Decision(False, "texts_per_minute", 3, 1)
+    assert (await ledger.admit(limited, Demand(1, 5, 0, 0), AT, {}, "i1")).allowed  # images
+    refused = await ledger.admit(limited, Demand(1, 1, 0, 0), AT, {}, "i2")
+    assert refused == quota.Decision(False, "images_per_minute", 5, 0)
+    assert (await ledger.admit(limited, Demand(1, 0, 1, 0), AT, {}, "t3")).allowed  # the last
+    assert not (await ledger.admit(limited, Demand(1, 0, 1, 0), AT, {}, "t4")).allowed
+    next_minute = quota.window(NOW + 60)
+    assert (await ledger.admit(limited, Demand(1, 0, 3, 0), next_minute, {}, "t5")).allowed
+    [row] = await ledger.usage("t1", [AT.day])
+    assert row["rejected"] == 3
+
+
+async def test_concurrent_text_admits_never_pass_texts_per_minute(ledger: Ledger) -> None:
+    limited = team(texts_per_minute=100, requests_per_minute=1000)
+    decisions = await asyncio.gather(
+        *(ledger.admit(limited, Demand(1, 0, 3, 0), AT, {}, f"r{i}") for i in range(300))
+    )
+    assert sum(decision.allowed for decision in decisions) == 100 // 3
+    refused = [decision for decision in decisions if not decision.allowed]
+    assert {(d.limit, d.remaining) for d in refused} == {("texts_per_minute", 1)}
 
 
 async def test_concurrent_admits_never_pass_the_budget(ledger: Ledger) -> None:
     capped = team(tokens_per_day=1000, tokens_per_month=1000)
     decisions = await asyncio.gather(
-        *(ledger.admit(capped, Demand(1, 1, 7), AT, {}, f"r{i}") for i in range(300))
+        *(ledger.admit(capped, Demand(1, 1, 0, 7), AT, {}, f"r{i}") for i in range(300))
     )
     assert sum(decision.allowed for decision in decisions) == 1000 // 7
 
@@ -102,8 +150,8 @@ async def test_admits_made_together_are_decided_in_order_each_with_its_own_usage
     """On Redis these share script calls; each is decided as if made alone, in order."""
     limited = team(requests_per_minute=3, tokens_per_day=100)
     hits = {"requests": 1, "images": 1, "hits": 1, "saved_tokens": 10}
-    wants = [(Demand(1, 1, 0), hits), (Demand(1, 1, 40), {}), (Demand(1, 1, 0), hits),
-             (Demand(1, 1, 0), hits), (Demand(1, 1, 70), {})]  # fmt: skip
+    wants = [(Demand(1, 1, 0, 0), hits), (Demand(1, 1, 0, 40), {}), (Demand(1, 1, 0, 0), hits),
+             (Demand(1, 1, 0, 0), hits), (Demand(1, 1, 0, 70), {})]  # fmt: skip
     decisions = await asyncio.gather(
         *(ledger.admit(limited, want, AT, usage, f"b{i}") for i, (want, usage) in enumerate(wants))
     )
@@ -115,24 +163,43 @@ async def test_admits_made_together_are_decided_in_order_each_with_its_own_usage
     assert (row["requests"], row["hits"], row["saved_tokens"], row["rejected"]) == (3, 2, 20, 2)
     assert row["billed_tokens"] == 35
     fresh = quota.window(NOW + 60)  # the reservation of b1 was released: 65 tokens are left
-    assert (await ledger.admit(limited, Demand(1, 1, 65), fresh, {}, "c")).allowed
-    assert not (await ledger.admit(limited, Demand(1, 1, 1), fresh, {}, "d")).allowed
+    assert (await ledger.admit(limited, Demand(1, 1, 0, 65), fresh, {}, "c")).allowed
+    assert not (await ledger.admit(limited, Demand(1, 1, 0, 1), fresh, {}, "d")).allowed
+
+
+async def test_image_and_text_admits_made_together_each_count_toward_their_own_limit(
+    ledger: Ledger,
+) -> None:
+    limited = team(images_per_minute=2, texts_per_minute=2)
+    image_hit = {"requests": 1, "images": 1, "hits": 1}
+    text_hits = {"requests": 1, "texts": 2, "hits": 2}
+    wants = [(Demand(1, 1, 0, 0), image_hit), (Demand(1, 0, 2, 0), text_hits),
+             (Demand(1, 0, 1, 0), {}), (Demand(1, 1, 0, 0), image_hit),
+             (Demand(1, 1, 0, 0), image_hit)]  # fmt: skip
+    decisions = await asyncio.gather(
+        *(ledger.admit(limited, want, AT, usage, f"m{i}") for i, (want, usage) in enumerate(wants))
+    )
+    assert [d.allowed for d in decisions] == [True, True, False, True, False]
+    assert (decisions[2].limit, decisions[4].limit) == ("texts_per_minute", "images_per_minute")
+    [row] = await ledger.usage("t1", [AT.day])
+    assert (row["requests"], row["images"], row["texts"], row["hits"]) == (3, 2, 2, 4)
+    assert row["rejected"] == 2
 
 
 async def test_settles_made_together_each_apply_once(ledger: Ledger) -> None:
     """On Redis these share script calls; a settle repeated in the same batch is a no-op."""
     capped = team(tokens_per_day=100)
     for i in range(3):
-        assert (await ledger.admit(capped, Demand(1, 1, 30), AT, {}, f"s{i}")).allowed
-    assert not (await ledger.admit(capped, Demand(1, 1, 30), AT, {}, "over")).allowed
+        assert (await ledger.admit(capped, Demand(1, 1, 0, 30), AT, {}, f"s{i}")).allowed
+    assert not (await ledger.admit(capped, Demand(1, 1, 0, 30), AT, {}, "over")).allowed
     usage = {"requests": 1, "misses": 1}
     await asyncio.gather(
         *(ledger.settle("t1", AT.day, AT.month, f"s{i}", 20, usage) for i in (0, 1, 2, 1, 0))
     )
     [row] = await ledger.usage("t1", [AT.day])
     assert (row["requests"], row["misses"], row["billed_tokens"]) == (3, 3, 60)
-    assert (await ledger.admit(capped, Demand(1, 1, 40), AT, {}, "fits")).allowed  # 60 + 40
-    assert not (await ledger.admit(capped, Demand(1, 1, 1), AT, {}, "full")).allowed
+    assert (await ledger.admit(capped, Demand(1, 1, 0, 40), AT, {}, "fits")).allowed  # 60 + 40
+    assert not (await ledger.admit(capped, Demand(1, 1, 0, 1), AT, {}, "full")).allowed
 
 
 async def test_redis_usage_is_kept_at_least_400_days(
@@ -146,13 +213,29 @@ async def test_redis_usage_is_kept_at_least_400_days(
     assert 400 * 86400 < ttl <= DAY_TTL
 
 
+async def test_redis_counts_texts_per_minute_under_the_teams_hash_tag(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    backend = RedisBackend(redis_url)
+    ledger = RedisLedger(backend)
+    limited = team(texts_per_minute=10)
+    assert (await ledger.admit(limited, Demand(1, 2, 0, 0), AT, {}, "images")).allowed
+    assert (await ledger.admit(limited, Demand(1, 0, 7, 0), AT, {}, "texts")).allowed
+    await backend.close()
+    counter = team_key("t1", f"textpm:{AT.minute}")
+    assert counter == f"ng:v1:{{t:t1}}:textpm:{AT.minute}"
+    assert int(redis_client.get(counter) or 0) == 7
+    assert int(redis_client.get(team_key("t1", f"ipm:{AT.minute}")) or 0) == 2
+    assert 0 < redis_client.ttl(counter) <= MINUTE_TTL
+
+
 async def test_settling_a_request_that_was_never_admitted_releases_nothing(ledger: Ledger) -> None:
     capped = team(tokens_per_day=10)
-    assert (await ledger.admit(capped, Demand(1, 1, 10), AT, {}, "held")).allowed
+    assert (await ledger.admit(capped, Demand(1, 1, 0, 10), AT, {}, "held")).allowed
     await ledger.settle("t1", AT.day, AT.month, "never-admitted", 0, {"upstream_errors": 1})
-    assert not (await ledger.admit(capped, Demand(1, 1, 1), AT, {}, "more")).allowed
+    assert not (await ledger.admit(capped, Demand(1, 1, 0, 1), AT, {}, "more")).allowed
     await ledger.settle("t1", AT.day, AT.month, "held", 0, {})
-    assert (await ledger.admit(capped, Demand(1, 1, 10), AT, {}, "again")).allowed
+    assert (await ledger.admit(capped, Demand(1, 1, 0, 10), AT, {}, "again")).allowed
 
 
 async def test_a_key_only_ever_narrows(ledger: Ledger) -> None:

@@ -11,6 +11,7 @@ import asyncio
 import io
 import json
 import logging
+import math
 import re
 import shutil
 import subprocess
@@ -79,6 +80,20 @@ def test_alert_rules_and_scrape_config_pass_promtool() -> None:
     alerts = {rule.get("alert") for rule in rules()}
     assert {"NomicGatewayUpstreamErrors", "NomicGatewayBreakerOpen", "NomicGatewayStoreErrors",
             "NomicGatewayTeamNearDailyBudget", "NomicGatewayHitRatioFalling"} <= alerts  # fmt: skip
+
+
+def test_every_dashboard_query_parses(tmp_path: Path) -> None:
+    """promtool parses each panel's query, as a recording rule of a file of its own."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: the README's test command installs it (prometheus)"
+    queries = [t["expr"] for p in dashboard()["panels"] for t in p["targets"]]
+    recorded = [{"record": f"dashboard:query_{i}", "expr": q} for i, q in enumerate(queries)]
+    path = tmp_path / "dashboard-rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": recorded}]}))
+    result = subprocess.run(
+        [promtool, "check", "rules", str(path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def k8s() -> dict[str, dict[str, Any]]:
@@ -169,32 +184,50 @@ def test_compose_wires_prometheus_alertmanager_and_grafana_to_the_gateway() -> N
     assert panels_uid == {datasource["datasources"][0]["uid"]}
 
 
-def sample(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in the Prometheus text format (0 if absent)."""
+def samples(text: str, name: str, labels: dict[str, str]) -> Iterator[float]:
+    """The values of the samples of ``name`` in the Prometheus text format that have
+    ``labels`` (and any others)."""
     for line in text.splitlines():
         if line.startswith(name + "{") or line.startswith(name + " "):
             found = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
             if all(found.get(k) == v for k, v in labels.items()):
-                return float(line.rsplit(" ", 1)[1])
-    return 0.0
+                yield float(line.rsplit(" ", 1)[1])
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The value of one sample (the first that matches; 0 if none)."""
+    return next(samples(text, name, labels), 0.0)
+
+
+def total(text: str, name: str, **labels: str) -> float:
+    """The sum of every sample that matches (of every model, say)."""
+    return sum(samples(text, name, labels))
 
 
 async def test_metrics_per_team_equal_the_usage_api(gateway: Client, fake_nomic: FakeNomic) -> None:
     team = f"ops{time.time_ns()}"  # metrics live as long as the test process: a fresh team
-    headers = await team_headers(gateway, team)
+    headers = await team_headers(gateway, team, limits={"texts_per_minute": 40})
     for images in ([png(1), png(2)], [png(1), png(3), png(3)], [png(2)]):
         response = await gateway.post(
             "/v1/embedding/image", data=image_form(images), headers=headers
         )
         assert response.status == 200
+    for texts in (["one text", "two texts here"], ["one text", "a third", "a third"]):
+        response = await gateway.post("/v1/embedding/text", json={"texts": texts}, headers=headers)
+        assert response.status == 200
     [usage] = (await admin_get(gateway, f"/admin/usage?team={team}"))["usage"]
     text = await (await gateway.get("/metrics")).text()
-    assert sample(text, "gateway_team_items_total", team=team, outcome="hit") == usage["hits"]
-    assert sample(text, "gateway_team_items_total", team=team, outcome="miss") == usage["misses"]
-    billed = sample(text, "gateway_billed_tokens_total", team=team)
-    saved = sample(text, "gateway_saved_tokens_total", team=team)
+    for kind, inputs in (("image", "images"), ("text", "texts")):
+        assert total(text, "gateway_team_items_total", team=team, kind=kind) == usage[inputs]
+    for outcome, field in (("hit", "hits"), ("miss", "misses")):
+        assert total(text, "gateway_team_items_total", team=team, outcome=outcome) == usage[field]
+    billed = total(text, "gateway_billed_tokens_total", team=team)
+    saved = total(text, "gateway_saved_tokens_total", team=team)
     assert (billed, saved) == (usage["billed_tokens"], usage["saved_tokens"])
-    assert (usage["hits"], usage["misses"]) == (3, 3)
+    assert total(text, "gateway_billed_tokens_total", team=team, model="nomic-embed-text-v1") > 0
+    assert (usage["hits"], usage["misses"], usage["images"], usage["texts"]) == (5, 6, 6, 5)
+    assert sample(text, "gateway_team_limit", team=team, limit="texts_per_minute") == 40
+    assert sample(text, "gateway_team_limit", team=team, limit="images_per_minute") == math.inf
 
 
 async def test_one_json_log_line_per_request_without_secrets(

@@ -37,42 +37,76 @@ def team(count_hits: bool = True, **limits: int | None) -> Team:
 
 
 def test_demand_counts_hits_only_when_the_team_says_so() -> None:
-    assert quota.demand(team(), 10, 7, 2, 5) == Demand(1, 10, 10)
-    assert quota.demand(team(count_hits=False), 10, 7, 2, 5) == Demand(1, 3, 10)
-    assert quota.demand(team(count_hits=False), 4, 4, 0, 5) == Demand(0, 0, 0)
+    assert quota.demand(team(), "image", 10, 7, 2, 5) == Demand(1, 10, 0, 10)
+    assert quota.demand(team(count_hits=False), "image", 10, 7, 2, 5) == Demand(1, 3, 0, 10)
+    assert quota.demand(team(count_hits=False), "image", 4, 4, 0, 5) == Demand(0, 0, 0, 0)
+
+
+def test_demand_counts_images_and_urls_as_images_and_texts_as_texts() -> None:
+    assert quota.demand(team(), "url", 4, 1, 3, 5) == Demand(1, 4, 0, 15)
+    assert quota.demand(team(), "text", 10, 7, 2, 5) == Demand(1, 0, 10, 10)
+    assert quota.demand(team(count_hits=False), "text", 10, 7, 2, 5) == Demand(1, 0, 3, 10)
+    assert quota.demand(team(count_hits=False), "text", 4, 4, 0, 5) == Demand(0, 0, 0, 0)
+    assert quota.demand(team(), "text", 0, 0, 0, 5) == Demand(0, 0, 0, 0)  # texts: []
+
+
+def test_each_kind_counts_toward_requests_and_its_own_per_minute_limit() -> None:
+    assert quota.minute_limits("image") == ("requests_per_minute", "images_per_minute")
+    assert quota.minute_limits("url") == ("requests_per_minute", "images_per_minute")
+    assert quota.minute_limits("text") == ("requests_per_minute", "texts_per_minute")
 
 
 @pytest.mark.parametrize(
     ("limits", "want", "counts", "budgets", "decision"),
     [
-        ({}, Demand(1, 5, 50), (10**6, 10**6), (10**9, 10**9), Decision(True)),
-        ({"requests_per_minute": 3}, Demand(1, 1, 0), (2, 0), (0, 0), Decision(True)),
-        ({"requests_per_minute": 3}, Demand(1, 1, 0), (3, 0), (0, 0),
+        ({}, Demand(1, 5, 0, 50), (10**6, 10**6, 0), (10**9, 10**9), Decision(True)),
+        ({"requests_per_minute": 3}, Demand(1, 1, 0, 0), (2, 0, 0), (0, 0), Decision(True)),
+        ({"requests_per_minute": 3}, Demand(1, 1, 0, 0), (3, 0, 0), (0, 0),
          Decision(False, "requests_per_minute", 3, 0)),
-        ({"requests_per_minute": 3}, Demand(0, 0, 0), (3, 0), (0, 0), Decision(True)),
-        ({"images_per_minute": 5}, Demand(1, 3, 0), (0, 3), (0, 0),
+        ({"requests_per_minute": 3}, Demand(0, 0, 0, 0), (3, 0, 0), (0, 0), Decision(True)),
+        ({"images_per_minute": 5}, Demand(1, 3, 0, 0), (0, 3, 0), (0, 0),
          Decision(False, "images_per_minute", 5, 2)),
-        ({"tokens_per_day": 100}, Demand(1, 1, 10), (0, 0), (90, 0), Decision(True)),
-        ({"tokens_per_day": 100}, Demand(1, 1, 10), (0, 0), (91, 0),
+        ({"texts_per_minute": 5}, Demand(1, 0, 3, 0), (0, 3, 3), (0, 0),
+         Decision(False, "texts_per_minute", 5, 2)),
+        ({"texts_per_minute": 5}, Demand(1, 0, 2, 0), (0, 3, 3), (0, 0), Decision(True)),
+        ({"texts_per_minute": 5}, Demand(1, 9, 0, 0), (0, 3, 5), (0, 0), Decision(True)),
+        ({"images_per_minute": 5}, Demand(1, 0, 9, 0), (0, 5, 0), (0, 0), Decision(True)),
+        ({"images_per_minute": 5, "texts_per_minute": 5}, Demand(1, 0, 1, 0), (0, 9, 5),
+         (0, 0), Decision(False, "texts_per_minute", 5, 0)),
+        ({"tokens_per_day": 100}, Demand(1, 1, 0, 10), (0, 0, 0), (90, 0), Decision(True)),
+        ({"tokens_per_day": 100}, Demand(1, 1, 0, 10), (0, 0, 0), (91, 0),
          Decision(False, "tokens_per_day", 100, 9)),
-        ({"tokens_per_day": 100}, Demand(1, 1, 0), (0, 0), (500, 0), Decision(True)),
-        ({"tokens_per_month": 0}, Demand(1, 1, 1), (0, 0), (0, 0),
+        ({"tokens_per_day": 100}, Demand(1, 1, 0, 0), (0, 0, 0), (500, 0), Decision(True)),
+        ({"tokens_per_month": 0}, Demand(1, 1, 0, 1), (0, 0, 0), (0, 0),
          Decision(False, "tokens_per_month", 0, 0)),
     ],
 )  # fmt: skip
 def test_decide(
-    limits: dict[str, int], want: Demand, counts: tuple[int, int], budgets: tuple[int, int],
+    limits: dict[str, int], want: Demand, counts: tuple[int, int, int], budgets: tuple[int, int],
     decision: Decision,
 ) -> None:  # fmt: skip
     assert quota.decide(team(**limits), want, counts, budgets) == decision
 
 
 def test_applies_only_when_a_limit_bears_on_the_demand() -> None:
-    assert not quota.applies(team(), Demand(1, 5, 50))
-    assert not quota.applies(team(tokens_per_day=10), Demand(1, 5, 0))
-    assert quota.applies(team(tokens_per_day=10), Demand(1, 5, 1))
-    assert quota.applies(team(requests_per_minute=10), Demand(1, 5, 0))
-    assert not quota.applies(team(requests_per_minute=10), Demand(0, 0, 0))
+    assert not quota.applies(team(), Demand(1, 5, 0, 50))
+    assert not quota.applies(team(tokens_per_day=10), Demand(1, 5, 0, 0))
+    assert quota.applies(team(tokens_per_day=10), Demand(1, 5, 0, 1))
+    assert quota.applies(team(requests_per_minute=10), Demand(1, 5, 0, 0))
+    assert not quota.applies(team(requests_per_minute=10), Demand(0, 0, 0, 0))
+    assert quota.applies(team(texts_per_minute=10), Demand(1, 0, 2, 0))
+    assert not quota.applies(team(texts_per_minute=10), Demand(1, 2, 0, 0))
+    assert not quota.applies(team(images_per_minute=10), Demand(1, 0, 2, 0))
+
+
+def test_a_used_up_per_minute_limit_refuses_every_request_of_its_kind() -> None:
+    used_up = Decision(False, "texts_per_minute", 5, 0)
+    assert quota.refuses_every_request(team(texts_per_minute=5), used_up)
+    assert not quota.refuses_every_request(team(texts_per_minute=6), used_up)  # raised since
+    assert not quota.refuses_every_request(team(False, texts_per_minute=5), used_up)
+    assert not quota.refuses_every_request(
+        team(texts_per_minute=5), Decision(False, "texts_per_minute", 5, 2)
+    )
 
 
 def test_days_between() -> None:

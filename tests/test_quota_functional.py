@@ -28,6 +28,12 @@ async def post(
     return await client.post("/v1/embedding/image", data=image_form(images), headers=headers)
 
 
+async def post_texts(
+    client: Client, texts: list[str], headers: dict[str, str]
+) -> aiohttp.ClientResponse:
+    return await client.post("/v1/embedding/text", json={"texts": texts}, headers=headers)
+
+
 async def teach_nomics_price(client: Client) -> None:
     """One miss from the default team: the gateway learns what an image costs upstream."""
     assert (await client.post("/v1/embedding/image", data=image_form([png(99_999)]))).status == 200
@@ -123,6 +129,46 @@ async def test_images_per_minute(gateway: Client) -> None:
     assert (await post(gateway, [png(4), png(5)], team)).status == 200
 
 
+async def test_texts_per_minute_counts_texts_and_images_per_minute_images(
+    gateway: Client,
+) -> None:
+    await away_from_a_minute_boundary()
+    limits = {"texts_per_minute": 5, "images_per_minute": 2}
+    team = await team_headers(gateway, "tpm", limits=limits)
+    assert (await post_texts(gateway, ["a", "b", "c"], team)).status == 200
+    refused = await post_texts(gateway, ["d", "e", "f"], team)
+    assert refused.status == 429
+    assert refused.headers["X-RateLimit-Limit"] == "5"
+    assert refused.headers["X-RateLimit-Remaining"] == "2"
+    assert (await refused.json())["detail"][0]["loc"] == ["limits", "texts_per_minute"]
+    assert (await post_texts(gateway, ["d", "e"], team)).status == 200
+    assert (await post_texts(gateway, ["a"], team)).status == 429  # a hit counts too: used up
+    # Used up, texts are refused before their body is read: even a body that is not valid.
+    early = await gateway.post("/v1/embedding/text", json={"texts": 5}, headers=team)
+    assert early.status == 429
+    assert (await early.json())["detail"][0]["loc"] == ["limits", "texts_per_minute"]
+    assert (await post(gateway, [png(1), png(2)], team)).status == 200  # images: their own
+    assert (await post(gateway, [png(3)], team)).status == 429
+    usage = await usage_of(gateway, "tpm")
+    assert (usage["requests"], usage["texts"], usage["images"]) == (3, 5, 2)
+    assert (usage["hits"] + usage["misses"], usage["rejected"]) == (7, 4)
+
+
+async def test_hits_do_not_count_toward_texts_per_minute_when_the_team_says_so(
+    gateway: Client,
+) -> None:
+    await away_from_a_minute_boundary()
+    team = await team_headers(gateway, "tpm-free", limits={"texts_per_minute": 2},
+                              count_hits=False)  # fmt: skip
+    assert (await post_texts(gateway, ["x", "y"], team)).status == 200  # misses: counted
+    for _ in range(3):
+        hit = await post_texts(gateway, ["x", "y"], team)  # hits: free
+        assert (hit.status, hit.headers["X-Cache"]) == (200, "HIT")
+    assert (await post_texts(gateway, ["z"], team)).status == 429
+    usage = await usage_of(gateway, "tpm-free")
+    assert (usage["texts"], usage["hits"], usage["misses"], usage["rejected"]) == (8, 6, 2, 1)
+
+
 async def test_hits_do_not_count_toward_rate_limits_when_the_team_says_so(
     gateway: Client,
 ) -> None:
@@ -198,6 +244,7 @@ async def test_usage_cli_after_a_mixed_workload(gateway: Client, fake_nomic: Fak
     for team in ("alpha", "beta"):
         row = rows[team]
         assert row["hits"] + row["misses"] == row["images"] == images_sent[team]
+        assert row["texts"] == 0
         assert row["billed_tokens"] == billed[team] == TOKENS * row["misses"]
         assert row["saved_tokens"] == TOKENS * row["hits"]
     assert (rows["alpha"]["misses"], rows["beta"]["misses"]) == (4, 2)
@@ -207,6 +254,6 @@ async def test_usage_cli_after_a_mixed_workload(gateway: Client, fake_nomic: Fak
         env=env, stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     lines = (await table.communicate())[0].decode().splitlines()
-    assert lines[0].split()[:4] == ["team", "day", "requests", "images"]
+    assert lines[0].split()[:5] == ["team", "day", "requests", "images", "texts"]
     assert lines[1].split()[0] == "beta"
     assert len(lines) == 2

@@ -31,6 +31,7 @@ count_hits = false
 private_cache = true
 [teams.research.limits]
 requests_per_minute = 600
+texts_per_minute = 10_000
 tokens_per_day = 1_000_000
 [[teams.research.keys]]
 id = "ci"
@@ -42,7 +43,9 @@ sha256 = "{SHA}"
     assert research.team.name == "Research"
     assert research.team.count_hits is False
     assert (research.team.private_cache, declared[1].team.private_cache) == (True, False)
-    assert research.team.limits == Limits(requests_per_minute=600, tokens_per_day=1_000_000)
+    assert research.team.limits == Limits(
+        requests_per_minute=600, texts_per_minute=10_000, tokens_per_day=1_000_000
+    )
     assert research.keys == [("ci", SHA)]
     assert (ml.team.name, ml.team.limits, ml.keys) == ("ml", Limits(), [])
 
@@ -54,6 +57,8 @@ sha256 = "{SHA}"
         ("[teams.a]\ncolour = 1\n", "unknown field 'colour'"),
         ("[teams.a]\nprivate_cache = 1\n", "teams.a: private_cache must be true or false"),
         ("[teams.a.limits]\ntokens_per_day = -5\n", "teams.a: limits.tokens_per_day"),
+        ("[teams.a.limits]\ntexts_per_minute = 1.5\n", "teams.a: limits.texts_per_minute must"),
+        ("[teams.a.limits]\ntext_per_minute = 1\n", "unknown limit 'text_per_minute'"),
         ('[[teams.a.keys]]\nsha256 = "abc"\n', "teams.a.keys[0]: sha256"),
         ('[[teams.a.keys]]\nkey = "nk-secret"\n', "teams.a.keys[0] takes only"),
         ("[other]\n", "only [teams.<id>]"),
@@ -91,6 +96,23 @@ async def test_applying_creates_updates_and_never_unrevokes(tmp_path: Path) -> N
     again = await ledger.get_key(SHA)
     assert again is not None
     assert again.revoked == 1.0
+
+
+async def test_texts_per_minute_is_applied_and_reset_when_the_file_drops_it(
+    tmp_path: Path,
+) -> None:
+    ledger = MemoryLedger()
+    limits = "[teams.a.limits]\nimages_per_minute = 50\n"
+    await teams_file.apply(
+        teams_file.load(write(tmp_path, limits + "texts_per_minute = 70\n")), ledger
+    )
+    team = await ledger.get_team("a")
+    assert team is not None
+    assert (team.limits.images_per_minute, team.limits.texts_per_minute) == (50, 70)
+    await teams_file.apply(teams_file.load(write(tmp_path, limits)), ledger)
+    team = await ledger.get_team("a")
+    assert team is not None
+    assert (team.limits.images_per_minute, team.limits.texts_per_minute) == (50, None)
 
 
 async def test_a_key_of_another_team_is_refused(tmp_path: Path) -> None:

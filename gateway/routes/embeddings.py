@@ -29,31 +29,32 @@ from gateway.body_budget import Claim
 from gateway.errors import BodyTimeout, PayloadTooLarge
 from gateway.fetch import late_tokens
 from gateway.middlewares import LOG_FIELDS
-from gateway.models import TextOptions
+from gateway.models import Kind, TextOptions
 from gateway.pipeline import Answer, FetchFailed, assemble
 from gateway.teams import Team
 
 
 async def embed_image(request: web.Request) -> web.Response:
-    return await _serve(request, read_form)
+    return await _serve(request, read_form, "image")  # images or URLs: the same limits
 
 
 async def embed_text(request: web.Request) -> web.Response:
-    return await _serve(request, read_texts)
+    return await _serve(request, read_texts, "text")
 
 
 async def _serve(
     request: web.Request,
     read: Callable[[web.Request, Claim], Awaitable[forms.ParsedRequest]],
+    kind: Kind,
 ) -> web.Response:
-    """Judge the request before its body (key, limits, room for the body), ``read`` the body,
-    and answer it."""
+    """Judge the request before its body (key, the limits a request of ``kind`` counts
+    toward, room for the body), ``read`` the body, and answer it."""
     app = request.app
     deadline = time.monotonic() + app[SETTINGS].request_deadline_seconds
     team = await app[AUTH].team_for(request.headers.get("Authorization"))
     log = request[LOG_FIELDS]
     log["team"] = team.id
-    app[ACCOUNTS].refuse_early(team)
+    app[ACCOUNTS].refuse_early(team, kind)
     claim = app[BODY_BUDGET].claim(team.id)
     try:
         with claim:

@@ -24,7 +24,8 @@ class MemoryLedger:
         self._keys: dict[str, KeyRecord] = {}
         self._team_keys: dict[str, dict[str, str]] = {}
         self._last_used: dict[str, float] = {}
-        self._minutes: dict[str, tuple[int, int, int]] = {}  # team → minute, requests, images
+        # team → its minute, and the requests, images and texts counted in it
+        self._minutes: dict[str, tuple[int, tuple[int, int, int]]] = {}
         self._days: dict[tuple[str, str], Counter[str]] = {}
         self._months: dict[tuple[str, str], Counter[str]] = {}
         self._reserved: dict[str, int] = {}  # request id → tokens it reserved
@@ -79,20 +80,22 @@ class MemoryLedger:
     async def admit(
         self, team: Team, want: Demand, at: Window, usage: Mapping[str, int], request_id: str
     ) -> Decision:
-        minute, requests, images = self._minutes.get(team.id, (at.minute, 0, 0))
+        minute, counts = self._minutes.get(team.id, (at.minute, (0, 0, 0)))
         if minute != at.minute:
-            requests = images = 0
+            counts = (0, 0, 0)
         day = self._counts(self._days, team.id, at.day)
         month = self._counts(self._months, team.id, at.month)
         budgets = (
             day["billed_tokens"] + day["reserved_tokens"],
             month["billed_tokens"] + month["reserved_tokens"],
         )
-        decision = quota.decide(team, want, (requests, images), budgets)
+        decision = quota.decide(team, want, counts, budgets)
         if not decision.allowed:
             day["rejected"] += 1
             return decision
-        self._minutes[team.id] = (at.minute, requests + want.requests, images + want.images)
+        requests, images, texts = counts
+        counts = (requests + want.requests, images + want.images, texts + want.texts)
+        self._minutes[team.id] = (at.minute, counts)
         if want.reserve_tokens:
             day["reserved_tokens"] += want.reserve_tokens
             month["reserved_tokens"] += want.reserve_tokens

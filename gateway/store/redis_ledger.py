@@ -1,6 +1,10 @@
 """The Redis ledger: teams, keys, usage and quota counters shared by every replica.
 
-A team's keys share the hash tag ``{t:<id>}``, so each Lua script touches one hash slot.
+A team's keys share the hash tag ``{t:<id>}``, so each Lua script touches one hash slot:
+``ng:v1:{t:<id>}:`` followed by ``team``, ``keys``, ``last_used``; the per-minute counters
+``rpm:<minute>`` (requests), ``ipm:<minute>`` (images and URLs), ``textpm:<minute>`` (texts),
+minutes counted from the epoch; the usage and token hashes ``day:<YYYY-MM-DD>`` and
+``month:<YYYY-MM>``; each admitted request's ``reserved:<id>`` and ``settled:<id>``.
 Key records live under their hash (``ng:v1:key:<sha256>``) because a lookup starts from the
 key alone; writing one and its team's index are two commands, which only admin calls do.
 """
@@ -54,7 +58,7 @@ class _AdmitGroup(NamedTuple):
     minute: int
     day: str
     month: str
-    limits: tuple[int, int, int, int]
+    limits: tuple[int, int, int, int, int]
 
 
 class _Admission(NamedTuple):
@@ -173,6 +177,7 @@ class RedisLedger:
         keys = [
             team_key(team_id, f"rpm:{group.minute}"),
             team_key(team_id, f"ipm:{group.minute}"),
+            team_key(team_id, f"textpm:{group.minute}"),
             team_key(team_id, f"day:{group.day}"),
             team_key(team_id, f"month:{group.month}"),
         ]
@@ -186,8 +191,7 @@ class RedisLedger:
         answers = await self._call("admit", self._admit(keys=keys, args=args))
         return [
             Decision(True) if answer[0] == 1
-            else Decision(False, LIMIT_NAMES[int(answer[1]) - 1], int(answer[2]),  # type: ignore[arg-type]
-                          int(answer[3]))
+            else Decision(False, LIMIT_NAMES[int(answer[1]) - 1], int(answer[2]), int(answer[3]))
             for answer in answers
         ]  # fmt: skip
 

@@ -68,6 +68,7 @@ TEAMS = f"""
 [teams.bench.limits]
 requests_per_minute = 1_000_000_000
 images_per_minute = 1_000_000_000
+texts_per_minute = 1_000_000_000
 tokens_per_day = 1_000_000_000_000
 tokens_per_month = 1_000_000_000_000
 [[teams.bench.keys]]
