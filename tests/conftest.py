@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
 import shutil
@@ -282,6 +283,20 @@ def all_keys(client: redis.Redis | redis.RedisCluster, pattern: str) -> list[byt
     if isinstance(client, redis.RedisCluster):
         return list(client.keys(pattern, target_nodes=redis.RedisCluster.PRIMARIES))
     return list(client.keys(pattern))
+
+
+async def stored_keys(
+    client: redis.Redis | redis.RedisCluster, pattern: str, count: int, seconds: float = 5.0
+) -> list[bytes]:
+    """The keys matching ``pattern`` once there are ``count`` of them (or after ``seconds``):
+    entries are stored just after the answer goes out."""
+    keys = all_keys(client, pattern)
+    for _ in range(round(seconds / 0.02)):
+        if len(keys) >= count:
+            break
+        await asyncio.sleep(0.02)
+        keys = all_keys(client, pattern)
+    return keys
 
 
 def open_redis_backend(url: str, **kwargs: Any) -> RedisBackend:

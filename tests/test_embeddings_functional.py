@@ -10,7 +10,7 @@ import orjson
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
-from tests.conftest import GatewayFactory, all_keys, sync_client
+from tests.conftest import GatewayFactory, stored_keys, sync_client
 from tests.fake_nomic import FakeNomic, png
 from tests.helpers import image_form, post_images, post_urls
 
@@ -123,11 +123,7 @@ async def test_urls_are_cached_with_their_ttl(
     assert fake_nomic.items_received == [url.encode() for url in urls]
     if store_url is not None:
         client = sync_client(store_url)
-        for _ in range(100):  # entries are stored just after the answer goes out
-            ttls = [client.ttl(key) for key in all_keys(client, "ng:v2:emb:*")]
-            if len(ttls) == 2:
-                break
-            await asyncio.sleep(0.02)
+        ttls = [client.ttl(key) for key in await stored_keys(client, "ng:v2:emb:*", 2)]
         client.close()
         assert len(ttls) == 2
         assert all(4100 < ttl <= 4200 for ttl in ttls)  # kept a grace period past the TTL
@@ -137,7 +133,7 @@ async def test_image_entries_do_not_expire_on_redis(gateway: Client, store_url: 
     assert (await post_images(gateway, [png(1)])).status == 200
     if store_url is not None:
         client = sync_client(store_url)
-        assert [client.ttl(key) for key in all_keys(client, "ng:v2:emb:*")] == [-1]
+        assert [client.ttl(key) for key in await stored_keys(client, "ng:v2:emb:*", 1)] == [-1]
         client.close()
 
 

@@ -8,7 +8,7 @@ import redis
 
 from gateway.entries import Entry
 from gateway.hot import ENTRY_OVERHEAD, HotCache
-from tests.conftest import GatewayFactory
+from tests.conftest import GatewayFactory, stored_keys
 from tests.fake_nomic import png
 from tests.helpers import post_images
 
@@ -46,7 +46,8 @@ async def test_hot_answers_need_no_redis(
     cold = await make_redis_gateway(redis_timeout_seconds=0.05, hot_cache_bytes=0)
     for gateway in (hot, cold):
         assert (await post_images(gateway, [png(1)])).headers["X-Cache"] == "MISS"
-        redis_client.delete(*redis_client.keys("ng:v2:emb:*"))  # the entry is gone from Redis
+        stored = await stored_keys(redis_client, "ng:v2:emb:*", 1)
+        redis_client.delete(*stored)  # the entry is gone from Redis
     await asyncio.sleep(1.2)  # past the linger of fetched answers (Redis timeout + 1 s)
     assert (await post_images(hot, [png(1)])).headers["X-Cache"] == "HIT"
     assert (await post_images(cold, [png(1)])).headers["X-Cache"] == "MISS"
