@@ -291,12 +291,13 @@ class Shield:
         """Take, for ``holder``, a slot of the concurrency cap and the rate's next call for
         the lane's next batch; raises if they come after its deadline, or the store fails.
 
-        A quiet lane's batch takes both in one round trip and goes. Otherwise the slot is
+        A quiet lane's batch, or a full one, takes both in one round trip and goes (a lane of
+        full batches, as texts at 10 a call, starts one a round trip). Otherwise the slot is
         taken while the batch lingers (it waits for the linger or the slot, whichever is
         longer, not for both), and the rate's next call last, so calls leave as evenly
         spaced as the rate grants them."""
-        if lane.quiet and await self._start_at_once(lane, holder):
-            return
+        if (lane.quiet or self._full(lane)) and await self._start_at_once(lane, holder):
+            return  # nothing to wait for: the batch goes at once
         taking = asyncio.create_task(self._take_slot(lane, holder))
         try:
             if not lane.quiet:
