@@ -144,9 +144,16 @@ async def test_a_slot_lease_ends_by_itself(coordinator: Coordinator) -> None:
     assert await coordinator.acquire_slot("next", 1, 10_000)
 
 
-async def test_fetch_marks_on_redis(redis_client: redis.Redis, redis_url: str) -> None:
+@pytest.fixture
+async def on_redis(redis_client: redis.Redis, redis_url: str) -> AsyncIterator[RedisBackend]:
+    """A backend on the test Redis (flushed by ``redis_client``), closed after the test."""
     backend = RedisBackend(redis_url)
-    coordinator = RedisCoordinator(backend)
+    yield backend
+    await backend.close()
+
+
+async def test_fetch_marks_on_redis(on_redis: RedisBackend) -> None:
+    coordinator = RedisCoordinator(on_redis)
 
     async def held(claims: Awaitable[list[Mark]]) -> list[bool]:
         return [mark.held for mark in await claims]
@@ -159,14 +166,10 @@ async def test_fetch_marks_on_redis(redis_client: redis.Redis, redis_url: str) -
     assert await held(coordinator.claim_fetches(["short"], "me", 30)) == [True]
     await asyncio.sleep(0.06)
     assert await held(coordinator.fetching(["short"])) == [False]
-    await backend.close()
 
 
-async def test_a_fetch_mark_is_a_lease_its_holder_alone_renews(
-    redis_client: redis.Redis, redis_url: str
-) -> None:
-    backend = RedisBackend(redis_url)
-    coordinator = RedisCoordinator(backend)
+async def test_a_fetch_mark_is_a_lease_its_holder_alone_renews(on_redis: RedisBackend) -> None:
+    coordinator = RedisCoordinator(on_redis)
     await coordinator.claim_fetches(["mine", "theirs"], "me", 200)
     await coordinator.claim_fetches(["other"], "someone", 200)
     await coordinator.renew_fetches(["mine", "other"], "me", 10_000)  # "other" is not mine
@@ -174,19 +177,14 @@ async def test_a_fetch_mark_is_a_lease_its_holder_alone_renews(
     assert [m.held for m in await coordinator.fetching(["mine", "theirs", "other"])] == [
         True, False, False
     ]  # fmt: skip
-    await backend.close()
 
 
-async def test_a_claim_reads_the_entry_in_the_same_trip(
-    redis_client: redis.Redis, redis_url: str
-) -> None:
-    backend = RedisBackend(redis_url)
-    coordinator = RedisCoordinator(backend)
-    await RedisStore(backend).set_many([("stored", b"entry")], None)
+async def test_a_claim_reads_the_entry_in_the_same_trip(on_redis: RedisBackend) -> None:
+    coordinator = RedisCoordinator(on_redis)
+    await RedisStore(on_redis).set_many([("stored", b"entry")], None)
     assert await coordinator.claim_fetches(["stored", "new"], "me", 1000) == [
         Mark(True, b"entry"), Mark(True, None)
     ]  # fmt: skip
     assert await coordinator.fetching(["stored", "new", "none"]) == [
         Mark(True, b"entry"), Mark(True, None), Mark(False, None)
     ]  # fmt: skip
-    await backend.close()
