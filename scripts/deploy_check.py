@@ -993,11 +993,19 @@ def remove_stale() -> list[str]:
 
 
 def bridge_address() -> str:
-    """The host's address on Docker's default bridge: containers reach the fakes there."""
+    """The host's address on Docker's default bridge: containers reach the fakes there. The
+    network's IPAM gateway when the engine reports one (some versions leave it empty for the
+    default bridge), else the IPv4 address of the bridge's own interface (docker0)."""
     address = docker("network", "inspect", "bridge", "-f", "{{(index .IPAM.Config 0).Gateway}}")
-    if not re.fullmatch(r"[0-9.]+", address):
-        raise Failed(f"no IPv4 gateway on Docker's bridge network ({address!r})")
-    return address
+    if re.fullmatch(r"[0-9.]+", address):
+        return address
+    name = docker("network", "inspect", "bridge", "-f",
+                  '{{index .Options "com.docker.network.bridge.name"}}') or "docker0"  # fmt: skip
+    shown = run("ip", "-4", "-o", "addr", "show", "dev", name, check=False).stdout
+    found = re.search(r"inet ([0-9.]+)/", shown)
+    if found is None:
+        raise Failed(f"no IPv4 gateway on Docker's bridge network ({address!r}, {name}: {shown!r})")
+    return found[1]
 
 
 def main() -> int:
