@@ -13,6 +13,7 @@ import pytest
 import xxhash
 from aiohttp.test_utils import TestClient
 
+from gateway.appkeys import BODY_BUDGET
 from gateway.keys import cache_key, content_digest
 from gateway.models import Spec
 from tests.bench.harness import BOUNDARY, multipart
@@ -168,7 +169,11 @@ async def test_one_team_cannot_hold_the_others_body_budget(
     head = upload_headers(body, hog) | {"Host": "gw"}
     writer.write(b"POST /v1/embedding/image HTTP/1.1\r\n" + "".join(
         f"{name}: {value}\r\n" for name, value in head.items()).encode() + b"\r\n")  # fmt: skip
-    await asyncio.sleep(0.3)
+    budget = gateway.server.app[BODY_BUDGET]  # type: ignore[attr-defined]
+    for _ in range(250):  # until the hog's held upload holds its bytes
+        if budget.in_flight >= len(body):
+            break
+        await asyncio.sleep(0.02)
     over_share = await gateway.post("/v1/embedding/image", data=body,
                                     headers=upload_headers(body, hog))  # fmt: skip
     assert over_share.status == 429  # the team's own share (100 KB) is what it holds up
