@@ -235,15 +235,16 @@ class Accounts:
         self, reservation: Reservation, answer: Answer | None, billed: int,
         later: Awaitable[int] | None,
     ) -> None:  # fmt: skip
-        if later is not None:
-            billed += await later
+        late = 0 if later is None else await later  # fetches of it that outlived it
         team, at, model = reservation.team, reservation.at, reservation.model
         if answer is not None:
             usage = answered_usage(answer, reservation.kind)
             _count_tokens(team, model, reservation.kind, answer)
+            metrics.child(metrics.BILLED_TOKENS, team.id, model).inc(late)
         else:
             usage = {"upstream_errors": 1}
-            metrics.child(metrics.BILLED_TOKENS, team.id, model).inc(billed)
+            metrics.child(metrics.BILLED_TOKENS, team.id, model).inc(billed + late)
+        billed += late
         try:
             await self._share_cost(model)
         finally:

@@ -143,11 +143,11 @@ class Fetcher:
         late: list[asyncio.Future[Landed]] = []
         for key, future in futures.items():
             outcome = _outcome(future, key in owned)
+            if not future.done() and key in owned:
+                late.append(future)  # it goes on: billed when it ends, however this is answered
             if outcome.how == "failed" and key in stale:
                 outcome = Outcome("stale", stale[key])
                 metrics.STALE_SERVED.inc()
-            elif not future.done() and key in owned:
-                late.append(future)
             outcomes[key] = outcome
         return Fetched(outcomes, late)
 

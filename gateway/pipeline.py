@@ -104,6 +104,14 @@ def answer_body(model: str, embeddings: Sequence[bytes], usage_tokens: int) -> b
     )  # fmt: skip
 
 
+class Completed(NamedTuple):
+    """A request's answer, and its own fetches still running (a stale entry answered in
+    their place): :func:`gateway.fetch.late_tokens` says what they cost once they end."""
+
+    answer: Answer
+    late: list[asyncio.Future[Landed]]
+
+
 def assemble(lookup: Lookup, outcomes: Mapping[str, Outcome] | None = None) -> Answer:
     """The answer to a request from its lookup and the outcome of each key it missed; raises
     :class:`FetchFailed` (the first failure, at its position) if any failed. An input the
@@ -198,14 +206,14 @@ class Pipeline:
         missing = [key for key in first_item if key not in found]
         return Lookup(request, keys, first_item, found, missing, stale, not readable)
 
-    async def complete(self, lookup: Lookup, deadline: float) -> Answer:
+    async def complete(self, lookup: Lookup, deadline: float) -> Completed:
         """Fetch what the lookup missed (joining fetches in flight) and answer by ``deadline``
         (a ``time.monotonic()`` instant); raises :class:`FetchFailed`."""
         request = lookup.request
         wanted = {key: lookup.first_item[key] for key in lookup.missing}
         fetched = await self.fetcher.fetch(request.spec, wanted, lookup.stale, deadline)
         try:
-            return assemble(lookup, fetched.outcomes)
+            return Completed(assemble(lookup, fetched.outcomes), fetched.late)
         except FetchFailed as failed:
             failed.late = fetched.late
             raise

@@ -526,3 +526,29 @@ async def charged_by(gateway: TestClient[Any, Any], total: int) -> Counter[str]:
         if charged.total() == total or time.monotonic() > deadline:
             return charged
         await asyncio.sleep(0.25)
+
+
+async def test_a_refresh_that_outlives_its_request_is_charged_though_the_stale_entry_answered(
+    fake_nomic: FakeNomic, make_gateway: GatewayFactory
+) -> None:
+    """A URL past its TTL: Nomic is slow to answer the refresh, so the request gets the stale
+    entry by its deadline; the refresh goes on, is stored, and what Nomic billed for it is
+    charged to the request's team."""
+    gateway: TestClient[Any, Any] = await make_gateway(
+        request_deadline_seconds=1.0, url_ttl_seconds=1, stale_grace_seconds=600
+    )
+    team = await team_headers(gateway, "stale")
+    url = {"model": DEFAULT_MODEL, "urls": "https://example.com/slow.png"}
+    assert (await gateway.post("/v1/embedding/image", data=url, headers=team)).status == 200
+    await asyncio.sleep(2.1)  # past the TTL, rounded up to whole seconds
+    fake_nomic.hold()
+    try:
+        stale = await gateway.post("/v1/embedding/image", data=url, headers=team)
+        assert (stale.status, stale.headers["X-Cache"]) == (200, "STALE")
+    finally:
+        fake_nomic.release()
+    await until(lambda: all(call.status for call in fake_nomic.calls), "the fake's answers")
+    billed = fake_nomic.tokens_per_image * len(fake_nomic.items_received)
+    assert (await charged_by(gateway, billed))["stale"] == billed == 2 * fake_nomic.tokens_per_image
+    fresh = await gateway.post("/v1/embedding/image", data=url, headers=team)
+    assert (fresh.headers["X-Cache"], fresh.headers["X-Billed-Tokens"]) == ("HIT", "0")

@@ -65,7 +65,7 @@ async def embed(pipeline: Pipeline, request: ParsedRequest) -> Answer:
     lookup = await pipeline.lookup(request)
     if not lookup.missing:
         return assemble(lookup)
-    return await pipeline.complete(lookup, time.monotonic() + 10)
+    return (await pipeline.complete(lookup, time.monotonic() + 10)).answer
 
 
 def request(*images: bytes) -> ParsedRequest:

@@ -84,8 +84,9 @@ async def _embed(
     late = None
     upstream_started = time.perf_counter()
     try:
-        answer = await pipeline.complete(lookup, deadline)
+        answer, late_fetches = await pipeline.complete(lookup, deadline)
         billed = answer.billed_tokens
+        late = late_tokens(late_fetches) if late_fetches else None
     except FetchFailed as failed:
         billed = failed.billed_tokens
         late = late_tokens(failed.late) if failed.late else None
