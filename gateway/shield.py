@@ -217,7 +217,7 @@ class Shield:
         self._slot_ids = itertools.count()
         # A slot is a lease, renewed while its batch is paced, called, retried: one that a
         # dead process (or one that lost the store) cannot give back lapses within a lease.
-        self._slots = Heartbeat(self._renew_slots, lease_seconds, "upstream call slots")
+        self._slots = Heartbeat(coordinator.renew_slots, lease_seconds, "upstream call slots")
         self._call_seconds = 0.0  # how long upstream calls took lately (a moving average)
         self.queued = 0
         self.queued_bytes = 0
@@ -394,9 +394,6 @@ class Shield:
         self.queued_bytes -= size
         metrics.UPSTREAM_QUEUE.set(self.queued)
         return batch
-
-    async def _renew_slots(self, holders: list[str], lease_ms: int) -> None:
-        await self._coordinator.renew_slots(holders, lease_ms)
 
     async def _release(self, holder: str) -> None:
         self._slots.drop([holder])
