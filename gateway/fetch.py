@@ -289,14 +289,8 @@ class Fetcher:
 
     def _decode(self, key: str, blob: bytes | None) -> Entry | None:
         """The fresh entry of ``blob``, if it is one."""
-        if blob is None:
-            return None
-        try:
-            entry = entries.decode(blob)
-        except entries.CorruptEntry:
-            log.warning("unreadable cache entry %s, fetching it again", key)
-            return None
-        return entry if entry.fresh(self._clock()) else None
+        entry = stored_entry(key, blob)
+        return entry if entry is not None and entry.fresh(self._clock()) else None
 
     def _land(self, key: str, entry: Entry, *, here: bool) -> None:
         self._hot.put(key, entry)
@@ -338,6 +332,18 @@ class Fetcher:
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._marks.stop()
+
+
+def stored_entry(key: str, blob: bytes | None) -> Entry | None:
+    """The entry a store holds under ``key``; None when it holds none, or one this version
+    cannot read (logged: it is fetched again)."""
+    if blob is None:
+        return None
+    try:
+        return entries.decode(blob)
+    except entries.CorruptEntry:
+        log.warning("unreadable cache entry %s, fetching it again", key)
+        return None
 
 
 def _outcome(future: asyncio.Future[Landed], owned: bool) -> Outcome:

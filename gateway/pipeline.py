@@ -16,11 +16,11 @@ from typing import Literal, NamedTuple
 
 import orjson
 
-from gateway import entries, metrics
+from gateway import metrics
 from gateway.breaker import Breaker
 from gateway.entries import Entry
 from gateway.errors import GatewayError, ItemRejected
-from gateway.fetch import Fetcher, Landed, Outcome
+from gateway.fetch import Fetcher, Landed, Outcome, stored_entry
 from gateway.forms import ParsedRequest
 from gateway.hot import HotCache
 from gateway.keys import SHARED, cache_keys
@@ -226,13 +226,8 @@ class Pipeline:
             metrics.STORE_ERRORS.labels(operation="get").inc()
             log.warning("cache lookup failed, answering from upstream: %s", exc)
             return {}, False
-        found: dict[str, Entry] = {}
-        for key, blob in zip(keys, blobs, strict=True):
-            if blob is not None:
-                try:
-                    found[key] = entries.decode(blob)
-                except entries.CorruptEntry:
-                    log.warning("unreadable cache entry %s, fetching it again", key)
+        found = {key: entry for key, blob in zip(keys, blobs, strict=True)
+                 if (entry := stored_entry(key, blob)) is not None}  # fmt: skip
         return found, True
 
     async def drain(self) -> None:
