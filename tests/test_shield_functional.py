@@ -23,20 +23,27 @@ DEFAULTS = {
 }  # fmt: skip
 
 
-def most_calls_in_one_second(fake: FakeNomic, jitter: float = 0.1) -> int:
-    return most_in_one_second([call.at for call in fake.calls], jitter)
+def ahead_of_rate(arrivals: list[float], interval: float) -> float:
+    """How far, at most, the calls ran ahead of one call per ``interval`` (in seconds; 0 when
+    they kept it): the largest ``(j - i) * interval - (t[j] - t[i])`` over calls i before j.
+
+    This is the GCRA's own test with the delivery jitter it tolerates, read from where the
+    calls land. The rate is granted on Redis's clock and each call leaves when its grant's wait
+    is over; the fake notes arrivals in the event loop it shares with the gateways and 64
+    clients, where a busy moment delays one call by tens of milliseconds (100 ms once, in CI)
+    and brings it closer to the next. A delay never gains a call: a rate twice too fast is a
+    whole interval ahead within two calls, and an extra call back to back is one at once."""
+    ahead, lowest = 0.0, float("inf")
+    for k, at in enumerate(sorted(arrivals)):
+        slack = k * interval - at  # grows by how far call k ran ahead of call 0's pace
+        ahead = max(ahead, slack - lowest)
+        lowest = min(lowest, slack)
+    return ahead
 
 
-def most_in_one_second(arrivals: list[float], jitter: float = 0.1) -> int:
-    """The most calls the fake saw within any window of one second, less ``jitter``.
-
-    The rate is granted on Redis's clock; the fake notes arrivals in the event loop it shares
-    with the gateways and 64 clients. Under their opening burst the first calls reach it
-    20-30 ms after their grants and later ones on time (gaps of 218, 219, 251, 250 ms seen
-    for a 250 ms interval), so arrivals 1 s apart on Redis's clock can look 0.94 s apart."""
-    times = sorted(arrivals)
-    return max((sum(1 for t in times[i:] if t - start < 1 - jitter)
-                for i, start in enumerate(times)), default=0)  # fmt: skip
+def calls_ahead_of_rate(fake: FakeNomic) -> float:
+    """``ahead_of_rate`` of the image calls at Nomic's own rate, 1200 per 300 s."""
+    return ahead_of_rate([call.at for call in fake.calls], 300 / 1200)
 
 
 async def company_load(
@@ -69,7 +76,7 @@ async def test_a_thousand_requests_from_64_clients_over_200_images(
     assert len(received) == 200
     assert set(received.values()) == {1}
     assert len(fake_nomic.calls) <= 20
-    assert most_calls_in_one_second(fake_nomic) <= 4  # 1200 per 300 s
+    assert calls_ahead_of_rate(fake_nomic) < 0.2  # less than a call (0.25 s) ahead
     print(f"\n  upstream calls: {len(fake_nomic.calls)}, "
           f"images per call: {[len(c.items) for c in fake_nomic.calls]}")  # fmt: skip
 
@@ -82,7 +89,7 @@ async def test_two_replicas_sharing_redis_fetch_each_image_once_under_one_rate(
     assert statuses == {200: 1000}
     assert set(Counter(fake_nomic.items_received).values()) == {1}
     assert len(fake_nomic.items_received) == 200
-    assert most_calls_in_one_second(fake_nomic) <= 4
+    assert calls_ahead_of_rate(fake_nomic) < 0.2
     print(f"\n  upstream calls: {len(fake_nomic.calls)} for 2 replicas")
 
 
