@@ -1,10 +1,14 @@
-"""The ceiling baseline: the least work a hit can take on aiohttp. Not shipped, not safe.
+"""The ceiling baseline: the least work a hit, or a miss, can take on aiohttp. Not shipped,
+not safe.
 
 The body is read whole and split at the boundary with no validation at all, each image is
 hashed with xxh3_128, one Redis MGET fetches the stored JSON fragments, and the answer is
 those fragments between a prefix and suffix made once. aiohttp's low-level server, no
-router, no middleware. It only marks how fast this hardware lets a hit be.
-``python -m tests.bench.ceiling PORT REDIS_URL``; keys are the naive baseline's.
+router, no middleware. A miss, given an upstream, is the body passed on as it came with the
+organisation's key, over a kept-alive connection, and Nomic's answer passed back: nothing
+stored, nothing counted. It only marks how fast this hardware and this stack let a hit, or a
+miss, be. ``python -m tests.bench.ceiling PORT REDIS_URL [NOMIC_URL NOMIC_KEY]``; keys are
+the naive baseline's.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
+import aiohttp
 import redis.asyncio as aioredis
 from aiohttp import web
 
@@ -32,16 +37,22 @@ def images(body: bytes, content_type: str) -> list[bytes]:
     return found
 
 
-async def serve(port: int, redis_url: str) -> None:
+async def serve(port: int, redis_url: str, upstream: tuple[str, str] | None) -> None:
     client = aioredis.Redis.from_url(redis_url)
+    session = aiohttp.ClientSession()
 
     async def handle(request: web.BaseRequest) -> web.Response:
         body = await request.read()
-        keys = [key(image) for image in images(body, request.headers["Content-Type"])]
-        values = await client.mget(keys)
-        if None in values:
+        content_type = request.headers["Content-Type"]
+        values = await client.mget([key(image) for image in images(body, content_type)])
+        if None not in values:
+            return web.Response(body=PREFIX + b",".join(values) + SUFFIX, headers=HEADERS)
+        if upstream is None:
             return web.Response(status=404)
-        return web.Response(body=PREFIX + b",".join(values) + SUFFIX, headers=HEADERS)
+        url, api_key = upstream
+        headers = {"Authorization": f"Bearer {api_key}", "Content-Type": content_type}
+        async with session.post(url + request.path, data=body, headers=headers) as answer:
+            return web.Response(body=await answer.read(), status=answer.status, headers=HEADERS)
 
     server = web.Server(handle, access_log=None)
     await asyncio.get_running_loop().create_server(server, "127.0.0.1", port, reuse_address=True)
@@ -49,7 +60,8 @@ async def serve(port: int, redis_url: str) -> None:
 
 
 def main() -> None:
-    asyncio.run(serve(int(sys.argv[1]), sys.argv[2]))
+    upstream = (sys.argv[3], sys.argv[4]) if len(sys.argv) > 4 else None
+    asyncio.run(serve(int(sys.argv[1]), sys.argv[2], upstream))
 
 
 if __name__ == "__main__":
