@@ -27,8 +27,8 @@ import logging
 import secrets
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import NamedTuple
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, NamedTuple, TypeVar
 
 from gateway import metrics, quota
 from gateway.errors import QuotaExceeded, StoreUnavailable
@@ -40,6 +40,7 @@ from gateway.store.base import Ledger, QuotaLedger, Settlement
 from gateway.teams import LimitName, Team
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Reservation(NamedTuple):
@@ -131,7 +132,7 @@ class Accounts:
         self._estimator = estimator
         self._clock = clock
         self.buffer = buffer
-        self._settling: set[asyncio.Task[None]] = set()
+        self._settling: set[asyncio.Task[Any]] = set()  # and the requests run to their end
         self._prompt: set[asyncio.Task[None]] = set()  # the settles that wait for nothing
         self._learning: dict[str, asyncio.Event] = {}
         self._recorded_cost: dict[str, int] = {}
@@ -224,6 +225,16 @@ class Accounts:
             task.add_done_callback(tasks.discard)
         return task
 
+    def run_to_end(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Run a request's ``work`` (its admission, its fetch and its settle) in a task of its
+        own, so that what it reserves is released and what it fetches is billed even if its
+        handler is cancelled: a cancel of the handler awaiting it (shielded) leaves it to
+        end. The final drain waits for it."""
+        task = asyncio.create_task(work)
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+        return task
+
     async def flush(self) -> None:
         """Write this process's latest counts: the settles under way (but those waiting for
         a fetch that outlived its request), then the buffer."""
@@ -293,7 +304,7 @@ class Accounts:
                 log.warning("could not share the learned item cost: %s", exc)
 
     async def drain(self) -> None:
-        """Wait for the settles under way."""
+        """Wait for the settles under way, and the requests run to their end."""
         while self._settling:
             await asyncio.gather(*self._settling, return_exceptions=True)
 

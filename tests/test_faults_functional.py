@@ -490,6 +490,38 @@ async def test_items_answered_after_their_requests_deadline_are_charged(
     assert len(fake_nomic.items_received) == 1
 
 
+@pytest.mark.parametrize("limits", [{}, {"tokens_per_day": 10**6}], ids=["unlimited", "budget"])
+async def test_a_client_that_hangs_up_during_its_miss_is_charged(
+    fake_nomic: FakeNomic, make_gateway: GatewayFactory, limits: dict[str, int]
+) -> None:
+    """A client sends new images and hangs up while Nomic embeds them (an attacker's way to
+    get embeddings unpaid, then ask again for hits): the request goes on, its answer is
+    cached, and what Nomic billed is charged to its team."""
+    gateway: TestClient[Any, Any] = await make_gateway()
+    team = await team_headers(gateway, "gone", limits=limits)
+    images = [png(1), png(2)]
+    fake_nomic.hold()
+    try:
+        sent = asyncio.ensure_future(
+            gateway.post("/v1/embedding/image", data=image_form(images), headers=team)
+        )
+        await until(lambda: bool(fake_nomic.calls), "the upstream call")
+        sent.cancel()  # the client's connection closes
+        with contextlib.suppress(asyncio.CancelledError):
+            await sent
+    finally:
+        fake_nomic.release()
+    billed = await billed_by_fake(fake_nomic, {image: "gone" for image in images})
+    assert billed == {"gone": 2 * fake_nomic.tokens_per_image}
+    charged = await charged_by(gateway, sum(billed.values()))
+    assert charged == billed, f"charged {dict(charged)}, but the fake billed {dict(billed)}"
+    again = await gateway.post("/v1/embedding/image", data=image_form(images), headers=team)
+    assert (again.status, again.headers["X-Cache"], again.headers["X-Billed-Tokens"]) == (
+        200, "HIT", "0"
+    )  # fmt: skip
+    assert len(fake_nomic.items_received) == 2
+
+
 async def test_an_item_answered_after_its_owners_deadline_is_charged_though_another_request_got_it(
     fake_nomic: FakeNomic, make_gateway: GatewayFactory
 ) -> None:

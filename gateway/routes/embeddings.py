@@ -30,7 +30,7 @@ from gateway.errors import BodyTimeout, PayloadTooLarge
 from gateway.fetch import late_tokens
 from gateway.middlewares import LOG_FIELDS
 from gateway.models import Kind, TextOptions
-from gateway.pipeline import Answer, FetchFailed, assemble
+from gateway.pipeline import Answer, FetchFailed, Lookup, assemble
 from gateway.teams import Team
 
 
@@ -78,6 +78,21 @@ async def _embed(
         cached = assemble(lookup)
         await accounts.admit_answered(team, lookup, cached)
         return _response(cached, log)
+    # What it reserves is released and what it fetches is paid for, whatever becomes of this
+    # handler: the admission, the fetch and the settle run in a task of their own, which a
+    # cancelled handler (a client that hung up, where the server cancels its handler; a
+    # shutdown's grace run out) leaves to end.
+    answer = await asyncio.shield(accounts.run_to_end(_complete(request, team, lookup, deadline)))
+    return _response(answer, log)
+
+
+async def _complete(request: web.Request, team: Team, lookup: Lookup, deadline: float) -> Answer:
+    """Admit a request with misses (reserving their expected cost), fetch them and answer,
+    then settle what it cost: after the answer if it succeeds; before raising if it fails (a
+    client retrying at once finds its reservation released), unless a fetch of it outlives
+    it, to be billed when it ends."""
+    log = request[LOG_FIELDS]
+    pipeline, accounts = request.app[PIPELINE], request.app[ACCOUNTS]
     reservation = await accounts.reserve(team, lookup)
     answer: Answer | None = None
     billed = 0
@@ -94,15 +109,10 @@ async def _embed(
     finally:
         log.update(upstream_ms=round((time.perf_counter() - upstream_started) * 1000, 2),
                    billed_tokens=billed)  # fmt: skip
-        # Settled in a task of its own: a reservation must never leak, even if this handler
-        # is cancelled. An answer goes out at once, its settle following; a failure waits
-        # for its settle (a client retrying at once finds its reservation released) unless
-        # a fetch of it outlives it, to be billed when it ends.
         settled = accounts.settle(reservation, answer, billed, later=late)
         if answer is None and late is None:
-            await asyncio.shield(settled)
-    assert answer is not None
-    return _response(answer, log)
+            await settled
+    return answer
 
 
 def _response(answer: Answer, log: dict[str, object]) -> web.Response:
