@@ -65,4 +65,14 @@ def decode(blob: bytes) -> Entry:
     values.frombytes(blob[_HEADER.size :])
     if _SWAP:
         values.byteswap()
-    return Entry(orjson.dumps(values.tolist()), tokens, fresh_until)
+    return Entry(vector_json(values.tolist()), tokens, fresh_until)
+
+
+def vector_json(vector: list[float]) -> bytes:
+    """``vector`` as a JSON array, in a bytes object of its own size.
+
+    orjson returns its output in the buffer it wrote it into, which it sizes up front: for a
+    768-dim vector, 127 KiB of allocation behind 15 KB of JSON (seen with orjson 3.13 under
+    tracemalloc). An entry kept in the hot cache would hold all of it, eight times what the
+    cache counts; the copy costs a memcpy of the JSON."""
+    return memoryview(orjson.dumps(vector)).tobytes()

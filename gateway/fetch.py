@@ -28,8 +28,6 @@ import uuid
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
-import orjson
-
 from gateway import entries, metrics
 from gateway.entries import Entry
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
@@ -276,7 +274,7 @@ class Fetcher:
                 self._fail([key], UpstreamError("Nomic answered a malformed embedding"))
                 continue
             self._estimator.observe(spec.model, embedded.tokens, 1)
-            entry = Entry(orjson.dumps(embedded.vector), embedded.tokens, fresh_until)
+            entry = Entry(entries.vector_json(embedded.vector), embedded.tokens, fresh_until)
             self._land(key, entry, here=True)
             stored.append((key, blob))
         ttl = self._url_ttl_seconds + self._stale_grace_seconds if url else None

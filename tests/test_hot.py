@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import random
+import tracemalloc
 
 import redis
 
+from gateway import entries
 from gateway.entries import Entry
 from gateway.hot import ENTRY_OVERHEAD, HotCache
 from tests.conftest import GatewayFactory, stored_keys
@@ -23,6 +26,30 @@ def test_least_recently_used_goes_first_within_the_byte_bound() -> None:
     hot.put("d", entry)
     assert set(hot.get("abcd", 0)) == {"a", "c", "d"}
     assert hot.used_bytes == 3 * size
+
+
+def test_the_memory_it_holds_is_about_what_it_counts() -> None:
+    """Filled past its bound with entries as the gateway makes them (decoded from the store,
+    or built from Nomic's answer), what the cache keeps alive stays near ``max_bytes``: an
+    entry's JSON must not sit in a buffer larger than itself (orjson's output did, 127 KiB
+    behind 15 KB, and a 64 MiB cache grew a process past 450 MiB)."""
+    rng = random.Random(5)
+    vectors = [[rng.uniform(-1, 1) for _ in range(768)] for _ in range(8)]
+    blobs = [entries.encode(vector, 10) for vector in vectors]
+    bound = 2 * 1024 * 1024
+    tracemalloc.start()
+    try:
+        hot = HotCache(bound)
+        for n in range(400):  # about 30 MB of JSON in all
+            json = entries.vector_json(vectors[n % 8])
+            decoded = entries.decode(blobs[n % 8])
+            hot.put(f"fetched {n}", Entry(json, 10))
+            hot.put(f"decoded {n}", decoded)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert hot.used_bytes <= bound
+    assert held < 1.25 * bound, f"{held / bound:.2f} times the bound"
 
 
 def test_stale_entries_are_not_served() -> None:
