@@ -118,3 +118,34 @@ def test_the_nginx_row_caches_by_body_with_the_organisations_key(tmp_path: Path)
     assert answer["embeddings"] == [FakeNomic.embedding(MODEL, png(1, size=128))]
     assert isinstance(stats, dict)
     assert (stats["calls"], stats["answered_calls"], stats["answered_items"]) == (2, 2, 2)
+
+
+def test_the_ceiling_passes_a_miss_on_with_the_organisations_key(redis_url: str) -> None:
+    fake_port, ceiling_port = free_port(), free_port()
+    fake_args = [sys.executable, "-m", "tests.fake_nomic", "--port", str(fake_port)]
+    fake_url = f"http://127.0.0.1:{fake_port}"
+    ceiling_args = [sys.executable, "-m", "tests.bench.ceiling", str(ceiling_port), redis_url,
+                    fake_url, FAKE_API_KEY]  # fmt: skip
+    with harness.process(fake_args) as fake, harness.process(ceiling_args) as ceiling:
+        harness.wait_http(fake_url + "/_fake/stats", fake)
+        harness.wait_http(f"http://127.0.0.1:{ceiling_port}/", ceiling)
+        url = f"http://127.0.0.1:{ceiling_port}/v1/embedding/image"
+        answer = orjson.loads(harness.post(url, multipart([png(1, size=128)]), "any-client-key"))
+        stats = harness.get_json(fake_url + "/_fake/stats")
+    assert answer["embeddings"] == [FakeNomic.embedding(MODEL, png(1, size=128))]
+    assert isinstance(stats, dict)
+    assert (stats["answered_calls"], stats["answered_items"]) == (1, 1)
+
+
+@pytest.mark.slow
+def test_a_short_memory_run_prints_both_gateways() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.bench.memory", "--seconds", "2", "--clients", "2"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert re.findall(r"^(hot cache .*):$", done.stdout, re.M) == [
+        "hot cache 64 MiB (default)", "hot cache off"
+    ]  # fmt: skip
+    assert len(re.findall(r"misses answered  RSS +\d+\.\d MiB", done.stdout)) >= 4
+    assert done.stdout.count("over the second half") == 2
