@@ -147,5 +147,5 @@ def test_a_short_memory_run_prints_both_gateways() -> None:
     assert re.findall(r"^(hot cache .*):$", done.stdout, re.M) == [
         "hot cache 64 MiB (default)", "hot cache off"
     ]  # fmt: skip
-    assert len(re.findall(r"misses answered  RSS +\d+\.\d MiB", done.stdout)) >= 4
+    assert len(re.findall(r"requests answered  RSS +\d+\.\d MiB", done.stdout)) >= 4
     assert done.stdout.count("over the second half") == 2

@@ -1,9 +1,10 @@
-"""A gateway's memory under sustained misses: every request a new image, for minutes.
+"""A gateway's memory under sustained misses: every request new images or texts, for minutes.
 
-``.venv/bin/python -m tests.bench.memory [--seconds 120] [--clients 16]``
+``.venv/bin/python -m tests.bench.memory [--seconds 120] [--clients 16] [--texts]``
 
 A redis-server and the fake Nomic (50 ms a call), then two gateways on Redis one after the
-other, loaded alike: with the hot cache at its default (64 MiB) and with it off, the floor
+other, loaded alike (each request one new image, or with ``--texts`` ten new passages as the
+official client sends them): with the hot cache at its default (64 MiB) and with it off, the floor
 that shows what the rest of the process holds. Prints each one's RSS every 10 s, and how
 much it grew over the second half of the run: a process whose caches are bounded stops
 growing once they are full.
@@ -13,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -27,6 +30,7 @@ from tests.conftest import free_port
 from tests.fake_nomic import FAKE_API_KEY, png
 
 SAMPLE_SECONDS = 10
+IMAGE = png(3, size=128)
 
 
 def rss_mib(pid: int) -> float:
@@ -36,13 +40,21 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+def new_image(salt: int, n: int) -> bytes:
+    return harness.multipart([IMAGE + b"%04d%016d" % (salt, n)])  # the PNG and a trailer
+
+
+def new_texts(salt: int, n: int) -> bytes:
+    return harness.text_body([f"{salt} {n} {i} {harness.PASSAGE}" for i in range(harness.TEXTS)])
+
+
 async def load(
-    url: str, pid: int, seconds: float, clients: int, salt: int
+    url: str, pid: int, seconds: float, clients: int, body: Callable[[int], bytes]
 ) -> list[tuple[float, int, float]]:
-    """``clients`` posting new images one at a time for ``seconds`` (``salt`` makes them new
-    to this run); (time, requests answered, RSS) every :data:`SAMPLE_SECONDS`."""
-    base, headers = png(3, size=128), {"Authorization": f"Bearer {KEY}",
-                                       "Content-Type": harness.MULTIPART}  # fmt: skip
+    """``clients`` posting ``body(n)`` for the n-th request, one at a time each, for
+    ``seconds``; (time, requests answered, RSS) every :data:`SAMPLE_SECONDS`."""
+    content_type = harness.JSON if url.endswith(harness.TEXT_PATH) else harness.MULTIPART
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": content_type}
     sent, answered, samples = 0, 0, []
     started = time.monotonic()
     stop = started + seconds
@@ -51,8 +63,7 @@ async def load(
         nonlocal sent, answered
         while time.monotonic() < stop:
             sent += 1
-            image = base + b"%04d%016d" % (salt, sent)  # the PNG and a trailer: a new image
-            async with session.post(url, data=harness.multipart([image]), headers=headers) as r:
+            async with session.post(url, data=body(sent), headers=headers) as r:
                 await r.read()
                 if r.status != 200:
                     raise RuntimeError(f"status {r.status}: {await r.text()}")
@@ -73,7 +84,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=120, help="each gateway's run")
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients")
+    parser.add_argument("--texts", action="store_true", help="texts instead of images")
     args = parser.parse_args()
+    path = harness.TEXT_PATH if args.texts else "/v1/embedding/image"
     with tempfile.TemporaryDirectory() as tmp:
         redis_port, fake_port = free_port(), free_port()
         teams = Path(tmp) / "teams.toml"
@@ -99,15 +112,16 @@ def main() -> None:
                 gateway = [PY, "-m", "gateway", "serve", "--port", str(port)]
                 with harness.process(gateway, env) as proc:
                     harness.wait_http(f"http://127.0.0.1:{port}/healthz", proc)
-                    url = f"http://127.0.0.1:{port}/v1/embedding/image"
-                    samples = asyncio.run(load(url, proc.pid, args.seconds, args.clients, salt))
+                    url = f"http://127.0.0.1:{port}{path}"
+                    body = functools.partial(new_texts if args.texts else new_image, salt)
+                    samples = asyncio.run(load(url, proc.pid, args.seconds, args.clients, body))
                 print(f"{label}:")
                 for at, answered, rss in samples:
-                    print(f"  {at:5.0f} s  {answered:7,d} misses answered  RSS {rss:6.1f} MiB")
+                    print(f"  {at:5.0f} s  {answered:7,d} requests answered  RSS {rss:6.1f} MiB")
                 half = next(s for s in samples if s[0] >= args.seconds / 2)
                 grew = samples[-1][2] - half[2]
                 print(f"  grew {grew:+.1f} MiB over the second half "
-                      f"({samples[-1][1] - half[1]:,d} misses)")  # fmt: skip
+                      f"({samples[-1][1] - half[1]:,d} requests)")  # fmt: skip
 
 
 if __name__ == "__main__":
