@@ -55,6 +55,9 @@ from gateway.upstream import UpstreamItemRejected, UpstreamResult
 log = logging.getLogger(__name__)
 
 MAX_REJECTIONS_PER_OWNER = 3
+# A lane with nothing queued or in flight this long goes (the next miss makes it again): teams
+# choose a text's options, so lanes kept for good would grow without bound.
+LANE_IDLE_SECONDS = 60.0
 RETRYABLE = (UpstreamServerError, UpstreamUnavailable, UpstreamTimeout)
 
 
@@ -268,8 +271,7 @@ class Shield:
         return drain_seconds(items, size, self.policy, self._call_seconds)
 
     async def _run(self, lane: _Lane) -> None:
-        while True:
-            await lane.arrived.wait()
+        while await self._arrival(lane):
             if not lane.jobs:
                 lane.arrived.clear()
                 continue
@@ -286,6 +288,19 @@ class Shield:
             task = asyncio.create_task(self._send(lane, batch, holder))
             self._sends.add(task)
             task.add_done_callback(self._sends.discard)
+
+    async def _arrival(self, lane: _Lane) -> bool:
+        """Wait for the lane's next misses; False, the lane gone, once it has had nothing
+        queued or in flight for ``LANE_IDLE_SECONDS``."""
+        try:
+            async with asyncio.timeout(LANE_IDLE_SECONDS):
+                await lane.arrived.wait()
+        except TimeoutError:
+            if lane.jobs or lane.sending:
+                return True
+            del self._lanes[lane.spec]  # no await since the check: submit makes a new one
+            return False
+        return True
 
     async def _start(self, lane: _Lane, holder: str) -> None:
         """Take, for ``holder``, a slot of the concurrency cap and the rate's next call for

@@ -7,9 +7,12 @@ fields take Nomic's API defaults, which are not the official client's (its ``mod
 Every error names the offending input the way Nomic does, ``("body", "texts", 3)`` for the
 fourth text. The body comes whole: the server has bounded its size before it gets here.
 
-Stricter than Nomic's Pydantic in two ways the official client never meets: an integer field
-takes a JSON number with no fraction, not ``"256"`` or ``true``; and a string escaping an
-unpaired surrogate (``"\\ud800"``) makes the body malformed, since it is not text.
+Stricter than Nomic's Pydantic in three ways the official client never meets: an integer
+field takes a JSON number with no fraction, not ``"256"`` or ``true``; a string escaping an
+unpaired surrogate (``"\\ud800"``) makes the body malformed, since it is not text; and a body
+holds at most :data:`MAX_OTHER_VALUES` JSON values besides its texts, counted before it is
+parsed (:func:`too_many_values`): a few bytes of JSON (``{},``) become tens of bytes of Python
+objects each, so 64 MiB of them (64 KiB gzipped) would take 1.9 GB and 7 s to parse.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from gateway.models import (
     LongTextMode,
 )
 
+MAX_OTHER_VALUES = 1024  # the request object, its fields, and room for fields Nomic ignores
 # No text is near this many tokens; a bound keeps the value a 32-bit integer wherever it goes.
 MAX_TOKENS_PER_TEXT_CEILING = 2**31 - 1
 
@@ -86,6 +90,11 @@ def parse_text_request(
     if not body:
         raise InvalidRequest("Field required", loc=("body",))
     check_content_type(content_type)
+    if too_many_values(body, limits.max_texts + MAX_OTHER_VALUES):
+        raise InvalidRequest(
+            f"more JSON values than a request of at most {limits.max_texts} texts holds",
+            loc=("body",),
+        )
     try:
         fields = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -102,6 +111,28 @@ def parse_text_request(
     max_tokens = _max_tokens_per_text(fields, long_text_mode)
     dimensionality = _dimensionality(fields, model)
     return TextRequest(model, task_type, dimensionality, long_text_mode, max_tokens, texts)
+
+
+def too_many_values(body: bytes, most: int) -> bool:
+    """Whether ``body`` has more than ``most`` commas and opening brackets outside its strings,
+    found without building a value: every JSON value but the first follows one (a key and its
+    value the same one), so ``body`` holds at most ``2 * most + 1`` values if not. Exact on
+    JSON; on a body that is not, exact up to where the parser stops, and only ever too high
+    past it. A C-speed pass over the body, and a step per string (at most ``2 * most + 1``)."""
+    if b"\\" in body:  # escaped backslashes first: what is left of \" is an escaped quote
+        body = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    separators = strings = start = 0
+    while True:
+        opening = body.find(b'"', start)
+        end = len(body) if opening < 0 else opening
+        separators += sum(body.count(char, start, end) for char in (b",", b"[", b"{"))
+        if separators > most or strings > 2 * most + 1:
+            return True
+        closing = body.find(b'"', opening + 1) if opening >= 0 else -1
+        if closing < 0:  # the end, or a string left open: the parser stops there
+            return False
+        strings += 1
+        start = closing + 1
 
 
 def _texts(fields: dict[str, object], limits: TextLimits) -> list[str]:

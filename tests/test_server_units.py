@@ -21,7 +21,7 @@ from gateway.breaker import Breaker
 from gateway.config import Settings
 from gateway.connections import ConnectionGuard, budget
 from gateway.errors import LocalResourceError, UpstreamServerError
-from gateway.models import Spec
+from gateway.models import Spec, TextOptions
 from gateway.server import MAX_HEADER_LINE, MAX_REQUEST_LINE, refusal
 from gateway.shield import Job, Shield
 from gateway.store.memory_coordinator import MemoryCoordinator
@@ -306,6 +306,36 @@ async def test_the_shield_neither_retries_nor_counts_a_local_shortage() -> None:
     assert upstream.calls == 5  # one call each: no retries
     assert len(errors) == 5
     assert breaker.state == "closed"
+
+
+class Answers:
+    async def embed(self, spec: Spec, items: Any) -> UpstreamResult:
+        return UpstreamResult([[0.5] * 4 for _ in items], len(items))
+
+
+async def test_a_lane_nobody_uses_any_more_goes_away(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every set of text options has a lane of its own, and a team picks them
+    (max_tokens_per_text alone has 2**31 values): lanes that stayed for good were a task and
+    about 4 KB each, for ever (20,000 requests of one text each: 87 MiB)."""
+    monkeypatch.setattr("gateway.shield.LANE_IDLE_SECONDS", 0.05, raising=False)
+    policy = make_policy(linger_seconds=0, rate_calls=100_000, rate_period_seconds=1,
+                         rate_burst=1000)  # fmt: skip
+    shield = Shield(Answers(), MemoryCoordinator(), policy)
+    try:
+        for tokens in range(1, 101):
+            options = TextOptions("search_document", None, "mean", tokens)
+            spec = Spec("nomic-embed-text-v1.5", "text", options)
+            [answer] = shield.submit(spec, [Job(b"text", tokens, time.monotonic() + 10)])
+            assert (await asyncio.wait_for(answer, 5)).tokens == 1
+        await asyncio.sleep(0.5)
+        lanes = [task for task in asyncio.all_tasks()
+                 if getattr(task.get_coro(), "__qualname__", "") == "Shield._run"]  # fmt: skip
+        assert lanes == []
+        assert shield._lanes == {}
+        [answer] = shield.submit(spec, [Job(b"again", 0, time.monotonic() + 10)])
+        assert (await asyncio.wait_for(answer, 5)).tokens == 1  # a lane comes back when needed
+    finally:
+        await shield.drain()
 
 
 class Writes:

@@ -5,6 +5,7 @@ Nomic's passed on."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import secrets
 from collections import Counter
 from pathlib import Path
@@ -225,3 +226,16 @@ async def test_the_official_clients_pattern_sends_each_text_once_in_full_calls_w
     assert max(len(call.texts) for call in calls) <= 10  # Nomic's limit a call
     assert len(calls) <= 330  # 300 if every call were full
     assert ahead_of_rate([call.at for call in calls], 1 / rate) < 0.05  # 5 calls
+
+
+async def test_a_small_gzipped_body_of_many_tiny_json_values_is_refused_unparsed(
+    gateway: Client, fake_nomic: FakeNomic
+) -> None:
+    junk = b'{"texts": ["a"], "junk": [' + b"{}," * 3_000_000 + b"{}]}"  # 8.6 MiB, 300 MB parsed
+    body = gzip.compress(junk)
+    assert len(body) < 16 * 1024
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    response = await gateway.post("/v1/embedding/text", data=body, headers=headers)
+    assert response.status == 422
+    assert (await response.json())["detail"][0]["loc"] == ["body"]
+    assert fake_nomic.text_calls == []
