@@ -14,9 +14,14 @@ nothing counted twice, and a reservation is always released. What a store failur
 for a decision (decide in the process, or refuse) is the ledger's to say
 (:class:`gateway.store.fallback.FallbackLedger`).
 
-Before the cost of an item of a model is known (no replica has seen Nomic answer yet), a
-team with a token budget sends its misses one request at a time: the first answer teaches
-the cost, so concurrent first requests cannot pass a budget together.
+A miss reserves what inputs of its model cost lately (:class:`gateway.quota.TokenEstimator`):
+an image, the most an image cost; a text, the most a text cost per token of its estimate,
+times its own estimate, and never more than the most the text itself can cost
+(:meth:`gateway.models.Spec.bound`, which is also all it reserves before any answer). So
+another team's texts can raise what a text reserves only up to that bound. Before an
+image's cost is known (no replica has seen Nomic answer yet), a team with a token budget
+sends its image misses one request at a time: the first answer teaches the cost, so
+concurrent first requests cannot pass a budget together.
 """
 
 from __future__ import annotations
@@ -164,7 +169,7 @@ class Accounts:
         settle."""
         at = quota.window(self._clock())
         request = lookup.request
-        want = quota.demand(team, request.kind, len(lookup.cache_keys), lookup.cached_inputs, 0, 0)
+        want = quota.demand(team, request.kind, len(lookup.cache_keys), lookup.cached_inputs, 0)
         usage = answered_usage(answer, request.kind)
         if quota.applies(team, want):
             await self._decide(team, want, at, usage)
@@ -176,14 +181,17 @@ class Accounts:
         """Admit a request with misses, reserving their expected cost, or raise
         :class:`QuotaExceeded` (or :class:`StoreUnavailable`); :meth:`settle` it once it
         is answered or has failed."""
-        model, kind = lookup.request.model, lookup.request.kind
-        learner = _has_budget(team) and await self._cost_known_or_my_turn(model)
+        model, kind, spec = lookup.request.model, lookup.request.kind, lookup.request.spec
+        if kind == "text":  # within the text's own bound, whatever other texts cost
+            learner = False
+            contents = [lookup.first_item[key] for key in lookup.missing]
+            reserve = sum(self._estimator.text_cost(model, spec.weight(c), spec.bound(c) or 1)
+                          for c in contents)  # fmt: skip
+        else:
+            learner = _has_budget(team) and await self._cost_known_or_my_turn(model)
+            reserve = len(lookup.missing) * self._estimator.per_item(model)
         at = quota.window(self._clock())
-        per_item = self._estimator.per_item(model)
-        want = quota.demand(
-            team, kind, len(lookup.cache_keys), lookup.cached_inputs, len(lookup.missing),
-            per_item,
-        )  # fmt: skip
+        want = quota.demand(team, kind, len(lookup.cache_keys), lookup.cached_inputs, reserve)
         if not quota.applies(team, want):
             return Reservation(team, model, kind, at, None, learner)
         try:
@@ -257,7 +265,8 @@ class Accounts:
             metrics.child(metrics.BILLED_TOKENS, team.id, model).inc(billed + late)
         billed += late
         try:
-            await self._share_cost(model)
+            if reservation.kind != "text":  # a text's cost needs no other replica's
+                await self._share_cost(model)
         finally:
             self._end_learning(model, reservation.learner)
         request_id = reservation.request_id

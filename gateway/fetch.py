@@ -177,7 +177,8 @@ class Fetcher:
             wanted, elsewhere = await self._mark(wanted)
         if wanted:
             jobs = [
-                Job(content, owner, deadline, spec.weight(content)) for content in wanted.values()
+                Job(content, owner, deadline, spec.weight(content), spec.bound(content))
+                for content in wanted.values()
             ]
             try:
                 answers = self._shield.submit(spec, jobs)
@@ -185,7 +186,8 @@ class Fetcher:
                 self._fail(wanted, exc)
                 self._spawn(self._unmark(list(wanted)))
             else:
-                self._spawn(self._fill(spec, list(wanted), answers))
+                weights = [job.weight for job in jobs]
+                self._spawn(self._fill(spec, list(wanted), weights, answers))
         if elsewhere:
             self._spawn(self._watch(spec, elsewhere, deadline, owner))
 
@@ -252,8 +254,9 @@ class Fetcher:
                 await self._dispatch(spec, dropped, deadline, owner)
 
     async def _fill(
-        self, spec: Spec, keys: list[str], answers: list[asyncio.Future[Embedded]]
-    ) -> None:
+        self, spec: Spec, keys: list[str], weights: list[int],
+        answers: list[asyncio.Future[Embedded]],
+    ) -> None:  # fmt: skip
         """Answer everyone waiting for ``keys`` as the shield answers, then store the entries
         and release the marks."""
         await asyncio.wait(answers)
@@ -262,7 +265,7 @@ class Fetcher:
         url = spec.kind == "url"
         fresh_until = math.ceil(self._clock() + self._url_ttl_seconds) if url else 0
         stored: list[tuple[str, bytes]] = []
-        for key, answer in zip(keys, answers, strict=True):
+        for key, weight, answer in zip(keys, weights, answers, strict=True):
             error = answer.exception()
             if error is not None:
                 self._fail([key], _gateway_error(error))
@@ -273,7 +276,7 @@ class Fetcher:
             except ValueError:
                 self._fail([key], UpstreamError("Nomic answered a malformed embedding"))
                 continue
-            self._estimator.observe(spec.model, embedded.tokens, 1)
+            self._estimator.observe(spec.model, embedded.tokens, weight)
             entry = Entry(entries.vector_json(embedded.vector), embedded.tokens, fresh_until)
             self._land(key, entry, here=True)
             stored.append((key, blob))

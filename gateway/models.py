@@ -8,6 +8,7 @@ agree on them. The text values and Nomic's defaults for them are as specified in
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Literal, NamedTuple
 
 Kind = Literal["image", "url", "text"]  # image bytes, a URL Nomic fetches, or a text
@@ -22,6 +23,7 @@ DEFAULT_TEXT_MODEL = "nomic-embed-text-v1"  # Nomic's API default; the official 
 DEFAULT_TASK_TYPE = "search_document"
 DEFAULT_LONG_TEXT_MODE: LongTextMode = "mean"  # the API's; the official client sends "truncate"
 DEFAULT_MEAN_MAX_TOKENS = 8192  # max_tokens_per_text when omitted in "mean" mode
+TEXT_CONTEXT_TOKENS = 8192  # what a text model reads of a text in "truncate" mode
 TEXT_DIMENSIONS = 768  # every text model's full size
 # The sizes a text model answers in: v1 only its full size; v1.5 (Matryoshka) any size from
 # 64 to 768, as Nomic announces it (trained and evaluated at 768, 512, 256, 128 and 64).
@@ -59,15 +61,44 @@ class Spec(NamedTuple):
 
     def weight(self, content: bytes) -> int:
         """An input's expected share of an upstream call's tokens, relative to the others of
-        the call: one for every image or URL; for a text, :func:`text_tokens`."""
-        return 1 if self.kind != "text" else text_tokens(content)
+        the call: one for every image or URL; for a text, :func:`text_tokens`, within its
+        :meth:`bound`."""
+        bound = self.bound(content)
+        return 1 if bound is None else min(text_tokens(content), bound)
+
+    def bound(self, content: bytes) -> int | None:
+        """The most tokens Nomic can bill for a text (:func:`text_token_bound`; in "truncate"
+        mode at most its token limit); None for images and URLs, which have no such bound."""
+        if self.text is None:
+            return None
+        most = None
+        if self.text.long_text_mode == "truncate":
+            most = self.text.max_tokens_per_text or TEXT_CONTEXT_TOKENS
+        return text_token_bound(content, most)
 
 
-_PIECES = re.compile(r"\w+|[^\w\s]")
+# Words, punctuation marks, and each CJK ideograph alone (as BERT's tokenizer splits them).
+_IDEOGRAPHS = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f"
+_PIECES = re.compile(f"[{_IDEOGRAPHS}]|[^\\W{_IDEOGRAPHS}]+|[^\\w\\s]")
 
 
 def text_tokens(text: bytes) -> int:
-    """About how many tokens Nomic bills for a text (UTF-8): its words and punctuation marks,
-    as a WordPiece tokenizer splits common English text, and at least one. Rare and long
-    words are split into more pieces by Nomic's tokenizer, so this undercounts them."""
+    """About how many tokens Nomic bills for a text (UTF-8): its words, punctuation marks and
+    CJK ideographs, as a WordPiece tokenizer splits common text, and at least one. Rare and
+    long words are split into more pieces by Nomic's tokenizer, so this undercounts them:
+    :func:`text_token_bound` is what it can never exceed."""
     return max(1, len(_PIECES.findall(text.decode(errors="replace"))))
+
+
+def text_token_bound(text: bytes, most: int | None = None) -> int:
+    """The most tokens a text (UTF-8) can cost, whatever the words: a WordPiece tokenizer
+    makes a token of at most each character, and none of whitespace, once the text is
+    decomposed as BERT's tokenizer decomposes it first (a Hangul syllable becomes two or
+    three characters); at least one, and at most ``most`` (a truncating token limit)."""
+    decomposed = unicodedata.normalize("NFD", text.decode(errors="replace"))
+    characters = len(decomposed) - sum(map(decomposed.count, _WHITESPACE))
+    bound = max(1, characters)
+    return bound if most is None else min(bound, max(1, most))
+
+
+_WHITESPACE = " \t\n\r\f\v\u00a0\u3000"

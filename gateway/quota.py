@@ -90,14 +90,12 @@ class Decision(NamedTuple):
     remaining: int = 0
 
 
-def demand(
-    team: Team, kind: Kind, inputs: int, hits: int, unique_misses: int, estimate: int
-) -> Demand:
+def demand(team: Team, kind: Kind, inputs: int, hits: int, reserve_tokens: int) -> Demand:
     """A request of ``inputs`` inputs of ``kind``, of which ``hits`` were found in the cache,
-    reserving ``estimate`` tokens for each of its ``unique_misses``."""
+    reserving ``reserve_tokens`` for its misses."""
     counted = inputs if team.count_hits else inputs - hits
     images, texts = (0, counted) if kind == "text" else (counted, 0)
-    return Demand(1 if counted else 0, images, texts, unique_misses * estimate)
+    return Demand(1 if counted else 0, images, texts, reserve_tokens)
 
 
 def minute_limits(kind: Kind) -> tuple[LimitName, LimitName]:
@@ -168,22 +166,31 @@ def merge(rows: list[Mapping[str, int]]) -> dict[str, int]:
 
 
 class TokenEstimator:
-    """Expected upstream cost of one item per model: the most any item cost in the last
-    ``window`` upstream answers, so reservations do not fall short while costs hold steady;
-    ``initial`` until the first answer."""
+    """Expected upstream cost per model, from the last ``window`` answers, so that
+    reservations do not fall short while costs hold steady: the most tokens any input of the
+    model cost per unit (an image: per image; a text: per token of its estimate,
+    :meth:`gateway.models.Spec.weight`). ``initial`` per image until the first answer; a text
+    reserves its bound (:meth:`gateway.models.Spec.bound`) until then, and never more."""
 
     def __init__(self, initial: int, window: int = 100) -> None:
         self._initial = initial
         self._window = window
-        self._seen: dict[str, deque[int]] = {}
+        self._seen: dict[str, deque[int]] = {}  # thousandths of a token a unit
 
-    def observe(self, model: str, total_tokens: int, items: int) -> None:
+    def observe(self, model: str, total_tokens: int, units: int) -> None:
+        """``total_tokens`` billed for ``units`` (images, or a text's estimated tokens)."""
         seen = self._seen.setdefault(model, deque(maxlen=self._window))
-        seen.append(math.ceil(total_tokens / items))
+        seen.append(math.ceil(total_tokens * 1000 / max(1, units)))
 
     def per_item(self, model: str) -> int:
         seen = self._seen.get(model)
-        return max(seen) if seen else self._initial
+        return math.ceil(max(seen) / 1000) if seen else self._initial
+
+    def text_cost(self, model: str, weight: int, bound: int) -> int:
+        """What a text of ``weight`` (its estimated tokens) is expected to cost, within
+        ``bound`` (the most it can)."""
+        seen = self._seen.get(model)
+        return bound if not seen else min(bound, math.ceil(weight * max(seen) / 1000))
 
     def known(self, model: str) -> bool:
         return bool(self._seen.get(model))
@@ -191,7 +198,7 @@ class TokenEstimator:
     def seed(self, model: str, per_item: int) -> None:
         """What another replica learned, until this one sees an answer of its own."""
         if not self.known(model):
-            self._seen.setdefault(model, deque(maxlen=self._window)).append(per_item)
+            self._seen.setdefault(model, deque(maxlen=self._window)).append(per_item * 1000)
 
 
 def days_between(since: str | None, until: str | None, today: str) -> list[str]:

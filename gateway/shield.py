@@ -66,13 +66,15 @@ class Embedder(Protocol):
 
 
 class Job(NamedTuple):
-    """One item to fetch: its content, the request that asked (an opaque id), by when, and
-    its weight: its expected share of the call's tokens, relative to the others'."""
+    """One item to fetch: its content, the request that asked (an opaque id), by when, its
+    weight (its expected share of the call's tokens, relative to the others') and its bound
+    (the most tokens it can cost, if that is known)."""
 
     content: bytes
     owner: int
     deadline: float
     weight: int = 1
+    bound: int | None = None
 
 
 class Embedded(NamedTuple):
@@ -121,11 +123,40 @@ class Policy(NamedTuple):
         return max(1, math.ceil(self.rate_period_seconds * 1000 / self.rate_calls))
 
 
-def split_tokens(total: int, weights: Sequence[int]) -> list[int]:
-    """Share a call's ``total`` tokens over its items in proportion to their ``weights``
-    (all 1: evenly), the tokens left by rounding down one each to the items that lost most
-    to it (the first of equals first), so the shares always add up to exactly what Nomic
-    billed."""
+def split_tokens(
+    total: int, weights: Sequence[int], bounds: Sequence[int | None] | None = None
+) -> list[int]:
+    """Share a call's ``total`` tokens over its items in proportion to their ``weights``, so
+    that the shares add up to exactly what Nomic billed, and none passes its item's bound
+    (the most it can cost; None: none known) while the bounds can hold the total: a share
+    that would is cut to its bound and the rest shared again over the others. So an input
+    whose tokens the weights underestimate (say, a text of rare words) pays for them itself,
+    not the inputs that shared its call. Should Nomic bill past the bounds, every bounded
+    item pays its bound and the excess is shared by weight."""
+    if bounds is None or all(bound is None for bound in bounds):
+        return _by_weight(total, weights)
+    limits = [total if bound is None else bound for bound in bounds]
+    if total > sum(limits):
+        extra = _by_weight(total - sum(limits), weights)
+        return [limit + more for limit, more in zip(limits, extra, strict=True)]
+    shares = [0] * len(weights)
+    open_items, left = list(range(len(weights))), total
+    while True:
+        split = _by_weight(left, [weights[i] for i in open_items])
+        over = {i for i, share in zip(open_items, split, strict=True) if share > limits[i]}
+        if not over:
+            for i, share in zip(open_items, split, strict=True):
+                shares[i] = share
+            return shares
+        for i in over:
+            shares[i] = limits[i]
+            left -= limits[i]
+        open_items = [i for i in open_items if i not in over]
+
+
+def _by_weight(total: int, weights: Sequence[int]) -> list[int]:
+    """``total`` in proportion to ``weights`` (all 0: evenly), the tokens left by rounding
+    down one each to the items that lost most to it (the first of equals first)."""
     if not any(weights):
         weights = [1] * len(weights)
     whole = sum(weights)
@@ -468,7 +499,8 @@ class Shield:
                 return results + [(item, error) for item in batch]
             self.breaker.record_success()
             self._call_seconds += (self._clock() - started - self._call_seconds) / 8
-            costs = split_tokens(answer.total_tokens, [item.job.weight for item in batch])
+            costs = split_tokens(answer.total_tokens, [item.job.weight for item in batch],
+                                 [item.job.bound for item in batch])  # fmt: skip
             embedded = zip(answer.embeddings, costs, strict=True)
             return results + [(item, Embedded(*e)) for item, e in zip(batch, embedded, strict=True)]
         return results

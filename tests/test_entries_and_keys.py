@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from gateway import entries
 from gateway.keys import OLD_PREFIXES, PREFIX, cache_key, content_digest, private_scope
-from gateway.models import Spec
+from gateway.models import Spec, TextOptions, text_token_bound, text_tokens
 from gateway.pipeline import answer_body
 from gateway.shield import split_tokens
 from tests.fake_nomic import FakeNomic
@@ -93,6 +93,61 @@ def test_a_weighted_token_split_adds_up_and_follows_the_weights(
         whole = sum(weights)
         for share, weight in zip(shares, weights, strict=True):
             assert abs(share - total * weight / whole) < 1  # each within a token of its part
+
+
+@given(
+    st.integers(0, 10**5),
+    st.lists(st.tuples(st.integers(0, 1000), st.one_of(st.none(), st.integers(0, 5000))),
+             min_size=1, max_size=20),
+)  # fmt: skip
+def test_a_bounded_token_split_adds_up_and_keeps_each_within_its_bound(
+    total: int, items: list[tuple[int, int | None]]
+) -> None:
+    weights, bounds = [w for w, _ in items], [b for _, b in items]
+    shares = split_tokens(total, weights, bounds)
+    assert sum(shares) == total
+    assert all(share >= 0 for share in shares)
+    if any(bound is None for bound in bounds) or total <= sum(b or 0 for b in bounds):
+        for share, bound in zip(shares, bounds, strict=True):
+            assert bound is None or share <= bound  # the bounds hold the total: all kept
+    else:  # Nomic billed past every bound: each pays its bound, and its part of the rest
+        assert all(share >= (bound or 0) for share, bound in zip(shares, bounds, strict=True))
+    if all(bound is None or bound >= total for bound in bounds):
+        assert shares == split_tokens(total, weights)  # no bound binds: by weight alone
+
+
+def test_a_text_the_estimate_undercounts_pays_for_itself_not_its_call_mates() -> None:
+    """Eight thousand CJK ideographs cost 8,000 tokens; a five-word text can cost at most its
+    characters, whatever the weights say."""
+    spec = Spec("nomic-embed-text-v1.5", "text", TextOptions("search_document", None, "mean", None))
+    attacker, victim = "中".encode() * 8000, b"a cat on a mat"
+    weights = [1, 5]  # as if the estimate had seen one word in the attacker's text
+    bounds = [spec.bound(attacker), spec.bound(victim)]
+    assert bounds == [8000, 10]
+    assert split_tokens(8005, weights, bounds) == [7995, 10]
+
+
+@pytest.mark.parametrize(
+    ("text", "estimate", "bound"),
+    [
+        ("a cat on a mat", 5, 10),
+        ("Hello, world!", 4, 12),
+        ("\u4e2d\u6587\u5b57", 3, 3),  # each CJK ideograph a token, as BERT splits them
+        ("\ud55c\uad6d\uc5b4", 1, 8),  # three Hangul syllables: eight jamo once decomposed
+        ("caf\u00e9", 1, 5),  # the accent is a character of its own once decomposed
+        ("   \n\t", 1, 1),  # whitespace is no token; every text costs at least one
+        ("x" * 100, 1, 100),  # one rare "word": the estimate's 1, up to 100 pieces
+    ],
+)  # fmt: skip
+def test_a_texts_token_estimate_and_bound(text: str, estimate: int, bound: int) -> None:
+    assert text_tokens(text.encode()) == estimate
+    assert text_token_bound(text.encode()) == bound
+    assert text_token_bound(text.encode(), 2) == min(bound, 2)
+
+
+@given(st.text(max_size=200))
+def test_the_fakes_tokens_never_pass_the_bound(text: str) -> None:
+    assert FakeNomic.text_tokens(text) <= text_token_bound(text.encode(errors="replace"))
 
 
 def test_answer_body_is_nomics_shape() -> None:

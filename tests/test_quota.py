@@ -37,17 +37,17 @@ def team(count_hits: bool = True, **limits: int | None) -> Team:
 
 
 def test_demand_counts_hits_only_when_the_team_says_so() -> None:
-    assert quota.demand(team(), "image", 10, 7, 2, 5) == Demand(1, 10, 0, 10)
-    assert quota.demand(team(count_hits=False), "image", 10, 7, 2, 5) == Demand(1, 3, 0, 10)
-    assert quota.demand(team(count_hits=False), "image", 4, 4, 0, 5) == Demand(0, 0, 0, 0)
+    assert quota.demand(team(), "image", 10, 7, 10) == Demand(1, 10, 0, 10)
+    assert quota.demand(team(count_hits=False), "image", 10, 7, 10) == Demand(1, 3, 0, 10)
+    assert quota.demand(team(count_hits=False), "image", 4, 4, 0) == Demand(0, 0, 0, 0)
 
 
 def test_demand_counts_images_and_urls_as_images_and_texts_as_texts() -> None:
-    assert quota.demand(team(), "url", 4, 1, 3, 5) == Demand(1, 4, 0, 15)
-    assert quota.demand(team(), "text", 10, 7, 2, 5) == Demand(1, 0, 10, 10)
-    assert quota.demand(team(count_hits=False), "text", 10, 7, 2, 5) == Demand(1, 0, 3, 10)
-    assert quota.demand(team(count_hits=False), "text", 4, 4, 0, 5) == Demand(0, 0, 0, 0)
-    assert quota.demand(team(), "text", 0, 0, 0, 5) == Demand(0, 0, 0, 0)  # texts: []
+    assert quota.demand(team(), "url", 4, 1, 15) == Demand(1, 4, 0, 15)
+    assert quota.demand(team(), "text", 10, 7, 10) == Demand(1, 0, 10, 10)
+    assert quota.demand(team(count_hits=False), "text", 10, 7, 10) == Demand(1, 0, 3, 10)
+    assert quota.demand(team(count_hits=False), "text", 4, 4, 0) == Demand(0, 0, 0, 0)
+    assert quota.demand(team(), "text", 0, 0, 0) == Demand(0, 0, 0, 0)  # texts: []
 
 
 def test_each_kind_counts_toward_requests_and_its_own_per_minute_limit() -> None:
@@ -129,3 +129,13 @@ def test_estimator_keeps_the_highest_recent_cost_per_model() -> None:
         estimator.observe("m", 5, 1)
     assert estimator.per_item("m") == 5
     assert estimator.per_item("other") == 7
+
+
+def test_a_texts_expected_cost_is_its_estimate_at_the_recent_rate_within_its_bound() -> None:
+    estimator = TokenEstimator(initial=7)
+    assert estimator.text_cost("m", 5, 18) == 18  # nothing seen yet: the most it can cost
+    estimator.observe("m", 40, 10)  # 4 tokens a unit of estimate
+    assert estimator.text_cost("m", 5, 100) == 20
+    assert estimator.text_cost("m", 5, 12) == 12  # never past what the text can cost
+    estimator.observe("m", 9, 10)
+    assert estimator.text_cost("m", 5, 100) == 20  # the most recent rate, not the last

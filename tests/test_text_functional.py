@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.conftest import GatewayFactory, admin_get, team_headers
-from tests.fake_nomic import FAKE_API_KEY, FakeNomic
+from tests.fake_nomic import FAKE_API_KEY, MODEL_CONTEXT, FakeNomic
 from tests.helpers import run_official_client
 from tests.test_shield_functional import ahead_of_rate
 
@@ -239,3 +240,59 @@ async def test_a_small_gzipped_body_of_many_tiny_json_values_is_refused_unparsed
     assert response.status == 422
     assert (await response.json())["detail"][0]["loc"] == ["body"]
     assert fake_nomic.text_calls == []
+
+
+def rare_word_tokens(text: str, max_tokens_per_text: int | None = None) -> int:
+    """As a WordPiece tokenizer splits words it does not know: a piece every two letters."""
+    pieces = sum((len(word) + 1) // 2 for word in text.split())
+    return min(pieces, max_tokens_per_text or MODEL_CONTEXT)
+
+
+async def test_a_team_cannot_have_its_tokens_billed_to_another_team_in_the_same_call(
+    make_gateway: GatewayFactory, fake_nomic: FakeNomic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call's tokens are shared by an estimate of each text's (its words), which a text of
+    rare words beats: 400 twenty-letter words are 400 to the estimate and 4,000 tokens to
+    Nomic. Batched with it, a victim's five-word text pays at most what it can cost (a token a
+    character, 10), not its estimate's share of the attacker's tokens (about 50); and its
+    entry keeps that share for later hits."""
+    monkeypatch.setattr(FakeNomic, "text_tokens", staticmethod(rare_word_tokens))
+    gateway = await make_gateway(upstream_linger_seconds=0.3)
+    attacker = await team_headers(gateway, "attacker")
+    victim = await team_headers(gateway, "victim")
+    fake_nomic.latency = 0.5
+    busy = asyncio.create_task(post_texts(gateway, ["busy"]))
+    await asyncio.sleep(0.1)  # a call of the lane in flight: the next misses linger together
+    rare = " ".join(secrets.token_hex(10) for _ in range(400))
+    answers = await asyncio.gather(
+        gateway.post("/v1/embedding/text", json={"texts": [rare]}, headers=attacker),
+        gateway.post("/v1/embedding/text", json={"texts": ["a cat on a mat"]}, headers=victim),
+    )
+    assert (await busy).status == 200
+    assert [answer.status for answer in answers] == [200, 200]
+    assert len(fake_nomic.text_calls[-1].texts) == 2  # one call, both texts
+    billed = [int(answer.headers["X-Billed-Tokens"]) for answer in answers]
+    assert sum(billed) == 4000 + rare_word_tokens("a cat on a mat")
+    assert billed[1] <= 10, f"the victim paid {billed[1]} tokens for a 10-character text"
+    again = await gateway.post(
+        "/v1/embedding/text", json={"texts": ["a cat on a mat"]}, headers=victim
+    )
+    assert (orjson.loads(await again.read()))["usage"]["total_tokens"] == billed[1]
+
+
+async def test_one_teams_long_text_does_not_shrink_another_teams_token_budget(
+    gateway: Client, fake_nomic: FakeNomic
+) -> None:
+    """A text's misses reserve what the text itself can cost, not the most any recent text
+    of the model cost: another team's 9,000-word text, and a team with 1,000 tokens a day
+    still gets 20 short texts (whose 360 characters bound their cost), and its budget holds."""
+    other = await team_headers(gateway, "other")
+    long = await post_texts(gateway, ["w " * 9000], headers=other)
+    assert long.status == 200
+    budget = await team_headers(gateway, "budget", limits={"tokens_per_day": 1000})
+    texts = [f"a short text number {n:02d}" for n in range(20)]  # 18 characters and 5 words
+    answer = await gateway.post("/v1/embedding/text", json={"texts": texts}, headers=budget)
+    assert answer.status == 200, await answer.text()
+    assert int(answer.headers["X-Billed-Tokens"]) == 100
+    usage = (await admin_get(gateway, "/admin/usage?team=budget"))["usage"]
+    assert usage[0]["billed_tokens"] == 100
