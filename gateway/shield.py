@@ -190,17 +190,24 @@ def retry_delay(
     return delay if delay < time_left else None
 
 
-def drain_seconds(items: int, size: int, policy: Policy, call_seconds: float) -> float:
-    """About how long until the last of ``items`` queued misses (``size`` bytes in all) is
-    answered: the calls they need (a call takes as many items of their average size as the
-    batch limits allow, so large images go one a call), spaced by the rate past its burst,
-    overlapping as the concurrency cap lets calls of ``call_seconds`` each."""
+def calls_for(items: int, size: int, most: int, policy: Policy) -> int:
+    """The calls ``items`` queued misses of one lane (``size`` bytes in all) need: a call
+    takes at most ``most`` (the lane's batch: images or texts), and as many of their average
+    size as the byte limit allows, so large images go one a call."""
     if items <= 0:
-        return 0.0
-    per_call = policy.batch_items
+        return 0
+    per_call = most
     if size:
         per_call = max(1, min(per_call, policy.batch_bytes * items // size))
-    calls = -(-items // per_call)
+    return -(-items // per_call)
+
+
+def drain_seconds(calls: int, policy: Policy, call_seconds: float) -> float:
+    """About how long until the last of ``calls`` queued calls (:func:`calls_for`, over all
+    lanes: they share the rate) is answered: spaced by the rate past its burst, overlapping
+    as the concurrency cap lets calls of ``call_seconds`` each."""
+    if calls <= 0:
+        return 0.0
     by_rate = max(0, calls - policy.rate_burst) * policy.interval_ms / 1000 + call_seconds
     by_concurrency = -(-calls // policy.concurrency) * call_seconds
     return max(by_rate, by_concurrency)
@@ -223,6 +230,7 @@ class _Lane:
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     sending: int = 0  # calls of this lane in flight
+    calls: int = 0  # the calls its queued jobs need (calls_for)
     last_arrival: float = -math.inf
     quiet: bool = False  # the batch now queued began with nothing to wait for
 
@@ -254,7 +262,7 @@ class Shield:
         self._slots = Heartbeat(coordinator.renew_slots, lease_seconds, "upstream call slots")
         self._call_seconds = 0.0  # how long upstream calls took lately (a moving average)
         self.queued = 0
-        self.queued_bytes = 0
+        self.queued_calls = 0  # what the queued misses need, over all lanes
 
     def submit(self, spec: Spec, jobs: Sequence[Job]) -> list[asyncio.Future[Embedded]]:
         """Queue ``jobs``: a future for each, in order. Raises :class:`UpstreamUnavailable` at
@@ -268,20 +276,24 @@ class Shield:
         if self.queued + len(jobs) > self.policy.queue_items:
             raise UpstreamUnavailable(
                 "the upstream queue is full; retry shortly",
-                retry_after=self._drain_seconds(self.queued, self.queued_bytes),
+                retry_after=self._drain_seconds(self.queued_calls),
             )
-        expected = self._drain_seconds(self.queued + len(jobs), self.queued_bytes + size)
+        lane = self._lanes.get(spec)
+        most = self._batch_items(spec) if lane is None else lane.most
+        queued, queued_bytes = (0, 0) if lane is None else (len(lane.jobs), lane.bytes)
+        calls = calls_for(queued + len(jobs), queued_bytes + size, most, self.policy)
+        all_calls = self.queued_calls - (0 if lane is None else lane.calls) + calls
+        expected = self._drain_seconds(all_calls)
         now = self._clock()
         if now + expected > min(job.deadline for job in jobs):
             raise UpstreamUnavailable(
                 "Nomic's rate cannot take these misses before the request's deadline",
                 retry_after=expected,
             )
-        lane = self._lanes.get(spec)
         if lane is None:
-            most = self.policy.text_batch_items if spec.kind == "text" else self.policy.batch_items
             lane = self._lanes[spec] = _Lane(spec, most)
             lane.task = asyncio.create_task(self._run(lane))
+        lane.calls, self.queued_calls = calls, all_calls
         if not lane.jobs:  # a new batch: worth lingering for only if others are coming
             recent = now - lane.last_arrival < self.policy.linger_seconds
             lane.quiet = not recent and not lane.sending
@@ -291,15 +303,17 @@ class Shield:
         lane.jobs.extend(waiting)
         lane.bytes += size
         self.queued += len(jobs)
-        self.queued_bytes += size
         metrics.UPSTREAM_QUEUE.set(self.queued)
         lane.arrived.set()
         return [item.answer for item in waiting]
 
-    def _drain_seconds(self, items: int, size: int) -> float:
-        """About how long until the last of ``items`` queued misses (``size`` bytes) has
-        been answered: see :func:`drain_seconds`."""
-        return drain_seconds(items, size, self.policy, self._call_seconds)
+    def _drain_seconds(self, calls: int) -> float:
+        """About how long until the last of ``calls`` queued calls has been answered: see
+        :func:`drain_seconds`."""
+        return drain_seconds(calls, self.policy, self._call_seconds)
+
+    def _batch_items(self, spec: Spec) -> int:
+        return self.policy.text_batch_items if spec.kind == "text" else self.policy.batch_items
 
     async def _run(self, lane: _Lane) -> None:
         while await self._arrival(lane):
@@ -437,7 +451,9 @@ class Shield:
             size += len(item.job.content)
         lane.bytes -= size
         self.queued -= len(batch)
-        self.queued_bytes -= size
+        calls = calls_for(len(lane.jobs), lane.bytes, lane.most, self.policy)
+        self.queued_calls += calls - lane.calls
+        lane.calls = calls
         metrics.UPSTREAM_QUEUE.set(self.queued)
         return batch
 

@@ -228,18 +228,65 @@ async def test_a_client_that_leaves_mid_body_costs_no_traceback(
 
 
 def test_the_queue_drains_in_calls_counted_by_items_and_bytes() -> None:
-    from gateway.shield import drain_seconds
+    from gateway.shield import calls_for, drain_seconds
     from tests.helpers import policy as make_policy
 
     policy = make_policy(batch_items=64, batch_bytes=32_000_000, rate_calls=1200,
                          rate_period_seconds=300, rate_burst=1, concurrency=8)  # fmt: skip
-    assert drain_seconds(0, 0, policy, 2.0) == 0.0
-    assert drain_seconds(64, 64_000, policy, 0.1) == pytest.approx(0.1)  # one call
-    assert drain_seconds(65, 65_000, policy, 0.1) == pytest.approx(0.35)  # two: 0.25 s apart
-    twenty_mb = drain_seconds(10, 200_000_000, policy, 2.0)  # one image a call
+
+    def drain(items: int, size: int, seconds: float, most: int = 64) -> float:
+        return drain_seconds(calls_for(items, size, most, policy), policy, seconds)
+
+    assert drain(0, 0, 2.0) == 0.0
+    assert drain(64, 64_000, 0.1) == pytest.approx(0.1)  # one call
+    assert drain(65, 65_000, 0.1) == pytest.approx(0.35)  # two: 0.25 s apart
+    assert drain(65, 650, 0.1, most=10) == pytest.approx(6 * 0.25 + 0.1)  # texts: 10 a call
+    twenty_mb = drain(10, 200_000_000, 2.0)  # one image a call
     assert twenty_mb == pytest.approx(max(9 * 0.25 + 2.0, 2 * 2.0))
-    slow = drain_seconds(16 * 64, 16 * 64_000, policy, 10.0)  # 16 calls, 8 at once, 10 s each
+    slow = drain(16 * 64, 16 * 64_000, 10.0)  # 16 calls, 8 at once, 10 s each
     assert slow == pytest.approx(max(15 * 0.25 + 10.0, 2 * 10.0))
+
+
+async def test_the_queue_admits_no_more_texts_than_the_rate_serves_by_their_deadline() -> None:
+    """A text call takes 10 texts, and texts of different options never share one: at Nomic's
+    rate (4 calls a second) a 60 s deadline serves about 2,400 texts of one lane, or 240
+    texts each of its own options; what the queue admitted beyond that would fail 60 s later
+    instead of at once with an honest Retry-After."""
+    import time
+
+    from gateway.errors import UpstreamUnavailable
+    from gateway.models import TextOptions
+    from gateway.shield import Job, Shield
+    from gateway.store.memory_coordinator import MemoryCoordinator
+    from tests.helpers import policy as make_policy
+
+    def spec(max_tokens: int) -> Spec:
+        options = TextOptions("search_document", None, "mean", max_tokens)
+        return Spec("nomic-embed-text-v1.5", "text", options)
+
+    async def admitted(requests: list[tuple[Spec, int]]) -> int:
+        shield = Shield(object(), MemoryCoordinator(), make_policy())  # type: ignore[arg-type]
+        count, waits = 0, []
+        try:
+            for n, (options, texts) in enumerate(requests):
+                jobs = [Job(b"%d %d" % (n, i), n, time.monotonic() + 60, 1) for i in range(texts)]
+                try:
+                    shield.submit(options, jobs)
+                except UpstreamUnavailable as refused:
+                    waits.append(refused.retry_after or 0)
+                    continue
+                count += texts
+        finally:
+            for lane in shield._lanes.values():
+                assert lane.task is not None
+                lane.task.cancel()
+            await asyncio.sleep(0)
+        assert waits
+        assert min(waits) >= 55  # Retry-After: when the queue ahead will have drained
+        return count
+
+    assert 2300 <= await admitted([(spec(1), 100)] * 100) <= 2400
+    assert 230 <= await admitted([(spec(n), 1) for n in range(1, 4001)]) <= 240
 
 
 async def test_large_images_the_rate_cannot_take_by_the_deadline_get_503_at_once(
