@@ -80,6 +80,7 @@ class Spec(NamedTuple):
 # Words, punctuation marks, and each CJK ideograph alone (as BERT's tokenizer splits them).
 _IDEOGRAPHS = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f"
 _PIECES = re.compile(f"[{_IDEOGRAPHS}]|[^\\W{_IDEOGRAPHS}]+|[^\\w\\s]")
+_WHITESPACE = " \t\n\r\f\v\u00a0\u3000"  # no token of their own (some of what BERT skips)
 
 
 def text_tokens(text: bytes) -> int:
@@ -99,6 +100,3 @@ def text_token_bound(text: bytes, most: int | None = None) -> int:
     characters = len(decomposed) - sum(map(decomposed.count, _WHITESPACE))
     bound = max(1, characters)
     return bound if most is None else min(bound, max(1, most))
-
-
-_WHITESPACE = " \t\n\r\f\v\u00a0\u3000"
