@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import HttpVersion11, web
 
@@ -27,7 +27,7 @@ from gateway.appkeys import (
 )
 from gateway.body_budget import Claim
 from gateway.errors import BodyTimeout, PayloadTooLarge
-from gateway.fetch import late_tokens
+from gateway.fetch import Landed, late_tokens
 from gateway.middlewares import LOG_FIELDS
 from gateway.models import Kind, TextOptions
 from gateway.pipeline import Answer, FetchFailed, Lookup, assemble
@@ -96,19 +96,18 @@ async def _complete(request: web.Request, team: Team, lookup: Lookup, deadline: 
     reservation = await accounts.reserve(team, lookup)
     answer: Answer | None = None
     billed = 0
-    late = None
+    late_fetches: Sequence[asyncio.Future[Landed]] = ()
     upstream_started = time.perf_counter()
     try:
         answer, late_fetches = await pipeline.complete(lookup, deadline)
         billed = answer.billed_tokens
-        late = late_tokens(late_fetches) if late_fetches else None
     except FetchFailed as failed:
-        billed = failed.billed_tokens
-        late = late_tokens(failed.late) if failed.late else None
+        billed, late_fetches = failed.billed_tokens, failed.late
         raise failed.error from None
     finally:
         log.update(upstream_ms=round((time.perf_counter() - upstream_started) * 1000, 2),
                    billed_tokens=billed)  # fmt: skip
+        late = late_tokens(late_fetches) if late_fetches else None
         settled = accounts.settle(reservation, answer, billed, later=late)
         if answer is None and late is None:
             await settled
