@@ -183,4 +183,7 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
         )
         async with flushing(accounts, settings.usage_flush_seconds):
             yield
+            # Requests whose handlers the shutdown cancelled still run to their end (and may
+            # not have reached the shield yet): the pipeline serves them before it stops.
+            await accounts.drain()
             await pipeline.drain()

@@ -231,9 +231,11 @@ class Pipeline:
         return found, True
 
     async def drain(self) -> None:
-        """Wait for upstream fetches still running (at shutdown: their results get stored)."""
-        await self.shield.drain()
+        """Wait for upstream fetches still running (at shutdown: their results get stored).
+        The fetcher's first: a watch of another replica's fetch that takes it over hands it
+        to the shield, which must still be sending."""
         await self.fetcher.drain()
+        await self.shield.drain()
 
 
 def _first_failure(

@@ -263,12 +263,16 @@ class Shield:
         self._call_seconds = 0.0  # how long upstream calls took lately (a moving average)
         self.queued = 0
         self.queued_calls = 0  # what the queued misses need, over all lanes
+        self._stopped = False  # drained at shutdown: its lanes send nothing more
 
     def submit(self, spec: Spec, jobs: Sequence[Job]) -> list[asyncio.Future[Embedded]]:
         """Queue ``jobs``: a future for each, in order. Raises :class:`UpstreamUnavailable` at
         once when the breaker is open, the queue is full, or the queue ahead of them cannot
         drain before their deadline (the jobs are then not queued). Retry-After says when the
-        queue will have drained."""
+        queue will have drained. Once :meth:`drain` stopped the lanes, it raises
+        :class:`UpstreamUnavailable` too: nothing would send the jobs."""
+        if self._stopped:
+            raise UpstreamUnavailable("the gateway is shutting down", retry_after=1)
         wait = self.breaker.retry_after()
         if wait > 0:
             raise UpstreamUnavailable("Nomic is failing; retry later", retry_after=wait)
@@ -574,6 +578,7 @@ class Shield:
                 await asyncio.gather(*self._sends, return_exceptions=True)
             else:
                 await asyncio.sleep(0.01)
+        self._stopped = True
         for lane in self._lanes.values():
             if lane.task is not None:
                 lane.task.cancel()

@@ -9,12 +9,13 @@ from collections.abc import Sequence
 import orjson
 import pytest
 
-from gateway.errors import UpstreamUnavailable
+from gateway.errors import UpstreamServerError, UpstreamUnavailable
 from gateway.forms import ParsedRequest
 from gateway.models import Spec
 from gateway.pipeline import Answer, FetchFailed, Pipeline, assemble
 from gateway.quota import TokenEstimator
 from gateway.store import MemoryStore
+from gateway.store.base import Mark
 from gateway.store.memory_coordinator import MemoryCoordinator
 from gateway.upstream import UpstreamResult
 from tests.fake_nomic import FakeNomic, png
@@ -116,3 +117,76 @@ async def test_a_client_that_goes_away_does_not_cancel_the_fetch_others_wait_for
     await pipeline.drain()
     assert embedder.items == [png(1)]
     assert len(store) == 1
+
+
+class SharedMarks(MemoryCoordinator):
+    """A coordinator whose in-flight marks are shared by the pipelines given it, as Redis's
+    are by replicas (a mark taken only where none is, read with the entry)."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        super().__init__()
+        self._store = store
+        self.marks: dict[str, str] = {}
+
+    async def claim_fetches(self, keys: Sequence[str], holder: str, lease_ms: int) -> list[Mark]:
+        stored = await self._store.get_many(keys)
+        held = [self.marks.setdefault(key, holder) == holder and key for key in keys]
+        return [Mark(bool(h), s) for h, s in zip(held, stored, strict=True)]
+
+    async def release_fetches(self, keys: Sequence[str], holder: str) -> None:
+        for key in keys:
+            if self.marks.get(key) == holder:
+                del self.marks[key]
+
+    async def fetching(self, keys: Sequence[str]) -> list[Mark]:
+        stored = await self._store.get_many(keys)
+        return [Mark(key in self.marks, s) for key, s in zip(keys, stored, strict=True)]
+
+
+class FailingWhenReleased(CountingEmbedder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.called = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def embed(self, spec: Spec, items: Sequence[bytes]) -> UpstreamResult:
+        self.called.set()
+        await self.release.wait()
+        raise UpstreamServerError("Nomic answered HTTP 500")
+
+
+def replica(store: MemoryStore, coordinator: SharedMarks, embedder: CountingEmbedder) -> Pipeline:
+    return Pipeline(
+        store, embedder, coordinator,
+        policy=policy(batch_items=8, linger_seconds=0, max_attempts=1),
+        url_ttl_seconds=60, stale_grace_seconds=0, estimator=TokenEstimator(1),
+        shares_fetches=True,
+    )  # fmt: skip
+
+
+async def test_a_fetch_taken_over_while_the_pipeline_drains_is_answered_and_the_drain_ends() -> (
+    None
+):
+    store = MemoryStore(10_000_000)
+    marks = SharedMarks(store)
+    dying, draining = FailingWhenReleased(), CountingEmbedder()
+    other, shutting = replica(store, marks, dying), replica(store, marks, draining)
+    await embed(shutting, request(png(9)))  # its image lane is running
+    owner = asyncio.create_task(embed(other, request(png(1))))
+    await dying.called.wait()
+    lookup = await shutting.lookup(request(png(1)))
+    watcher = asyncio.create_task(shutting.complete(lookup, time.monotonic() + 5))
+    await asyncio.sleep(0.1)  # it watches the other replica's fetch
+    drained = asyncio.create_task(shutting.drain())  # SIGTERM: its requests run to their end
+    await asyncio.sleep(0.1)
+    dying.release.set()  # the other replica's call fails: this one takes the image over
+    with pytest.raises(FetchFailed):
+        await owner
+    answer = (await asyncio.wait_for(watcher, 2)).answer
+    assert orjson.loads(answer.body)["embeddings"] == [FakeNomic.embedding(MODEL, png(1))]
+    assert answer.billed_tokens == 3
+    await asyncio.wait_for(drained, 2)
+    with pytest.raises(FetchFailed) as late:  # nothing sends it now: refused, not left waiting
+        await asyncio.wait_for(embed(shutting, request(png(2))), 2)
+    assert isinstance(late.value.error, UpstreamUnavailable)
+    await other.drain()
