@@ -134,6 +134,12 @@ class UpstreamError(GatewayError):
     kind = "upstream_error"
 
 
+class Withdrawn(UpstreamError):
+    """Nomic was never asked for this item: the request that sent it used up its resends on
+    items Nomic refused, and the rest of its items went with it. A request that joined the
+    item's fetch takes it over (:class:`gateway.fetch.Fetcher`)."""
+
+
 class UpstreamServerError(UpstreamError):
     """Nomic answered 5xx, or could not be reached: worth retrying."""
 

@@ -30,7 +30,7 @@ from typing import Any, Literal, NamedTuple
 
 from gateway import entries, metrics
 from gateway.entries import Entry
-from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
+from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, Withdrawn
 from gateway.hot import HotCache
 from gateway.leases import Heartbeat
 from gateway.models import Spec
@@ -124,19 +124,17 @@ class Fetcher:
     ) -> Fetched:  # fmt: skip
         """An outcome for each key of ``wanted`` (key → content) by ``deadline`` (a
         ``time.monotonic()`` instant); a key in ``stale`` is served stale if its fetch fails."""
-        futures, owned = self._join_or_own(wanted)
-        if owned:
-            owner = next(self._owners)
-            try:
-                await self._dispatch(
-                    spec, {k: c for k, c in wanted.items() if k in owned}, deadline, owner
-                )
-            except BaseException:  # cancelled before the shield had them: nobody would
-                self._fail(owned, UpstreamError("the request was cancelled"))
-                raise
-        pending = [f for f in futures.values() if not f.done()]
-        if pending:
-            await asyncio.wait(pending, timeout=max(0.0, deadline - time.monotonic()))
+        owner = next(self._owners)
+        futures, owned = await self._start(spec, wanted, deadline, owner)
+        await _wait(futures.values(), deadline)
+        # A fetch it joined that its owner withdrew (the owner's request used up its resends
+        # on items Nomic refused): this request takes it over, once, on its own account.
+        withdrawn = {k: wanted[k] for k, f in futures.items() if k not in owned and _withdrawn(f)}
+        if withdrawn and time.monotonic() < deadline:
+            again, taken = await self._start(spec, withdrawn, deadline, owner)
+            futures.update(again)
+            owned |= taken
+            await _wait(again.values(), deadline)
         outcomes: dict[str, Outcome] = {}
         late: list[asyncio.Future[Landed]] = []
         for key, future in futures.items():
@@ -148,6 +146,22 @@ class Fetcher:
                 metrics.STALE_SERVED.inc()
             outcomes[key] = outcome
         return Fetched(outcomes, late)
+
+    async def _start(
+        self, spec: Spec, wanted: Mapping[str, bytes], deadline: float, owner: int
+    ) -> tuple[dict[str, asyncio.Future[Landed]], set[str]]:
+        """Join what is in flight and send the rest upstream for ``owner``: each key's
+        future, and the keys it owns."""
+        futures, owned = self._join_or_own(wanted)
+        if owned:
+            try:
+                await self._dispatch(
+                    spec, {k: c for k, c in wanted.items() if k in owned}, deadline, owner
+                )
+            except BaseException:  # cancelled before the shield had them: nobody would
+                self._fail(owned, UpstreamError("the request was cancelled"))
+                raise
+        return futures, owned
 
     def _join_or_own(
         self, wanted: Mapping[str, bytes]
@@ -367,6 +381,16 @@ def _gateway_error(error: BaseException) -> GatewayError:
     if isinstance(error, GatewayError):
         return error
     return UpstreamError("the upstream call failed unexpectedly")
+
+
+async def _wait(futures: Iterable[asyncio.Future[Landed]], deadline: float) -> None:
+    pending = [f for f in futures if not f.done()]
+    if pending:
+        await asyncio.wait(pending, timeout=max(0.0, deadline - time.monotonic()))
+
+
+def _withdrawn(future: asyncio.Future[Landed]) -> bool:
+    return future.done() and not future.cancelled() and isinstance(future.exception(), Withdrawn)
 
 
 def _succeeded(future: asyncio.Future[Landed]) -> bool:

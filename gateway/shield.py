@@ -45,6 +45,7 @@ from gateway.errors import (
     UpstreamServerError,
     UpstreamTimeout,
     UpstreamUnavailable,
+    Withdrawn,
 )
 from gateway.leases import Heartbeat
 from gateway.models import Spec
@@ -567,7 +568,7 @@ class Shield:
         rejections[owner] = rejections.get(owner, 0) + 1
         if rejections[owner] < MAX_REJECTIONS_PER_OWNER:
             return rest
-        error = UpstreamError("Nomic rejected several items sent with this one")
+        error = Withdrawn("Nomic rejected several items sent with this one")
         results.extend((item, error) for item in rest if item.job.owner == owner)
         return [item for item in rest if item.job.owner != owner]
 

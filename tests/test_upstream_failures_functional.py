@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import GatewayFactory
+from tests.conftest import GatewayFactory, team_headers
 from tests.fake_nomic import FAKE_API_KEY, FakeNomic, png
-from tests.helpers import post_images, post_urls
+from tests.helpers import image_form, post_images, post_urls
+from tests.test_faults_functional import until
 
 Client = TestClient[Any, Any]
 
@@ -127,6 +129,33 @@ async def test_a_request_full_of_rejected_images_costs_at_most_three_upstream_ca
     assert response.status == 422
     assert (await response.json())["detail"][0]["loc"] == ["body", "images", 1]
     assert len(fake_nomic.calls) == 3
+
+
+async def test_a_request_out_of_resends_does_not_fail_an_image_another_team_joined(
+    gateway: Client, fake_nomic: FakeNomic
+) -> None:
+    """An attacker sends three corrupt images and a popular one, again and again: after the
+    third refusal its remaining items are withdrawn. Another team's request that joined the
+    popular image's fetch meanwhile takes it over, gets its answer and pays for it; it was
+    answered the attacker's 502."""
+    attacker = await team_headers(gateway, "attacker")
+    victim = await team_headers(gateway, "victim")
+    corrupt = [b"\x89PNG\r\n\x1a\n" + bytes([seed]) * 40 for seed in range(3)]
+    popular = png(777)
+    fake_nomic.latency = 0.3  # each of the attacker's three calls takes a while
+    sent = asyncio.create_task(gateway.post(
+        "/v1/embedding/image", data=image_form([*corrupt, popular]), headers=attacker
+    ))  # fmt: skip
+    await until(lambda: bool(fake_nomic.calls), "the attacker's first call")
+    joined = await gateway.post("/v1/embedding/image", data=image_form([popular]), headers=victim)
+    assert (await sent).status == 422
+    assert joined.status == 200, await joined.text()
+    assert (joined.headers["X-Cache"], joined.headers["X-Billed-Tokens"]) == (
+        "MISS", str(fake_nomic.tokens_per_image)
+    )  # fmt: skip
+    answered = [call for call in fake_nomic.calls if call.status == 200]
+    assert [call.items for call in answered] == [[popular]]  # embedded once, for the victim
+    assert len(fake_nomic.calls) == 4  # the attacker's three, all refused, and the victim's
 
 
 async def test_non_numbers_in_an_upstream_vector_are_a_502_and_not_cached(
