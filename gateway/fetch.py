@@ -81,6 +81,14 @@ async def late_tokens(late: Sequence[asyncio.Future[Landed]]) -> int:
     )  # fmt: skip
 
 
+class Owner(NamedTuple):
+    """Who owns a fetch: its request (a number, which the shield counts resends by) and the
+    request's team (which the shield batches apart once Nomic refuses one of its items)."""
+
+    request: int
+    team: str
+
+
 class Fetcher:
     def __init__(
         self,
@@ -120,11 +128,12 @@ class Fetcher:
 
     async def fetch(
         self, spec: Spec, wanted: Mapping[str, bytes], stale: Mapping[str, Entry],
-        deadline: float,
+        deadline: float, team: str = "",
     ) -> Fetched:  # fmt: skip
         """An outcome for each key of ``wanted`` (key → content) by ``deadline`` (a
-        ``time.monotonic()`` instant); a key in ``stale`` is served stale if its fetch fails."""
-        owner = next(self._owners)
+        ``time.monotonic()`` instant), for a request of ``team``; a key in ``stale`` is
+        served stale if its fetch fails."""
+        owner = Owner(next(self._owners), team)
         futures, owned = await self._start(spec, wanted, deadline, owner)
         await _wait(futures.values(), deadline)
         # A fetch it joined that its owner withdrew (the owner's request used up its resends
@@ -148,7 +157,7 @@ class Fetcher:
         return Fetched(outcomes, late)
 
     async def _start(
-        self, spec: Spec, wanted: Mapping[str, bytes], deadline: float, owner: int
+        self, spec: Spec, wanted: Mapping[str, bytes], deadline: float, owner: Owner
     ) -> tuple[dict[str, asyncio.Future[Landed]], set[str]]:
         """Join what is in flight and send the rest upstream for ``owner``: each key's
         future, and the keys it owns."""
@@ -183,7 +192,7 @@ class Fetcher:
         return futures, owned
 
     async def _dispatch(
-        self, spec: Spec, wanted: dict[str, bytes], deadline: float, owner: int
+        self, spec: Spec, wanted: dict[str, bytes], deadline: float, owner: Owner
     ) -> None:
         """Send what no other replica is fetching to the shield; watch the rest."""
         elsewhere: dict[str, bytes] = {}
@@ -191,7 +200,14 @@ class Fetcher:
             wanted, elsewhere = await self._mark(wanted)
         if wanted:
             jobs = [
-                Job(content, owner, deadline, spec.weight(content), spec.bound(content))
+                Job(
+                    content,
+                    owner.request,
+                    deadline,
+                    spec.weight(content),
+                    spec.bound(content),
+                    owner.team,
+                )
                 for content in wanted.values()
             ]
             try:
@@ -237,7 +253,7 @@ class Fetcher:
         await self._coordinator.renew_fetches(keys, self._holder, lease_ms)
 
     async def _watch(
-        self, spec: Spec, pending: dict[str, bytes], deadline: float, owner: int
+        self, spec: Spec, pending: dict[str, bytes], deadline: float, owner: Owner
     ) -> None:
         """Wait for other replicas' fetches through the store; take over any they drop."""
         metrics.REPLICA_WAITS.inc(len(pending))

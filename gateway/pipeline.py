@@ -206,12 +206,13 @@ class Pipeline:
         missing = [key for key in first_item if key not in found]
         return Lookup(request, keys, first_item, found, missing, stale, not readable)
 
-    async def complete(self, lookup: Lookup, deadline: float) -> Completed:
+    async def complete(self, lookup: Lookup, deadline: float, team: str = "") -> Completed:
         """Fetch what the lookup missed (joining fetches in flight) and answer by ``deadline``
-        (a ``time.monotonic()`` instant); raises :class:`FetchFailed`."""
+        (a ``time.monotonic()`` instant), for a request of ``team``; raises
+        :class:`FetchFailed`."""
         request = lookup.request
         wanted = {key: lookup.first_item[key] for key in lookup.missing}
-        fetched = await self.fetcher.fetch(request.spec, wanted, lookup.stale, deadline)
+        fetched = await self.fetcher.fetch(request.spec, wanted, lookup.stale, deadline, team)
         try:
             return Completed(assemble(lookup, fetched.outcomes), fetched.late)
         except FetchFailed as failed:

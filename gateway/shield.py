@@ -56,9 +56,13 @@ from gateway.upstream import UpstreamItemRejected, UpstreamResult
 log = logging.getLogger(__name__)
 
 MAX_REJECTIONS_PER_OWNER = 3
+MAX_REQUESTS_REMEMBERED = 4096  # requests whose refused items are counted, the latest kept
 # A lane with nothing queued or in flight this long goes (the next miss makes it again): teams
 # choose a text's options, so lanes kept for good would grow without bound.
 LANE_IDLE_SECONDS = 60.0
+# A team one of whose items Nomic refused has its misses batched apart this long: what else it
+# sends may be refused too, and each refusal costs everyone in the batch a resend.
+APART_SECONDS = 60.0
 RETRYABLE = (UpstreamServerError, UpstreamUnavailable, UpstreamTimeout)
 
 
@@ -76,6 +80,7 @@ class Job(NamedTuple):
     deadline: float
     weight: int = 1
     bound: int | None = None
+    team: str = ""  # who asked: a team whose items Nomic refuses is batched apart for a while
 
 
 class Embedded(NamedTuple):
@@ -222,8 +227,12 @@ class _Waiting(NamedTuple):
 Results = list[tuple[_Waiting, "Embedded | GatewayError"]]
 
 
+LaneKey = tuple[Spec, str]  # the inputs' spec, and the team a lane is kept apart for ("": none)
+
+
 @dataclass
 class _Lane:
+    key: LaneKey
     spec: Spec
     most: int  # items a call takes
     jobs: deque[_Waiting] = field(default_factory=deque)
@@ -254,7 +263,9 @@ class Shield:
         self.breaker = breaker or Breaker()
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 (jitter, not secrets)
-        self._lanes: dict[Spec, _Lane] = {}
+        self._lanes: dict[LaneKey, _Lane] = {}
+        self._apart: dict[str, float] = {}  # team → until when its misses are batched apart
+        self._refusals: dict[int, int] = {}  # request → its items Nomic refused (recent ones)
         self._sends: set[asyncio.Task[None]] = set()
         self._holder = uuid.uuid4().hex
         self._slot_ids = itertools.count()
@@ -283,7 +294,8 @@ class Shield:
                 "the upstream queue is full; retry shortly",
                 retry_after=self._drain_seconds(self.queued_calls),
             )
-        lane = self._lanes.get(spec)
+        key = (spec, self._apart_team(jobs[0].team if jobs else "", self._clock()))
+        lane = self._lanes.get(key)
         most = self._batch_items(spec) if lane is None else lane.most
         queued, queued_bytes = (0, 0) if lane is None else (len(lane.jobs), lane.bytes)
         calls = calls_for(queued + len(jobs), queued_bytes + size, most, self.policy)
@@ -295,22 +307,43 @@ class Shield:
                 "Nomic's rate cannot take these misses before the request's deadline",
                 retry_after=expected,
             )
+        loop = asyncio.get_running_loop()
+        waiting = [_Waiting(job, loop.create_future()) for job in jobs]
+        self._enqueue(self._lane(key), waiting, now)
+        return [item.answer for item in waiting]
+
+    def _apart_team(self, team: str, now: float) -> str:
+        """``team`` if its misses are batched apart now, else ""."""
+        until = self._apart.get(team)
+        if until is None:
+            return ""
+        if until > now:
+            return team
+        del self._apart[team]
+        return ""
+
+    def _lane(self, key: LaneKey) -> _Lane:
+        lane = self._lanes.get(key)
         if lane is None:
-            lane = self._lanes[spec] = _Lane(spec, most)
+            spec = key[0]
+            lane = self._lanes[key] = _Lane(key, spec, self._batch_items(spec))
             lane.task = asyncio.create_task(self._run(lane))
-        lane.calls, self.queued_calls = calls, all_calls
+        return lane
+
+    def _enqueue(self, lane: _Lane, waiting: Sequence[_Waiting], now: float) -> None:
+        size = sum(len(item.job.content) for item in waiting)
+        calls = calls_for(len(lane.jobs) + len(waiting), lane.bytes + size, lane.most, self.policy)
+        self.queued_calls += calls - lane.calls
+        lane.calls = calls
         if not lane.jobs:  # a new batch: worth lingering for only if others are coming
             recent = now - lane.last_arrival < self.policy.linger_seconds
             lane.quiet = not recent and not lane.sending
         lane.last_arrival = now
-        loop = asyncio.get_running_loop()
-        waiting = [_Waiting(job, loop.create_future()) for job in jobs]
         lane.jobs.extend(waiting)
         lane.bytes += size
-        self.queued += len(jobs)
+        self.queued += len(waiting)
         metrics.UPSTREAM_QUEUE.set(self.queued)
         lane.arrived.set()
-        return [item.answer for item in waiting]
 
     def _drain_seconds(self, calls: int) -> float:
         """About how long until the last of ``calls`` queued calls has been answered: see
@@ -348,7 +381,7 @@ class Shield:
         except TimeoutError:
             if lane.jobs or lane.sending:
                 return True
-            del self._lanes[lane.spec]  # no await since the check: submit makes a new one
+            del self._lanes[lane.key]  # no await since the check: submit makes a new one
             return False
         return True
 
@@ -490,7 +523,6 @@ class Shield:
         """Each item's answer: calls Nomic (again without an item it rejects, and after
         failures worth retrying) until every item is answered or failed."""
         results: Results = []
-        rejections: dict[int, int] = {}
         attempt = 0
         paced = True  # the first call's rate slot was taken before the batch
         while batch:
@@ -503,7 +535,10 @@ class Shield:
                 answer = await self._upstream.embed(lane.spec, [item.job.content for item in batch])
             except UpstreamItemRejected as rejected:
                 self.breaker.record_success()  # Nomic answered: it is up
-                batch = self._without_rejected(batch, rejected, rejections, results)
+                refused = batch[rejected.index] if 0 <= rejected.index < len(batch) else None
+                batch = self._without_rejected(batch, rejected, results)
+                if refused is not None and lane.key[1] == "":
+                    batch = self._set_apart(lane.spec, refused.job.team, batch)
                 continue
             except GatewayError as exc:
                 delay = await self._after_failure(exc, attempt, deadline)
@@ -551,12 +586,26 @@ class Shield:
             except StoreError as exc:
                 log.warning("could not pause the shared upstream rate: %s", exc)
 
+    def _set_apart(self, spec: Spec, team: str, batch: list[_Waiting]) -> list[_Waiting]:
+        """Batch ``team``'s misses apart for :data:`APART_SECONDS`; if ``batch`` holds other
+        teams' items too, its items go to its own lane, and the rest of ``batch`` is returned,
+        to be resent without them."""
+        if not team:
+            return batch
+        now = self._clock()
+        self._apart[team] = now + APART_SECONDS
+        theirs = [item for item in batch if item.job.team == team]
+        if not theirs or len(theirs) == len(batch):
+            return batch
+        self._enqueue(self._lane((spec, team)), theirs, now)
+        return [item for item in batch if item.job.team != team]
+
     def _without_rejected(
-        self, batch: list[_Waiting], rejected: UpstreamItemRejected, rejections: dict[int, int],
-        results: Results,
-    ) -> list[_Waiting]:  # fmt: skip
+        self, batch: list[_Waiting], rejected: UpstreamItemRejected, results: Results
+    ) -> list[_Waiting]:
         """The batch without the item Nomic refused (and without the rest of the items of a
-        request that has used up its resends); what is left out goes to ``results``."""
+        request that has used up its resends, counted over every batch its items were in);
+        what is left out goes to ``results``."""
         if not 0 <= rejected.index < len(batch):
             error = UpstreamError("Nomic rejected an item it was not sent")
             results.extend((item, error) for item in batch)
@@ -565,8 +614,10 @@ class Shield:
         results.append((bad, ItemRejected(f"rejected by Nomic: {rejected.msg}")))
         rest = batch[: rejected.index] + batch[rejected.index + 1 :]
         owner = bad.job.owner
-        rejections[owner] = rejections.get(owner, 0) + 1
-        if rejections[owner] < MAX_REJECTIONS_PER_OWNER:
+        refusals = self._refusals[owner] = self._refusals.pop(owner, 0) + 1  # now the newest
+        if len(self._refusals) > MAX_REQUESTS_REMEMBERED:
+            del self._refusals[next(iter(self._refusals))]  # the oldest: long answered
+        if refusals < MAX_REJECTIONS_PER_OWNER:
             return rest
         error = Withdrawn("Nomic rejected several items sent with this one")
         results.extend((item, error) for item in rest if item.job.owner == owner)

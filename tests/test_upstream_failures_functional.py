@@ -158,6 +158,32 @@ async def test_a_request_out_of_resends_does_not_fail_an_image_another_team_join
     assert len(fake_nomic.calls) == 4  # the attacker's three, all refused, and the victim's
 
 
+async def test_other_teams_images_are_not_resent_once_per_corrupt_image_of_a_team(
+    make_gateway: GatewayFactory, fake_nomic: FakeNomic
+) -> None:
+    """Twenty one-image requests of corrupt images from one team and another team's image
+    share a batch. Each request may cost 3 resends, but the batch had no bound: the victim's
+    image went out again with every refusal (21 calls). Once Nomic refuses a team's item, the
+    team's items leave the batch for a lane of their own, so the victim's is resent once."""
+    gateway = await make_gateway(upstream_linger_seconds=0.3)
+    attacker = await team_headers(gateway, "attacker")
+    victim = await team_headers(gateway, "victim")
+    assert (await post_images(gateway, [png(100)])).status == 200  # the lane is no longer quiet
+    corrupt = [b"\x89PNG\r\n\x1a\n" + bytes([seed]) * 40 for seed in range(20)]
+    sent = [asyncio.create_task(gateway.post("/v1/embedding/image", data=image_form([image]),
+                                             headers=attacker)) for image in corrupt]  # fmt: skip
+    await until(lambda: len(fake_nomic.calls) == 1, "the first image's call")
+    response = await gateway.post("/v1/embedding/image", data=image_form([png(1)]), headers=victim)
+    assert response.status == 200
+    assert [r.status for r in await asyncio.gather(*sent)] == [422] * 20
+    carrying = [call for call in fake_nomic.calls if png(1) in call.items]
+    assert len(carrying) <= 2, f"the victim's image went out {len(carrying)} times"
+    assert carrying[-1].status == 200
+    # the attacker's items were each refused once, in calls of their own
+    refused = [item for call in fake_nomic.calls if call.status == 422 for item in call.items]
+    assert set(corrupt) <= set(refused)
+
+
 async def test_non_numbers_in_an_upstream_vector_are_a_502_and_not_cached(
     gateway: Client, fake_nomic: FakeNomic, monkeypatch: pytest.MonkeyPatch
 ) -> None:

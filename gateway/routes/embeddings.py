@@ -99,7 +99,7 @@ async def _complete(request: web.Request, team: Team, lookup: Lookup, deadline: 
     late_fetches: Sequence[asyncio.Future[Landed]] = ()
     upstream_started = time.perf_counter()
     try:
-        answer, late_fetches = await pipeline.complete(lookup, deadline)
+        answer, late_fetches = await pipeline.complete(lookup, deadline, team.id)
         billed = answer.billed_tokens
     except FetchFailed as failed:
         billed, late_fetches = failed.billed_tokens, failed.late
