@@ -10,6 +10,7 @@ from gateway.body_budget import BodyBudget
 from gateway.config import Settings
 from gateway.forms import BodyLimits
 from gateway.pipeline import Pipeline
+from gateway.quota import Bucket
 from gateway.store import Store
 from gateway.store.base import Coordinator, Ledger
 from gateway.text_forms import TextLimits
@@ -26,3 +27,4 @@ ACCOUNTS = web.AppKey("accounts", Accounts)
 PIPELINE = web.AppKey("pipeline", Pipeline)
 UPSTREAM = web.AppKey("upstream", NomicClient)
 BODY_BUDGET = web.AppKey("body_budget", BodyBudget)
+USAGE_READS = web.AppKey("usage_reads", Bucket)  # days of usage each team may read

@@ -16,7 +16,7 @@ import functools
 import math
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 from gateway.models import Kind
@@ -199,6 +199,28 @@ class TokenEstimator:
         """What another replica learned, until this one sees an answer of its own."""
         if not self.known(model):
             self._seen.setdefault(model, deque(maxlen=self._window)).append(per_item * 1000)
+
+
+class Bucket:
+    """Token buckets, one a key: ``rate`` units a second, up to ``burst`` at once."""
+
+    def __init__(
+        self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._rate, self._burst, self._clock = rate, burst, clock
+        self._held: dict[str, tuple[float, float]] = {}  # key → (units left, when)
+
+    def take(self, key: str, cost: float) -> float:
+        """Spend ``cost`` units of ``key``'s bucket and return 0, or, when it holds too few,
+        spend none and return the seconds until it would hold them."""
+        now = self._clock()
+        left, then = self._held.get(key, (self._burst, now))
+        left = min(self._burst, left + (now - then) * self._rate)
+        if left < cost:
+            self._held[key] = (left, now)
+            return (cost - left) / self._rate
+        self._held[key] = (left - cost, now)
+        return 0.0
 
 
 def days_between(since: str | None, until: str | None, today: str) -> list[str]:

@@ -112,3 +112,22 @@ async def test_deleting_a_team_stops_its_keys_and_keeps_its_usage(
     assert await embed(gateway, team) == 401
     rows = (await admin_get(gateway, "/admin/usage?team=gone"))["usage"]
     assert rows[0]["requests"] == 1
+
+
+async def test_a_team_reading_its_usage_over_and_over_is_refused_not_the_others(
+    gateway: Client,
+) -> None:
+    """Each day of usage asked for is a read of the store: a team gets 400 days' worth a
+    second and as much again at once, then 429 with Retry-After; another team's reads are its
+    own."""
+    team = await team_headers(gateway, "curious")
+    other = await team_headers(gateway, "other")
+    longest = "/v1/usage?since=2025-10-23&until=2026-11-26"  # 400 days
+    answers = [await gateway.get(longest, headers=team) for _ in range(6)]
+    statuses = [answer.status for answer in answers]
+    assert statuses[:2] == [200, 200]
+    assert 429 in statuses  # back to back, far faster than 400 days a second
+    refused = answers[statuses.index(429)]
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert (await refused.json())["detail"][0]["loc"] == ["query"]
+    assert (await gateway.get(longest, headers=other)).status == 200

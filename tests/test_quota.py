@@ -139,3 +139,15 @@ def test_a_texts_expected_cost_is_its_estimate_at_the_recent_rate_within_its_bou
     assert estimator.text_cost("m", 5, 12) == 12  # never past what the text can cost
     estimator.observe("m", 9, 10)
     assert estimator.text_cost("m", 5, 100) == 20  # the most recent rate, not the last
+
+
+def test_a_bucket_spends_what_it_holds_and_says_how_long_until_the_rest() -> None:
+    now = [0.0]
+    bucket = quota.Bucket(rate=10, burst=20, clock=lambda: now[0])
+    assert bucket.take("a", 15) == 0
+    assert bucket.take("a", 10) == pytest.approx(0.5)  # 5 left: 5 more come in half a second
+    assert bucket.take("b", 20) == 0  # each key its own bucket
+    now[0] = 0.5
+    assert bucket.take("a", 10) == 0
+    now[0] = 100.0
+    assert bucket.take("a", 25) == pytest.approx(0.5)  # never more than the burst held
