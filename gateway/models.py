@@ -61,20 +61,27 @@ class Spec(NamedTuple):
 
     def weight(self, content: bytes) -> int:
         """An input's expected share of an upstream call's tokens, relative to the others of
-        the call: one for every image or URL; for a text, :func:`text_tokens`, within its
-        :meth:`bound`."""
-        bound = self.bound(content)
-        return 1 if bound is None else min(text_tokens(content), bound)
+        the call: one for every image or URL; for a text, :func:`text_tokens` (never past its
+        :meth:`bound`: a piece is at least a character), within its token limit."""
+        if self.text is None:
+            return 1
+        limit = self._token_limit()
+        tokens = text_tokens(content)
+        return tokens if limit is None else min(tokens, max(1, limit))
 
     def bound(self, content: bytes) -> int | None:
         """The most tokens Nomic can bill for a text (:func:`text_token_bound`; in "truncate"
         mode at most its token limit); None for images and URLs, which have no such bound."""
         if self.text is None:
             return None
-        most = None
-        if self.text.long_text_mode == "truncate":
-            most = self.text.max_tokens_per_text or TEXT_CONTEXT_TOKENS
-        return text_token_bound(content, most)
+        return text_token_bound(content, self._token_limit())
+
+    def _token_limit(self) -> int | None:
+        """Where a text is cut ("truncate" mode); None where it is not ("mean" mode)."""
+        assert self.text is not None
+        if self.text.long_text_mode != "truncate":
+            return None
+        return self.text.max_tokens_per_text or TEXT_CONTEXT_TOKENS
 
 
 # Words, punctuation marks, and each CJK ideograph alone (as BERT's tokenizer splits them).

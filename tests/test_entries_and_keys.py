@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import random
 from array import array
+from typing import Literal
 
 import orjson
 import pytest
@@ -145,9 +146,17 @@ def test_a_texts_token_estimate_and_bound(text: str, estimate: int, bound: int) 
     assert text_token_bound(text.encode(), 2) == min(bound, 2)
 
 
-@given(st.text(max_size=200))
-def test_the_fakes_tokens_never_pass_the_bound(text: str) -> None:
-    assert FakeNomic.text_tokens(text) <= text_token_bound(text.encode(errors="replace"))
+@given(st.text(max_size=200), st.sampled_from(["truncate", "mean"]),
+       st.one_of(st.none(), st.integers(1, 50)))  # fmt: skip
+def test_the_fakes_tokens_and_a_texts_weight_never_pass_the_bound(
+    text: str, mode: Literal["truncate", "mean"], limit: int | None
+) -> None:
+    content = text.encode(errors="replace")
+    assert FakeNomic.text_tokens(text) <= text_token_bound(content)
+    spec = Spec("nomic-embed-text-v1.5", "text", TextOptions("search_query", None, mode, limit))
+    bound = spec.bound(content)
+    assert bound is not None
+    assert 1 <= spec.weight(content) <= bound
 
 
 def test_answer_body_is_nomics_shape() -> None:
