@@ -296,9 +296,7 @@ class Shield:
             )
         key = (spec, self._apart_team(jobs[0].team if jobs else "", self._clock()))
         lane = self._lanes.get(key)
-        most = self._batch_items(spec) if lane is None else lane.most
-        queued, queued_bytes = (0, 0) if lane is None else (len(lane.jobs), lane.bytes)
-        calls = calls_for(queued + len(jobs), queued_bytes + size, most, self.policy)
+        calls = self._calls_with(key, len(jobs), size)
         all_calls = self.queued_calls - (0 if lane is None else lane.calls) + calls
         expected = self._drain_seconds(all_calls)
         now = self._clock()
@@ -330,9 +328,17 @@ class Shield:
             lane.task = asyncio.create_task(self._run(lane))
         return lane
 
+    def _calls_with(self, key: LaneKey, items: int, size: int) -> int:
+        """The calls the lane of ``key`` would need with ``items`` more misses (``size``
+        bytes) queued."""
+        lane = self._lanes.get(key)
+        if lane is None:
+            return calls_for(items, size, self._batch_items(key[0]), self.policy)
+        return calls_for(len(lane.jobs) + items, lane.bytes + size, lane.most, self.policy)
+
     def _enqueue(self, lane: _Lane, waiting: Sequence[_Waiting], now: float) -> None:
         size = sum(len(item.job.content) for item in waiting)
-        calls = calls_for(len(lane.jobs) + len(waiting), lane.bytes + size, lane.most, self.policy)
+        calls = self._calls_with(lane.key, len(waiting), size)
         self.queued_calls += calls - lane.calls
         lane.calls = calls
         if not lane.jobs:  # a new batch: worth lingering for only if others are coming
