@@ -164,16 +164,16 @@ async def test_one_team_cannot_hold_the_others_body_budget(
     release = asyncio.Event()
     held = asyncio.ensure_future(gateway.post("/v1/embedding/image", data=slow_body(body, release),
                                               headers=upload_headers(body, hog)))  # fmt: skip
+    budget = gateway.server.app[BODY_BUDGET]  # type: ignore[attr-defined]
+    for _ in range(250):  # until the hog's held upload holds its bytes (before the next claims)
+        if budget.in_flight >= len(body):
+            break
+        await asyncio.sleep(0.02)
     # Declared and never sent: it would hold what it declares, but the team's share is used.
     _, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
     head = upload_headers(body, hog) | {"Host": "gw"}
     writer.write(b"POST /v1/embedding/image HTTP/1.1\r\n" + "".join(
         f"{name}: {value}\r\n" for name, value in head.items()).encode() + b"\r\n")  # fmt: skip
-    budget = gateway.server.app[BODY_BUDGET]  # type: ignore[attr-defined]
-    for _ in range(250):  # until the hog's held upload holds its bytes
-        if budget.in_flight >= len(body):
-            break
-        await asyncio.sleep(0.02)
     over_share = await gateway.post("/v1/embedding/image", data=body,
                                     headers=upload_headers(body, hog))  # fmt: skip
     assert over_share.status == 429  # the team's own share (100 KB) is what it holds up
