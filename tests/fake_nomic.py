@@ -46,6 +46,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from yarl import URL
 
 try:
     import PIL.Image
@@ -416,7 +417,15 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=9999)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to answers")
     args = parser.parse_args()
-    web.run_app(FakeNomic(latency=args.latency).app, host=args.host, port=args.port)
+    url = URL.build(scheme="http", host=args.host, port=args.port)  # as aiohttp names its site
+
+    def listening(_banner: str) -> None:
+        # One line, flushed: whoever started it (a script, a test) reads it through a pipe,
+        # where aiohttp's own banner would sit in the buffer until the process ends.
+        print(f"fake Nomic listening on {url}", flush=True)
+
+    web.run_app(FakeNomic(latency=args.latency).app, host=args.host, port=args.port,
+                print=listening)  # fmt: skip
 
 
 if __name__ == "__main__":
