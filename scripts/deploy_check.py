@@ -123,6 +123,22 @@ def docker(*args: str, timeout: float = 120, check: bool = True) -> str:
     return run("docker", *args, timeout=timeout, check=check).stdout.strip()
 
 
+# What a line of dockerd's log says when it carries the cause of a failed start. Its last line
+# often does not: "failed to start daemon: ... iptables: Permission denied" can be followed by
+# a line of its own holding only " (exit status 4)".
+CAUSE = re.compile(r"error|fail|denied|not permitted|cannot", re.IGNORECASE)
+CAUSE_LINES = 2  # the last of them: a fatal line, and often the error it follows from
+
+
+def dockerd_failure(log: str) -> str:
+    """Why dockerd would not start, from its log: the last lines naming an error, else its
+    last line, each cut to its last 200 characters (where the cause ends up)."""
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    quoted = [line for line in lines if CAUSE.search(line)][-CAUSE_LINES:] or lines[-1:]
+    said = " | ".join(line[-200:] for line in quoted) or "no output"
+    return f"dockerd would not start ({said}; {DOCKERD_LOG})"
+
+
 def engine_answers() -> bool:
     if not shutil.which("docker"):
         return False
@@ -311,8 +327,7 @@ class Check:
                 return None
             time.sleep(0.5)
         self.stop_dockerd()
-        last = DOCKERD_LOG.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
-        return f"dockerd would not start ({last[0][-200:]}; {DOCKERD_LOG})"
+        return dockerd_failure(DOCKERD_LOG.read_text(errors="replace"))
 
     def stop_dockerd(self) -> None:
         if self.dockerd is None:
