@@ -161,7 +161,7 @@ class Accounts:
                 del self._used_up[(team.id, limit)]
                 continue
             self.buffer.add(team.id, at, 0, {"rejected": 1})
-            raise _exceeded(team, decision, at)
+            raise _exceeded(team, decision, at, None)
 
     async def admit_answered(self, team: Team, lookup: Lookup, answer: Answer) -> None:
         """Admit a request answered from the cache, its usage recorded with the decision, or
@@ -214,10 +214,10 @@ class Accounts:
                 "the usage store is unavailable; retry shortly", retry_after=1
             ) from exc
         if not decision.allowed:
+            assert decision.limit is not None
             if quota.refuses_every_request(team, decision):
-                assert decision.limit is not None
                 self._used_up[(team.id, decision.limit)] = (decision, at.minute)
-            raise _exceeded(team, decision, at)
+            raise _exceeded(team, decision, at, want.of(decision.limit))
         return request_id
 
     def settle(
@@ -322,12 +322,14 @@ def _has_budget(team: Team) -> bool:
     return team.limits.tokens_per_day is not None or team.limits.tokens_per_month is not None
 
 
-def _exceeded(team: Team, decision: quota.Decision, at: Window) -> QuotaExceeded:
+def _exceeded(team: Team, decision: quota.Decision, at: Window, asked: int | None) -> QuotaExceeded:
+    """The refusal of a request that asked ``asked`` of the limit (None: not known, for a
+    refusal before the body is read, which is only ever of a limit with nothing left)."""
     assert decision.limit is not None
     metrics.QUOTA_REJECTIONS.labels(team=team.id, limit=decision.limit).inc()
     reset = quota.retry_after(decision, at)
     return QuotaExceeded(
-        f"team {team.id!r} is over its {decision.limit} limit ({decision.limit_value})",
+        _refusal(team.id, decision, asked),
         loc=("limits", decision.limit),
         retry_after=reset,
         headers={
@@ -336,6 +338,35 @@ def _exceeded(team: Team, decision: quota.Decision, at: Window) -> QuotaExceeded
             "X-RateLimit-Reset": str(reset),
         },
     )
+
+
+_UNITS: dict[LimitName, tuple[str, str]] = {  # what a limit counts, and over what time
+    "requests_per_minute": ("requests", "this minute"),
+    "images_per_minute": ("images", "this minute"),
+    "texts_per_minute": ("texts", "this minute"),
+    "tokens_per_day": ("tokens", "today"),
+    "tokens_per_month": ("tokens", "this month"),
+}
+
+
+def _refusal(team_id: str, decision: quota.Decision, asked: int | None) -> str:
+    """What the client is told: that its team has nothing left of the limit, or that this
+    request asks more than is left (the header says what is left: the message says why that
+    is not enough)."""
+    assert decision.limit is not None
+    limit, value, left = decision.limit, decision.limit_value, decision.remaining
+    unit, period = _UNITS[limit]
+    if asked is None or left == 0:
+        # A budget's use counts what requests under way reserved, beside what Nomic billed.
+        how = " (billed, or reserved by requests under way)" if unit == "tokens" else ""
+        return f"team {team_id!r} has used all {value} {unit} of its {limit} limit {period}{how}"
+    if unit == "tokens":
+        wants = f"this request's expected cost, {asked} tokens, is"
+    else:
+        wants = f"this request's {asked} {unit} are"
+    whole = "; that is more than the whole limit" if asked > value else ""
+    return (f"team {team_id!r}: {wants} more than the {left} that remain {period} of its "
+            f"{limit} limit ({value}){whole}")  # fmt: skip
 
 
 def _count_tokens(team: Team, model: str, kind: Kind, answer: Answer) -> None:

@@ -82,6 +82,10 @@ class Demand(NamedTuple):
         """What it asks of each limit, in ``LIMIT_NAMES`` order."""
         return (self.requests, self.images, self.texts, self.reserve_tokens, self.reserve_tokens)
 
+    def of(self, limit: LimitName) -> int:
+        """What it asks of ``limit``."""
+        return self.asked()[LIMIT_NAMES.index(limit)]
+
 
 class Decision(NamedTuple):
     allowed: bool

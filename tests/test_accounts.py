@@ -143,6 +143,9 @@ async def test_a_used_up_per_minute_limit_refuses_before_the_body_until_the_minu
         accounts.refuse_early(team, "image")
     assert refused.value.loc == ("limits", "requests_per_minute")
     assert refused.value.headers["X-RateLimit-Remaining"] == "0"
+    assert refused.value.msg == (
+        "team 't' has used all 2 requests of its requests_per_minute limit this minute"
+    )
     clock[0] += 59.9
     with pytest.raises(QuotaExceeded):
         accounts.refuse_early(team, "image")
@@ -252,6 +255,77 @@ async def test_texts_per_minute_refuses_text_requests_with_its_headers() -> None
     await accounts.flush()
     [row] = await ledger.usage(team.id, [AT.day])
     assert (row["upstream_errors"], row["rejected"], row["texts"]) == (3, 1, 1)
+
+
+# ---- what a refusal says -------------------------------------------------------------------
+
+
+def priced_accounts() -> Accounts:
+    """Accounts on a fresh ledger, an image known to cost 10 tokens."""
+    ledger = MemoryLedger()
+    estimator = TokenEstimator(1)
+    estimator.observe(MODEL, 10, 1)
+    return Accounts(ledger, UsageBuffer(ledger), estimator, clock=lambda: 1_800_000_000.0)
+
+
+async def refusal(accounts: Accounts, team: Team) -> QuotaExceeded:
+    """The refusal of a one-image miss of ``team``."""
+    lookup, _ = one_image(hit=False)
+    with pytest.raises(QuotaExceeded) as refused:
+        await accounts.reserve(team, lookup)
+    return refused.value
+
+
+BUDGETS = [("tokens_per_day", "today"), ("tokens_per_month", "this month")]
+
+
+@pytest.mark.parametrize(("budget", "period"), BUDGETS)
+async def test_a_budget_refusal_says_the_expected_cost_what_remains_and_the_limit(
+    budget: str, period: str
+) -> None:
+    """X-RateLimit-Remaining says 5 tokens remain; the message says why 5 are not enough."""
+    accounts = priced_accounts()
+    team = Team("b", "B", Limits(**{budget: 15}))
+    lookup, _ = one_image(hit=False)
+    await accounts.settle(await accounts.reserve(team, lookup), None, 10)
+    refused = await refusal(accounts, team)
+    assert (refused.headers["X-RateLimit-Limit"], refused.headers["X-RateLimit-Remaining"]) == (
+        "15", "5")  # fmt: skip
+    assert refused.msg == (f"team 'b': this request's expected cost, 10 tokens, is more than "
+                           f"the 5 that remain {period} of its {budget} limit (15)")  # fmt: skip
+    small = Team("s", "S", Limits(**{budget: 5}))  # its first request can never pass
+    assert (await refusal(accounts, small)).msg == (
+        f"team 's': this request's expected cost, 10 tokens, is more than the 5 that remain "
+        f"{period} of its {budget} limit (5); that is more than the whole limit"
+    )
+
+
+async def test_a_budget_held_by_requests_under_way_is_said_to_be_used_up_and_how() -> None:
+    accounts = priced_accounts()
+    team = Team("b", "B", Limits(tokens_per_day=20))
+    lookup, _ = one_image(hit=False)
+    for _ in range(2):
+        await accounts.reserve(team, lookup)  # reserved, not yet settled
+    refused = await refusal(accounts, team)
+    assert refused.headers["X-RateLimit-Remaining"] == "0"
+    assert refused.msg == ("team 'b' has used all 20 tokens of its tokens_per_day limit today "
+                           "(billed, or reserved by requests under way)")  # fmt: skip
+
+
+async def test_a_per_minute_refusal_says_what_the_request_asks_and_what_remains() -> None:
+    accounts = priced_accounts()
+    team = Team("t", "T", Limits(texts_per_minute=5))
+    request = ParsedRequest.of(TEXT_MODEL, "text", [b"a", b"b", b"c"])
+    keys = ["a", "b", "c"]
+    lookup = Lookup(request, keys, dict(zip(keys, request.items, strict=True)), {}, keys, {})
+    await accounts.settle(await accounts.reserve(team, lookup), None, 0)
+    with pytest.raises(QuotaExceeded) as refused:
+        await accounts.reserve(team, lookup)
+    assert refused.value.headers["X-RateLimit-Remaining"] == "2"
+    assert refused.value.msg == (
+        "team 't': this request's 3 texts are more than the 2 that remain this minute of its "
+        "texts_per_minute limit (5)"
+    )
 
 
 # ---- learning what an item costs -----------------------------------------------------------

@@ -12,6 +12,7 @@ from collections import Counter
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.conftest import ADMIN_TOKEN, GatewayFactory, admin_get, team_headers
@@ -68,11 +69,34 @@ async def test_a_daily_budget_of_ten_images_admits_exactly_ten_of_a_hundred(
     assert int(refused.headers["Retry-After"]) >= 1
     detail = (await refused.json())["detail"][0]
     assert detail["loc"] == ["limits", "tokens_per_day"]
-    assert "tokens_per_day" in detail["msg"]
+    assert detail["msg"] == (
+        "team 'capped' has used all 100 tokens of its tokens_per_day limit today (billed, or "
+        "reserved by requests under way)"
+    )
 
     usage = await usage_of(gateway, "capped")
     assert usage["billed_tokens"] == 100 == TOKENS * len(fake_nomic.items_received)
     assert (usage["requests"], usage["misses"], usage["rejected"]) == (10, 10, 90)
+
+
+@pytest.mark.parametrize("budget", ["tokens_per_day", "tokens_per_month"])
+async def test_a_first_request_costing_more_than_the_budget_is_told_so_with_its_numbers(
+    gateway: Client, budget: str
+) -> None:
+    """The headers say 5 tokens remain; the message says why 5 are not enough."""
+    await teach_nomics_price(gateway)
+    small = await team_headers(gateway, "small", limits={budget: TOKENS // 2})
+    refused = await post(gateway, [png(1)], small)
+    assert refused.status == 429
+    assert (refused.headers["X-RateLimit-Limit"], refused.headers["X-RateLimit-Remaining"]) == (
+        "5", "5")  # fmt: skip
+    period = "today" if budget == "tokens_per_day" else "this month"
+    assert (await refused.json())["detail"] == [{
+        "loc": ["limits", budget],
+        "msg": f"team 'small': this request's expected cost, 10 tokens, is more than the 5 that "
+               f"remain {period} of its {budget} limit (5); that is more than the whole limit",
+        "type": "rate_limit_exceeded",
+    }]  # fmt: skip
 
 
 async def test_the_budget_holds_before_any_replica_knows_what_an_image_costs(
@@ -116,7 +140,11 @@ async def test_requests_per_minute(gateway: Client) -> None:
     assert refused.headers["X-RateLimit-Remaining"] == "0"
     assert 1 <= int(refused.headers["Retry-After"]) <= 60
     assert refused.headers["X-RateLimit-Reset"] == refused.headers["Retry-After"]
-    assert (await refused.json())["detail"][0]["loc"] == ["limits", "requests_per_minute"]
+    detail = (await refused.json())["detail"][0]
+    assert detail["loc"] == ["limits", "requests_per_minute"]
+    assert detail["msg"] == (
+        "team 'rpm' has used all 3 requests of its requests_per_minute limit this minute"
+    )
 
 
 async def test_images_per_minute(gateway: Client) -> None:
@@ -126,6 +154,10 @@ async def test_images_per_minute(gateway: Client) -> None:
     refused = await post(gateway, [png(4), png(5), png(6)], team)
     assert refused.status == 429
     assert refused.headers["X-RateLimit-Remaining"] == "2"
+    assert (await refused.json())["detail"][0]["msg"] == (
+        "team 'ipm': this request's 3 images are more than the 2 that remain this minute of its "
+        "images_per_minute limit (5)"
+    )
     assert (await post(gateway, [png(4), png(5)], team)).status == 200
 
 
@@ -198,7 +230,13 @@ async def test_a_monthly_budget(gateway: Client) -> None:
     assert (await post(gateway, [png(2)], team)).status == 200
     refused = await post(gateway, [png(3)], team)
     assert refused.status == 429
-    assert (await refused.json())["detail"][0]["loc"] == ["limits", "tokens_per_month"]
+    assert refused.headers["X-RateLimit-Remaining"] == "0"
+    detail = (await refused.json())["detail"][0]
+    assert detail["loc"] == ["limits", "tokens_per_month"]
+    assert detail["msg"] == (
+        "team 'monthly' has used all 20 tokens of its tokens_per_month limit this month "
+        "(billed, or reserved by requests under way)"
+    )
     assert (await post(gateway, [png(1), png(2)], team)).status == 200  # hits cost nothing
 
 
