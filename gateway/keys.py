@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from gateway.models import Spec
 
 PREFIX = "ng:v2:emb:"
-OLD_PREFIXES = ("ng:v1:emb:",)  # never read again; `README.md` says how to drop them
+OLD_PREFIXES = ("ng:v1:emb:",)  # never read again; `docs/security.md` says how to drop them
 SHARED = ""  # the scope of every team whose cache is not private
 
 

@@ -1,4 +1,4 @@
-"""The admin API: its fixed calls (README, "Admin API"), and clear answers to bad calls."""
+"""The admin API: its fixed calls (docs/teams-and-quotas.md), and clear answers to bad calls."""
 
 from __future__ import annotations
 

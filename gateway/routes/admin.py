@@ -1,8 +1,8 @@
 """The admin API under ``/admin/``: teams, their keys and limits, usage.
 
 Every call needs ``Authorization: Bearer $GATEWAY_ADMIN_TOKEN``; without that setting the
-admin API does not exist (404). The calls the README names as fixed (creating teams, making and
-revoking keys, reading usage) keep their paths and shapes, so scripts written against one
+admin API does not exist (404). The calls docs/teams-and-quotas.md lists (creating teams, making
+and revoking keys, reading usage) keep their paths and shapes, so scripts written against one
 version keep working.
 """
 
