@@ -7,6 +7,7 @@ is for the numbers it prints, read side by side, not for a test on a shared mach
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import shutil
 import subprocess
@@ -24,6 +25,8 @@ from tests.bench.ceiling import images
 from tests.bench.harness import BOUNDARY, JSON, MODEL, PASSAGE, TEXTS, multipart, text_body
 from tests.conftest import free_port
 from tests.fake_nomic import FAKE_API_KEY, FakeNomic, png
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_bench_bodies_are_what_the_gateway_and_the_ceiling_read() -> None:
@@ -72,6 +75,33 @@ async def test_the_naive_baseline_passes_text_misses_on_and_answers_hits(
     assert [answer["model"] for answer in answers] == [harness.TEXT_OPTIONS["model"]] * 2
     assert fake_nomic.texts_received == texts  # the second request was a hit
     assert len(redis_client.keys("naive:text:*")) == 2
+
+
+def bare_python(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -S``: the standard library only, as a python3 without the project's
+    dependencies (``scripts/bench.sh --help`` runs one before anything is installed)."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("PYTHON")}
+    return subprocess.run([sys.executable, "-S", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+
+
+def test_the_bench_parses_its_arguments_with_the_standard_library_only() -> None:
+    assert bare_python("-c", "import orjson").returncode != 0  # it lacks them indeed
+    helped = bare_python("-m", "tests.bench", "--help")
+    assert helped.returncode == 0, helped.stderr
+    assert "--only ONLY" in helped.stdout
+    wrong = bare_python("-m", "tests.bench", "--seconds", "three")
+    assert wrong.returncode == 2
+    assert "argument --seconds: invalid int value: 'three'" in wrong.stderr
+    assert "Traceback" not in helped.stderr + wrong.stderr
+
+
+def test_the_bench_without_its_dependencies_says_how_to_install_them() -> None:
+    done = bare_python("-m", "tests.bench", "--only", "b")
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "has no module 'orjson'" in done.stderr  # the first the bench's modules import
+    assert "Run ./scripts/test.sh once" in done.stderr
 
 
 @pytest.mark.slow

@@ -25,7 +25,7 @@ from pathlib import Path
 import aiohttp
 
 from tests.bench import harness
-from tests.bench.__main__ import KEY, PY, TEAMS
+from tests.bench.scenarios import KEY, PY, TEAMS
 from tests.conftest import free_port
 from tests.fake_nomic import FAKE_API_KEY, png
 

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tests.bench import harness
-from tests.bench.__main__ import FAKE_LATENCY, KEY, PY, TEAMS, misses_script
+from tests.bench.scenarios import FAKE_LATENCY, KEY, PY, TEAMS, misses_script
 from tests.conftest import free_port
 from tests.fake_nomic import FAKE_API_KEY, png
 
