@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import random
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+import traceback
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -444,6 +447,21 @@ async def make_redis_gateway(
 async def gateway(make_gateway: GatewayFactory) -> TestClient[Any, Any]:
     client: TestClient[Any, Any] = await make_gateway()
     return client
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    """A failed test's frames are let go of here, in its own teardown: pytest keeps the last
+    failure's traceback (for a debugger) until the next test runs, and with it every
+    coroutine, task or connection the failed test's frames still held. Freed later, their
+    warnings ("coroutine ... was never awaited") would fail whichever test runs then."""
+    failure = getattr(sys, "last_traceback", None)
+    if failure is None:
+        return
+    traceback.clear_frames(failure)
+    del sys.last_type, sys.last_value, sys.last_traceback
+    del failure
+    gc.collect()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
