@@ -23,25 +23,61 @@ pick_python() {
   echo "Python 3.11 or newer is required" >&2; return 1
 }
 
-ensure_venv() {
-  if [ ! -x .venv/bin/python ]; then
-    local python; python=$(pick_python)
-    if ! "$python" -m venv .venv 2>/dev/null; then
-      rm -rf .venv
-      local version; version=$("$python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
-      apt_install "python${version}-venv" || apt_install python3-venv
-      "$python" -m venv .venv
-    fi
-    .venv/bin/python -m pip install -q --upgrade pip
+make_venv() {
+  local python; python=$(pick_python)
+  if ! "$python" -m venv .venv 2>/dev/null; then
+    rm -rf .venv
+    local version; version=$("$python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+    apt_install "python${version}-venv" || apt_install python3-venv
+    "$python" -m venv .venv
   fi
+}
+
+lock_digest() {  # the lock files given, as one digest
+  cat "$@" | sha256sum | cut -d' ' -f1
+}
+
+venv_is_from() {  # true when .venv was installed from exactly these lock files
+  [ -x .venv/bin/python ] && [ "$(cat .venv/.locked 2>/dev/null)" = "$(lock_digest "$@")" ]
+}
+
+install_locked() {
+  # .venv holds exactly what the lock files given pin, hashes checked, nothing resolved and
+  # nothing else (uv removes what they do not name), and the gateway itself, editable, built
+  # with the locked setuptools. uv comes first, from its own lock, through the virtualenv's pip
+  # (PIP_CONSTRAINT: a machine's own pip constraints may name packages the lock does not have).
+  venv_is_from "$@" && return 0
+  # One install at a time (the quickstart starts the fake Nomic and the gateway together).
+  local guard; exec {guard}>.venv.install-lock
+  flock "$guard"
+  if venv_is_from "$@"; then exec {guard}>&-; return 0; fi
+  [ -x .venv/bin/python ] || make_venv
+  rm -f .venv/.locked
+  PIP_CONSTRAINT='' .venv/bin/python -m pip install -q --disable-pip-version-check \
+    --require-hashes --no-deps --requirement requirements/installer.lock
+  .venv/bin/uv pip sync -q --python .venv/bin/python --require-hashes \
+    requirements/installer.lock "$@"
+  .venv/bin/uv pip install -q --python .venv/bin/python --no-deps --no-build-isolation \
+    --editable .
+  lock_digest "$@" > .venv/.locked
+  exec {guard}>&-
+}
+
+ensure_venv() {
+  # The gateway's own locks (run.sh), unless .venv already has the test lock, a superset at
+  # the same versions.
+  venv_is_from requirements/test.lock || install_locked requirements/run.lock requirements/build.lock
+}
+
+ensure_test_venv() {
+  install_locked requirements/test.lock
 }
 
 install_for_tests() {
   # The test extras, and what both the suite and the benchmark start: redis-server, wrk, nginx
   # (the benchmark's caching-proxy row; it runs its own, configured in a temporary folder;
   # where apt starts services, Debian's package also starts a system nginx on port 80).
-  ensure_venv
-  .venv/bin/python -m pip install -q -e '.[test]'
+  ensure_test_venv
   command -v redis-server >/dev/null || apt_install redis-server
   command -v wrk >/dev/null || apt_install wrk
   command -v taskset >/dev/null || apt_install util-linux

@@ -47,9 +47,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]  # the tests' fake; locks.py beside this file
 
 import yaml  # noqa: E402 (the project's test extras)
+from locks import canonical, pins  # noqa: E402
+from packaging.markers import Marker  # noqa: E402
 
 from tests.fake_nomic import FAKE_API_KEY, png  # noqa: E402
 
@@ -459,7 +461,7 @@ class Check:
             run("docker", "build", "-q", "-f", "deploy/Dockerfile", "-t", IMAGE, ".", timeout=900)
 
     def check_context(self, roles: dict[str, str]) -> None:
-        with self.step("the build context is only pyproject.toml, README.md and gateway/"):
+        with self.step("the build context is only pyproject.toml, README.md, two locks, gateway/"):
             probe = self.name("context")
             self.temporary_images.append(probe)
             run(
@@ -477,14 +479,31 @@ class Check:
             listing = self.once(probe, "find", "/context", "-mindepth", "1", "-maxdepth", "1")
             top = {Path(line).name for line in listing.splitlines()}
             caches = self.once(probe, "find", "/context", "-name", "__pycache__")
-            if top != {"pyproject.toml", "README.md", "gateway"} or caches:
+            locks = self.once(probe, "find", "/context/requirements", "-type", "f")
+            locks_sent = {Path(line).name for line in locks.splitlines()}
+            if top != {"pyproject.toml", "README.md", "requirements", "gateway"} or caches:
                 raise Failed(f"the context holds {sorted(top)} {caches.split()[:3]}")
+            if locks_sent != {"run.lock", "build.lock"}:
+                raise Failed(f"the context holds requirements/{sorted(locks_sent)}")
 
     def check_image(self, roles: dict[str, str]) -> None:
         with self.step("the image's USER is a number, not root's"):
             user = docker("image", "inspect", "-f", "{{.Config.User}}", IMAGE)
             if not re.fullmatch(r"[0-9]+(:[0-9]+)?", user) or int(user.split(":")[0]) == 0:
                 raise Failed(f"USER is {user!r}: Kubernetes' runAsNonRoot needs a number, not 0")
+
+    def check_locked(self) -> None:
+        with self.step("the image holds exactly the releases of requirements/run.lock"):
+            seen = json.loads(self.once(IMAGE, "python", "-c", INSTALLED))
+            environment = seen["environment"]
+            locked = pins("run.lock", lambda marker: Marker(marker).evaluate(environment))
+            want = {name: version for name, (version, _) in locked.items()}
+            have = {canonical(name): version for name, version in seen["installed"]}
+            have.pop("nomic-gateway", None)
+            if have != want:
+                extra = sorted(f"{n}=={v}" for n, v in have.items() if want.get(n) != v)
+                missing = sorted(f"{n}=={v}" for n, v in want.items() if have.get(n) != v)
+                raise Failed(f"installed but not locked: {extra}; locked, not installed: {missing}")
 
     def check_layers(self, roles: dict[str, str]) -> None:
         with self.step("the image's layers hold no dead weight (files a later layer removed)"):
@@ -867,6 +886,23 @@ STAND_IN_RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
+# Run by the image's Python: every distribution installed, and what a lock's markers ask of it.
+INSTALLED = """
+import importlib.metadata, json, os, platform, sys
+print(json.dumps({
+    "installed": [[d.metadata["Name"], d.version] for d in importlib.metadata.distributions()],
+    "environment": {
+        "python_full_version": platform.python_version(),
+        "python_version": ".".join(platform.python_version_tuple()[:2]),
+        "implementation_name": sys.implementation.name,
+        "platform_python_implementation": platform.python_implementation(),
+        "platform_machine": platform.machine(), "platform_system": platform.system(),
+        "sys_platform": sys.platform, "os_name": os.name,
+    },
+}))
+"""
+
+
 def dockerfile() -> str:
     return (ROOT / "deploy" / "Dockerfile").read_text()
 
@@ -1057,6 +1093,7 @@ def main() -> int:
         if check.group("the images", prepare):
             check.group("", lambda: check.check_context(roles))
             check.group("", lambda: check.check_image(roles))
+            check.group("", check.check_locked)
             check.group("", lambda: check.check_layers(roles))
             check.group("docker run", lambda: check.images_run(bridge))
             check.group("the Kubernetes-style run", lambda: check.kubernetes_run(roles, bridge))

@@ -177,14 +177,27 @@ def dockerignore_excludes(path: str) -> bool:
 def test_dockerignore_sends_only_what_the_dockerfile_copies() -> None:
     copied = re.findall(r"^COPY (?!--from)(.+) \S+$", DOCKERFILE, re.MULTILINE)
     sources = [source for line in copied for source in line.split()]
-    assert sorted(sources) == ["README.md", "gateway", "pyproject.toml"]
+    assert sorted(sources) == ["README.md", "gateway", "pyproject.toml",
+                               "requirements/build.lock", "requirements/run.lock"]  # fmt: skip
     for source in sources:
         assert not dockerignore_excludes(source), source
     assert not dockerignore_excludes("gateway/store/lua/admit.lua")
     for path in (".git", ".venv/bin/python", "tests/test_deploy.py", "scripts/test.sh",
                  "gateway/__pycache__/app.cpython-311.pyc", ".mypy_cache/x", "deploy/Dockerfile",
-                 "gateway/store/__pycache__", "nomic_gateway.egg-info/PKG-INFO"):  # fmt: skip
+                 "gateway/store/__pycache__", "nomic_gateway.egg-info/PKG-INFO",
+                 "requirements/test.lock", "requirements/tools.in"):  # fmt: skip
         assert dockerignore_excludes(path), path
+
+
+def test_the_image_installs_the_locked_releases_and_nothing_else() -> None:
+    """What runs is what was tested: hashes required, nothing resolved in the build."""
+    joined = re.sub(r"\\\n\s*", "", DOCKERFILE)
+    [install] = re.findall(r"^RUN .*--require-hashes.*$", joined, re.MULTILINE)
+    assert "--no-deps" in install
+    assert re.findall(r"--requirement (\S+)", install) == [
+        "requirements/run.lock", "requirements/build.lock"]  # fmt: skip
+    [gateway] = re.findall(r"^RUN .*pip install --no-deps --no-build-isolation \.", joined, re.M)
+    assert gateway
 
 
 def test_kubernetes_manifests_are_valid_for_kubernetes_1_31() -> None:
