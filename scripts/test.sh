@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Install everything the tests need (redis-server, Prometheus, wrk and nginx too, if missing),
-# run every quality gate: ruff, mypy --strict on gateway/, and the whole pytest suite with
-# warnings as errors; then the deployment check (scripts/deploy_check.py: the image built and
-# run under a real container engine, as Kubernetes runs it, and the Compose stack;
-# SKIP_DEPLOY_CHECK=1 leaves it out), and last, that nothing the suite or the check started is
-# still running.
+# Install everything the tests need (the test lock, redis-server, Prometheus, wrk and nginx too,
+# if missing), run every quality gate: ruff, mypy --strict on gateway/, and the whole pytest
+# suite with warnings as errors (in two phases, the slowest tests printed after each); then the
+# deployment check (scripts/deploy_check.py: the image built and run under a real container
+# engine, as Kubernetes runs it, and the Compose stack; SKIP_DEPLOY_CHECK=1 leaves it out), and
+# last, that nothing the suite or the check started is still running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_lib.sh
@@ -18,7 +18,20 @@ export NG_TEST_RUN="$$-$(date +%s)"
 .venv/bin/ruff format --check .
 .venv/bin/mypy --strict gateway
 status=0
-.venv/bin/python -m pytest -W error "$@" || status=$?
+# Most of the suite waits (on servers, clients, timers), so it runs on several workers, each
+# with its own redis-server and Redis Cluster. The tests marked serial measure a process's
+# memory or recovery time under load and run alone afterwards. Exit 5 is "no test selected":
+# arguments may pick tests of one phase only, but not of neither.
+empty=0
+pytest_phase() {
+  local code=0
+  .venv/bin/python -m pytest -W error "$@" || code=$?
+  if [ "$code" = 5 ]; then empty=$((empty + 1)); code=0; fi
+  [ "$code" = 0 ] || status=$((status ? status : code))
+}
+pytest_phase -n "${TEST_WORKERS:-4}" -m "not serial" --durations=20 "$@"
+pytest_phase -m serial --durations=8 "$@"
+[ "$empty" -lt 2 ] || status=$((status ? status : 5))
 if [ "${SKIP_DEPLOY_CHECK:-0}" != 1 ]; then
   .venv/bin/python scripts/deploy_check.py || status=$((status ? status : 1))
 fi

@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from gateway.teams import key_hash, new_key
 from tests.conftest import ADMIN, free_port, spawn_redis
@@ -41,6 +42,7 @@ def workers_of(pid: int) -> list[int]:
     return found
 
 
+@pytest.mark.serial
 async def test_chaos(fake_nomic: FakeNomic, tmp_path: Path) -> None:
     redis_port = free_port()
     redis_url = f"redis://127.0.0.1:{redis_port}/0"

@@ -302,6 +302,7 @@ async def run_fault(
     return fault_seconds
 
 
+@pytest.mark.serial
 async def test_a_cluster_master_killed_under_load_costs_seconds_not_a_minute(
     fake_nomic: FakeNomic, replicated_cluster: ReplicatedCluster, tmp_path: Path
 ) -> None:
@@ -359,6 +360,7 @@ async def test_a_cluster_master_killed_under_load_costs_seconds_not_a_minute(
     assert not problems, report(problems)
 
 
+@pytest.mark.serial
 async def test_a_redis_killed_and_restarted_under_load_costs_seconds_not_a_minute(
     fake_nomic: FakeNomic, tmp_path: Path
 ) -> None:
@@ -401,6 +403,7 @@ async def test_a_redis_killed_and_restarted_under_load_costs_seconds_not_a_minut
     assert not problems, report(problems)
 
 
+@pytest.mark.serial
 async def test_a_gateway_killed_while_it_fetches_leaves_its_images_to_another_within_seconds(
     fake_nomic: FakeNomic, redis_client: redis.Redis, redis_url: str, tmp_path: Path
 ) -> None:

@@ -20,6 +20,8 @@ from tests.conftest import ADMIN_TOKEN, free_port, make_team
 from tests.fake_nomic import FAKE_API_KEY, FakeNomic
 from tests.test_cli import clean_env, wait_healthy
 
+pytestmark = pytest.mark.serial  # peak memory of a whole process: measured alone
+
 MiB = 1024 * 1024
 UPLOAD_BYTES = 19 * 1000 * 1000
 
