@@ -41,16 +41,21 @@ venv_is_from() {  # true when .venv was installed from exactly these lock files
   [ -x .venv/bin/python ] && [ "$(cat .venv/.locked 2>/dev/null)" = "$(lock_digest "$@")" ]
 }
 
+venv_has() {  # .venv has these locks: installed from them, or from the test lock, a superset
+  venv_is_from "$@" && return 0  # of the gateway's own (run.lock, build.lock) at its versions
+  [ "$*" = "requirements/run.lock requirements/build.lock" ] && venv_is_from requirements/test.lock
+}
+
 install_locked() {
   # .venv holds exactly what the lock files given pin, hashes checked, nothing resolved and
   # nothing else (uv removes what they do not name), and the gateway itself, editable, built
   # with the locked setuptools. uv comes first, from its own lock, through the virtualenv's pip
   # (PIP_CONSTRAINT: a machine's own pip constraints may name packages the lock does not have).
-  venv_is_from "$@" && return 0
+  venv_has "$@" && return 0
   # One install at a time (the quickstart starts the fake Nomic and the gateway together).
   local guard; exec {guard}>.venv.install-lock
   flock "$guard"
-  if venv_is_from "$@"; then exec {guard}>&-; return 0; fi
+  if venv_has "$@"; then exec {guard}>&-; return 0; fi
   [ -x .venv/bin/python ] || make_venv
   rm -f .venv/.locked
   PIP_CONSTRAINT='' .venv/bin/python -m pip install -q --disable-pip-version-check \
@@ -63,10 +68,8 @@ install_locked() {
   exec {guard}>&-
 }
 
-ensure_venv() {
-  # The gateway's own locks (run.sh), unless .venv already has the test lock, a superset at
-  # the same versions.
-  venv_is_from requirements/test.lock || install_locked requirements/run.lock requirements/build.lock
+ensure_venv() {  # the gateway's own locks (run.sh)
+  install_locked requirements/run.lock requirements/build.lock
 }
 
 ensure_test_venv() {
