@@ -1,7 +1,8 @@
 """The upstream shield: many small, bursty misses become few, well-formed upstream calls.
 
-Misses of every request (any team) wait in one lane per :class:`~gateway.models.Spec`
-(model, kind, and a text's options). A miss that finds
+Misses wait in one lane per :class:`~gateway.models.Spec` (model, kind, and a text's
+options): images and URLs of every team together, texts one lane per team (a call's tokens are
+shared over its texts by estimate, so no call mixes teams' texts). A miss that finds
 its lane quiet (no call of the lane in flight, no other miss within the last ``linger``) goes
 at once; otherwise the lane's sender takes a batch when it is full, or when its first miss
 has waited ``linger``. Before it sends, it takes a slot of the global concurrency cap and the
@@ -227,7 +228,7 @@ class _Waiting(NamedTuple):
 Results = list[tuple[_Waiting, "Embedded | GatewayError"]]
 
 
-LaneKey = tuple[Spec, str]  # the inputs' spec, and the team a lane is kept apart for ("": none)
+LaneKey = tuple[Spec, str]  # the inputs' spec, and the team a lane is kept for ("": every team)
 
 
 @dataclass
@@ -294,7 +295,7 @@ class Shield:
                 "the upstream queue is full; retry shortly",
                 retry_after=self._drain_seconds(self.queued_calls),
             )
-        key = (spec, self._apart_team(jobs[0].team if jobs else "", self._clock()))
+        key = self._lane_key(spec, jobs[0].team if jobs else "")
         lane = self._lanes.get(key)
         calls = self._calls_with(key, len(jobs), size)
         all_calls = self.queued_calls - (0 if lane is None else lane.calls) + calls
@@ -309,6 +310,15 @@ class Shield:
         waiting = [_Waiting(job, loop.create_future()) for job in jobs]
         self._enqueue(self._lane(key), waiting, now)
         return [item.answer for item in waiting]
+
+    def _lane_key(self, spec: Spec, team: str) -> LaneKey:
+        """The lane of ``team``'s misses of ``spec``. A text call's tokens are shared over its
+        texts by estimate, which a text of rare words beats: texts of different teams never
+        share a call, so no team is billed for another's tokens. Images and URLs cost the
+        same each and share calls, but those of a team Nomic refused lately (``_set_apart``)."""
+        if spec.kind == "text":
+            return (spec, team)
+        return (spec, self._apart_team(team, self._clock()))
 
     def _apart_team(self, team: str, now: float) -> str:
         """``team`` if its misses are batched apart now, else ""."""
