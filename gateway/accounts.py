@@ -181,12 +181,11 @@ class Accounts:
         """Admit a request with misses, reserving their expected cost, or raise
         :class:`QuotaExceeded` (or :class:`StoreUnavailable`); :meth:`settle` it once it
         is answered or has failed."""
-        model, kind, spec = lookup.request.model, lookup.request.kind, lookup.request.spec
+        model, kind = lookup.request.model, lookup.request.kind
         if kind == "text":  # within the text's own bound, whatever other texts cost
             learner = False
-            contents = [lookup.first_item[key] for key in lookup.missing]
-            reserve = sum(self._estimator.text_cost(model, spec.weight(c), spec.bound(c) or 1)
-                          for c in contents)  # fmt: skip
+            costs = map(lookup.cost, lookup.missing)
+            reserve = sum(self._estimator.text_cost(model, c.weight, c.bound or 1) for c in costs)
         else:
             learner = _has_budget(team) and await self._cost_known_or_my_turn(model)
             reserve = len(lookup.missing) * self._estimator.per_item(model)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -19,6 +20,7 @@ from gateway.appkeys import (
     BODY_BUDGET,
     BODY_LIMITS,
     COORDINATOR,
+    HEAVY_WORK,
     LEDGER,
     PIPELINE,
     SETTINGS,
@@ -59,7 +61,7 @@ def create_app(settings: Settings) -> web.Application:
     app[TEXT_LIMITS] = TextLimits(settings.max_items, settings.max_text_bytes)
     app[BODY_BUDGET] = BodyBudget(settings.body_bytes_in_flight, settings.max_body_bytes)
     app[USAGE_READS] = user.usage_reads()
-    app.cleanup_ctx.extend([_store_ctx, _pipeline_ctx])
+    app.cleanup_ctx.extend([_heavy_work_ctx, _store_ctx, _pipeline_ctx])
     for path, handler in (("/v1/embedding/image", embeddings.embed_image),
                           ("/v1/embedding/text", embeddings.embed_text)):  # fmt: skip
         app.router.add_post(path, handler, expect_handler=embeddings.expect_body_later)
@@ -153,6 +155,14 @@ def _redis_at(url: str) -> str:
     """Where a Redis URL points, without its credentials."""
     parts = urlsplit(url)
     return f"redis at {parts.path if parts.scheme == 'unix' else parts.netloc.rpartition('@')[2]}"
+
+
+async def _heavy_work_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The thread a large request's parsing runs in: one, so such requests take turns there
+    and leave the event loop (and the other core) to everyone else."""
+    with ThreadPoolExecutor(1, thread_name_prefix="heavy-work") as executor:
+        app[HEAVY_WORK] = executor
+        yield
 
 
 async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 from aiohttp import web
 
 from gateway.accounts import Accounts
@@ -27,4 +29,6 @@ ACCOUNTS = web.AppKey("accounts", Accounts)
 PIPELINE = web.AppKey("pipeline", Pipeline)
 UPSTREAM = web.AppKey("upstream", NomicClient)
 BODY_BUDGET = web.AppKey("body_budget", BodyBudget)
+# One thread for a large request's parsing and per-text work, off the event loop.
+HEAVY_WORK = web.AppKey("heavy_work", ThreadPoolExecutor)
 USAGE_READS = web.AppKey("usage_reads", Bucket)  # days of usage each team may read

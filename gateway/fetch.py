@@ -33,7 +33,7 @@ from gateway.entries import Entry
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, Withdrawn
 from gateway.hot import HotCache
 from gateway.leases import Heartbeat
-from gateway.models import Spec
+from gateway.models import EMPTY_COSTS, Cost, Spec
 from gateway.quota import TokenEstimator
 from gateway.shield import Embedded, Job, Shield
 from gateway.store import Store, StoreError
@@ -87,6 +87,7 @@ class Owner(NamedTuple):
 
     request: int
     team: str
+    costs: Mapping[str, Cost] = EMPTY_COSTS  # its texts' costs by key, worked out once
 
 
 class Fetcher:
@@ -128,12 +129,13 @@ class Fetcher:
 
     async def fetch(
         self, spec: Spec, wanted: Mapping[str, bytes], stale: Mapping[str, Entry],
-        deadline: float, team: str = "",
+        deadline: float, team: str = "", costs: Mapping[str, Cost] = EMPTY_COSTS,
     ) -> Fetched:  # fmt: skip
         """An outcome for each key of ``wanted`` (key → content) by ``deadline`` (a
         ``time.monotonic()`` instant), for a request of ``team``; a key in ``stale`` is
-        served stale if its fetch fails."""
-        owner = Owner(next(self._owners), team)
+        served stale if its fetch fails. ``costs``: what the texts are expected to cost, by
+        key, if the request worked that out already."""
+        owner = Owner(next(self._owners), team, costs)
         futures, owned = await self._start(spec, wanted, deadline, owner)
         await _wait(futures.values(), deadline)
         # A fetch it joined that its owner withdrew (the owner's request used up its resends
@@ -199,16 +201,10 @@ class Fetcher:
         if self._shares_fetches:
             wanted, elsewhere = await self._mark(wanted)
         if wanted:
+            costs = [owner.costs.get(key) or spec.cost(content) for key, content in wanted.items()]
             jobs = [
-                Job(
-                    content,
-                    owner.request,
-                    deadline,
-                    spec.weight(content),
-                    spec.bound(content),
-                    owner.team,
-                )
-                for content in wanted.values()
+                Job(content, owner.request, deadline, cost.weight, cost.bound, owner.team)
+                for content, cost in zip(wanted.values(), costs, strict=True)
             ]
             try:
                 answers = self._shield.submit(spec, jobs)

@@ -18,7 +18,7 @@ import multipart
 
 from gateway.errors import InvalidRequest
 from gateway.keys import content_digest
-from gateway.models import DEFAULT_IMAGE_MODEL, IMAGE_MODELS, Kind, Spec, TextOptions
+from gateway.models import DEFAULT_IMAGE_MODEL, IMAGE_MODELS, Cost, Kind, Spec, TextOptions
 
 MAX_URL_LENGTH = 2048
 MAX_FIELD_BYTES = 64 * 1024
@@ -43,13 +43,17 @@ class ParsedRequest(NamedTuple):
     items: list[bytes]  # image bytes, or URLs or texts encoded as UTF-8
     digests: list[bytes]
     text: TextOptions | None = None
+    costs: tuple[Cost, ...] = ()  # each text's (Spec.cost), worked out once; images: none
 
     @classmethod
     def of(
         cls, model: str, kind: Kind, items: list[bytes], text: TextOptions | None = None
     ) -> ParsedRequest:
-        """A request of ``items``, digesting each."""
-        return cls(model, kind, items, [content_digest(item) for item in items], text)
+        """A request of ``items``, digesting each and, for texts, working out their costs."""
+        digests = [content_digest(item) for item in items]
+        spec = Spec(model, kind, text)
+        costs = tuple(map(spec.cost, items)) if spec.text is not None else ()
+        return cls(model, kind, items, digests, text, costs)
 
     @property
     def spec(self) -> Spec:

@@ -7,8 +7,11 @@ agree on them. The text values and Nomic's defaults for them are as specified in
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Literal, NamedTuple
 
 Kind = Literal["image", "url", "text"]  # image bytes, a URL Nomic fetches, or a text
@@ -43,6 +46,19 @@ class TextOptions(NamedTuple):
     max_tokens_per_text: int | None  # None: Nomic's default for the mode
 
 
+class Cost(NamedTuple):
+    """An input's expected share of an upstream call's tokens, relative to the others' of
+    the call (its weight), and the most tokens Nomic can bill for it (its bound; None where
+    no bound is known). Worked out once per input of a request (:meth:`Spec.cost`)."""
+
+    weight: int
+    bound: int | None
+
+
+ITEM_COST = Cost(1, None)  # an image or a URL: each costs the same, with no bound known
+EMPTY_COSTS: Mapping[str, Cost] = MappingProxyType({})  # of a request with no texts
+
+
 class Spec(NamedTuple):
     """How inputs are embedded, besides what they are: everything that changes the output
     (so all of it is in the cache key), and what every input of one upstream call shares
@@ -59,22 +75,15 @@ class Spec(NamedTuple):
         task, dims, mode, tokens = self.text
         return f"{task}\0{'' if dims is None else dims}\0{mode}\0{'' if tokens is None else tokens}"
 
-    def weight(self, content: bytes) -> int:
-        """An input's expected share of an upstream call's tokens, relative to the others of
-        the call: one for every image or URL; for a text, :func:`text_tokens` (never past its
-        :meth:`bound`: a piece is at least a character), within its token limit."""
+    def cost(self, content: bytes) -> Cost:
+        """What an input is expected to cost: an image or URL weighs one and has no known
+        bound; a text weighs :func:`text_tokens` and is bound by :func:`text_token_bound`,
+        both within its token limit ("truncate" mode), the weight never past the bound."""
         if self.text is None:
-            return 1
+            return ITEM_COST
         limit = self._token_limit()
-        tokens = text_tokens(content)
-        return tokens if limit is None else min(tokens, max(1, limit))
-
-    def bound(self, content: bytes) -> int | None:
-        """The most tokens Nomic can bill for a text (:func:`text_token_bound`; in "truncate"
-        mode at most its token limit); None for images and URLs, which have no such bound."""
-        if self.text is None:
-            return None
-        return text_token_bound(content, self._token_limit())
+        bound = text_token_bound(content, limit)
+        return Cost(min(text_tokens(content, limit), bound), bound)
 
     def _token_limit(self) -> int | None:
         """Where a text is cut ("truncate" mode); None where it is not ("mean" mode)."""
@@ -88,22 +97,36 @@ class Spec(NamedTuple):
 _IDEOGRAPHS = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f"
 _PIECES = re.compile(f"[{_IDEOGRAPHS}]|[^\\W{_IDEOGRAPHS}]+|[^\\w\\s]")
 _WHITESPACE = " \t\n\r\f\v\u00a0\u3000"  # no token of their own (some of what BERT skips)
+_ASCII_WHITESPACE = b" \t\n\r\f\v"  # the same, of ASCII
+SAMPLE_CHARACTERS = 4096  # of a longer text, what its token estimate reads
 
 
-def text_tokens(text: bytes) -> int:
+def text_tokens(text: bytes, most: int | None = None) -> int:
     """About how many tokens Nomic bills for a text (UTF-8): its words, punctuation marks and
-    CJK ideographs, as a WordPiece tokenizer splits common text, and at least one. Rare and
-    long words are split into more pieces by Nomic's tokenizer, so this undercounts them:
-    :func:`text_token_bound` is what it can never exceed."""
-    return max(1, len(_PIECES.findall(text.decode(errors="replace"))))
+    CJK ideographs, as a WordPiece tokenizer splits common text, at least one and at most
+    ``most``. Rare and long words are split into more pieces by Nomic's tokenizer, so this
+    undercounts them: :func:`text_token_bound` is what it can never exceed. A text longer than
+    :data:`SAMPLE_CHARACTERS` is estimated from its beginning, scaled to its length: a regular
+    expression over a whole document took 80 ms of the event loop per 512 KiB."""
+    decoded = text.decode(errors="replace")
+    if len(decoded) <= SAMPLE_CHARACTERS:
+        pieces = len(_PIECES.findall(decoded))
+    else:
+        sampled = len(_PIECES.findall(decoded, 0, SAMPLE_CHARACTERS))
+        pieces = math.ceil(sampled * len(decoded) / SAMPLE_CHARACTERS)
+    return max(1, pieces if most is None else min(pieces, most))
 
 
 def text_token_bound(text: bytes, most: int | None = None) -> int:
     """The most tokens a text (UTF-8) can cost, whatever the words: a WordPiece tokenizer
     makes a token of at most each character, and none of whitespace, once the text is
     decomposed as BERT's tokenizer decomposes it first (a Hangul syllable becomes two or
-    three characters); at least one, and at most ``most`` (a truncating token limit)."""
-    decomposed = unicodedata.normalize("NFD", text.decode(errors="replace"))
-    characters = len(decomposed) - sum(map(decomposed.count, _WHITESPACE))
+    three characters); at least one, and at most ``most`` (a truncating token limit). ASCII,
+    which decomposes to itself, is counted as bytes (a few milliseconds per MiB)."""
+    if text.isascii():
+        characters = len(text.translate(None, _ASCII_WHITESPACE))
+    else:
+        decomposed = unicodedata.normalize("NFD", text.decode(errors="replace"))
+        characters = len(decomposed) - sum(map(decomposed.count, _WHITESPACE))
     bound = max(1, characters)
     return bound if most is None else min(bound, max(1, most))

@@ -24,6 +24,7 @@ from gateway.fetch import Fetcher, Landed, Outcome, stored_entry
 from gateway.forms import ParsedRequest
 from gateway.hot import HotCache
 from gateway.keys import SHARED, cache_keys
+from gateway.models import EMPTY_COSTS, Cost
 from gateway.quota import TokenEstimator
 from gateway.shield import Embedder, Policy, Shield
 from gateway.store import Store, StoreError
@@ -44,6 +45,12 @@ class Lookup(NamedTuple):
     missing: list[str]  # distinct keys not in the cache, or stale
     stale: dict[str, Entry]  # URL entries past their TTL: served only if Nomic fails
     bypassed: bool = False  # the store could not be read: everything went upstream
+    first_cost: Mapping[str, Cost] = EMPTY_COSTS  # each distinct text key's cost, once
+
+    def cost(self, key: str) -> Cost:
+        """What the input of ``key`` is expected to cost (:meth:`gateway.models.Spec.cost`)."""
+        found = self.first_cost.get(key)
+        return found if found is not None else self.request.spec.cost(self.first_item[key])
 
     @property
     def cached_inputs(self) -> int:
@@ -204,7 +211,8 @@ class Pipeline:
         for key in stale:
             del found[key]
         missing = [key for key in first_item if key not in found]
-        return Lookup(request, keys, first_item, found, missing, stale, not readable)
+        costs = dict(zip(keys, request.costs, strict=True)) if request.costs else EMPTY_COSTS
+        return Lookup(request, keys, first_item, found, missing, stale, not readable, costs)
 
     async def complete(self, lookup: Lookup, deadline: float, team: str = "") -> Completed:
         """Fetch what the lookup missed (joining fetches in flight) and answer by ``deadline``
@@ -212,7 +220,9 @@ class Pipeline:
         :class:`FetchFailed`."""
         request = lookup.request
         wanted = {key: lookup.first_item[key] for key in lookup.missing}
-        fetched = await self.fetcher.fetch(request.spec, wanted, lookup.stale, deadline, team)
+        fetched = await self.fetcher.fetch(
+            request.spec, wanted, lookup.stale, deadline, team, lookup.first_cost
+        )
         try:
             return Completed(assemble(lookup, fetched.outcomes), fetched.late)
         except FetchFailed as failed:

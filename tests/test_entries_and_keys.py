@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import random
+import unicodedata
 from array import array
 from typing import Literal
 
@@ -11,7 +12,14 @@ from hypothesis import strategies as st
 
 from gateway import entries
 from gateway.keys import OLD_PREFIXES, PREFIX, cache_key, content_digest, private_scope
-from gateway.models import Spec, TextOptions, text_token_bound, text_tokens
+from gateway.models import (
+    _PIECES,
+    SAMPLE_CHARACTERS,
+    Spec,
+    TextOptions,
+    text_token_bound,
+    text_tokens,
+)
 from gateway.pipeline import answer_body
 from gateway.shield import split_tokens
 from tests.fake_nomic import FakeNomic
@@ -123,7 +131,7 @@ def test_a_text_the_estimate_undercounts_pays_for_itself_not_its_call_mates() ->
     spec = Spec("nomic-embed-text-v1.5", "text", TextOptions("search_document", None, "mean", None))
     attacker, victim = "中".encode() * 8000, b"a cat on a mat"
     weights = [1, 5]  # as if the estimate had seen one word in the attacker's text
-    bounds = [spec.bound(attacker), spec.bound(victim)]
+    bounds = [spec.cost(attacker).bound, spec.cost(victim).bound]
     assert bounds == [8000, 10]
     assert split_tokens(8005, weights, bounds) == [7995, 10]
 
@@ -154,9 +162,27 @@ def test_the_fakes_tokens_and_a_texts_weight_never_pass_the_bound(
     content = text.encode(errors="replace")
     assert FakeNomic.text_tokens(text) <= text_token_bound(content)
     spec = Spec("nomic-embed-text-v1.5", "text", TextOptions("search_query", None, mode, limit))
-    bound = spec.bound(content)
+    weight, bound = spec.cost(content)
     assert bound is not None
-    assert 1 <= spec.weight(content) <= bound
+    assert 1 <= weight <= bound
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=300))
+def test_an_ascii_texts_bound_is_counted_as_bytes_as_it_would_be_decomposed(text: str) -> None:
+    content = text.encode()
+    decomposed = unicodedata.normalize("NFD", text)
+    characters = len(decomposed) - sum(map(decomposed.count, " \t\n\r\f\v\u00a0\u3000"))
+    assert text_token_bound(content) == max(1, characters)
+
+
+def test_a_long_texts_estimate_reads_its_beginning_scaled_to_its_length() -> None:
+    """A document of a hundred thousand words is estimated from its first characters, at
+    the same count per character, and no more than a truncating limit."""
+    words = b"lorem ipsum dolor sit amet, " * 20_000  # 6 pieces a repeat of 28 characters
+    estimate = text_tokens(words)
+    assert abs(estimate - 6 * 20_000) <= 6 * 20_000 // 100
+    assert text_tokens(words, 8192) == 8192
+    assert text_tokens(words[:SAMPLE_CHARACTERS]) == len(_PIECES.findall(words[:4096].decode()))
 
 
 def test_answer_body_is_nomics_shape() -> None:

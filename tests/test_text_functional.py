@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import secrets
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
+from gateway.models import Cost, Spec
 from tests.conftest import GatewayFactory, admin_get, team_headers
 from tests.fake_nomic import FAKE_API_KEY, MODEL_CONTEXT, FakeNomic
 from tests.helpers import run_official_client
@@ -295,3 +297,26 @@ async def test_one_teams_long_text_does_not_shrink_another_teams_token_budget(
     assert int(answer.headers["X-Billed-Tokens"]) == 100
     usage = (await admin_get(gateway, "/admin/usage?team=budget"))["usage"]
     assert usage[0]["billed_tokens"] == 100
+
+
+async def test_a_large_text_request_is_parsed_and_costed_off_the_event_loop_once_a_text(
+    gateway: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of long documents is parsed, digested and costed in the heavy-work thread (on
+    the event loop it held every other team's hits for seconds), each text once, however
+    many phases of the request need its cost; a small request stays on the loop."""
+    seen: list[str] = []
+    original = Spec.cost
+
+    def recorded(spec: Spec, content: bytes) -> Cost:
+        seen.append(threading.current_thread().name)
+        return original(spec, content)
+
+    monkeypatch.setattr(Spec, "cost", recorded)
+    long = [f"{n} " + "word " * 20_000 for n in range(4)]  # 400 KB in all
+    assert (await post_texts(gateway, long)).status == 200
+    assert len(seen) == 4
+    assert all(name.startswith("heavy-work") for name in seen), seen
+    seen.clear()
+    assert (await post_texts(gateway, ["a short text", "and another"])).status == 200
+    assert seen == [threading.main_thread().name] * 2
