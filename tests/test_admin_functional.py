@@ -146,6 +146,52 @@ async def test_usage_range_is_checked(gateway: Client, query: str, word: str) ->
     assert word in detail["detail"][0]["msg"]
 
 
+BAD_USAGE_QUERIES = [
+    ("until=0001-01-01", "until"), ("until=1970-01-03&since=0001-01-01", "since"),
+    ("since=0001-01-01", "since"), ("since=1969-12-31&until=1970-01-01", "since"),
+    ("since=0001-01-01&until=9999-12-31", "since"), ("since=9999-12-31", "since"),
+    ("until=10000-01-01", "until"), ("until=0000-12-31", "until"), ("until=2026-02-30", "until"),
+    ("until=20260101", "until"), ("since=2026-W01-1", "since"), ("since=2026-01-01%00", "since"),
+    ("since=%EF%BC%92%EF%BC%90%EF%BC%92%EF%BC%96-01-01", "since"),  # full-width digits
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "named"),
+    [("/admin/usage", "team=No%20Such%20Team", "team")]
+    + [(path, query, named) for path in ("/v1/usage", "/admin/usage")
+       for query, named in BAD_USAGE_QUERIES],
+)  # fmt: skip
+async def test_every_bad_usage_query_is_a_422_naming_its_parameter(
+    gateway: Client, path: str, query: str, named: str
+) -> None:
+    """Dates at the ends of the calendar were a 500 (a date overflow working out the range)."""
+    headers = ADMIN if path == "/admin/usage" else {}  # else the client's team key
+    response = await gateway.get(f"{path}?{query}", headers=headers)
+    assert response.status == 422, await response.text()
+    [detail] = (await response.json())["detail"]
+    assert (detail["loc"], detail["type"]) == (["query", named], "value_error")
+    assert named in detail["msg"]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "until=9999-12-31",
+        "since=9999-12-31&until=9999-12-31",
+        "until=1970-01-01",
+        "since=1970-01-01&until=1970-01-01",
+    ],
+)
+@pytest.mark.parametrize("path", ["/v1/usage", "/admin/usage"])
+async def test_usage_at_the_ends_of_the_calendar_is_read(
+    gateway: Client, path: str, query: str
+) -> None:
+    response = await gateway.get(f"{path}?{query}", headers=ADMIN if "admin" in path else {})
+    assert response.status == 200, await response.text()
+    assert (await response.json())["usage"] == []
+
+
 async def test_usage_of_every_team(gateway: Client) -> None:
     from tests.fake_nomic import png
     from tests.helpers import post_images

@@ -211,7 +211,10 @@ async def usage(request: web.Request) -> web.Response:
     team_id = request.query.get("team")
     ledger = _ledger(request)
     if team_id is not None:  # a deleted team's usage is kept, and shown
-        team_ids = [teams.check_team_id(team_id)]
+        try:
+            team_ids = [teams.check_team_id(team_id)]
+        except InvalidTeam as exc:
+            raise InvalidRequest(str(exc), loc=("query", "team")) from None
     else:
         team_ids = [team.id for team in await ledger.list_teams()]
     return web.json_response({"usage": await usage_rows(ledger, team_ids, days)})

@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+import datetime
 import math
-import time
+import re
 
 from aiohttp import web
 
@@ -14,6 +15,13 @@ from gateway.appkeys import ACCOUNTS, AUTH, LEDGER, USAGE_READS
 from gateway.errors import InvalidRequest, QuotaExceeded
 
 DAYS_READ_PER_SECOND = quota.MAX_USAGE_RANGE_DAYS  # one of the longest ranges a second
+DEFAULT_DAYS = 7  # without since: the week that ends on until
+# Days a range may name: usage is counted on the Unix clock, so none is older than its epoch;
+# and with both ends inside these, no date arithmetic of a range (since's default, six days
+# before until; each day from since to until) can leave the years datetime.date can hold.
+FIRST_DAY = datetime.date(1970, 1, 1)
+LAST_DAY = datetime.date.max
+_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 def usage_reads() -> quota.Bucket:
@@ -43,8 +51,34 @@ async def own_usage(request: web.Request) -> web.Response:
 
 
 def requested_days(request: web.Request) -> list[str]:
-    today = time.strftime("%Y-%m-%d", time.gmtime())
+    """The UTC days from ``since`` to ``until`` (both included, each YYYY-MM-DD): ``until``
+    defaults to today, ``since`` to six days before ``until``. Each answer of 422 names the
+    parameter at fault."""
+    end = _day(request, "until") or datetime.datetime.now(datetime.UTC).date()
+    start = _day(request, "since") or end - datetime.timedelta(days=DEFAULT_DAYS - 1)
+    if start > end:
+        raise InvalidRequest(f"since ({start}) is after until ({end})", loc=("query", "since"))
+    count = (end - start).days + 1
+    if count > quota.MAX_USAGE_RANGE_DAYS:
+        raise InvalidRequest(
+            f"at most {quota.MAX_USAGE_RANGE_DAYS} days at once; since to until is {count} days",
+            loc=("query", "since"),
+        )
+    return [(start + datetime.timedelta(days=i)).isoformat() for i in range(count)]
+
+
+def _day(request: web.Request, name: str) -> datetime.date | None:
+    """The day the query parameter ``name`` gives; None if it is absent or empty."""
+    text = request.query.get(name)
+    if not text:
+        return None
+    problem = f"{name} must be a day as YYYY-MM-DD from {FIRST_DAY} to {LAST_DAY}"
+    if not _DAY.fullmatch(text):  # fromisoformat also takes 20260101 and week dates
+        raise InvalidRequest(problem, loc=("query", name))
     try:
-        return quota.days_between(request.query.get("since"), request.query.get("until"), today)
-    except ValueError as exc:
-        raise InvalidRequest(str(exc), loc=("query",)) from None
+        day = datetime.date.fromisoformat(text)
+    except ValueError:  # 2026-02-30, year 0
+        raise InvalidRequest(problem, loc=("query", name)) from None
+    if not FIRST_DAY <= day <= LAST_DAY:
+        raise InvalidRequest(problem, loc=("query", name))
+    return day
