@@ -184,13 +184,16 @@ class Accounts:
         model, kind = lookup.request.model, lookup.request.kind
         if kind == "text":  # within the text's own bound, whatever other texts cost
             learner = False
-            costs = map(lookup.cost, lookup.missing)
+            costs = list(map(lookup.cost, lookup.missing))
             reserve = sum(self._estimator.text_cost(model, c.weight, c.bound or 1) for c in costs)
+            most = sum(c.bound or 1 for c in costs)
         else:
             learner = _has_budget(team) and await self._cost_known_or_my_turn(model)
             reserve = len(lookup.missing) * self._estimator.per_item(model)
+            most = -1  # an image's cost is known once learned: no more than expected
         at = quota.window(self._clock())
-        want = quota.demand(team, kind, len(lookup.cache_keys), lookup.cached_inputs, reserve)
+        inputs, hits = len(lookup.cache_keys), lookup.cached_inputs
+        want = quota.demand(team, kind, inputs, hits, reserve, most)
         if not quota.applies(team, want):
             return Reservation(team, model, kind, at, None, learner)
         try:
@@ -216,7 +219,7 @@ class Accounts:
             assert decision.limit is not None
             if quota.refuses_every_request(team, decision):
                 self._used_up[(team.id, decision.limit)] = (decision, at.minute)
-            raise _exceeded(team, decision, at, want.of(decision.limit))
+            raise _exceeded(team, decision, at, decision.asked, want.reserve_tokens)
         return request_id
 
     def settle(
@@ -321,14 +324,17 @@ def _has_budget(team: Team) -> bool:
     return team.limits.tokens_per_day is not None or team.limits.tokens_per_month is not None
 
 
-def _exceeded(team: Team, decision: quota.Decision, at: Window, asked: int | None) -> QuotaExceeded:
+def _exceeded(
+    team: Team, decision: quota.Decision, at: Window, asked: int | None, expected: int = 0
+) -> QuotaExceeded:
     """The refusal of a request that asked ``asked`` of the limit (None: not known, for a
-    refusal before the body is read, which is only ever of a limit with nothing left)."""
+    refusal before the body is read, which is only ever of a limit with nothing left), its
+    tokens expected to cost ``expected``."""
     assert decision.limit is not None
     metrics.QUOTA_REJECTIONS.labels(team=team.id, limit=decision.limit).inc()
     reset = quota.retry_after(decision, at)
     return QuotaExceeded(
-        _refusal(team.id, decision, asked),
+        _refusal(team.id, decision, asked, expected),
         loc=("limits", decision.limit),
         retry_after=reset,
         headers={
@@ -348,7 +354,7 @@ _UNITS: dict[LimitName, tuple[str, str]] = {  # what a limit counts, and over wh
 }
 
 
-def _refusal(team_id: str, decision: quota.Decision, asked: int | None) -> str:
+def _refusal(team_id: str, decision: quota.Decision, asked: int | None, expected: int) -> str:
     """What the client is told: that its team has nothing left of the limit, or that this
     request asks more than is left (the header says what is left: the message says why that
     is not enough)."""
@@ -359,7 +365,10 @@ def _refusal(team_id: str, decision: quota.Decision, asked: int | None) -> str:
         # A budget's use counts what requests under way reserved, beside what Nomic billed.
         how = " (billed, or reserved by requests under way)" if unit == "tokens" else ""
         return f"team {team_id!r} has used all {value} {unit} of its {limit} limit {period}{how}"
-    if unit == "tokens":
+    if unit == "tokens" and asked > expected:
+        wants = (f"this request can cost up to {asked} tokens (held in full while other "
+                 f"requests of the team are under way), which is")  # fmt: skip
+    elif unit == "tokens":
         wants = f"this request's expected cost, {asked} tokens, is"
     else:
         wants = f"this request's {asked} {unit} are"

@@ -71,20 +71,28 @@ def _calendar(minute: int) -> tuple[str, str, int, int]:
 
 
 class Demand(NamedTuple):
-    """What a request asks of its team's limits."""
+    """What a request asks of its team's limits: counts, and the tokens its misses are
+    expected to cost (``reserve_tokens``) and can cost at most (``reserve_most``; -1: no more
+    than expected, as images, whose cost is known)."""
 
     requests: int
     images: int  # images and URLs
     texts: int
     reserve_tokens: int
+    reserve_most: int = -1
 
-    def asked(self) -> tuple[int, ...]:
+    def tokens(self, held: int) -> int:
+        """What it reserves of the token budgets while its team's requests under way hold
+        ``held`` tokens: its expected cost when none do, else the most it can cost. An
+        estimate can fall short (a text of rare words, many times), so only one request at a
+        time runs on one: concurrent requests overshoot a budget by at most one request's
+        shortfall. The memory store and ``lua/admit.lua`` both decide by this."""
+        return self.reserve_tokens if held <= 0 else max(self.reserve_tokens, self.reserve_most)
+
+    def asked(self, held: int = 0) -> tuple[int, ...]:
         """What it asks of each limit, in ``LIMIT_NAMES`` order."""
-        return (self.requests, self.images, self.texts, self.reserve_tokens, self.reserve_tokens)
-
-    def of(self, limit: LimitName) -> int:
-        """What it asks of ``limit``."""
-        return self.asked()[LIMIT_NAMES.index(limit)]
+        tokens = self.tokens(held)
+        return (self.requests, self.images, self.texts, tokens, tokens)
 
 
 class Decision(NamedTuple):
@@ -92,14 +100,17 @@ class Decision(NamedTuple):
     limit: LimitName | None = None
     limit_value: int = 0
     remaining: int = 0
+    asked: int = 0  # what the request refused asked of that limit
 
 
-def demand(team: Team, kind: Kind, inputs: int, hits: int, reserve_tokens: int) -> Demand:
+def demand(
+    team: Team, kind: Kind, inputs: int, hits: int, reserve_tokens: int, reserve_most: int = -1
+) -> Demand:
     """A request of ``inputs`` inputs of ``kind``, of which ``hits`` were found in the cache,
-    reserving ``reserve_tokens`` for its misses."""
+    whose misses are expected to cost ``reserve_tokens`` and can cost ``reserve_most``."""
     counted = inputs if team.count_hits else inputs - hits
     images, texts = (0, counted) if kind == "text" else (counted, 0)
-    return Demand(1 if counted else 0, images, texts, reserve_tokens)
+    return Demand(1 if counted else 0, images, texts, reserve_tokens, reserve_most)
 
 
 def minute_limits(kind: Kind) -> tuple[LimitName, LimitName]:
@@ -129,17 +140,20 @@ def limit_values(team: Team) -> tuple[int, int, int, int, int]:
 
 
 def decide(
-    team: Team, want: Demand, minute_counts: tuple[int, int, int], budgets: tuple[int, int]
-) -> Decision:
-    """Admit ``want`` given this minute's counts (requests, images, texts) and the tokens
-    already billed or reserved today and this month. The memory store calls this; the Redis
-    store runs the same rules in ``lua/admit.lua``."""
+    team: Team, want: Demand, minute_counts: tuple[int, int, int], budgets: tuple[int, int],
+    held: int = 0,
+) -> Decision:  # fmt: skip
+    """Admit ``want`` given this minute's counts (requests, images, texts), the tokens
+    already billed or reserved today and this month, and the tokens its team's requests
+    under way hold (:meth:`Demand.tokens`). The memory store calls this; the Redis store
+    runs the same rules in ``lua/admit.lua``."""
     checks = zip(
-        LIMIT_NAMES, limit_values(team), (*minute_counts, *budgets), want.asked(), strict=True
-    )
+        LIMIT_NAMES, limit_values(team), (*minute_counts, *budgets), want.asked(held),
+        strict=True,
+    )  # fmt: skip
     for name, limit, used, asked in checks:
         if limit >= 0 and asked > 0 and used + asked > limit:
-            return Decision(False, name, limit, max(0, limit - used))
+            return Decision(False, name, limit, max(0, limit - used), asked)
     return Decision(True)
 
 

@@ -114,10 +114,10 @@ async def test_texts_per_minute_is_counted_apart_from_images_per_minute(ledger: 
     limited = team(images_per_minute=5, texts_per_minute=3)
     assert (await ledger.admit(limited, Demand(1, 0, 2, 0), AT, {}, "t1")).allowed
     refused = await ledger.admit(limited, Demand(1, 0, 2, 0), AT, {}, "t2")
-    assert refused == quota.Decision(False, "texts_per_minute", 3, 1)
+    assert refused == quota.Decision(False, "texts_per_minute", 3, 1, 2)
     assert (await ledger.admit(limited, Demand(1, 5, 0, 0), AT, {}, "i1")).allowed  # images
     refused = await ledger.admit(limited, Demand(1, 1, 0, 0), AT, {}, "i2")
-    assert refused == quota.Decision(False, "images_per_minute", 5, 0)
+    assert refused == quota.Decision(False, "images_per_minute", 5, 0, 1)
     assert (await ledger.admit(limited, Demand(1, 0, 1, 0), AT, {}, "t3")).allowed  # the last
     assert not (await ledger.admit(limited, Demand(1, 0, 1, 0), AT, {}, "t4")).allowed
     next_minute = quota.window(NOW + 60)
@@ -142,6 +142,33 @@ async def test_concurrent_admits_never_pass_the_budget(ledger: Ledger) -> None:
         *(ledger.admit(capped, Demand(1, 1, 0, 7), AT, {}, f"r{i}") for i in range(300))
     )
     assert sum(decision.allowed for decision in decisions) == 1000 // 7
+
+
+@pytest.mark.parametrize("together", [False, True], ids=["one-by-one", "together"])
+async def test_only_one_request_at_a_time_reserves_its_estimate(
+    ledger: Ledger, together: bool
+) -> None:
+    """An estimate can fall short (texts of rare words): while the team's other requests hold
+    tokens, a request reserves the most it can cost, so the budget is passed by at most one
+    request's shortfall, however many run at once. The same decisions on every store, made
+    one by one or in one script call."""
+    capped = team(tokens_per_day=100, tokens_per_month=1000)
+    want = Demand(1, 0, 1, 10, 40)  # expected 10 tokens, 40 at most
+    ids = [f"e{i}" for i in range(4)]
+    if together:
+        decisions = await asyncio.gather(*(ledger.admit(capped, want, AT, {}, i) for i in ids))
+    else:
+        decisions = [await ledger.admit(capped, want, AT, {}, i) for i in ids]
+    assert [d.allowed for d in decisions] == [True, True, True, False]  # 10, 40, 40: 90
+    assert decisions[3] == quota.Decision(False, "tokens_per_day", 100, 10, 40)
+    for request_id in ids[:3]:
+        await ledger.settle("t1", AT.day, AT.month, request_id, 12, {})
+    [row] = await ledger.usage("t1", [AT.day])
+    assert (row["billed_tokens"], row["rejected"]) == (36, 1)
+    alone = await ledger.admit(capped, want, AT, {}, "f")  # none held now: its estimate again
+    assert alone.allowed
+    refused = await ledger.admit(capped, Demand(1, 0, 1, 60, 60), AT, {}, "g")  # 36 + 10 + 60
+    assert (refused.allowed, refused.remaining, refused.asked) == (False, 54, 60)
 
 
 async def test_admits_made_together_are_decided_in_order_each_with_its_own_usage(

@@ -62,23 +62,23 @@ def test_each_kind_counts_toward_requests_and_its_own_per_minute_limit() -> None
         ({}, Demand(1, 5, 0, 50), (10**6, 10**6, 0), (10**9, 10**9), Decision(True)),
         ({"requests_per_minute": 3}, Demand(1, 1, 0, 0), (2, 0, 0), (0, 0), Decision(True)),
         ({"requests_per_minute": 3}, Demand(1, 1, 0, 0), (3, 0, 0), (0, 0),
-         Decision(False, "requests_per_minute", 3, 0)),
+         Decision(False, "requests_per_minute", 3, 0, 1)),
         ({"requests_per_minute": 3}, Demand(0, 0, 0, 0), (3, 0, 0), (0, 0), Decision(True)),
         ({"images_per_minute": 5}, Demand(1, 3, 0, 0), (0, 3, 0), (0, 0),
-         Decision(False, "images_per_minute", 5, 2)),
+         Decision(False, "images_per_minute", 5, 2, 3)),
         ({"texts_per_minute": 5}, Demand(1, 0, 3, 0), (0, 3, 3), (0, 0),
-         Decision(False, "texts_per_minute", 5, 2)),
+         Decision(False, "texts_per_minute", 5, 2, 3)),
         ({"texts_per_minute": 5}, Demand(1, 0, 2, 0), (0, 3, 3), (0, 0), Decision(True)),
         ({"texts_per_minute": 5}, Demand(1, 9, 0, 0), (0, 3, 5), (0, 0), Decision(True)),
         ({"images_per_minute": 5}, Demand(1, 0, 9, 0), (0, 5, 0), (0, 0), Decision(True)),
         ({"images_per_minute": 5, "texts_per_minute": 5}, Demand(1, 0, 1, 0), (0, 9, 5),
-         (0, 0), Decision(False, "texts_per_minute", 5, 0)),
+         (0, 0), Decision(False, "texts_per_minute", 5, 0, 1)),
         ({"tokens_per_day": 100}, Demand(1, 1, 0, 10), (0, 0, 0), (90, 0), Decision(True)),
         ({"tokens_per_day": 100}, Demand(1, 1, 0, 10), (0, 0, 0), (91, 0),
-         Decision(False, "tokens_per_day", 100, 9)),
+         Decision(False, "tokens_per_day", 100, 9, 10)),
         ({"tokens_per_day": 100}, Demand(1, 1, 0, 0), (0, 0, 0), (500, 0), Decision(True)),
         ({"tokens_per_month": 0}, Demand(1, 1, 0, 1), (0, 0, 0), (0, 0),
-         Decision(False, "tokens_per_month", 0, 0)),
+         Decision(False, "tokens_per_month", 0, 0, 1)),
     ],
 )  # fmt: skip
 def test_decide(
@@ -86,6 +86,20 @@ def test_decide(
     decision: Decision,
 ) -> None:  # fmt: skip
     assert quota.decide(team(**limits), want, counts, budgets) == decision
+
+
+def test_a_request_reserves_its_estimate_alone_and_its_most_beside_others() -> None:
+    """Only one request at a time runs on an estimate: while others of the team hold tokens,
+    a request reserves the most it can cost."""
+    want = Demand(1, 0, 1, 10, 40)
+    assert want.tokens(0) == 10
+    assert want.tokens(1) == 40
+    assert Demand(1, 1, 0, 10).tokens(500) == 10  # an image: its cost is known
+    limits = team(tokens_per_day=100)
+    assert quota.decide(limits, want, (0, 0, 0), (80, 80), held=0) == Decision(True)
+    assert quota.decide(limits, want, (0, 0, 0), (80, 80), held=5) == Decision(
+        False, "tokens_per_day", 100, 20, 40
+    )
 
 
 def test_applies_only_when_a_limit_bears_on_the_demand() -> None:

@@ -89,17 +89,19 @@ class MemoryLedger:
             day["billed_tokens"] + day["reserved_tokens"],
             month["billed_tokens"] + month["reserved_tokens"],
         )
-        decision = quota.decide(team, want, counts, budgets)
+        held = month["reserved_tokens"]
+        decision = quota.decide(team, want, counts, budgets, held)
         if not decision.allowed:
             day["rejected"] += 1
             return decision
         requests, images, texts = counts
         counts = (requests + want.requests, images + want.images, texts + want.texts)
         self._minutes[team.id] = (at.minute, counts)
-        if want.reserve_tokens:
-            day["reserved_tokens"] += want.reserve_tokens
-            month["reserved_tokens"] += want.reserve_tokens
-            self._reserved[request_id] = want.reserve_tokens
+        reserve = want.tokens(held)
+        if reserve:
+            day["reserved_tokens"] += reserve
+            month["reserved_tokens"] += reserve
+            self._reserved[request_id] = reserve
         day.update(usage)
         if usage:
             self._mark_settled(request_id)

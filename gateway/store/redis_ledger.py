@@ -191,7 +191,7 @@ class RedisLedger:
         answers = await self._call("admit", self._admit(keys=keys, args=args))
         return [
             Decision(True) if answer[0] == 1
-            else Decision(False, LIMIT_NAMES[int(answer[1]) - 1], int(answer[2]), int(answer[3]))
+            else Decision(False, LIMIT_NAMES[int(answer[1]) - 1], *map(int, answer[2:5]))
             for answer in answers
         ]  # fmt: skip
 

@@ -1,5 +1,6 @@
 -- Admit a batch of requests of one team, in order, atomically: each is decided against its
--- team's limits as the requests before it left them, and reserves its expected tokens.
+-- team's limits as the requests before it left them, and reserves its expected tokens, or the
+-- most it can cost while the team's requests under way hold tokens (quota.Demand.tokens).
 -- Counts are whole numbers; times are in seconds.
 -- Runs after its prelude, usage.lua (add_usage, write_usage).
 -- KEYS: 1 the team's requests this minute, 2 its images this minute, 3 its texts this
@@ -9,10 +10,11 @@
 -- ARGV: 1..5 limits: requests per minute, images per minute, texts per minute, tokens per
 --            day, tokens per month (-1: unlimited),
 --       6 seconds a minute counter lives, 7 a day hash, 8 a month hash, 9 a reservation,
---       10 a settled marker, then for each request: requests, images, texts, tokens to
---       reserve, n, and n usage field and amount pairs added to the day hash if it is admitted
+--       10 a settled marker, then for each request: requests, images, texts, its expected
+--       tokens, the most tokens it can cost (-1: no more than expected), n, and n usage field
+--       and amount pairs added to the day hash if it is admitted
 -- Returns for each request {1} when admitted, else {0, which limit (1..5), its value,
---       what remains of it}.
+--       what remains of it, what the request asked of it}.
 local limits = {}
 for i = 1, 5 do limits[i] = tonumber(ARGV[i]) end
 local day = redis.call('HMGET', KEYS[4], 'billed_tokens', 'reserved_tokens')
@@ -24,18 +26,21 @@ local used = {
   tonumber(day[1] or 0) + tonumber(day[2] or 0),
   tonumber(month[1] or 0) + tonumber(month[2] or 0),
 }
+local held = tonumber(month[2] or 0)  -- tokens the team's requests under way reserved
 local added = {0, 0, 0, 0}  -- requests, images, texts, tokens reserved
 local usage, fields, rejected = {}, {}, 0
 local answers, member, at = {}, 0, 11
 while at <= #ARGV do
   member = member + 1
-  local reserve, pairs = tonumber(ARGV[at + 3]), tonumber(ARGV[at + 4])
+  local reserve, most = tonumber(ARGV[at + 3]), tonumber(ARGV[at + 4])
+  local pairs = tonumber(ARGV[at + 5])
+  if held + added[4] > 0 then reserve = math.max(reserve, most) end
   local asked = {tonumber(ARGV[at]), tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2]), reserve,
                  reserve}
   local answer = {1}
   for i = 1, 5 do
     if limits[i] >= 0 and asked[i] > 0 and used[i] + asked[i] > limits[i] then
-      answer = {0, i, limits[i], math.max(0, limits[i] - used[i])}
+      answer = {0, i, limits[i], math.max(0, limits[i] - used[i]), asked[i]}
       break
     end
   end
@@ -45,13 +50,13 @@ while at <= #ARGV do
     if reserve > 0 then
       redis.call('SET', KEYS[4 + 2 * member], reserve, 'EX', ARGV[9])
     end
-    add_usage(usage, fields, at + 5, pairs)
+    add_usage(usage, fields, at + 6, pairs)
     if pairs > 0 then redis.call('SET', KEYS[5 + 2 * member], 1, 'EX', ARGV[10]) end
   else
     rejected = rejected + 1
   end
   answers[member] = answer
-  at = at + 5 + 2 * pairs
+  at = at + 6 + 2 * pairs
 end
 for i = 1, 3 do
   if added[i] > 0 then
