@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -73,6 +74,51 @@ async def test_team_lifecycle(gateway: Client) -> None:
     await call(gateway, "DELETE", "/admin/teams/research", 204)
     await call(gateway, "GET", "/admin/teams/research", 404)
     await call(gateway, "DELETE", "/admin/teams/research", 404)
+
+
+ROUNDS = 30  # each a race; before team writes were atomic, about half went wrong on Redis
+
+
+async def test_a_patch_racing_a_delete_never_brings_the_team_back(gateway: Client) -> None:
+    for round in range(ROUNDS):
+        team = f"racing-{round}"
+        await call(gateway, "POST", "/admin/teams", 201, {"id": team})
+        patches = [gateway.patch(f"/admin/teams/{team}", json={"name": f"Renamed {n}"},
+                                 headers=ADMIN) for n in range(4)]  # fmt: skip
+        *patched, deleted = await asyncio.gather(
+            *patches, gateway.delete(f"/admin/teams/{team}", headers=ADMIN)
+        )
+        assert deleted.status == 204
+        for answer in patched:  # before the delete, or a 404 after it: never a team again
+            assert answer.status in (200, 404), await answer.text()
+            if answer.status == 404:
+                assert (await answer.json())["detail"][0]["loc"] == ["path", "team"]
+        await call(gateway, "GET", f"/admin/teams/{team}", 404)
+    listed = await call(gateway, "GET", "/admin/teams", 200)
+    assert [team["id"] for team in listed["teams"]] == ["test"]
+
+
+async def test_concurrent_patches_of_different_fields_all_land(gateway: Client) -> None:
+    for round in range(ROUNDS):
+        team = f"patched-{round}"
+        await call(gateway, "POST", "/admin/teams", 201, {"id": team})
+        bodies = [{"name": f"Name {round}"}, {"limits": {"requests_per_minute": round}},
+                  {"limits": {"tokens_per_day": 1000 + round}}, {"count_hits": False},
+                  {"private_cache": True}]  # fmt: skip
+        answers = await asyncio.gather(
+            *(gateway.patch(f"/admin/teams/{team}", json=body, headers=ADMIN) for body in bodies)
+        )
+        assert [answer.status for answer in answers] == [200] * len(bodies)
+        shown = await call(gateway, "GET", f"/admin/teams/{team}", 200)
+        assert (shown["name"], shown["count_hits"], shown["private_cache"]) == (
+            f"Name {round}", False, True)  # fmt: skip
+        limits = shown["limits"]
+        assert (limits["requests_per_minute"], limits["tokens_per_day"]) == (round, 1000 + round)
+
+
+async def test_a_patch_of_no_team_is_a_404_and_makes_none(gateway: Client) -> None:
+    await call(gateway, "PATCH", "/admin/teams/nobody", 404, {"name": "Somebody"})
+    await call(gateway, "GET", "/admin/teams/nobody", 404)
 
 
 @pytest.mark.parametrize(

@@ -128,17 +128,26 @@ async def show_team(request: web.Request) -> web.Response:
 
 
 async def update_team(request: web.Request) -> web.Response:
-    team = await _team(request)
+    """One atomic change of the team as stored: two PATCHes at once both land, and a PATCH
+    after a DELETE is a 404 (it never brings the team back)."""
     data = await _body(request)
     _check_fields(data, {"name", "limits", *SWITCHES})
-    updated = dataclasses.replace(
+    team_id = request.match_info["team"]
+    updated = await _ledger(request).change_team(team_id, lambda team: _patched(team, data))
+    if updated is None:
+        raise NotFound(f"no team {team_id!r}", loc=("path", "team"))
+    return web.json_response(updated.to_json())
+
+
+def _patched(team: Team, data: dict[str, Any]) -> Team:
+    """``team`` with what a PATCH body gives: its limits merge into the team's, the other
+    fields replace theirs."""
+    return dataclasses.replace(
         team,
         name=teams.check_name(data.get("name", team.name)),
         limits=Limits.from_json(_limits(data), base=team.limits),
         **_switches(data, team),
     )
-    await _ledger(request).update_team(updated)
-    return web.json_response(updated.to_json())
 
 
 async def delete_team(request: web.Request) -> web.Response:

@@ -9,7 +9,7 @@ memory, Redis) implement every protocol.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
 from gateway.quota import Decision, Demand, Window
@@ -78,7 +78,17 @@ class Ledger(QuotaLedger, Protocol):
         """Add a team; False if one with its id exists."""
         ...
 
-    async def update_team(self, team: Team) -> None: ...
+    async def change_team(self, team_id: str, change: Callable[[Team], Team]) -> Team | None:
+        """Atomically replace the team with ``change`` of it, and return what was written;
+        None (nothing written) if there is no team. Whatever else writes the team meanwhile
+        (another change, a delete) is not lost: ``change`` may be called more than once, on
+        the latest team each time, so it must not act beyond returning the new team; what it
+        raises is raised, with nothing written."""
+        ...
+
+    async def update_team(self, team: Team) -> bool:
+        """Replace a team that exists; False (nothing written) if there is none."""
+        ...
 
     async def get_team(self, team_id: str) -> Team | None: ...
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from gateway import quota
 from gateway.quota import Decision, Demand, Window
@@ -38,8 +38,15 @@ class MemoryLedger:
         self._teams[team.id] = team
         return True
 
-    async def update_team(self, team: Team) -> None:
-        self._teams[team.id] = team
+    async def change_team(self, team_id: str, change: Callable[[Team], Team]) -> Team | None:
+        team = self._teams.get(team_id)
+        if team is None:
+            return None
+        changed = self._teams[team_id] = change(team)  # read to write: no await between
+        return changed
+
+    async def update_team(self, team: Team) -> bool:
+        return await self.change_team(team.id, lambda _: team) is not None
 
     async def get_team(self, team_id: str) -> Team | None:
         return self._teams.get(team_id)

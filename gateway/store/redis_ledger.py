@@ -12,7 +12,7 @@ key alone; writing one and its team's index are two commands, which only admin c
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import orjson
@@ -20,6 +20,7 @@ import orjson
 from gateway import quota
 from gateway.batching import Coalescer
 from gateway.quota import Decision, Demand, Window
+from gateway.store.base import StoreError
 from gateway.store.redis_backend import RedisBackend
 from gateway.teams import LIMIT_NAMES, KeyRecord, Team
 
@@ -29,6 +30,8 @@ DAY_TTL = (quota.USAGE_DAYS_KEPT + 1) * 86400
 MONTH_TTL = 40 * 86400
 RESERVATION_TTL = 2 * 86400  # a reservation outlives the day it was made on
 SETTLED_TTL = 3600  # how long a settle id is remembered, to make a retried settle a no-op
+TEAM_WRITE_TRIES = 100  # rounds of one team write that others' writes may overtake
+SWAP_WRITTEN, SWAP_CHANGED = 1, 0  # lua/swap_team.lua's answers (-1: no team)
 
 
 def team_key(team_id: str, suffix: str) -> str:
@@ -80,6 +83,7 @@ class RedisLedger:
         self._admit = backend.script("admit.lua", prelude="usage.lua")
         self._settle = backend.script("settle.lua", prelude="usage.lua")
         self._narrow = backend.script("narrow_key.lua")
+        self._swap = backend.script("swap_team.lua")
         # Admissions (settles) of one team made while one is in flight share the next call.
         self._admissions = Coalescer(self._admit_batch)
         self._settles = Coalescer(self._settle_batch)
@@ -96,11 +100,25 @@ class RedisLedger:
             await self._call("team index", self._redis.sadd(TEAMS, team.id))
         return bool(created)
 
-    async def update_team(self, team: Team) -> None:
-        await self._call(
-            "team write", self._redis.set(team_key(team.id, "team"), orjson.dumps(team.to_json()))
-        )
-        await self._call("team index", self._redis.sadd(TEAMS, team.id))
+    async def change_team(self, team_id: str, change: Callable[[Team], Team]) -> Team | None:
+        """Read, change, then write only if the team is still as read (``lua/swap_team.lua``),
+        else again: each round someone's write lands, so concurrent writers all finish."""
+        key = team_key(team_id, "team")
+        for _ in range(TEAM_WRITE_TRIES):
+            read = await self._call("team read", self._redis.get(key))
+            if read is None:
+                return None
+            changed = change(Team.from_json(orjson.loads(read)))
+            written = orjson.dumps(changed.to_json())
+            swapped = await self._call("team write", self._swap(keys=[key], args=[read, written]))
+            if swapped != SWAP_CHANGED:
+                return changed if swapped == SWAP_WRITTEN else None
+        raise StoreError(f"team {team_id!r} was written {TEAM_WRITE_TRIES} times as this wrote it")
+
+    async def update_team(self, team: Team) -> bool:
+        # No SADD to the index: a team that exists is in it, and one deleted meanwhile must
+        # not be listed again.
+        return await self.change_team(team.id, lambda _: team) is not None
 
     async def get_team(self, team_id: str) -> Team | None:
         raw = await self._call("team read", self._redis.get(team_key(team_id, "team")))
