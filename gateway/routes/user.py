@@ -11,10 +11,12 @@ from aiohttp import web
 
 from gateway import quota
 from gateway.accounts import usage_rows
-from gateway.appkeys import ACCOUNTS, AUTH, LEDGER, USAGE_READS
-from gateway.errors import InvalidRequest, QuotaExceeded
+from gateway.appkeys import ACCOUNTS, AUTH, LEDGER
+from gateway.errors import InvalidRequest, QuotaExceeded, StoreUnavailable
+from gateway.store import StoreError
 
 DAYS_READ_PER_SECOND = quota.MAX_USAGE_RANGE_DAYS  # one of the longest ranges a second
+DAYS_READ_AT_ONCE = 2 * DAYS_READ_PER_SECOND
 DEFAULT_DAYS = 7  # without since: the week that ends on until
 # Days a range may name: usage is counted on the Unix clock, so none is older than its epoch;
 # and with both ends inside these, no date arithmetic of a range (since's default, six days
@@ -25,9 +27,10 @@ _DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 def usage_reads() -> quota.Bucket:
-    """The days of usage each team may read (``GET /v1/usage``): so many a second, and as
-    many again at once."""
-    return quota.Bucket(DAYS_READ_PER_SECOND, 2 * DAYS_READ_PER_SECOND)
+    """A bucket of this process alone, which app.py still makes (``USAGE_READS``) and nothing
+    reads: the limit is the store's now (:meth:`Ledger.take_usage_reads`), shared by every
+    process on it."""
+    return quota.Bucket(DAYS_READ_PER_SECOND, DAYS_READ_AT_ONCE)
 
 
 async def current_user(request: web.Request) -> web.Response:
@@ -37,14 +40,22 @@ async def current_user(request: web.Request) -> web.Response:
 
 async def own_usage(request: web.Request) -> web.Response:
     """A team's usage by day. Each day asked for is a read of the store: a team reads at most
-    :data:`DAYS_READ_PER_SECOND` a second (a year's at once), then gets ``429``."""
+    :data:`DAYS_READ_PER_SECOND` a second (:data:`DAYS_READ_AT_ONCE` at once), all processes
+    and replicas together, then gets ``429``."""
     team = await request.app[AUTH].team_for(request.headers.get("Authorization"))
     days = requested_days(request)
-    wait = request.app[USAGE_READS].take(team.id, len(days))
-    if wait:
+    try:
+        wait_ms = await request.app[LEDGER].take_usage_reads(
+            team.id, len(days), DAYS_READ_PER_SECOND, DAYS_READ_AT_ONCE
+        )
+    except StoreError as exc:
+        raise StoreUnavailable(
+            "the usage store is unavailable; retry shortly", retry_after=1
+        ) from exc
+    if wait_ms:
         raise QuotaExceeded(
             f"usage is read at most {DAYS_READ_PER_SECOND} days a second a team",
-            loc=("query",), retry_after=math.ceil(wait),
+            loc=("query",), retry_after=math.ceil(wait_ms / 1000),
         )  # fmt: skip
     await request.app[ACCOUNTS].flush()  # this process's latest counts
     return web.json_response({"usage": await usage_rows(request.app[LEDGER], [team.id], days)})

@@ -123,6 +123,15 @@ class Ledger(QuotaLedger, Protocol):
         """The team's usage of each day, in order (zeros where nothing was recorded)."""
         ...
 
+    async def take_usage_reads(
+        self, team_id: str, days: int, per_second: float, at_once: int
+    ) -> int:
+        """Atomically spend ``days`` of the team's usage reads (``per_second`` a second, up
+        to ``at_once`` at once) and return 0; or, when it has fewer left, spend none and
+        return the ms until it would have them. Every process on the store spends the same
+        reads (the embedded store: its one process)."""
+        ...
+
 
 class Mark(NamedTuple):
     """An input's in-flight mark as one round trip found it, and its cache entry as the same

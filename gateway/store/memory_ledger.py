@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from gateway import quota
 from gateway.quota import Decision, Demand, Window
+from gateway.store import rate
 from gateway.teams import KeyRecord, Team
 
 SETTLED_REMEMBERED = 100_000  # settle ids kept to make retried settles no-ops
@@ -31,6 +32,7 @@ class MemoryLedger:
         self._reserved: dict[str, int] = {}  # request id → tokens it reserved
         self._settled: OrderedDict[str, float] = OrderedDict()
         self._costs: dict[str, int] = {}
+        self._usage_reads: dict[str, float] = {}  # team → its reads' TAT (rate.spend), in ms
 
     async def create_team(self, team: Team) -> bool:
         if team.id in self._teams:
@@ -139,6 +141,14 @@ class MemoryLedger:
             {field: self._days.get((team_id, day), empty)[field] for field in quota.USAGE_FIELDS}
             for day in days
         ]
+
+    async def take_usage_reads(
+        self, team_id: str, days: int, per_second: float, at_once: int
+    ) -> int:
+        tat = self._usage_reads.get(team_id, 0.0)
+        now_ms = time.monotonic() * 1000
+        self._usage_reads[team_id], wait = rate.spend(tat, now_ms, days, per_second, at_once)
+        return wait
 
     async def item_cost(self, model: str) -> int | None:
         return self._costs.get(model)

@@ -4,7 +4,8 @@ A team's keys share the hash tag ``{t:<id>}``, so each Lua script touches one ha
 ``ng:v1:{t:<id>}:`` followed by ``team``, ``keys``, ``last_used``; the per-minute counters
 ``rpm:<minute>`` (requests), ``ipm:<minute>`` (images and URLs), ``textpm:<minute>`` (texts),
 minutes counted from the epoch; the usage and token hashes ``day:<YYYY-MM-DD>`` and
-``month:<YYYY-MM>``; each admitted request's ``reserved:<id>`` and ``settled:<id>``.
+``month:<YYYY-MM>``; each admitted request's ``reserved:<id>`` and ``settled:<id>``; and
+``usage_reads``, the rate of its usage reads (``lua/spend.lua``).
 Key records live under their hash (``ng:v1:key:<sha256>``) because a lookup starts from the
 key alone; writing one and its team's index are two commands, which only admin calls do.
 """
@@ -84,6 +85,7 @@ class RedisLedger:
         self._settle = backend.script("settle.lua", prelude="usage.lua")
         self._narrow = backend.script("narrow_key.lua")
         self._swap = backend.script("swap_team.lua")
+        self._spend = backend.script("spend.lua")
         # Admissions (settles) of one team made while one is in flight share the next call.
         self._admissions = Coalescer(self._admit_batch)
         self._settles = Coalescer(self._settle_batch)
@@ -233,6 +235,14 @@ class RedisLedger:
             args += (member.billed, len(pairs) // 2, *pairs)
         await self._call("settle", self._settle(keys=keys, args=args))
         return [None] * len(members)
+
+    async def take_usage_reads(
+        self, team_id: str, days: int, per_second: float, at_once: int
+    ) -> int:
+        spent = self._spend(
+            keys=[team_key(team_id, "usage_reads")], args=[days, per_second, at_once]
+        )
+        return int(await self._call("usage reads", spent))
 
     async def item_cost(self, model: str) -> int | None:
         raw = await self._call("cost read", self._redis.get(f"ng:v1:cost:{model}"))
