@@ -6,12 +6,13 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
 from aiohttp.http_exceptions import ContentEncodingError, DecompressSizeError
 
 from gateway import logs, metrics
+from gateway.appkeys import SETTINGS
 from gateway.errors import GatewayError, InternalError, MalformedBody, UnsupportedEncoding
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,8 @@ LOG_FIELDS = web.RequestKey("log_fields", dict[str, object])  # handlers add wha
 QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})  # probes: debug while they succeed
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 DECODED_ENCODINGS = ("identity", "gzip", "deflate")  # what aiohttp inflates without extras
-_CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{1,64}")
+_CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
+_KEY_BODY = re.compile(r"[A-Za-z0-9_-]{43}")  # what follows a team key's nk-
 
 
 def error_response(
@@ -37,9 +39,7 @@ def error_response(
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Give every request an id (the client's ``X-Request-Id`` if sane), time and count it."""
-    given = request.headers.get("X-Request-Id", "")
-    request_id = given if _CLIENT_REQUEST_ID.fullmatch(given) else secrets.token_hex(16)
-    request[REQUEST_ID] = request_id
+    request_id = request[REQUEST_ID] = _request_id(request)
     fields = request[LOG_FIELDS] = {}
     route = request.match_info.route.resource
     route_name = route.canonical if route is not None else "unmatched"
@@ -54,6 +54,34 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     quiet = route_name in QUIET_ROUTES and response.status < 400
     logs.request_line(fields, logging.DEBUG if quiet else logging.INFO)
     return response
+
+
+def _request_id(request: web.Request) -> str:
+    """The client's ``X-Request-Id`` if it may be logged and sent back, else a new one (and
+    nothing is said of the one sent: it may be a key pasted in the wrong header)."""
+    given = request.headers.get("X-Request-Id")
+    settings = request.config_dict.get(SETTINGS)
+    hidden = () if settings is None else (settings.admin_token, settings.metrics_token,
+                                          settings.nomic_api_key)  # fmt: skip
+    if given and acceptable_request_id(given, (s for s in hidden if s)):
+        return given
+    return secrets.token_hex(16)
+
+
+def acceptable_request_id(given: str, hidden: Iterable[str]) -> bool:
+    """Whether a client's request id may be logged and sent back: 1 to 64 characters of
+    A-Z, a-z, 0-9 and ``._:-``, and nothing a secret could be. Not a key (``nk-`` anywhere,
+    in any case: team keys and Nomic's; nor a team key's 43 characters without it), nor
+    anything holding one of the ``hidden`` tokens. An id refused by mistake (``bank-7``)
+    costs nothing: the request gets one of the gateway's own. Only whole tokens are looked
+    for: refusing an id that is a piece of one would tell a client, piece by piece, what the
+    token holds."""
+    return (
+        _CLIENT_REQUEST_ID.fullmatch(given) is not None
+        and "nk-" not in given.lower()
+        and _KEY_BODY.fullmatch(given) is None
+        and not any(token in given for token in hidden)
+    )
 
 
 # What teams may call; every other path (Nomic's datasets, maps, ...) is a 404 here.
