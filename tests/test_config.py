@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import secrets
+
 import pytest
 
-from gateway.config import Settings, SettingsError
+from gateway.config import Settings, SettingsError, estimated_bits
 
 KEY = {"NOMIC_API_KEY": "nk-secret-value"}
+STRONG = "c2f0a4b8e61d97f3a5c0e2b4d6f81a3e"  # 32 hex digits, from openssl rand -hex 16
 
 
 def test_defaults() -> None:
@@ -72,7 +75,42 @@ def test_nomic_key_with_spaces_or_control_characters_is_refused_unshown(bad: str
 
 
 def test_the_metrics_token_may_not_be_the_admin_token() -> None:
-    token = "t" * 32
+    token = STRONG
     env = {"NOMIC_API_KEY": "nk-x", "GATEWAY_ADMIN_TOKEN": token, "GATEWAY_METRICS_TOKEN": token}
     with pytest.raises(SettingsError, match="must differ from GATEWAY_ADMIN_TOKEN"):
         Settings.from_sources({}, env)
+
+
+@pytest.mark.parametrize("variable", ["GATEWAY_ADMIN_TOKEN", "GATEWAY_METRICS_TOKEN"])
+@pytest.mark.parametrize(
+    "token",
+    ["a" * 24, "a" * 64, "ab" * 16, "0123456789abcdef" * 2, "abcdefghijklmnopqrstuvwxyz",
+     "password1234password1234", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaab", "Zz" * 12 + "0" * 24],
+)  # fmt: skip
+def test_a_guessable_token_is_refused_naming_the_setting_not_the_token(
+    variable: str, token: str
+) -> None:
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_sources({}, {**KEY, variable: token})
+    message = str(raised.value)
+    assert message.startswith(f"{variable}=*** is not valid: is guessable")
+    assert "openssl rand -hex 32" in message
+    assert token[:8] not in message
+
+
+@pytest.mark.parametrize(
+    "token",
+    [STRONG, "admin-token-for-tests-0123456789", secrets.token_hex(32), secrets.token_urlsafe(32),
+     secrets.token_urlsafe(18), "correct-horse-battery-staple-7"],
+)  # fmt: skip
+def test_random_tokens_are_taken(token: str) -> None:
+    env = {**KEY, "GATEWAY_ADMIN_TOKEN": token, "GATEWAY_METRICS_TOKEN": "m-" + STRONG}
+    settings = Settings.from_sources({}, env)
+    assert settings.admin_token == token
+
+
+def test_a_token_is_judged_by_its_free_characters() -> None:
+    assert estimated_bits("a" * 1000) == 0  # a run
+    assert estimated_bits("abcdefghijklmnopqrstuvwxyz") == 0  # one step
+    assert estimated_bits(STRONG * 4) == estimated_bits(STRONG) >= 96  # a repeat counts once
+    assert estimated_bits(STRONG * 2 + STRONG[:5]) == estimated_bits(STRONG)

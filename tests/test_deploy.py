@@ -29,8 +29,8 @@ DOCKERFILE = (ROOT / "deploy" / "Dockerfile").read_text()
 KUBERNETES = "1.31"
 SECRETS = {
     "NOMIC_API_KEY": "nk-x",
-    "GATEWAY_ADMIN_TOKEN": "a" * 32,
-    "GATEWAY_METRICS_TOKEN": "m" * 32,
+    "GATEWAY_ADMIN_TOKEN": "admin-token-for-tests-0123456789",
+    "GATEWAY_METRICS_TOKEN": "metrics-token-for-tests-0123456789",
 }
 
 

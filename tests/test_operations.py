@@ -135,8 +135,8 @@ def test_kubernetes_manifests_agree_with_each_other_and_the_gateway() -> None:
     env = {
         **config["data"],
         "NOMIC_API_KEY": "nk-x",
-        "GATEWAY_ADMIN_TOKEN": "t" * 32,
-        "GATEWAY_METRICS_TOKEN": "m" * 32,
+        "GATEWAY_ADMIN_TOKEN": "admin-token-for-tests-0123456789",
+        "GATEWAY_METRICS_TOKEN": "metrics-token-for-tests-0123456789",
     }
     Settings.from_sources({}, env)  # every variable the manifests set is one the gateway takes
 
