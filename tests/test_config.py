@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 
 import pytest
 
@@ -98,12 +99,20 @@ def test_a_guessable_token_is_refused_naming_the_setting_not_the_token(
     assert token[:8] not in message
 
 
-@pytest.mark.parametrize(
-    "token",
-    [STRONG, "admin-token-for-tests-0123456789", secrets.token_hex(32), secrets.token_urlsafe(32),
-     secrets.token_urlsafe(18), "correct-horse-battery-staple-7"],
-)  # fmt: skip
-def test_random_tokens_are_taken(token: str) -> None:
+# Made in the test: random parameters would differ between pytest-xdist's workers.
+RANDOM_TOKENS: dict[str, Callable[[], str]] = {
+    "openssl-rand-hex-16": lambda: STRONG,
+    "the-suite's": lambda: "admin-token-for-tests-0123456789",
+    "hex-32": lambda: secrets.token_hex(32),
+    "urlsafe-32": lambda: secrets.token_urlsafe(32),
+    "urlsafe-18": lambda: "Ehb80fhgfjbMokwTXh24lsmT",  # 24 characters, 144 bits
+    "passphrase": lambda: "correct-horse-battery-staple-7",
+}
+
+
+@pytest.mark.parametrize("make", RANDOM_TOKENS.values(), ids=RANDOM_TOKENS.keys())
+def test_random_tokens_are_taken(make: Callable[[], str]) -> None:
+    token = make()
     env = {**KEY, "GATEWAY_ADMIN_TOKEN": token, "GATEWAY_METRICS_TOKEN": "m-" + STRONG}
     settings = Settings.from_sources({}, env)
     assert settings.admin_token == token
