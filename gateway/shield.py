@@ -30,7 +30,7 @@ import math
 import random
 import time
 import uuid
-from collections import deque
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
@@ -52,6 +52,7 @@ from gateway.leases import Heartbeat
 from gateway.models import Spec
 from gateway.store import StoreError
 from gateway.store.base import Coordinator
+from gateway.turns import TeamQueue, Turns
 from gateway.upstream import UpstreamItemRejected, UpstreamResult
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,9 @@ LANE_IDLE_SECONDS = 60.0
 # sends may be refused too, and each refusal costs everyone in the batch a resend.
 APART_SECONDS = 60.0
 RETRYABLE = (UpstreamServerError, UpstreamUnavailable, UpstreamTimeout)
+# A team may hold this share of the upstream queue (or a batch, if more), at most: the rest
+# stays for the others.
+TEAM_QUEUE_SHARE = 4
 
 
 class Embedder(Protocol):
@@ -231,12 +235,20 @@ Results = list[tuple[_Waiting, "Embedded | GatewayError"]]
 LaneKey = tuple[Spec, str]  # the inputs' spec, and the team a lane is kept for ("": every team)
 
 
+def _team_of(item: _Waiting) -> str:
+    return item.job.team
+
+
+def _size_of(item: _Waiting) -> int:
+    return len(item.job.content)
+
+
 @dataclass
 class _Lane:
     key: LaneKey
     spec: Spec
     most: int  # items a call takes
-    jobs: deque[_Waiting] = field(default_factory=deque)
+    jobs: TeamQueue[_Waiting] = field(default_factory=lambda: TeamQueue(_team_of, _size_of))
     bytes: int = 0
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -244,6 +256,12 @@ class _Lane:
     calls: int = 0  # the calls its queued jobs need (calls_for)
     last_arrival: float = -math.inf
     quiet: bool = False  # the batch now queued began with nothing to wait for
+    team_calls: dict[str, int] = field(default_factory=dict)  # calls its queue needs, by team
+
+    @property
+    def turn_of(self) -> str:
+        """Whose turn the lane takes: its team's, or, shared by every team, its own."""
+        return self.key[1] or f"\0{self.spec.model}\0{self.spec.kind}"
 
 
 class Shield:
@@ -276,6 +294,9 @@ class Shield:
         self._call_seconds = 0.0  # how long upstream calls took lately (a moving average)
         self.queued = 0
         self.queued_calls = 0  # what the queued misses need, over all lanes
+        self._turns = Turns()  # the rate's calls, teams in turn
+        self._team_items: Counter[str] = Counter()  # queued misses by team (none: absent)
+        self._team_calls: Counter[str] = Counter()  # the calls they need, by team (likewise)
         self._stopped = False  # drained at shutdown: its lanes send nothing more
 
     def submit(self, spec: Spec, jobs: Sequence[Job]) -> list[asyncio.Future[Embedded]]:
@@ -290,16 +311,34 @@ class Shield:
         if wait > 0:
             raise UpstreamUnavailable("Nomic is failing; retry later", retry_after=wait)
         size = sum(len(job.content) for job in jobs)
+        team = jobs[0].team if jobs else ""
         if self.queued + len(jobs) > self.policy.queue_items:
             raise UpstreamUnavailable(
                 "the upstream queue is full; retry shortly",
                 retry_after=self._drain_seconds(self.queued_calls),
             )
-        key = self._lane_key(spec, jobs[0].team if jobs else "")
+        most = self._batch_items(spec)
+        team_share = max(self.policy.queue_items // TEAM_QUEUE_SHARE, most)
+        if self._team_items[team] + len(jobs) > team_share:
+            raise UpstreamUnavailable(
+                "this team's upstream queue is full; retry shortly",
+                retry_after=self._drain_seconds(self._calls_ahead(team, self._team_calls[team])),
+            )
+        key = self._lane_key(spec, team)
         lane = self._lanes.get(key)
         calls = self._calls_with(key, len(jobs), size)
         all_calls = self.queued_calls - (0 if lane is None else lane.calls) + calls
-        expected = self._drain_seconds(all_calls)
+        if key[1]:  # the team's own lane: its calls are the lane's
+            mine = calls
+        else:
+            queued, queued_size = (
+                (0, 0) if lane is None else (lane.jobs.count(team), lane.jobs.size(team))
+            )
+            mine = calls_for(
+                queued + len(jobs), queued_size + size, self._batch_items(spec), self.policy
+            )
+        mine += self._team_calls[team] - (0 if lane is None else lane.team_calls.get(team, 0))
+        expected = self._drain_seconds(min(all_calls, self._calls_ahead(team, mine)))
         now = self._clock()
         if now + expected > min(job.deadline for job in jobs):
             raise UpstreamUnavailable(
@@ -319,6 +358,27 @@ class Shield:
         if spec.kind == "text":
             return (spec, team)
         return (spec, self._apart_team(team, self._clock()))
+
+    def _calls_ahead(self, team: str, mine: int) -> int:
+        """How many queued calls go before the last of ``mine``, ``team``'s: teams take
+        turns, so each of its calls waits for at most one call of every other team that
+        has calls queued still (:class:`~gateway.turns.Turns`)."""
+        return mine + sum(min(c, mine) for other, c in self._team_calls.items() if other != team)
+
+    def _count_team_calls(self, lane: _Lane, teams: Iterable[str]) -> None:
+        """Bring ``teams``' queued calls up to date after ``lane``'s queue changed: all of a
+        team's own lane's calls, or, in a lane every team shares, what its items need."""
+        for team in teams:
+            if lane.key[1]:
+                calls = lane.calls
+            else:
+                queued, size = lane.jobs.count(team), lane.jobs.size(team)
+                calls = calls_for(queued, size, lane.most, self.policy)
+            self._team_calls[team] += calls - lane.team_calls.pop(team, 0)
+            if calls:
+                lane.team_calls[team] = calls
+            if self._team_calls[team] <= 0:
+                del self._team_calls[team]
 
     def _apart_team(self, team: str, now: float) -> str:
         """``team`` if its misses are batched apart now, else ""."""
@@ -358,6 +418,9 @@ class Shield:
         lane.jobs.extend(waiting)
         lane.bytes += size
         self.queued += len(waiting)
+        teams = {item.job.team for item in waiting}
+        self._team_items.update(item.job.team for item in waiting)
+        self._count_team_calls(lane, teams)
         metrics.UPSTREAM_QUEUE.set(self.queued)
         lane.arrived.set()
 
@@ -420,21 +483,23 @@ class Shield:
         except BaseException:
             taking.cancel()
             raise
-        await self._pace(_deadline(lane.jobs))
+        await self._pace(lane, _deadline(lane.jobs))
 
     async def _start_at_once(self, lane: _Lane, holder: str) -> bool:
-        """The slot and the rate's next call in one step; False if every slot is held."""
+        """The slot and the rate's next call in one step, in the lane's turn; False if every
+        slot is held."""
         deadline = _deadline(lane.jobs)
-        left_ms = max(0, round((deadline - self._clock()) * 1000))
-        wait_ms = await self._coordinator.start_call(
-            holder, self.policy.concurrency, self._slots.lease_ms,
-            self.policy.interval_ms, self.policy.rate_burst, left_ms,
-        )  # fmt: skip
-        if wait_ms is None:
-            return False
-        if wait_ms >= 0:  # taken (else given back already)
-            self._slots.hold([holder])
-        await self._wait_turn(wait_ms, left_ms)
+        async with self._turns.turn(lane.turn_of):
+            left_ms = max(0, round((deadline - self._clock()) * 1000))
+            wait_ms = await self._coordinator.start_call(
+                holder, self.policy.concurrency, self._slots.lease_ms,
+                self.policy.interval_ms, self.policy.rate_burst, left_ms,
+            )  # fmt: skip
+            if wait_ms is None:
+                return False
+            if wait_ms >= 0:  # taken (else given back already)
+                self._slots.hold([holder])
+            await self._wait_turn(wait_ms, left_ms)
         return True
 
     async def _linger(self, lane: _Lane) -> None:
@@ -475,13 +540,16 @@ class Shield:
         _answer([(item, error) for item in self._take_batch(lane, everything=True)])
         lane.arrived.clear()
 
-    async def _pace(self, deadline: float) -> None:
-        """Wait for the next call the global rate allows, or raise if it comes too late."""
-        left_ms = max(0, round((deadline - self._clock()) * 1000))
-        wait_ms = await self._coordinator.pace(
-            self.policy.interval_ms, self.policy.rate_burst, left_ms
-        )
-        await self._wait_turn(wait_ms, left_ms)
+    async def _pace(self, lane: _Lane, deadline: float) -> None:
+        """Wait, in the lane's turn (:class:`~gateway.turns.Turns`), for the next call the
+        global rate allows, or raise if it comes too late. The turn is held until that call
+        may go, so the rate's calls are granted to the teams in turn."""
+        async with self._turns.turn(lane.turn_of):
+            left_ms = max(0, round((deadline - self._clock()) * 1000))
+            wait_ms = await self._coordinator.pace(
+                self.policy.interval_ms, self.policy.rate_burst, left_ms
+            )
+            await self._wait_turn(wait_ms, left_ms)
 
     async def _wait_turn(self, wait_ms: int, left_ms: int) -> None:
         """Wait the ``wait_ms`` the rate gave, or raise if it gave none (a negative wait:
@@ -498,16 +566,22 @@ class Shield:
         batch: list[_Waiting] = []
         size = 0
         while lane.jobs and (everything or len(batch) < lane.most):
-            item = lane.jobs[0]
+            item = lane.jobs.first()
             if batch and not everything and size + len(item.job.content) > self.policy.batch_bytes:
                 break
             batch.append(lane.jobs.popleft())
             size += len(item.job.content)
         lane.bytes -= size
         self.queued -= len(batch)
+        teams = {item.job.team for item in batch}
+        self._team_items.subtract(item.job.team for item in batch)
+        for team in teams:
+            if self._team_items[team] <= 0:
+                del self._team_items[team]
         calls = calls_for(len(lane.jobs), lane.bytes, lane.most, self.policy)
         self.queued_calls += calls - lane.calls
         lane.calls = calls
+        self._count_team_calls(lane, teams)
         metrics.UPSTREAM_QUEUE.set(self.queued)
         return batch
 
@@ -545,7 +619,7 @@ class Shield:
             deadline = _deadline(batch)
             try:
                 if not paced:
-                    await self._pace(deadline)
+                    await self._pace(lane, deadline)
                 paced = False
                 started = self._clock()
                 answer = await self._upstream.embed(lane.spec, [item.job.content for item in batch])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -252,7 +253,6 @@ async def test_the_queue_admits_no_more_texts_than_the_rate_serves_by_their_dead
     rate (4 calls a second) a 60 s deadline serves about 2,400 texts of one lane, or 240
     texts each of its own options; what the queue admitted beyond that would fail 60 s later
     instead of at once with an honest Retry-After."""
-    import time
 
     from gateway.errors import UpstreamUnavailable
     from gateway.models import TextOptions
@@ -292,8 +292,6 @@ async def test_the_queue_admits_no_more_texts_than_the_rate_serves_by_their_dead
 async def test_large_images_the_rate_cannot_take_by_the_deadline_get_503_at_once(
     make_gateway: GatewayFactory, fake_nomic: FakeNomic
 ) -> None:
-    import time
-
     gateway = await make_gateway(
         upstream_rate_calls=1, upstream_rate_period_seconds=10, upstream_rate_burst=1,
         request_deadline_seconds=5, upstream_batch_bytes=1000,
@@ -324,3 +322,39 @@ async def test_a_full_queue_says_how_long_it_takes_to_drain(
     assert "queue is full" in (await full.json())["detail"][0]["msg"]
     assert int(full.headers["Retry-After"]) >= 3  # two calls queued, 3 s apart (was: 1)
     assert (await first).status == 200
+
+
+async def test_a_team_flooding_distinct_lanes_takes_its_turn_not_the_whole_rate(
+    make_gateway: GatewayFactory, fake_nomic: FakeNomic
+) -> None:
+    """One team sends 40 one-text requests, each with a max_tokens_per_text of its own: 40
+    lanes and 40 calls, where the rate serves 10 a second. Another team's text miss and image
+    miss, sent once the flood is going, are served in the next round of turns (a call or two
+    of the flood's before each), not after the whole flood."""
+    gateway = await make_gateway(
+        upstream_rate_calls=10, upstream_rate_period_seconds=1, upstream_rate_burst=1
+    )
+    flooder = await team_headers(gateway, "flood")
+    victim = await team_headers(gateway, "victim")
+
+    def flood_body(n: int) -> dict[str, Any]:
+        return {"texts": [f"flood {n}"], "long_text_mode": "truncate", "max_tokens_per_text": n}
+
+    posts = (gateway.post("/v1/embedding/text", json=flood_body(n), headers=flooder)
+             for n in range(1, 41))  # fmt: skip
+    flood = [asyncio.ensure_future(post) for post in posts]
+    while len(fake_nomic.text_calls) < 2:
+        await asyncio.sleep(0.01)
+    asked = time.monotonic()
+    text, image = await asyncio.gather(
+        gateway.post("/v1/embedding/text", json={"texts": ["the victim's text"]}, headers=victim),
+        gateway.post("/v1/embedding/image", data=image_form([png(4242)]), headers=victim),
+    )
+    assert (text.status, image.status) == (200, 200)
+    assert all(response.status == 200 for response in await asyncio.gather(*flood))
+    [mine] = [c.at for c in fake_nomic.text_calls if c.texts == ["the victim's text"]]
+    [picture] = [c.at for c in fake_nomic.calls if c.kind == "image"]
+    flood_calls = [c.at for c in fake_nomic.text_calls if c.texts[0].startswith("flood")]
+    for served in (mine, picture):
+        assert sum(asked <= at < served for at in flood_calls) <= 3
+    assert sum(at > max(mine, picture) for at in flood_calls) >= 20  # the flood went on

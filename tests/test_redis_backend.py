@@ -77,13 +77,29 @@ async def test_an_error_in_a_script_or_in_its_prelude_names_its_own_file_and_lin
     admit = backend.script("admit.lua", prelude="usage.lua")
     keys = [f"{{t}}:{n}" for n in range(7)]
     ttls = [60, 60, 60, 60, 60]
-    a_usage_amount_that_is_no_number = [-1, -1, -1, -1, -1, *ttls, 1, 1, 0, 0, 1, "hits", "many"]
+    # limits, TTLs, then a request: requests, images, texts, tokens, most tokens, n, pairs
+    a_usage_amount_that_is_no_number = [
+        -1,
+        -1,
+        -1,
+        -1,
+        -1,
+        *ttls,
+        1,
+        1,
+        0,
+        0,
+        -1,
+        1,
+        "hits",
+        "many",
+    ]
     with pytest.raises(StoreError) as in_prelude:
         await backend.call("admit", admit(keys=keys, args=a_usage_amount_that_is_no_number))
     line = line_of("usage.lua", "usage[field] = usage[field] + tonumber(ARGV[p + 1])")
     assert f": lua/usage.lua:{line}: " in str(in_prelude.value)
 
-    a_limit_that_is_no_number = ["many", -1, -1, -1, -1, *ttls, 1, 1, 0, 0, 0]
+    a_limit_that_is_no_number = ["many", -1, -1, -1, -1, *ttls, 1, 1, 0, 0, -1, 0]
     with pytest.raises(StoreError) as in_script:
         await backend.call("admit", admit(keys=keys, args=a_limit_that_is_no_number))
     line = line_of("admit.lua", "if limits[i] >= 0 and asked[i] > 0")
