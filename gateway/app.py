@@ -27,7 +27,6 @@ from gateway.appkeys import (
     STORE,
     TEXT_LIMITS,
     UPSTREAM,
-    USAGE_READS,
 )
 from gateway.auth import Authenticator
 from gateway.body_budget import BodyBudget
@@ -60,7 +59,6 @@ def create_app(settings: Settings) -> web.Application:
     app[BODY_LIMITS] = BodyLimits(settings.max_image_bytes, settings.max_items)
     app[TEXT_LIMITS] = TextLimits(settings.max_items, settings.max_text_bytes)
     app[BODY_BUDGET] = BodyBudget(settings.body_bytes_in_flight, settings.max_body_bytes)
-    app[USAGE_READS] = user.usage_reads()
     app.cleanup_ctx.extend([_heavy_work_ctx, _store_ctx, _pipeline_ctx])
     for path, handler in (("/v1/embedding/image", embeddings.embed_image),
                           ("/v1/embedding/text", embeddings.embed_text)):  # fmt: skip

@@ -12,7 +12,6 @@ from gateway.body_budget import BodyBudget
 from gateway.config import Settings
 from gateway.forms import BodyLimits
 from gateway.pipeline import Pipeline
-from gateway.quota import Bucket
 from gateway.store import Store
 from gateway.store.base import Coordinator, Ledger
 from gateway.text_forms import TextLimits
@@ -31,4 +30,3 @@ UPSTREAM = web.AppKey("upstream", NomicClient)
 BODY_BUDGET = web.AppKey("body_budget", BodyBudget)
 # One thread for a large request's parsing and per-text work, off the event loop.
 HEAVY_WORK = web.AppKey("heavy_work", ThreadPoolExecutor)
-USAGE_READS = web.AppKey("usage_reads", Bucket)  # days of usage each team may read

@@ -11,12 +11,11 @@ pass a budget together.
 from __future__ import annotations
 
 import calendar
-import datetime
 import functools
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import NamedTuple
 
 from gateway.models import Kind
@@ -217,46 +216,3 @@ class TokenEstimator:
         """What another replica learned, until this one sees an answer of its own."""
         if not self.known(model):
             self._seen.setdefault(model, deque(maxlen=self._window)).append(per_item * 1000)
-
-
-class Bucket:
-    """Token buckets, one a key: ``rate`` units a second, up to ``burst`` at once."""
-
-    def __init__(
-        self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self._rate, self._burst, self._clock = rate, burst, clock
-        self._held: dict[str, tuple[float, float]] = {}  # key → (units left, when)
-
-    def take(self, key: str, cost: float) -> float:
-        """Spend ``cost`` units of ``key``'s bucket and return 0, or, when it holds too few,
-        spend none and return the seconds until it would hold them."""
-        now = self._clock()
-        left, then = self._held.get(key, (self._burst, now))
-        left = min(self._burst, left + (now - then) * self._rate)
-        if left < cost:
-            self._held[key] = (left, now)
-            return (cost - left) / self._rate
-        self._held[key] = (left - cost, now)
-        return 0.0
-
-
-def days_between(since: str | None, until: str | None, today: str) -> list[str]:
-    """The UTC days from ``since`` to ``until`` (YYYY-MM-DD, both included); ``until``
-    defaults to today and ``since`` to six days before it. Raises ValueError naming the
-    problem."""
-    end = _parse_day(until or today, "until")
-    start = _parse_day(since, "since") if since else end - datetime.timedelta(days=6)
-    if start > end:
-        raise ValueError("since is after until")
-    count = (end - start).days + 1
-    if count > MAX_USAGE_RANGE_DAYS:
-        raise ValueError(f"at most {MAX_USAGE_RANGE_DAYS} days at once")
-    return [(start + datetime.timedelta(days=i)).isoformat() for i in range(count)]
-
-
-def _parse_day(text: str, name: str) -> datetime.date:
-    try:
-        return datetime.date.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"{name} must be a day as YYYY-MM-DD") from None

@@ -26,13 +26,6 @@ LAST_DAY = datetime.date.max
 _DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
-def usage_reads() -> quota.Bucket:
-    """A bucket of this process alone, which app.py still makes (``USAGE_READS``) and nothing
-    reads: the limit is the store's now (:meth:`Ledger.take_usage_reads`), shared by every
-    process on it."""
-    return quota.Bucket(DAYS_READ_PER_SECOND, DAYS_READ_AT_ONCE)
-
-
 async def current_user(request: web.Request) -> web.Response:
     team = await request.app[AUTH].team_for(request.headers.get("Authorization"))
     return web.json_response({"id": team.id, "name": team.name, "team": team.to_json()})
