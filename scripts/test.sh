@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Install everything the tests need (the test lock, redis-server, Prometheus, wrk and nginx too,
 # if missing), run every quality gate: ruff, mypy --strict on gateway/, and the whole pytest
-# suite with warnings as errors (in two phases, the slowest tests printed after each); then the
-# deployment check (scripts/deploy_check.py: the image built and run under a real container
-# engine, as Kubernetes runs it, and the Compose stack; SKIP_DEPLOY_CHECK=1 leaves it out), and
-# last, that nothing the suite or the check started is still running.
+# suite with warnings as errors (in two phases, the slowest tests printed after each); beside
+# the first, the deployment check (scripts/deploy_check.py: the image built and run under a real
+# container engine, as Kubernetes runs it, and the Compose stack; SKIP_DEPLOY_CHECK=1 leaves it
+# out); and last, that nothing the suite or the check started is still running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_lib.sh
@@ -29,11 +29,23 @@ pytest_phase() {
   if [ "$code" = 5 ]; then empty=$((empty + 1)); code=0; fi
   [ "$code" = 0 ] || status=$((status ? status : code))
 }
+# The deployment check mostly waits on the container engine: it runs beside the parallel
+# phase (its lines printed once it is done), and is over before the serial phase starts.
+deploy_pid=""
+if [ "${SKIP_DEPLOY_CHECK:-0}" != 1 ]; then
+  deploy_log=$(mktemp)
+  .venv/bin/python scripts/deploy_check.py > "$deploy_log" 2>&1 &
+  deploy_pid=$!
+fi
 pytest_phase -n "${TEST_WORKERS:-4}" -m "not serial" --durations=20 "$@"
+if [ -n "$deploy_pid" ]; then
+  deploy_status=0
+  wait "$deploy_pid" || deploy_status=$?
+  cat "$deploy_log"
+  rm -f "$deploy_log"
+  [ "$deploy_status" = 0 ] || status=$((status ? status : 1))
+fi
 pytest_phase -m serial --durations=8 "$@"
 [ "$empty" -lt 2 ] || status=$((status ? status : 5))
-if [ "${SKIP_DEPLOY_CHECK:-0}" != 1 ]; then
-  .venv/bin/python scripts/deploy_check.py || status=$((status ? status : 1))
-fi
 .venv/bin/python scripts/deploy_check.py leftovers || status=$((status ? status : 1))
 exit "$status"
