@@ -25,6 +25,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.store import RedisBackend
+from gateway.store.base import Ledger
+from gateway.store.memory_ledger import MemoryLedger
+from gateway.store.redis_ledger import RedisLedger
 from tests.fake_nomic import FAKE_API_KEY, FakeNomic
 
 STORES = ("memory", "redis", "cluster")
@@ -304,6 +307,17 @@ async def stored_keys(
 
 def open_redis_backend(url: str, **kwargs: Any) -> RedisBackend:
     return RedisBackend(url, cluster=url in CLUSTER_URLS, **kwargs)
+
+
+@pytest.fixture
+async def ledger(store_url: str | None) -> AsyncIterator[Ledger]:
+    """The ledger on the parametrized store (``store_url``)."""
+    if store_url is None:
+        yield MemoryLedger()
+        return
+    backend = open_redis_backend(store_url)
+    yield RedisLedger(backend)
+    await backend.close()
 
 
 @pytest.fixture

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import aiohttp
@@ -14,6 +16,17 @@ from aiohttp.test_utils import TestClient
 
 from gateway.config import Settings
 from gateway.shield import Policy
+
+
+def load_script(name: str) -> ModuleType:
+    """``scripts/<name>.py``, loaded from its file as it is run: scripts/ is no package."""
+    path = Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def image_form(images: list[bytes], model: str | None = None) -> aiohttp.FormData:

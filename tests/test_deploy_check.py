@@ -2,26 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
+from tests.helpers import load_script
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def load_deploy_check() -> ModuleType:
-    """scripts/ is no package: the check is loaded from its file, as it is run."""
-    spec = importlib.util.spec_from_file_location(
-        "deploy_check", ROOT / "scripts" / "deploy_check.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-deploy_check = load_deploy_check()
+deploy_check = load_script("deploy_check")
 
 # How dockerd ended where iptables was not allowed: the cause is on the line before the last.
 IPTABLES_DENIED = """\

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import AsyncIterator
 
 import pytest
 import redis
@@ -14,23 +13,11 @@ from gateway import quota
 from gateway.quota import Demand
 from gateway.store import RedisBackend
 from gateway.store.base import Ledger
-from gateway.store.memory_ledger import MemoryLedger
 from gateway.store.redis_ledger import DAY_TTL, MINUTE_TTL, RedisLedger, team_key
 from gateway.teams import KeyRecord, Limits, Team
-from tests.conftest import open_redis_backend
 
 NOW = 1_800_000_000.0
 AT = quota.window(NOW)
-
-
-@pytest.fixture
-async def ledger(store_url: str | None) -> AsyncIterator[Ledger]:
-    if store_url is None:
-        yield MemoryLedger()
-        return
-    backend = open_redis_backend(store_url)
-    yield RedisLedger(backend)
-    await backend.close()
 
 
 def team(**limits: int | None) -> Team:

@@ -5,27 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
 
 import pytest
 
 from gateway.store.base import Ledger
-from gateway.store.memory_ledger import MemoryLedger
-from gateway.store.redis_ledger import RedisLedger
 from gateway.teams import InvalidTeam, Limits, Team
-from tests.conftest import open_redis_backend
 
 NOW = 1_800_000_000.0
-
-
-@pytest.fixture
-async def ledger(store_url: str | None) -> AsyncIterator[Ledger]:
-    if store_url is None:
-        yield MemoryLedger()
-        return
-    backend = open_redis_backend(store_url)
-    yield RedisLedger(backend)
-    await backend.close()
 
 
 def one_more_request(team: Team) -> Team:

@@ -7,27 +7,18 @@ import importlib.metadata
 import importlib.util
 import tomllib
 from pathlib import Path
-from types import ModuleType
 
 from packaging.markers import Marker
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from tests.helpers import load_script
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def load_locks() -> ModuleType:
-    """scripts/ is no package: the reader is loaded from its file."""
-    spec = importlib.util.spec_from_file_location("locks", ROOT / "scripts" / "locks.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-locks = load_locks()
+locks = load_script("locks")
 
 
 def pins(lock: str) -> dict[str, tuple[Version, int]]:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
 from gateway.turns import TeamQueue, Turns
 
 
-async def take_turns(turns: Turns, teams: list[str]) -> list[str]:
-    """Every one of ``teams`` (in the order they ask) takes a turn while the first holds one;
-    the order they were served in."""
+async def take_turns(turns: Turns, teams: list[str], cancelled: int | None = None) -> list[str]:
+    """Every one of ``teams`` (in the order they ask) asks for a turn while another holds it
+    (the waiter at index ``cancelled`` is cancelled meanwhile); the order they were served in."""
     served: list[str] = []
     release = asyncio.Event()
 
@@ -27,6 +25,8 @@ async def take_turns(turns: Turns, teams: list[str]) -> list[str]:
     await asyncio.sleep(0)
     waiters = [asyncio.create_task(one(team)) for team in teams]
     await asyncio.sleep(0)
+    if cancelled is not None:
+        waiters.pop(cancelled).cancel()
     release.set()
     await asyncio.gather(first, *waiters)
     return served
@@ -50,28 +50,8 @@ async def test_a_free_turn_is_taken_at_once_and_given_back() -> None:
 
 async def test_a_waiter_cancelled_leaves_the_turn_to_the_next() -> None:
     turns = Turns()
-    release = asyncio.Event()
-    served: list[str] = []
-
-    async def holder() -> None:
-        async with turns.turn("holder"):
-            await release.wait()
-
-    async def one(team: str) -> None:
-        async with turns.turn(team):
-            served.append(team)
-
-    first = asyncio.create_task(holder())
-    await asyncio.sleep(0)
-    gone = asyncio.create_task(one("gone"))
-    stays = asyncio.create_task(one("stays"))
-    await asyncio.sleep(0)
-    gone.cancel()
-    release.set()
-    await asyncio.gather(first, stays)
-    with pytest.raises(asyncio.CancelledError):
-        await gone
-    assert served == ["stays"]
+    assert await take_turns(turns, ["gone", "stays"], cancelled=0) == ["stays"]
+    assert turns.waiting == 0
     async with turns.turn("after"):  # nothing left held
         pass
 

@@ -3,16 +3,12 @@ replicas on one Redis share it; on the embedded store, the one process's."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
 from gateway.routes import user
 from gateway.store import rate
 from gateway.store.base import Ledger
-from gateway.store.memory_ledger import MemoryLedger
-from gateway.store.redis_ledger import RedisLedger
-from tests.conftest import GatewayFactory, open_redis_backend, team_headers
+from tests.conftest import GatewayFactory, team_headers
 
 SLOW = 0.01  # units a second: a unit comes back after 100 s, far longer than any test takes
 LONGEST = "/v1/usage?since=2025-10-23&until=2026-11-26"  # 400 days
@@ -24,16 +20,6 @@ def test_spend_holds_a_rate_and_a_burst() -> None:
     assert rate.spend(tat, 10_000.0, 1, 400, 800) == (tat, 3)  # 2.5 ms a unit, rounded up
     assert rate.spend(tat, 11_000.0, 400, 400, 800) == (13_000.0, 0)  # 400 back in 1 s
     assert rate.spend(0.0, 10_000.0, 801, 400, 800) == (0.0, 3)  # more than it ever holds
-
-
-@pytest.fixture
-async def ledger(store_url: str | None) -> AsyncIterator[Ledger]:
-    if store_url is None:
-        yield MemoryLedger()
-        return
-    backend = open_redis_backend(store_url)
-    yield RedisLedger(backend)
-    await backend.close()
 
 
 async def test_a_team_spends_its_reads_and_no_other_teams(ledger: Ledger) -> None:
