@@ -70,9 +70,9 @@ async def load(
                 answered += 1
 
     async def sampler() -> None:
-        while time.monotonic() < stop:
-            samples.append((time.monotonic() - started, answered, rss_mib(pid)))
-            await asyncio.sleep(SAMPLE_SECONDS)
+        while (now := time.monotonic()) < stop:
+            samples.append((now - started, answered, rss_mib(pid)))
+            await asyncio.sleep(min(SAMPLE_SECONDS, stop - now))  # the last sample at the stop
         samples.append((time.monotonic() - started, answered, rss_mib(pid)))
 
     async with aiohttp.ClientSession() as session:
