@@ -105,7 +105,6 @@ def test_the_bench_without_its_dependencies_says_how_to_install_them() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.serial
 def test_a_short_bench_run_prints_its_table() -> None:
     if shutil.which("wrk") is None or shutil.which("taskset") is None:
         pytest.fail("the bench needs wrk and taskset: scripts/test.sh installs them")
@@ -169,7 +168,6 @@ def test_the_ceiling_passes_a_miss_on_with_the_organisations_key(redis_url: str)
 
 
 @pytest.mark.slow
-@pytest.mark.serial
 def test_a_short_memory_run_prints_both_gateways() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "tests.bench.memory", "--seconds", "2", "--clients", "2"],
