@@ -393,6 +393,53 @@ class Settings:
         "how long a client may take to send its request line and headers",
         10.0,
     )
+    max_header_bytes: int = _setting(
+        "GATEWAY_MAX_HEADER_BYTES",
+        _positive_int,
+        "most bytes of one request's request line and headers together (then 431)",
+        32 * KiB,
+    )
+    header_bytes_in_flight: int = _setting(
+        "GATEWAY_HEADER_BYTES_IN_FLIGHT",
+        _positive_int,
+        "bytes of request headers not yet complete one process holds, all connections "
+        "together; past it the connections holding the most the longest are closed",
+        16 * MiB,
+    )
+    slow_client_seconds: float = _setting(
+        "GATEWAY_SLOW_CLIENT_SECONDS",
+        _positive_float,
+        "at the connection bound, a connection whose headers are not in after this long, or "
+        "whose client read none of its answer for this long, may be closed for a new one",
+        2.0,
+    )
+    min_body_bytes_per_second: int = _setting(
+        "GATEWAY_MIN_BODY_BYTES_PER_SECOND",
+        _non_negative_int,
+        "at the connection bound, a connection whose body comes slower than this may be "
+        "closed for a new one (0: never for its body's pace)",
+        8 * KiB,
+    )
+    body_rate_window_seconds: float = _setting(
+        "GATEWAY_BODY_RATE_WINDOW_SECONDS",
+        _positive_float,
+        "how long a body's pace is measured over before it is judged",
+        5.0,
+    )
+    write_timeout_seconds: float = _setting(
+        "GATEWAY_WRITE_TIMEOUT_SECONDS",
+        _positive_float,
+        "how long an answer may wait in the send buffer without the client reading any of it "
+        "(then the connection is closed, the answer dropped)",
+        30.0,
+    )
+    unsent_bytes_in_flight: int = _setting(
+        "GATEWAY_UNSENT_BYTES_IN_FLIGHT",
+        _positive_int,
+        "answer bytes one process keeps waiting for slow clients to read, all connections "
+        "together; past it the connections holding the most the longest are closed",
+        128 * MiB,
+    )
     log_level: str = _setting("GATEWAY_LOG_LEVEL", _log_level, "log level", "INFO")
     log_format: str = _setting(
         "GATEWAY_LOG_FORMAT", _log_format, "json (one object per line) or text", "json"
@@ -403,6 +450,12 @@ class Settings:
             raise SettingsError(
                 f"GATEWAY_BODY_BYTES_IN_FLIGHT ({self.body_bytes_in_flight}) must be at least "
                 f"GATEWAY_MAX_BODY_BYTES ({self.max_body_bytes}): a largest body must fit"
+            )
+        if self.header_bytes_in_flight < self.max_header_bytes:
+            raise SettingsError(
+                f"GATEWAY_HEADER_BYTES_IN_FLIGHT ({self.header_bytes_in_flight}) must be at "
+                f"least GATEWAY_MAX_HEADER_BYTES ({self.max_header_bytes}): a largest request "
+                "head must fit"
             )
         if self.metrics_token is not None and self.metrics_token == self.admin_token:
             raise SettingsError(

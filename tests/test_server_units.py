@@ -131,8 +131,8 @@ class FakeConnection:
         self.idle = idle
         self.closed = False
 
-    def is_idle(self) -> bool:
-        return self.idle
+    def shed_reason(self, now: float) -> str | None:
+        return "idle" if self.idle else None
 
     def shed(self) -> None:
         self.closed = True
@@ -141,10 +141,10 @@ class FakeConnection:
 def test_at_the_bound_the_longest_idle_connection_makes_room() -> None:
     guard = ConnectionGuard(3)
     first, second, third = FakeConnection(True), FakeConnection(False), FakeConnection(True)
-    assert all(guard.admit(c) for c in (first, second, third))
+    assert all(guard.admit(c, 0.0) for c in (first, second, third))
     guard.active(first)  # it just finished a request: third is now the longest idle
     newcomer = FakeConnection(True)
-    assert guard.admit(newcomer)
+    assert guard.admit(newcomer, 0.0)
     assert (first.closed, second.closed, third.closed) == (False, False, True)
     assert guard.open == 3
     guard.forget(third)  # its connection_lost, later: already forgotten
@@ -154,11 +154,11 @@ def test_at_the_bound_the_longest_idle_connection_makes_room() -> None:
 def test_at_the_bound_with_nothing_idle_a_new_connection_is_refused() -> None:
     guard = ConnectionGuard(2)
     busy = [FakeConnection(False), FakeConnection(False)]
-    assert all(guard.admit(c) for c in busy)
-    assert not guard.admit(FakeConnection(True))
+    assert all(guard.admit(c, 0.0) for c in busy)
+    assert not guard.admit(FakeConnection(True), 0.0)
     assert not any(c.closed for c in busy)
     guard.forget(busy[0])
-    assert guard.admit(FakeConnection(True))
+    assert guard.admit(FakeConnection(True), 0.0)
 
 
 def settings(**values: Any) -> Settings:
