@@ -504,7 +504,9 @@ class GatewayRequestHandler(web.RequestHandler):
         if 0 <= left < len(data):
             piece, rest = data[:left], data[left:]
         before = body.total_raw_bytes
-        self._feed(piece)
+        if self._feed(piece) and not isinstance(self._messages[-1][0], RawRequestMessage):
+            self._body_refused(body)
+            return b""
         self._window_bytes += len(piece)
         if left >= 0:
             self._body_left = left - len(piece)
@@ -513,6 +515,18 @@ class GatewayRequestHandler(web.RequestHandler):
         elif body.is_eof() or body.exception() is not None:
             self._end_chunked(len(piece) - (body.total_raw_bytes - before))
         return rest
+
+    def _body_refused(self, body: StreamReader) -> None:
+        """The parser refused the body (its framing, its encoding) and queued a refusal behind
+        its request: whoever reads the body hears so (aiohttp leaves it waiting, the lingering
+        read for ten seconds, when the body came in a read of its own), the request's answer
+        is the connection's last (not followed by one to the queued refusal), and no more
+        bytes are taken."""
+        self._body = None
+        self._refused = True
+        self.close()
+        if not body.is_eof():
+            body.set_exception(web.RequestPayloadError("the request body is malformed"))
 
     def _end_chunked(self, past: int) -> None:
         """A chunked body ended; ``past``: at most that many of the last read's bytes came

@@ -147,6 +147,36 @@ async def test_pipelined_requests_and_bodies_are_counted_apart(
     assert answers.count(b"HTTP/1.1 200 OK") == 5
 
 
+async def test_a_body_the_parser_refuses_in_a_read_of_its_own_is_answered_once(
+    fake_nomic: FakeNomic, tmp_path: Path
+) -> None:
+    """Headers in one read, a broken deflate body in the next: the request is answered once,
+    in Nomic's shape, and the connection closes, neither left reading for ten seconds nor
+    followed by a second answer to the parser's refusal."""
+    async with serving(fake_nomic, tmp_path) as gateway:
+        key = await team_key(gateway)
+        for auth in (f"Authorization: Bearer {key}\r\n".encode(), b""):
+            reader, writer = await connect(gateway.port)
+            try:
+                writer.write(
+                    b"POST /v1/embedding/text HTTP/1.1\r\nHost: gw\r\n" + auth
+                    + b"Content-Type: application/json\r\nContent-Encoding: deflate\r\n"
+                    b"Content-Length: 1\r\n\r\n"
+                )  # fmt: skip
+                await writer.drain()
+                await asyncio.sleep(0.1)  # read apart from its headers
+                writer.write(b"\x00")
+                answer = await closed_by_peer(reader, 5)
+            finally:
+                writer.close()
+            assert answer is not None
+            assert answer.count(b"HTTP/1.1 ") == 1
+            status = int(answer.split()[1])
+            assert status == (400 if auth else 401)
+            detail = json.loads(answer.partition(b"\r\n\r\n")[2])["detail"]
+            assert detail[0]["loc"] == (["body"] if auth else ["header", "authorization"])
+
+
 async def test_unfinished_headers_of_300_connections_take_little_memory(
     fake_nomic: FakeNomic, tmp_path: Path
 ) -> None:
