@@ -417,10 +417,14 @@ class GatewayRequestHandler(web.RequestHandler):
     def _head_received(self, data: bytes) -> bytes:
         """Bytes of a request's line and headers; returns what follows the headers in
         ``data`` (their body, or the next request)."""
-        if not self._in_head:
-            self._begin_request()
         bounds = self._bounds
         end = end_of_head(self._tail, data)
+        if not self._in_head:
+            if end < 0:
+                self._begin_request()
+            else:  # all in one read, as most are: no timer, no clock, nothing held
+                bounds.guard.active(self)
+                self._answered = False
         size = len(data) if end < 0 else end
         if self._head.bytes + size > bounds.max_header_bytes:
             log.warning("refused a request whose line and headers are over %d bytes",
@@ -434,6 +438,8 @@ class GatewayRequestHandler(web.RequestHandler):
         if self._feed(piece):
             self._parsed()
         else:  # blank lines before a request line, which the parser skips
+            if not self._in_head:
+                self._begin_request()
             self._hold_head(piece)
         return rest
 
@@ -477,9 +483,11 @@ class GatewayRequestHandler(web.RequestHandler):
     def _parsed(self) -> None:
         """aiohttp's parser has a request's line and headers (or refused them)."""
         self._in_head = False
-        self._bounds.headers.release(self._head)
-        self._tail = b""
-        self._stop_header_timer()
+        if self._head.bytes:
+            self._bounds.headers.release(self._head)
+            self._tail = b""
+        if self._header_timer is not None:
+            self._stop_header_timer()
         message, payload = self._messages[-1]
         if not isinstance(message, RawRequestMessage):  # refused: answered, then closed
             self._refused = True
@@ -503,7 +511,7 @@ class GatewayRequestHandler(web.RequestHandler):
         piece, rest = data, b""
         if 0 <= left < len(data):
             piece, rest = data[:left], data[left:]
-        before = body.total_raw_bytes
+        before = body.total_raw_bytes if left < 0 else 0
         if self._feed(piece) and not isinstance(self._messages[-1][0], RawRequestMessage):
             self._body_refused(body)
             return b""
