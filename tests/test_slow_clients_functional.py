@@ -283,6 +283,35 @@ async def until(condition: Callable[[], bool], seconds: float = 10) -> None:
     raise AssertionError("the clients never got there")
 
 
+async def test_the_write_timeout_resets_a_client_reading_nothing_not_one_reading_slowly(
+    fake_nomic: FakeNomic, tmp_path: Path
+) -> None:
+    env = {"GATEWAY_WRITE_TIMEOUT_SECONDS": "1"}
+    async with serving(fake_nomic, tmp_path, **env) as gateway:
+        key = await team_key(gateway)
+        size = await cache_big_answer(gateway, key)
+        request = text_request(key, BIG_TEXTS)
+        _, idle_writer = await connect(gateway.port, rcvbuf=SMALL_RCVBUF)
+        reader, writer = await connect(gateway.port)
+        try:
+            idle_writer.write(request)
+            writer.write(request)
+            received = b""
+            while len(received) < size:  # 64 KB every 20 ms: some of it every tick
+                chunk = await asyncio.wait_for(reader.read(65536), 5)
+                assert chunk, "closed before the whole answer"
+                received += chunk
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(2)  # the one reading nothing is past its second by now
+            text = await metrics(gateway)
+        finally:
+            idle_writer.close()
+            writer.close()
+    assert received.startswith(b"HTTP/1.1 200")
+    assert len(received.partition(b"\r\n\r\n")[2]) == size
+    assert sample(text, "gateway_connections_shed_total", reason="write_timeout") == 1
+
+
 def lingering_body(port: int, holders: Holders) -> Hold:
     """A body declared long and sent slowly to a route that answers before reading it (no
     key: 401): aiohttp reads the rest away for up to ten seconds after the answer."""
