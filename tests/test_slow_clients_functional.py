@@ -177,6 +177,7 @@ async def test_a_body_the_parser_refuses_in_a_read_of_its_own_is_answered_once(
             assert detail[0]["loc"] == (["body"] if auth else ["header", "authorization"])
 
 
+@pytest.mark.serial  # resident memory of a whole process: measured alone
 async def test_unfinished_headers_of_300_connections_take_little_memory(
     fake_nomic: FakeNomic, tmp_path: Path
 ) -> None:
