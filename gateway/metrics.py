@@ -124,7 +124,9 @@ CONNECTIONS_OPEN = Gauge(
 )
 CONNECTIONS_SHED = Counter(
     "gateway_connections_shed_total",
-    "Client connections the gateway closed to protect itself: idle (the longest-idle one, "
-    "at the bound), refused (a new one at the bound, none idle), header_timeout",
+    "Client connections the gateway closed to protect itself: at the bound idle, slow_headers, "
+    "slow_body, slow_reader or lingering (one that may go, for a new one), refused (a new one, "
+    "none may go); header_timeout, headers_too_large, header_budget, unsent_budget, "
+    "write_timeout",
     ["reason"],
 )
