@@ -302,12 +302,15 @@ async def measure_headers(connections: int, env: dict[str, str], size: int = 102
             )
 
 
-async def _team_key(url: str) -> str:
+async def team_key(url: str) -> str:
+    """A new team on the gateway at ``url``, and its key."""
     async with aiohttp.ClientSession() as session:
         return await make_team(session, url, f"t{time.time_ns()}")
 
 
-async def _cache_big_answer(url: str, key: str) -> int:
+async def cache_big_answer(url: str, key: str) -> int:
+    """Ask for 512 texts once (read in full): the 7.7 MB answer is cached from now on. Its
+    size."""
     async with aiohttp.ClientSession() as session, session.post(
         url + "/v1/embedding/text", json={"texts": BIG_TEXTS, "model": "nomic-embed-text-v1.5"},
         headers={"Authorization": f"Bearer {key}"},
@@ -316,20 +319,27 @@ async def _cache_big_answer(url: str, key: str) -> int:
         return len(await response.read())
 
 
+def hold_every_slot(port: int, key: str) -> dict[str, Holders]:
+    """100 slow clients, a third of each kind: dripping headers (no key), a chunked body two
+    bytes a second (with ``key``), and never reading the big answer."""
+    kinds = {"drip": Holders(), "body": Holders(), "unread": Holders()}
+    kinds["drip"].start(drip_headers(port, kinds["drip"]), 34)
+    kinds["body"].start(slow_body(port, key, kinds["body"]), 33)
+    big = text_request(key, BIG_TEXTS)
+    kinds["unread"].start(unread_answer(port, big, kinds["unread"]), 33)
+    return kinds
+
+
 async def measure_slots(env: dict[str, str]) -> None:
     from tests.test_server_functional import serving
 
     env = {"GATEWAY_MAX_CONNECTIONS": "100", **env}
     with tempfile.TemporaryDirectory() as workdir:
         async with fake_nomic_server() as fake, serving(fake, Path(workdir), **env) as gateway:
-            key = await _team_key(gateway.url)
-            await _cache_big_answer(gateway.url, key)
-            kinds = {"drip": Holders(), "body": Holders(), "unread": Holders()}
+            key = await team_key(gateway.url)
+            await cache_big_answer(gateway.url, key)
+            kinds = hold_every_slot(gateway.port, key)
             try:
-                kinds["drip"].start(drip_headers(gateway.port, kinds["drip"]), 34)
-                kinds["body"].start(slow_body(gateway.port, key, kinds["body"]), 33)
-                big = text_request(key, BIG_TEXTS)
-                kinds["unread"].start(unread_answer(gateway.port, big, kinds["unread"]), 33)
                 await asyncio.sleep(5)  # every slot taken, and its holder past any grace
                 victim = victim_get(key)
                 results = []
@@ -354,8 +364,8 @@ async def measure_unread(connections: int, env: dict[str, str]) -> None:
     with tempfile.TemporaryDirectory() as workdir:
         async with fake_nomic_server() as fake, serving(fake, Path(workdir), **env) as gateway:
             pid = gateway.process.pid
-            key = await _team_key(gateway.url)
-            size = await _cache_big_answer(gateway.url, key)
+            key = await team_key(gateway.url)
+            size = await cache_big_answer(gateway.url, key)
             await asyncio.sleep(0.5)
             before = rss(pid)
             request = text_request(key, BIG_TEXTS)

@@ -16,19 +16,21 @@ import aiohttp
 import pytest
 
 from gateway.teams import new_key
-from tests.conftest import make_team
 from tests.fake_nomic import FakeNomic
 from tests.slow_clients import (
     BIG_TEXTS,
     SMALL_RCVBUF,
     Hold,
     Holders,
+    cache_big_answer,
     closed_by_peer,
     connect,
     drip_headers,
+    hold_every_slot,
     rss,
     send_quietly,
     slow_body,
+    team_key,
     text_request,
     unfinished_head,
     unread_answer,
@@ -53,22 +55,6 @@ def padding(total: int) -> bytes:
 async def metrics(gateway: Gateway) -> str:
     async with aiohttp.ClientSession() as session, session.get(gateway.url + "/metrics") as got:
         return await got.text()
-
-
-async def team_key(gateway: Gateway) -> str:
-    async with aiohttp.ClientSession() as session:
-        return await make_team(session, gateway.url, "slow")
-
-
-async def cache_big_answer(gateway: Gateway, key: str) -> int:
-    """Ask for 512 texts once (read in full): the 7.7 MB answer is cached from now on."""
-    async with aiohttp.ClientSession() as session, session.post(
-        gateway.url + "/v1/embedding/text",
-        json={"texts": BIG_TEXTS, "model": "nomic-embed-text-v1.5"},
-        headers={"Authorization": f"Bearer {key}"},
-    ) as response:  # fmt: skip
-        assert response.status == 200, await response.text()
-        return len(await response.read())
 
 
 async def test_a_request_line_and_headers_over_32_kib_get_431_in_nomic_shape(
@@ -130,7 +116,7 @@ async def test_pipelined_requests_and_bodies_are_counted_apart(
     """Requests sent back to back in one write, bodies and all: each is answered; the bytes
     of one request's body never count as another's headers."""
     async with serving(fake_nomic, tmp_path) as gateway:
-        key = await team_key(gateway)
+        key = await team_key(gateway.url)
         auth = f"Authorization: Bearer {key}\r\n".encode()
         body = json.dumps({"texts": ["x" * 40_000], "model": "nomic-embed-text-v1.5"}).encode()
         post = (
@@ -154,7 +140,7 @@ async def test_a_body_the_parser_refuses_in_a_read_of_its_own_is_answered_once(
     in Nomic's shape, and the connection closes, neither left reading for ten seconds nor
     followed by a second answer to the parser's refusal."""
     async with serving(fake_nomic, tmp_path) as gateway:
-        key = await team_key(gateway)
+        key = await team_key(gateway.url)
         for auth in (f"Authorization: Bearer {key}\r\n".encode(), b""):
             reader, writer = await connect(gateway.port)
             try:
@@ -245,8 +231,8 @@ async def test_each_kind_of_slow_connection_gives_way_at_the_bound(
            "GATEWAY_BODY_RATE_WINDOW_SECONDS": "1", "GATEWAY_HEADER_TIMEOUT_SECONDS": "30",
            "GATEWAY_UNSENT_BYTES_IN_FLIGHT": str(1024 * MiB)}  # fmt: skip
     async with serving(fake_nomic, tmp_path, **env) as gateway:
-        key = await team_key(gateway)
-        await cache_big_answer(gateway, key)
+        key = await team_key(gateway.url)
+        await cache_big_answer(gateway.url, key)
         await asyncio.sleep(0.2)  # the set-up's connections are gone
         big = text_request(key, BIG_TEXTS)
         slow: dict[str, tuple[Callable[[Holders], Hold], bool]] = {
@@ -289,8 +275,8 @@ async def test_the_write_timeout_resets_a_client_reading_nothing_not_one_reading
 ) -> None:
     env = {"GATEWAY_WRITE_TIMEOUT_SECONDS": "1"}
     async with serving(fake_nomic, tmp_path, **env) as gateway:
-        key = await team_key(gateway)
-        size = await cache_big_answer(gateway, key)
+        key = await team_key(gateway.url)
+        size = await cache_big_answer(gateway.url, key)
         request = text_request(key, BIG_TEXTS)
         _, idle_writer = await connect(gateway.port, rcvbuf=SMALL_RCVBUF)
         reader, writer = await connect(gateway.port)
@@ -345,14 +331,10 @@ async def test_a_hundred_slots_held_by_slow_clients_still_serve_a_victim(
     env = {"GATEWAY_MAX_CONNECTIONS": "100", "GATEWAY_UNSENT_BYTES_IN_FLIGHT": str(2048 * MiB),
            "GATEWAY_LOG_LEVEL": "error"}  # fmt: skip
     async with serving(fake_nomic, tmp_path, **env) as gateway:
-        key = await team_key(gateway)
-        await cache_big_answer(gateway, key)
-        kinds = {"drip": Holders(), "body": Holders(), "unread": Holders()}
+        key = await team_key(gateway.url)
+        await cache_big_answer(gateway.url, key)
+        kinds = hold_every_slot(gateway.port, key)
         try:
-            kinds["drip"].start(drip_headers(gateway.port, kinds["drip"]), 34)
-            kinds["body"].start(slow_body(gateway.port, key, kinds["body"]), 33)
-            big = text_request(key, BIG_TEXTS)
-            kinds["unread"].start(unread_answer(gateway.port, big, kinds["unread"]), 33)
             await until(lambda: sum(h.holding for h in kinds.values()) == 100, 60)
             await asyncio.sleep(5.5)  # past 2 s of patience, and a body's 5 s window
             statuses = []
@@ -384,8 +366,8 @@ async def test_a_hundred_unread_answers_stay_within_the_unsent_budget(
     budget = 128 * MiB  # the default
     async with serving(fake_nomic, tmp_path, GATEWAY_LOG_LEVEL="error") as gateway:
         pid = gateway.process.pid
-        key = await team_key(gateway)
-        size = await cache_big_answer(gateway, key)
+        key = await team_key(gateway.url)
+        size = await cache_big_answer(gateway.url, key)
         await asyncio.sleep(0.5)
         before = rss(pid)
         request = text_request(key, BIG_TEXTS)
