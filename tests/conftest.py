@@ -163,7 +163,8 @@ def _node_ready(port: int) -> bool:
         return bool(replication["role"] == "master" or replication["master_link_status"] == "up")
 
 
-def stop_nodes(nodes: list[subprocess.Popen[bytes]]) -> None:
+def stop_nodes(nodes: list[subprocess.Popen[Any]]) -> None:
+    """Terminate every process of ``nodes``, killing any still running after 10 s."""
     for node in nodes:
         if node.poll() is None:
             node.terminate()

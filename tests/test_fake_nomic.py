@@ -10,7 +10,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import free_port
+from tests.conftest import free_port, stop_nodes
 from tests.fake_nomic import FAKE_API_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,11 +40,6 @@ def test_run_as_a_program_it_says_where_it_listens_once_it_does(tmp_path: Path) 
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/_fake/stats", timeout=10) as answer:
             assert json.load(answer)["answered_texts"] == 1
     finally:
-        fake.terminate()
-        try:
-            fake.wait(10)
-        except subprocess.TimeoutExpired:
-            fake.kill()
-            fake.wait()
+        stop_nodes([fake])
         assert fake.stdout is not None
         fake.stdout.close()
