@@ -328,15 +328,7 @@ class Shield:
         lane = self._lanes.get(key)
         calls = self._calls_with(key, len(jobs), size)
         all_calls = self.queued_calls - (0 if lane is None else lane.calls) + calls
-        if key[1]:  # the team's own lane: its calls are the lane's
-            mine = calls
-        else:
-            queued, queued_size = (
-                (0, 0) if lane is None else (lane.jobs.count(team), lane.jobs.size(team))
-            )
-            mine = calls_for(
-                queued + len(jobs), queued_size + size, self._batch_items(spec), self.policy
-            )
+        mine = self._team_calls_in(key, team, len(jobs), size)
         mine += self._team_calls[team] - (0 if lane is None else lane.team_calls.get(team, 0))
         expected = self._drain_seconds(min(all_calls, self._calls_ahead(team, mine)))
         now = self._clock()
@@ -365,15 +357,23 @@ class Shield:
         has calls queued still (:class:`~gateway.turns.Turns`)."""
         return mine + sum(min(c, mine) for other, c in self._team_calls.items() if other != team)
 
+    def _team_calls_in(self, key: LaneKey, team: str, items: int = 0, size: int = 0) -> int:
+        """The calls ``team``'s misses in the lane of ``key`` need, with ``items`` more
+        (``size`` bytes): all of the lane's if it is the team's own, else what its items in
+        the shared lane need."""
+        if key[1]:
+            return self._calls_with(key, items, size)
+        lane = self._lanes.get(key)
+        queued = (0, 0) if lane is None else (lane.jobs.count(team), lane.jobs.size(team))
+        return calls_for(
+            queued[0] + items, queued[1] + size, self._batch_items(key[0]), self.policy
+        )
+
     def _count_team_calls(self, lane: _Lane, teams: Iterable[str]) -> None:
         """Bring ``teams``' queued calls up to date after ``lane``'s queue changed: all of a
         team's own lane's calls, or, in a lane every team shares, what its items need."""
         for team in teams:
-            if lane.key[1]:
-                calls = lane.calls
-            else:
-                queued, size = lane.jobs.count(team), lane.jobs.size(team)
-                calls = calls_for(queued, size, lane.most, self.policy)
+            calls = self._team_calls_in(lane.key, team)
             self._team_calls[team] += calls - lane.team_calls.pop(team, 0)
             if calls:
                 lane.team_calls[team] = calls
