@@ -16,6 +16,7 @@ from urllib.parse import unquote_plus, urlsplit
 
 import multipart
 
+from gateway.answers import Shape
 from gateway.errors import InvalidRequest
 from gateway.keys import content_digest
 from gateway.models import DEFAULT_IMAGE_MODEL, IMAGE_MODELS, Cost, Kind, Spec, TextOptions
@@ -44,16 +45,25 @@ class ParsedRequest(NamedTuple):
     digests: list[bytes]
     text: TextOptions | None = None
     costs: tuple[Cost, ...] = ()  # each text's (Spec.cost), worked out once; images: none
+    shape: Shape = "nomic"  # of its answer: the API its client speaks
+    field: str = ""  # where its items stand in the client's body; empty: Nomic's name
 
     @classmethod
     def of(
-        cls, model: str, kind: Kind, items: list[bytes], text: TextOptions | None = None
+        cls,
+        model: str,
+        kind: Kind,
+        items: list[bytes],
+        text: TextOptions | None = None,
+        *,
+        shape: Shape = "nomic",
+        field: str = "",
     ) -> ParsedRequest:
         """A request of ``items``, digesting each and, for texts, working out their costs."""
         digests = [content_digest(item) for item in items]
         spec = Spec(model, kind, text)
         costs = tuple(map(spec.cost, items)) if spec.text is not None else ()
-        return cls(model, kind, items, digests, text, costs)
+        return cls(model, kind, items, digests, text, costs, shape, field)
 
     @property
     def spec(self) -> Spec:
@@ -61,7 +71,7 @@ class ParsedRequest(NamedTuple):
 
     def loc(self, index: int) -> tuple[str | int, ...]:
         """Where item ``index`` stands in the client's request, for error ``loc``s."""
-        return ("body", _FIELD_FOR[self.kind], index)
+        return ("body", self.field or _FIELD_FOR[self.kind], index)
 
 
 class BodyParser(Protocol):

@@ -3,7 +3,8 @@
 A request's items are keyed, deduplicated and looked up in one batched store call (the hot
 in-process cache first). What is missing goes to the :class:`~gateway.fetch.Fetcher`, which
 returns an outcome per key; :func:`assemble` turns the lookup and the outcomes into Nomic's
-answer and what the request pays for, with no I/O.
+answer (in the shape its client speaks, :mod:`gateway.answers`) and what the request pays
+for, with no I/O.
 """
 
 from __future__ import annotations
@@ -14,9 +15,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal, NamedTuple
 
-import orjson
-
-from gateway import metrics
+from gateway import answers, metrics
 from gateway.breaker import Breaker
 from gateway.entries import Entry
 from gateway.errors import GatewayError, ItemRejected
@@ -102,15 +101,6 @@ class Answer(NamedTuple):
         return "PARTIAL" if self.hits else "MISS"
 
 
-def answer_body(model: str, embeddings: Sequence[bytes], usage_tokens: int) -> bytes:
-    """Nomic's answer, spliced from the embeddings' JSON without re-encoding them."""
-    usage = orjson.dumps({"prompt_tokens": usage_tokens, "total_tokens": usage_tokens})
-    return b"".join(
-        (b'{"embeddings":[', b",".join(embeddings), b'],"usage":', usage,
-         b',"model":', orjson.dumps(model), b"}")
-    )  # fmt: skip
-
-
 class Completed(NamedTuple):
     """A request's answer, and its own fetches still running (a stale entry answered in
     their place): :func:`gateway.fetch.late_tokens` says what they cost once they end."""
@@ -130,7 +120,7 @@ def assemble(lookup: Lookup, outcomes: Mapping[str, Outcome] | None = None) -> A
     if failed:
         billed = sum(o.entry.tokens for o in outcomes.values() if o.paid and o.entry)
         raise FetchFailed(_first_failure(lookup.request, failed), billed)
-    embeddings: list[bytes] = []
+    answered: list[Entry] = []
     usage = billed = misses = cached = stale = 0
     for key in lookup.cache_keys:
         entry = lookup.found.get(key)
@@ -146,9 +136,10 @@ def assemble(lookup: Lookup, outcomes: Mapping[str, Outcome] | None = None) -> A
                 billed += entry.tokens
             elif outcome.how == "stale":
                 stale += 1
-        embeddings.append(entry.embedding_json)
+        answered.append(entry)
         usage += entry.tokens
-    body = answer_body(lookup.request.model, embeddings, usage)
+    request = lookup.request
+    body = answers.body(request.shape, request.model, answered, usage)
     hits = len(lookup.cache_keys) - misses
     return Answer(body, hits, misses, billed, usage, stale, lookup.bypassed, cached)
 

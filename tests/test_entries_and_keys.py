@@ -20,7 +20,6 @@ from gateway.models import (
     text_token_bound,
     text_tokens,
 )
-from gateway.pipeline import answer_body
 from gateway.shield import split_tokens
 from tests.fake_nomic import FakeNomic
 
@@ -183,9 +182,3 @@ def test_a_long_texts_estimate_reads_its_beginning_scaled_to_its_length() -> Non
     assert abs(estimate - 6 * 20_000) <= 6 * 20_000 // 100
     assert text_tokens(words, 8192) == 8192
     assert text_tokens(words[:SAMPLE_CHARACTERS]) == len(_PIECES.findall(words[:4096].decode()))
-
-
-def test_answer_body_is_nomics_shape() -> None:
-    body = orjson.loads(answer_body("m", [b"[1.5,2.0]", b"[3.0]"], 12))
-    assert body == {"embeddings": [[1.5, 2.0], [3.0]],
-                    "usage": {"prompt_tokens": 12, "total_tokens": 12}, "model": "m"}  # fmt: skip
