@@ -103,6 +103,12 @@ def parse_text_request(
         raise InvalidRequest(
             "Input should be a valid dictionary or object to extract fields from", loc=("body",)
         )
+    return text_request(fields, limits)
+
+
+def text_request(fields: dict[str, object], limits: TextLimits) -> TextRequest:
+    """The request of a body's decoded ``fields``, Nomic's defaults filled in for those left
+    out; :class:`InvalidRequest` naming the first input Nomic would refuse (or ``limits``)."""
     texts = _texts(fields, limits)
     model = _choice(fields.get("model", DEFAULT_TEXT_MODEL), "model", TEXT_MODELS)
     task = fields.get("task_type")  # null, like none, is Nomic's default
