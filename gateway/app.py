@@ -56,8 +56,8 @@ STORE_RETRY_SECONDS = 2.0  # while the store is unreachable at start-up
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[request_context], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
-    app[BODY_LIMITS] = BodyLimits(settings.max_image_bytes, settings.max_items)
-    app[TEXT_LIMITS] = TextLimits(settings.max_items, settings.max_text_bytes)
+    app[BODY_LIMITS] = BodyLimits(settings.max_image_bytes, settings.max_items, settings.models)
+    app[TEXT_LIMITS] = TextLimits(settings.max_items, settings.max_text_bytes, settings.models)
     app[BODY_BUDGET] = BodyBudget(settings.body_bytes_in_flight, settings.max_body_bytes)
     app.cleanup_ctx.extend([_heavy_work_ctx, _store_ctx, _pipeline_ctx])
     for path, handler in (("/v1/embedding/image", embeddings.embed_image),

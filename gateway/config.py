@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from gateway.model_table import DEFAULT_MODELS, ModelTable, extended_by_json
 from gateway.models import MAX_TEXTS_PER_UPSTREAM_CALL
 
 KiB = 1024
@@ -127,6 +128,17 @@ def _readable_file(text: str) -> str:
     if not os.path.isfile(text) or not os.access(text, os.R_OK):
         raise ValueError("must be a readable file")
     return text
+
+
+def _model_table(text: str) -> ModelTable:
+    """Nomic's models with the operator's: a JSON object, or the path of a file holding one."""
+    if text.lstrip().startswith("{"):
+        return extended_by_json(text)
+    try:
+        with open(_readable_file(text), "rb") as file:
+            return extended_by_json(file.read())
+    except OSError as exc:
+        raise ValueError(f"cannot be read: {exc.strerror}") from None
 
 
 def _writable_directory(text: str) -> str:
@@ -271,6 +283,14 @@ class Settings:
     )
     max_text_bytes: int = _setting(
         "GATEWAY_MAX_TEXT_BYTES", _positive_int, "longest text accepted, in UTF-8 bytes", 512 * KiB
+    )
+    models: ModelTable = _setting(
+        "GATEWAY_MODELS",
+        _model_table,
+        "models served besides (or instead of) Nomic's: a JSON object of model name to "
+        '{"kind", "dimensions", "smallest_dimensionality", "context_tokens"} or null, or the '
+        "path of a JSON file holding one",
+        DEFAULT_MODELS,
     )
     url_ttl_seconds: int = _setting(
         "GATEWAY_URL_TTL_SECONDS", _positive_int, "how long a URL's embedding is cached", 86400

@@ -19,7 +19,8 @@ import multipart
 from gateway.answers import Shape
 from gateway.errors import InvalidRequest
 from gateway.keys import content_digest
-from gateway.models import DEFAULT_IMAGE_MODEL, IMAGE_MODELS, Cost, Kind, Spec, TextOptions
+from gateway.model_table import DEFAULT_MODELS, ModelTable
+from gateway.models import DEFAULT_IMAGE_MODEL, Cost, Kind, Spec, TextOptions
 
 MAX_URL_LENGTH = 2048
 MAX_FIELD_BYTES = 64 * 1024
@@ -33,6 +34,7 @@ class BodyLimits(NamedTuple):
 
     max_image_bytes: int
     max_items: int
+    models: ModelTable = DEFAULT_MODELS  # the models served (Settings.models)
 
 
 class ParsedRequest(NamedTuple):
@@ -164,11 +166,7 @@ class _Fields:
 
     def validated(self) -> ParsedRequest:
         model = DEFAULT_IMAGE_MODEL if self.model is None else self.model
-        if model not in IMAGE_MODELS:
-            raise InvalidRequest(
-                f"unknown model {model[:100]!r}; expected one of {', '.join(sorted(IMAGE_MODELS))}",
-                loc=("body", "model"),
-            )
+        self.limits.models.require(model, "image")
         if self.images and self.urls:
             raise InvalidRequest("send either images or urls, not both")
         if self.images:

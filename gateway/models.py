@@ -3,6 +3,7 @@
 One home for both, so the form parsers, the cache key, the shield's lanes and the Nomic client
 agree on them. The text values and Nomic's defaults for them are as specified in
 ``/v1/embedding/text``'s schema (the API's defaults, which are not the official client's).
+Which models are served, their sizes and contexts, is :mod:`gateway.model_table`'s.
 """
 
 from __future__ import annotations
@@ -15,25 +16,15 @@ from types import MappingProxyType
 from typing import Literal, NamedTuple
 
 Kind = Literal["image", "url", "text"]  # image bytes, a URL Nomic fetches, or a text
-IMAGE_MODELS = frozenset({"nomic-embed-vision-v1", "nomic-embed-vision-v1.5"})
 DEFAULT_IMAGE_MODEL = "nomic-embed-vision-v1.5"
 
 LongTextMode = Literal["truncate", "mean"]
 LONG_TEXT_MODES: tuple[LongTextMode, ...] = ("truncate", "mean")
-TEXT_MODELS = frozenset({"nomic-embed-text-v1", "nomic-embed-text-v1.5"})
 TASK_TYPES = frozenset({"search_document", "search_query", "classification", "clustering"})
 DEFAULT_TEXT_MODEL = "nomic-embed-text-v1"  # Nomic's API default; the official client sends v1.5
 DEFAULT_TASK_TYPE = "search_document"
 DEFAULT_LONG_TEXT_MODE: LongTextMode = "mean"  # the API's; the official client sends "truncate"
 DEFAULT_MEAN_MAX_TOKENS = 8192  # max_tokens_per_text when omitted in "mean" mode
-TEXT_CONTEXT_TOKENS = 8192  # what a text model reads of a text in "truncate" mode
-TEXT_DIMENSIONS = 768  # every text model's full size
-# The sizes a text model answers in: v1 only its full size; v1.5 (Matryoshka) any size from
-# 64 to 768, as Nomic announces it (trained and evaluated at 768, 512, 256, 128 and 64).
-TEXT_DIMENSIONALITIES: dict[str, range] = {
-    "nomic-embed-text-v1": range(TEXT_DIMENSIONS, TEXT_DIMENSIONS + 1),
-    "nomic-embed-text-v1.5": range(64, TEXT_DIMENSIONS + 1),
-}
 MAX_TEXTS_PER_UPSTREAM_CALL = 10  # Nomic's backend limit since 2025 (the official client's batch)
 
 
@@ -44,6 +35,9 @@ class TextOptions(NamedTuple):
     dimensionality: int | None  # None: the model's full size
     long_text_mode: LongTextMode
     max_tokens_per_text: int | None  # None: Nomic's default for the mode
+    # The model's context (ModelInfo.context_tokens): where "truncate" mode cuts a text when
+    # max_tokens_per_text is None; None where unknown. Not in the key: the model fixes it.
+    context_tokens: int | None = None
 
 
 class Cost(NamedTuple):
@@ -72,7 +66,7 @@ class Spec(NamedTuple):
         """The text options as a key's part: empty for images and URLs."""
         if self.text is None:
             return ""
-        task, dims, mode, tokens = self.text
+        task, dims, mode, tokens = self.text[:4]
         return f"{task}\0{'' if dims is None else dims}\0{mode}\0{'' if tokens is None else tokens}"
 
     def cost(self, content: bytes) -> Cost:
@@ -90,7 +84,7 @@ class Spec(NamedTuple):
         assert self.text is not None
         if self.text.long_text_mode != "truncate":
             return None
-        return self.text.max_tokens_per_text or TEXT_CONTEXT_TOKENS
+        return self.text.max_tokens_per_text or self.text.context_tokens
 
 
 # Words, punctuation marks, and each CJK ideograph alone (as BERT's tokenizer splits them).

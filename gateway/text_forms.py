@@ -22,6 +22,7 @@ from typing import NamedTuple
 import orjson
 
 from gateway.errors import InvalidRequest, Loc
+from gateway.model_table import DEFAULT_MODELS, ModelInfo, ModelTable
 from gateway.models import (
     DEFAULT_LONG_TEXT_MODE,
     DEFAULT_MEAN_MAX_TOKENS,
@@ -29,9 +30,8 @@ from gateway.models import (
     DEFAULT_TEXT_MODEL,
     LONG_TEXT_MODES,
     TASK_TYPES,
-    TEXT_DIMENSIONALITIES,
-    TEXT_MODELS,
     LongTextMode,
+    TextOptions,
 )
 
 MAX_OTHER_VALUES = 1024  # the request object, its fields, and room for fields Nomic ignores
@@ -44,6 +44,7 @@ class TextLimits(NamedTuple):
 
     max_texts: int
     max_text_bytes: int  # per text, in UTF-8
+    models: ModelTable = DEFAULT_MODELS  # the models served (Settings.models)
 
 
 class TextRequest(NamedTuple):
@@ -56,10 +57,16 @@ class TextRequest(NamedTuple):
     long_text_mode: LongTextMode
     max_tokens_per_text: int | None  # None: not sent; Nomic caps at the model's input size
     texts: list[str]
+    context_tokens: int | None = None  # the model's (ModelInfo.context_tokens)
 
     def loc(self, index: int) -> Loc:
         """Where text ``index`` stands in the client's request, for error ``loc``s."""
         return ("body", "texts", index)
+
+    def options(self) -> TextOptions:
+        """How its texts are embedded, besides the model (their cache key's part)."""
+        return TextOptions(self.task_type, self.dimensionality, self.long_text_mode,
+                           self.max_tokens_per_text, self.context_tokens)  # fmt: skip
 
 
 def is_json(content_type: str | None) -> bool:
@@ -110,13 +117,14 @@ def text_request(fields: dict[str, object], limits: TextLimits) -> TextRequest:
     """The request of a body's decoded ``fields``, Nomic's defaults filled in for those left
     out; :class:`InvalidRequest` naming the first input Nomic would refuse (or ``limits``)."""
     texts = _texts(fields, limits)
-    model = _choice(fields.get("model", DEFAULT_TEXT_MODEL), "model", TEXT_MODELS)
+    model = _model(fields.get("model", DEFAULT_TEXT_MODEL), limits.models)
     task = fields.get("task_type")  # null, like none, is Nomic's default
     task_type = _choice(DEFAULT_TASK_TYPE if task is None else task, "task_type", TASK_TYPES)
     long_text_mode = _long_text_mode(fields)
     max_tokens = _max_tokens_per_text(fields, long_text_mode)
     dimensionality = _dimensionality(fields, model)
-    return TextRequest(model, task_type, dimensionality, long_text_mode, max_tokens, texts)
+    return TextRequest(model.name, task_type, dimensionality, long_text_mode, max_tokens, texts,
+                       model.context_tokens)  # fmt: skip
 
 
 def too_many_values(body: bytes, most: int) -> bool:
@@ -147,6 +155,8 @@ def _texts(fields: dict[str, object], limits: TextLimits) -> list[str]:
     texts = fields["texts"]
     if not isinstance(texts, list):
         raise InvalidRequest("Input should be a valid list", loc=("body", "texts"))
+    if not texts:
+        raise InvalidRequest("texts must hold at least one text", loc=("body", "texts"))
     if len(texts) > limits.max_texts:
         raise InvalidRequest(
             f"more than {limits.max_texts} texts in one request",
@@ -167,6 +177,12 @@ def _utf8_length_over(text: str, limit: int) -> bool:
     if len(text) * 4 <= limit:  # no character takes more than 4 bytes: no need to encode
         return False
     return len(text) > limit or len(text.encode()) > limit
+
+
+def _model(value: object, models: ModelTable) -> ModelInfo:
+    if not isinstance(value, str):
+        raise InvalidRequest("Input should be a valid string", loc=("body", "model"))
+    return models.require(value, "text")
 
 
 def _choice(value: object, name: str, allowed: frozenset[str]) -> str:
@@ -198,21 +214,16 @@ def _max_tokens_per_text(fields: dict[str, object], mode: LongTextMode) -> int |
     return value
 
 
-def _dimensionality(fields: dict[str, object], model: str) -> int | None:
+def _dimensionality(fields: dict[str, object], model: ModelInfo) -> int | None:
     value = fields.get("dimensionality")
     if value is None:
         return None
     loc: Loc = ("body", "dimensionality")
     dimensionality = _integer(value, loc)
-    sizes = TEXT_DIMENSIONALITIES[model]
-    if dimensionality in sizes:
-        return dimensionality
-    if len(sizes) == 1:
-        raise InvalidRequest(
-            f"{model} has no Matryoshka sizes: dimensionality must be {sizes[0]} or null",
-            loc=loc,
-        )
-    raise InvalidRequest(f"{model} answers in {sizes[0]} to {sizes[-1]} dimensions", loc=loc)
+    problem = model.dimensionality_problem(dimensionality)
+    if problem is not None:
+        raise InvalidRequest(problem, loc=loc)
+    return dimensionality
 
 
 def _integer(value: object, loc: Loc) -> int:

@@ -9,14 +9,16 @@ for ``https://api-atlas.nomic.ai``, following Nomic's documented behaviour:
   Pillow, answering a FastAPI-shaped 422 naming the first item it cannot read;
 - it answers 768 float32-valued floats per input, deterministic in (model, input) and cheap
   to make (a benchmark posts thousands), with ``usage`` of ``tokens_per_image`` per input;
-- ``POST /v1/embedding/text`` takes Nomic's JSON body (``texts``, ``model``, ``task_type``,
-  ``long_text_mode``, ``max_tokens_per_text``, ``dimensionality``, with the API's defaults,
-  which are not the official client's) and validates it as Nomic's FastAPI models would,
-  answering every error found in one 422 (``loc`` like ``["body", "texts", 3]``); at most
-  ``max_texts_per_call`` texts a call (Nomic's backend limit); per text, float32-valued floats
-  of the requested size (768, or a Matryoshka ``dimensionality`` for v1.5), deterministic in
-  every field that changes Nomic's answer, and a token count (:meth:`FakeNomic.text_tokens`)
-  summed in ``usage``, as Nomic's OpenAPI schema and the official client describe it;
+- ``POST /v1/embedding/text`` takes Nomic's JSON body (``texts``, at least one, ``model``,
+  ``task_type``, ``long_text_mode``, ``max_tokens_per_text``, ``dimensionality``, with the
+  API's defaults, which are not the official client's) and validates it as Nomic's FastAPI
+  models would, answering every error found in one 422 (``loc`` like ``["body", "texts", 3]``);
+  at most ``max_texts_per_call`` texts a call (Nomic's backend limit); per text, float32-valued
+  floats of the requested size (the model's full size, or a Matryoshka ``dimensionality``
+  where the model has them: :data:`TEXT_MODELS`, which ``text_models`` extends), deterministic
+  in every field that changes Nomic's answer, and a token count (:meth:`FakeNomic.text_tokens`,
+  at most the model's context in "truncate" mode) summed in ``usage``, as Nomic's OpenAPI
+  schema and the official client describe it;
 - faults are injected per call on both routes: ``fail_next`` takes HTTP statuses (with
   ``Retry-After`` when ``retry_after`` is set) or ``"drop"`` to drop the connection;
   ``fail_when(n)`` decides for the n-th call to the fake (0-based, both routes counted) the
@@ -42,7 +44,7 @@ import time
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from aiohttp import web
@@ -61,11 +63,29 @@ MODELS = ("nomic-embed-vision-v1", "nomic-embed-vision-v1.5")
 DIMENSIONS = 768
 FAKE_API_KEY = "nk-fake-organisation-key-0123456789"
 
-TEXT_MODELS = ("nomic-embed-text-v1", "nomic-embed-text-v1.5")
 TASK_TYPES = ("search_document", "search_query", "classification", "clustering")
 LONG_TEXT_MODES = ("truncate", "mean")
-MATRYOSHKA_SIZES = {"nomic-embed-text-v1": (768, 768), "nomic-embed-text-v1.5": (64, 768)}
-MODEL_CONTEXT = 8192  # tokens; also Nomic's max_tokens_per_text default in "mean" mode
+MODEL_CONTEXT = 8192  # tokens: Nomic's max_tokens_per_text default in "mean" mode
+
+
+class TextModel(NamedTuple):
+    """What the fake knows of a text model: the sizes it answers in, and its context."""
+
+    smallest: int
+    dimensions: int
+    context: int | None  # where "truncate" mode cuts a text; None: MODEL_CONTEXT
+
+
+# Nomic's text models (its schema's NomicTextEmbeddingModel) with their model cards' sizes
+# and contexts, as gateway/model_table.py cites them.
+TEXT_MODELS = {
+    "nomic-embed-text-v1": TextModel(768, 768, 8192),
+    "nomic-embed-text-v1.5": TextModel(64, 768, 8192),
+    "nomic-embed-text-v2": TextModel(256, 768, 512),
+    "nomic-embed-code": TextModel(3584, 3584, None),
+    "gte-multilingual-base": TextModel(128, 768, 8192),
+    "all-MiniLM-L6-v2": TextModel(384, 384, 256),
+}
 MAX_TEXTS_PER_CALL = 10
 _PIECES = re.compile(r"\w+|[^\w\s]")  # a word or one punctuation mark: the fake's "token"
 
@@ -105,6 +125,7 @@ class FakeNomic:
     fail_when: Callable[[int], int | str | None] | None = None
     retry_after: float | None = None
     max_texts_per_call: int = MAX_TEXTS_PER_CALL
+    text_models: dict[str, TextModel] = field(default_factory=lambda: dict(TEXT_MODELS))
     calls: list[Call] = field(default_factory=list)
     text_calls: list[TextCall] = field(default_factory=list)
     held: asyncio.Event | None = None  # answers wait for it: see hold()
@@ -151,9 +172,11 @@ class FakeNomic:
         max_tokens_per_text: int | None = None,
     ) -> list[float]:
         """What the fake answers for ``text`` (defaults: the API's): a vector of
-        ``dimensionality`` floats (768 when None), deterministic in every argument, where an
-        omitted value and Nomic's default for it give the same vector."""
-        size = dimensionality or DIMENSIONS
+        ``dimensionality`` floats (the model's full size when None; 768 for a model not in
+        :data:`TEXT_MODELS`), deterministic in every argument, where an omitted value and
+        Nomic's default for it give the same vector."""
+        known = TEXT_MODELS.get(model)
+        size = dimensionality or (known.dimensions if known else DIMENSIONS)
         cap = max_tokens_per_text or MODEL_CONTEXT
         fields = [model, task_type or "search_document", size, long_text_mode, cap, text]
         seed = hashlib.sha256(json.dumps(fields).encode()).digest()
@@ -274,12 +297,17 @@ class FakeNomic:
         call.max_tokens_per_text = _integer(fields.get("max_tokens_per_text"))
         call.dimensionality = _integer(fields.get("dimensionality"))
         call.status = 200
+        model = self.text_models[call.model]
         embeddings = [
-            self.text_embedding(text, call.model, call.task_type, call.dimensionality,
-                                call.long_text_mode, call.max_tokens_per_text)
+            self.text_embedding(text, call.model, call.task_type,
+                                call.dimensionality or model.dimensions, call.long_text_mode,
+                                call.max_tokens_per_text)
             for text in call.texts
         ]  # fmt: skip
-        tokens = sum(self.text_tokens(text, call.max_tokens_per_text) for text in call.texts)
+        cap = call.max_tokens_per_text
+        if cap is None and call.long_text_mode == "truncate":
+            cap = model.context
+        tokens = sum(self.text_tokens(text, cap) for text in call.texts)
         usage = {"prompt_tokens": tokens, "total_tokens": tokens}
         body = {"embeddings": embeddings, "usage": usage, "model": call.model}
         return web.Response(body=orjson.dumps(body), content_type="application/json")
@@ -290,7 +318,8 @@ class FakeNomic:
         """A text request's fields and every error Nomic would answer for them (none: it
         embeds them), without a call: for tests that check the gateway's parser against it."""
         fields, errors = _json_object(content_type, body)
-        return fields, errors or _type_errors(fields) or self._handler_errors(fields)
+        return fields, (errors or _type_errors(fields, tuple(self.text_models))
+                        or self._handler_errors(fields))  # fmt: skip
 
     def _handler_errors(self, fields: dict[str, Any]) -> list[Error]:
         """What Nomic refuses once its model has checked the types: too many texts, an
@@ -304,7 +333,7 @@ class FakeNomic:
         if task_type is not None and task_type not in TASK_TYPES:
             return [_error(["task_type"], "value_error", f"unknown task type {task_type!r}")]
         model = fields.get("model", "nomic-embed-text-v1")
-        least, most = MATRYOSHKA_SIZES[model]
+        least, most, _ = self.text_models[model]
         dimensionality = _integer(fields.get("dimensionality"))
         if dimensionality is not None and not least <= dimensionality <= most:
             msg = f"{model} embeds in {least} to {most} dimensions"
@@ -344,7 +373,7 @@ def _json_object(content_type: str | None, body: bytes) -> tuple[dict[str, Any],
     return fields, []
 
 
-def _type_errors(fields: dict[str, Any]) -> list[Error]:
+def _type_errors(fields: dict[str, Any], models: tuple[str, ...]) -> list[Error]:
     """Every field of the wrong type, in the order of Nomic's model, as Pydantic lists them."""
     errors = []
     texts = fields.get("texts")
@@ -352,11 +381,14 @@ def _type_errors(fields: dict[str, Any]) -> list[Error]:
         errors.append(_error(["texts"], "missing", "Field required"))
     elif not isinstance(texts, list):
         errors.append(_error(["texts"], "list_type", "Input should be a valid list"))
+    elif not texts:
+        msg = "List should have at least 1 item after validation, not 0"
+        errors.append(_error(["texts"], "too_short", msg))
     else:
         for index, text in enumerate(texts):
             if not isinstance(text, str):
                 errors.append(_error(["texts", index], "string_type", STRING))
-    errors += _enum_errors(fields, "model", TEXT_MODELS)
+    errors += _enum_errors(fields, "model", models)
     task_type = fields.get("task_type")
     if task_type is not None and not isinstance(task_type, str):
         errors.append(_error(["task_type"], "string_type", STRING))

@@ -129,11 +129,10 @@ async def test_unknown_fields_are_ignored_and_integral_floats_are_integers(
     assert fake_nomic.text_calls[0].dimensionality == 128
 
 
-async def test_no_texts_answer_no_embeddings(fake_nomic: FakeNomic) -> None:
+async def test_no_texts_are_refused_as_nomics_schema_requires_one(fake_nomic: FakeNomic) -> None:
     status, answer, _ = await post_text(fake_nomic, {"texts": []})
-    assert status == 200
-    assert answer["embeddings"] == []
-    assert answer["usage"] == {"prompt_tokens": 0, "total_tokens": 0}
+    assert status == 422
+    assert [error["loc"] for error in answer["detail"]] == [["body", "texts"]]
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import InvalidRequest
-from gateway.models import TASK_TYPES, TEXT_DIMENSIONALITIES, TEXT_MODELS
+from gateway.model_table import DEFAULT_MODELS
+from gateway.models import TASK_TYPES
 from gateway.text_forms import (
     MAX_TOKENS_PER_TEXT_CEILING,
     TextLimits,
@@ -23,6 +24,7 @@ from gateway.text_forms import (
 from tests.fake_nomic import FakeNomic
 
 LIMITS = TextLimits(max_texts=8, max_text_bytes=64)
+TEXT_MODELS = DEFAULT_MODELS.names("text")
 
 
 def parse(fields: object, limits: TextLimits = LIMITS) -> TextRequest:
@@ -39,7 +41,7 @@ def refusal(body: object, content_type: str | None = None) -> InvalidRequest:
 def test_omitted_fields_take_nomics_api_defaults_not_the_clients() -> None:
     assert parse({"texts": ["a", "b"]}) == TextRequest(
         model="nomic-embed-text-v1", task_type="search_document", dimensionality=None,
-        long_text_mode="mean", max_tokens_per_text=8192, texts=["a", "b"],
+        long_text_mode="mean", max_tokens_per_text=8192, texts=["a", "b"], context_tokens=8192,
     )  # fmt: skip
 
 
@@ -47,7 +49,7 @@ def test_the_official_clients_body() -> None:
     body = {"texts": ["q"], "model": "nomic-embed-text-v1.5", "task_type": "search_query",
             "dimensionality": None, "long_text_mode": "truncate"}  # fmt: skip
     assert parse(body) == TextRequest(
-        "nomic-embed-text-v1.5", "search_query", None, "truncate", None, ["q"]
+        "nomic-embed-text-v1.5", "search_query", None, "truncate", None, ["q"], 8192
     )
 
 
@@ -56,7 +58,7 @@ def test_every_field_given() -> None:
             "dimensionality": 256, "long_text_mode": "mean",
             "max_tokens_per_text": 512}  # fmt: skip
     assert parse(body) == TextRequest(
-        "nomic-embed-text-v1.5", "clustering", 256, "mean", 512, ["q"]
+        "nomic-embed-text-v1.5", "clustering", 256, "mean", 512, ["q"], 8192
     )
 
 
@@ -65,8 +67,10 @@ def test_null_task_type_is_the_default_and_unknown_fields_are_ignored() -> None:
     assert parsed.task_type == "search_document"
 
 
-def test_no_texts_is_a_request() -> None:
-    assert parse({"texts": []}).texts == []
+def test_no_texts_is_refused_as_nomics_schema_requires_one() -> None:
+    error = refusal({"texts": []})
+    assert error.loc == ("body", "texts")
+    assert "at least one text" in error.msg
 
 
 def test_integral_floats_are_integers() -> None:
@@ -110,6 +114,7 @@ def test_dimensionality_by_model(model: str, dimensionality: int, accepted: bool
         ({"texts": "one text"}, ("body", "texts")),
         ({"texts": {"0": "a"}}, ("body", "texts")),
         ({"texts": ["a"] * 9}, ("body", "texts", 8)),
+        ({"texts": []}, ("body", "texts")),
         ({"texts": ["a", "é" * 33]}, ("body", "texts", 1)),
         ({"texts": ["a"], "model": "nomic-embed-vision-v1.5"}, ("body", "model")),
         ({"texts": ["a"], "model": None}, ("body", "model")),
@@ -229,10 +234,10 @@ def valid(request: TextRequest, limits: TextLimits) -> bool:
         and request.task_type in TASK_TYPES
         and request.long_text_mode in ("truncate", "mean")
         and (request.dimensionality is None
-             or request.dimensionality in TEXT_DIMENSIONALITIES[request.model])
+             or request.dimensionality in DEFAULT_MODELS.require(request.model, "text").sizes)
         and (request.max_tokens_per_text is None
              or 1 <= request.max_tokens_per_text <= MAX_TOKENS_PER_TEXT_CEILING)
-        and len(request.texts) <= limits.max_texts
+        and 1 <= len(request.texts) <= limits.max_texts
         and all(len(text.encode()) <= limits.max_text_bytes for text in request.texts)
     )  # fmt: skip
 
