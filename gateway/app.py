@@ -22,6 +22,7 @@ from gateway.appkeys import (
     COORDINATOR,
     HEAVY_WORK,
     LEDGER,
+    MODEL_ALIASES,
     PIPELINE,
     SETTINGS,
     STORE,
@@ -36,7 +37,7 @@ from gateway.forms import BodyLimits
 from gateway.middlewares import request_context
 from gateway.pipeline import Pipeline
 from gateway.quota import TokenEstimator
-from gateway.routes import admin, embeddings, ops, user
+from gateway.routes import admin, embeddings, openai, ops, user
 from gateway.shield import Policy
 from gateway.store import MemoryStore, RedisStore, StoreError
 from gateway.store.base import QuotaLedger
@@ -63,6 +64,8 @@ def create_app(settings: Settings) -> web.Application:
     for path, handler in (("/v1/embedding/image", embeddings.embed_image),
                           ("/v1/embedding/text", embeddings.embed_text)):  # fmt: skip
         app.router.add_post(path, handler, expect_handler=embeddings.expect_body_later)
+    app[MODEL_ALIASES] = dict(settings.model_aliases)
+    openai.add_routes(app)
     app.router.add_get("/v1/user", user.current_user)
     app.router.add_get("/v1/user/", user.current_user)
     app.router.add_get("/v1/usage", user.own_usage)

@@ -28,5 +28,6 @@ ACCOUNTS = web.AppKey("accounts", Accounts)
 PIPELINE = web.AppKey("pipeline", Pipeline)
 UPSTREAM = web.AppKey("upstream", NomicClient)
 BODY_BUDGET = web.AppKey("body_budget", BodyBudget)
+MODEL_ALIASES = web.AppKey("model_aliases", dict[str, str])  # another name: a served model
 # One thread for a large request's parsing and per-text work, off the event loop.
 HEAVY_WORK = web.AppKey("heavy_work", ThreadPoolExecutor)

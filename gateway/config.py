@@ -192,6 +192,19 @@ def _log_level(text: str) -> str:
     return level
 
 
+def _aliases(text: str) -> tuple[tuple[str, str], ...]:
+    """``name=model,name=model``: names a tool may insist on, each mapped to a served model."""
+    pairs: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, equals, model = (s.strip() for s in part.partition("="))
+        if not equals or not name or not model:
+            raise ValueError(f"must be name=model pairs separated by commas, not {part[:60]!r}")
+        if name in pairs:
+            raise ValueError(f"names {name[:60]!r} twice")
+        pairs[name] = model
+    return tuple(pairs.items())
+
+
 def _setting(
     env: str, parse: Callable[[str], Any], help: str, default: Any = dataclasses.MISSING
 ) -> Any:
@@ -460,6 +473,13 @@ class Settings:
         "together; past it the connections holding the most the longest are closed",
         128 * MiB,
     )
+    model_aliases: tuple[tuple[str, str], ...] = _setting(
+        "GATEWAY_MODEL_ALIASES",
+        _aliases,
+        "other names of served text models, taken on /v1/embeddings for tools that insist on "
+        "a name (text-embedding-3-small=nomic-embed-text-v1.5,...); none by default",
+        (),
+    )
     log_level: str = _setting("GATEWAY_LOG_LEVEL", _log_level, "log level", "INFO")
     log_format: str = _setting(
         "GATEWAY_LOG_FORMAT", _log_format, "json (one object per line) or text", "json"
@@ -477,6 +497,15 @@ class Settings:
                 f"least GATEWAY_MAX_HEADER_BYTES ({self.max_header_bytes}): a largest request "
                 "head must fit"
             )
+        served = self.models.names("text")
+        for name, model in self.model_aliases:
+            if model not in served:
+                raise SettingsError(
+                    f"GATEWAY_MODEL_ALIASES maps {name!r} to {model!r}, which is not a text "
+                    f"model served: {', '.join(served)}"
+                )
+            if name in served:
+                raise SettingsError(f"GATEWAY_MODEL_ALIASES: {name!r} is a model's own name")
         if self.metrics_token is not None and self.metrics_token == self.admin_token:
             raise SettingsError(
                 "GATEWAY_METRICS_TOKEN must differ from GATEWAY_ADMIN_TOKEN: whoever scrapes "

@@ -60,6 +60,10 @@ class InvalidRequest(GatewayError):
     kind = "value_error"
 
 
+class UnknownModel(InvalidRequest):
+    """A model the gateway does not serve (a 404 in OpenAI's shape, as OpenAI answers)."""
+
+
 class ItemRejected(InvalidRequest):
     """Upstream refused one item; re-pointed at that item's place in each client request."""
 
@@ -76,6 +80,15 @@ class Unauthorized(GatewayError):
         super().__init__(
             msg, loc=("header", "authorization"), headers={"WWW-Authenticate": "Bearer"}
         )
+
+
+class HttpError(GatewayError):
+    """aiohttp's own refusal of a request (no such path, a method the path does not take)."""
+
+    def __init__(self, status: int, msg: str) -> None:
+        super().__init__(msg, loc=("path",))
+        self.status = status
+        self.kind = f"http_{status}"
 
 
 class NotFound(GatewayError):

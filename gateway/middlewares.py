@@ -11,9 +11,15 @@ from collections.abc import Awaitable, Callable, Iterable
 from aiohttp import web
 from aiohttp.http_exceptions import ContentEncodingError, DecompressSizeError
 
-from gateway import logs, metrics
+from gateway import logs, metrics, openai_shape
 from gateway.appkeys import SETTINGS
-from gateway.errors import GatewayError, InternalError, MalformedBody, UnsupportedEncoding
+from gateway.errors import (
+    GatewayError,
+    HttpError,
+    InternalError,
+    MalformedBody,
+    UnsupportedEncoding,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,38 +91,39 @@ def acceptable_request_id(given: str, hidden: Iterable[str]) -> bool:
 
 
 # What teams may call; every other path (Nomic's datasets, maps, ...) is a 404 here.
-SERVED = ("POST /v1/embedding/image", "POST /v1/embedding/text", "GET /v1/user", "GET /v1/usage")
+SERVED = (
+    "POST /v1/embedding/image", "POST /v1/embedding/text", "GET /v1/user", "GET /v1/usage",
+    "POST /v1/embeddings", "GET /v1/models",
+)  # fmt: skip
 
 
 async def _answer_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    answer = answer_openai if openai_shape.speaks_openai(request.path) else answer_for
     try:
         _check_encoding(request)
         return await handler(request)
     except web.RequestPayloadError as exc:  # the body, found broken while it was read
-        return answer_for(_malformed_body(exc.__cause__))
+        return answer(_malformed_body(exc.__cause__))
     except ConnectionError:  # the client left mid-body: nobody reads this answer
         log.debug("%s %s: the client closed the connection", request.method, request.path)
-        return answer_for(MalformedBody("the connection closed before the body was in"))
+        return answer(MalformedBody("the connection closed before the body was in"))
     except GatewayError as exc:
         if exc.status >= 500:
             log.warning("%s %s: %s", request.method, request.path, exc.msg)
-        return answer_for(exc)
+        return answer(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         msg = exc.reason
         if exc.status == 404:  # nothing else of Nomic's is passed on with the org's key
             msg = f"{exc.reason}: the gateway serves {', '.join(SERVED)}"
-        detail: list[dict[str, object]] = [
-            {"loc": ["path"], "msg": msg, "type": f"http_{exc.status}"}
-        ]
-        response = error_response(exc.status, detail)
+        response = answer(HttpError(exc.status, msg))
         if "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response
     except Exception:
         log.exception("unexpected error answering %s %s", request.method, request.path)
-        return answer_for(InternalError())
+        return answer(InternalError())
 
 
 def _malformed_body(cause: BaseException | None) -> MalformedBody:
@@ -128,6 +135,16 @@ def _malformed_body(cause: BaseException | None) -> MalformedBody:
 def answer_for(error: GatewayError) -> web.Response:
     """The Nomic-shaped answer to ``error``, with its Retry-After and headers."""
     response = error_response(error.status, error.detail(), error.retry_after)
+    response.headers.update(error.headers)
+    return response
+
+
+def answer_openai(error: GatewayError) -> web.Response:
+    """The OpenAI-shaped answer to ``error``, with its Retry-After and headers."""
+    status, body = openai_shape.error_body(error)
+    response = web.json_response(body, status=status)
+    if error.retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, round(error.retry_after)))
     response.headers.update(error.headers)
     return response
 

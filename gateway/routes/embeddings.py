@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from aiohttp import HttpVersion11, web
 
 from gateway import forms, malloc, text_forms
+from gateway.answers import Shape
 from gateway.appkeys import (
     ACCOUNTS,
     AUTH,
@@ -31,7 +32,7 @@ from gateway.body_budget import Claim
 from gateway.errors import BodyTimeout, PayloadTooLarge
 from gateway.fetch import Landed, late_tokens
 from gateway.middlewares import LOG_FIELDS
-from gateway.models import Kind, TextOptions
+from gateway.models import Kind
 from gateway.pipeline import Answer, FetchFailed, Lookup, assemble
 from gateway.teams import Team
 from gateway.text_forms import TextLimits
@@ -41,14 +42,14 @@ OFF_LOOP_BYTES = 256 * 1024
 
 
 async def embed_image(request: web.Request) -> web.Response:
-    return await _serve(request, read_form, "image")  # images or URLs: the same limits
+    return await serve(request, read_form, "image")  # images or URLs: the same limits
 
 
 async def embed_text(request: web.Request) -> web.Response:
-    return await _serve(request, read_texts, "text")
+    return await serve(request, read_texts, "text")
 
 
-async def _serve(
+async def serve(
     request: web.Request,
     read: Callable[[web.Request, Claim], Awaitable[forms.ParsedRequest]],
     kind: Kind,
@@ -158,25 +159,41 @@ async def read_form(request: web.Request, claim: Claim) -> forms.ParsedRequest:
 
 
 async def read_texts(request: web.Request, claim: Claim) -> forms.ParsedRequest:
-    """The texts' request: a JSON body, read whole, then judged. A large one is parsed,
-    digested and costed in the heavy-work thread: a batch of long documents took seconds of
-    the event loop, every other team's hits waiting."""
+    """The texts' request: a JSON body, read whole, then judged."""
+    parse = functools.partial(_parse_texts, limits=request.app[TEXT_LIMITS])
+    return await read_json(request, claim, parse)
+
+
+async def read_json(
+    request: web.Request, claim: Claim, parse: Callable[[bytes, str | None], forms.ParsedRequest]
+) -> forms.ParsedRequest:
+    """A JSON body read whole, then ``parse``d (with its ``Content-Type``). A large one is
+    parsed, digested and costed in the heavy-work thread: a batch of long documents took
+    seconds of the event loop, every other team's hits waiting."""
     content_type = request.headers.get("Content-Type")
     text_forms.check_content_type(content_type)  # before the body is read
     body = bytearray()
     await _stream(request, claim, body.extend)
-    parse = functools.partial(_parse_texts, bytes(body), request.app[TEXT_LIMITS], content_type)
     if len(body) < OFF_LOOP_BYTES:
-        return parse()
-    return await asyncio.get_running_loop().run_in_executor(request.app[HEAVY_WORK], parse)
+        return parse(bytes(body), content_type)
+    work = functools.partial(parse, bytes(body), content_type)
+    return await asyncio.get_running_loop().run_in_executor(request.app[HEAVY_WORK], work)
 
 
-def _parse_texts(body: bytes, limits: TextLimits, content_type: str | None) -> forms.ParsedRequest:
-    texts = text_forms.parse_text_request(body, limits, content_type)
-    options = TextOptions(texts.task_type, texts.dimensionality, texts.long_text_mode,
-                          texts.max_tokens_per_text)  # fmt: skip
+def _parse_texts(
+    body: bytes, content_type: str | None, *, limits: TextLimits
+) -> forms.ParsedRequest:
+    return texts_request(text_forms.parse_text_request(body, limits, content_type))
+
+
+def texts_request(
+    texts: text_forms.TextRequest, shape: Shape = "nomic", field: str = ""
+) -> forms.ParsedRequest:
+    """The request of validated ``texts``, answered in ``shape`` (its items at ``field``)."""
     items = [text.encode() for text in texts.texts]
-    return forms.ParsedRequest.of(texts.model, "text", items, options)
+    return forms.ParsedRequest.of(
+        texts.model, "text", items, texts.options(), shape=shape, field=field
+    )
 
 
 async def _stream(request: web.Request, claim: Claim, feed: Callable[[bytes], object]) -> None:
