@@ -123,3 +123,28 @@ def test_a_token_is_judged_by_its_free_characters() -> None:
     assert estimated_bits("abcdefghijklmnopqrstuvwxyz") == 0  # one step
     assert estimated_bits(STRONG * 4) == estimated_bits(STRONG) >= 96  # a repeat counts once
     assert estimated_bits(STRONG * 2 + STRONG[:5]) == estimated_bits(STRONG)
+
+
+def test_model_aliases_map_names_to_served_text_models() -> None:
+    env = {**KEY, "GATEWAY_MODEL_ALIASES": " text-embedding-3-small=nomic-embed-text-v1.5, e=x "}
+    with pytest.raises(SettingsError, match="'e' to 'x', which is not a text model served"):
+        Settings.from_sources({}, env)
+    env["GATEWAY_MODEL_ALIASES"] = "text-embedding-3-small = nomic-embed-text-v1.5,"
+    settings = Settings.from_sources({}, env)
+    assert settings.model_aliases == (("text-embedding-3-small", "nomic-embed-text-v1.5"),)
+    assert Settings.from_sources({}, KEY).model_aliases == ()
+
+
+@pytest.mark.parametrize(
+    ("aliases", "words"),
+    [
+        ("small", "name=model pairs"),
+        ("=nomic-embed-text-v1", "name=model pairs"),
+        ("a=nomic-embed-text-v1,a=nomic-embed-text-v1.5", "names 'a' twice"),
+        ("nomic-embed-text-v1=nomic-embed-text-v1.5", "a model's own name"),
+        ("vision=nomic-embed-vision-v1.5", "not a text model"),
+    ],
+)
+def test_malformed_model_aliases_are_refused(aliases: str, words: str) -> None:
+    with pytest.raises(SettingsError, match=words):
+        Settings.from_sources({}, {**KEY, "GATEWAY_MODEL_ALIASES": aliases})

@@ -48,7 +48,9 @@ def base_url(gateway: Client) -> str:
 async def sdk(gateway: Client) -> AsyncIterator[openai.AsyncOpenAI]:
     """The OpenAI SDK pointed at the gateway with the test team's key, never retrying."""
     client = openai.AsyncOpenAI(
-        base_url=base_url(gateway), api_key=gateway.team_key, max_retries=0  # type: ignore[attr-defined]
+        base_url=base_url(gateway),
+        api_key=gateway.team_key,
+        max_retries=0,  # type: ignore[attr-defined]
     )
     yield client
     await client.close()
@@ -150,7 +152,8 @@ async def test_usage_and_per_minute_limits_are_the_teams(
         await client.close()
     assert int(refused.value.response.headers["Retry-After"]) >= 1
     error = refused.value.body
-    assert isinstance(error, dict) and error["code"] == "rate_limit_exceeded"
+    assert isinstance(error, dict)
+    assert error["code"] == "rate_limit_exceeded"
     assert len(fake_nomic.texts_received) == received
     usage = await gateway.get("/v1/usage", headers=auth)
     (today,) = (await usage.json())["usage"]
@@ -172,7 +175,8 @@ async def test_a_spent_token_budget_is_insufficient_quota(
     finally:
         await client.close()
     error = refused.value.body
-    assert isinstance(error, dict) and error["type"] == "insufficient_quota"
+    assert isinstance(error, dict)
+    assert error["type"] == "insufficient_quota"
     assert "tokens_per_day" in error["message"]
     assert fake_nomic.text_calls == []
 
@@ -248,7 +252,8 @@ async def test_method_and_size_refusals_are_openai_shaped_too(gateway: Client) -
 
 async def test_models_are_listed_and_retrieved(sdk: openai.AsyncOpenAI) -> None:
     listed = [model.id for model in (await sdk.models.list()).data]
-    assert MODEL in listed and "nomic-embed-text-v1" in listed
+    assert MODEL in listed
+    assert "nomic-embed-text-v1" in listed
     assert not any("vision" in name for name in listed)  # /v1/embeddings takes texts only
     assert (await sdk.models.retrieve(MODEL)).id == MODEL
     with pytest.raises(openai.NotFoundError):
@@ -311,3 +316,34 @@ async def test_the_team_usage_row_counts_openai_requests(
     rows = (await admin_get(gateway, "/admin/usage?team=test"))["usage"]
     total = {field: sum(row[field] for row in rows) for field in ("texts", "hits")}
     assert total == {"texts": 3, "hits": 1}
+
+
+async def test_nomics_newer_models_pass_through_with_their_own_sizes(
+    sdk: openai.AsyncOpenAI, fake_nomic: FakeNomic
+) -> None:
+    small = await sdk.embeddings.create(model="all-MiniLM-L6-v2", input="mini")
+    assert small.data[0].embedding == nomic_vector("mini", "all-MiniLM-L6-v2")
+    assert len(small.data[0].embedding) == 384
+    v2 = await sdk.embeddings.create(model="nomic-embed-text-v2", input="v2", dimensions=256)
+    assert v2.data[0].embedding == nomic_vector("v2", "nomic-embed-text-v2", dimensionality=256)
+    with pytest.raises(openai.BadRequestError) as too_small:
+        await sdk.embeddings.create(model="nomic-embed-text-v2", input="v2", dimensions=128)
+    assert too_small.value.param == "dimensions"
+    assert [call.model for call in fake_nomic.text_calls] == [
+        "all-MiniLM-L6-v2", "nomic-embed-text-v2"
+    ]  # fmt: skip
+
+
+async def test_nomic_failing_is_a_server_error_the_sdk_raises(
+    sdk: openai.AsyncOpenAI, fake_nomic: FakeNomic
+) -> None:
+    fake_nomic.fail_next.append(500)
+    with pytest.raises(openai.InternalServerError) as failed:
+        await sdk.embeddings.create(model=MODEL, input="unlucky")
+    assert failed.value.status_code == 502
+    error = failed.value.body
+    assert isinstance(error, dict)
+    assert error["type"] == "server_error"
+    assert (
+        await sdk.embeddings.create(model=MODEL, input="unlucky")
+    ).data  # not cached: asks again
