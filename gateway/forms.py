@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Mapping
 from typing import NamedTuple, Protocol
-from urllib.parse import unquote_plus, urlsplit
+from urllib.parse import unquote_plus
 
 import multipart
 
@@ -21,8 +22,8 @@ from gateway.errors import InvalidRequest
 from gateway.keys import content_digest
 from gateway.model_table import DEFAULT_MODELS, ModelTable
 from gateway.models import DEFAULT_IMAGE_MODEL, Cost, Kind, Spec, TextOptions
+from gateway.urls import url_problem
 
-MAX_URL_LENGTH = 2048
 MAX_FIELD_BYTES = 64 * 1024
 
 _FIELD_FOR: dict[Kind, str] = {"image": "images", "url": "urls", "text": "texts"}
@@ -80,6 +81,18 @@ class BodyParser(Protocol):
     def feed(self, chunk: bytes) -> None: ...
 
     def finish(self) -> ParsedRequest: ...
+
+
+def refuse_query(query: Mapping[str, str]) -> None:
+    """Refuse a request to Nomic's embedding routes that has a query parameter, naming it:
+    the gateway answers from the body alone (the official client sends no parameter), and a
+    parameter it dropped would be answered, and cached, as if it had not been sent."""
+    for name in query:
+        if name == "semantic_search":  # in Nomic's schema: "Use semantic search mode"
+            msg = "semantic_search is not supported by the gateway: send the request without it"
+        else:
+            msg = f"unknown query parameter {name[:40]!r}: Nomic's embedding routes take none"
+        raise InvalidRequest(msg, loc=("query", name[:40]))
 
 
 def image_format(data: bytes) -> str | None:
@@ -147,12 +160,9 @@ class _Fields:
     def add_url(self, value: str) -> None:
         index = len(self.urls)
         self._check_count("urls", index)
-        if len(value) > MAX_URL_LENGTH:
-            raise InvalidRequest(
-                f"URL longer than {MAX_URL_LENGTH} characters", loc=("body", "urls", index)
-            )
-        if not _http_url(value):
-            raise InvalidRequest("not an http(s) URL", loc=("body", "urls", index))
+        problem = url_problem(value)
+        if problem is not None:
+            raise InvalidRequest(problem, loc=("body", "urls", index))
         url = value.encode()
         self.urls.append(url)
         self.digests["url"].append(content_digest(url))
@@ -174,17 +184,6 @@ class _Fields:
         if self.urls:
             return ParsedRequest(model, "url", self.urls, self.digests["url"])
         raise InvalidRequest("no images or urls in the request")
-
-
-def _http_url(value: str) -> bool:
-    """Whether ``value`` is an absolute http(s) URL with a host that parses (brackets closed,
-    an IPv6 literal that is one, no character that NFKC turns into a delimiter)."""
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 (raises ValueError on a malformed port or IPv6 literal)
-    except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 class MultipartBody(_Fields):

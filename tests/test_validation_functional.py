@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -106,10 +107,27 @@ async def test_more_items_than_the_limit(
     assert fake_nomic.calls == []
 
 
-@pytest.mark.parametrize("bad", ["ftp://example.com/a.png", "example.com/a.png", "https://", ""])
-async def test_url_that_is_not_http(checked: Client, bad: str) -> None:
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "ftp://example.com/a.png",
+        "example.com/a.png",
+        "https://",
+        "",
+        "http://exa mple.com/\x00",
+        "http://example.com/a b.png",
+        "http://example.com/a.png\n",
+        "http://exa\tmple.com/a.png",
+        "http://example.com\u00a0/a.png",
+        "http://exa_mple-.com/a.png",
+        "http://256.1.1.1/a.png",
+        "http://[::1/a.png",
+        "http://example.com:0/a.png",
+    ],
+)
+async def test_url_that_is_not_a_valid_http_url(checked: Client, bad: str) -> None:
     response = await post_urls(checked, ["https://example.com/ok.png", bad])
-    await assert_422(response, ["body", "urls", 1], "not an http(s) URL")
+    await assert_422(response, ["body", "urls", 1], "http(s) URL")
 
 
 async def test_images_in_an_urlencoded_body(checked: Client) -> None:
@@ -176,3 +194,38 @@ async def test_unknown_fields_are_ignored_like_nomic(
     response = await post_raw(gateway, body, f"multipart/form-data; boundary={BOUNDARY}")
     assert response.status == 200
     assert fake_nomic.items_received == [png(1)]
+
+
+async def test_no_texts_are_refused_as_nomics_schema_requires_one(
+    gateway: Client, fake_nomic: FakeNomic
+) -> None:
+    response = await gateway.post("/v1/embedding/text", json={"texts": []})
+    await assert_422(response, ["body", "texts"], "at least one text")
+    assert fake_nomic.text_calls == []
+
+
+@pytest.mark.parametrize(
+    ("query", "name", "word"),
+    [
+        ("semantic_search=true", "semantic_search", "not supported by the gateway"),
+        ("semantic_search=false", "semantic_search", "not supported by the gateway"),
+        ("model=nomic-embed-text-v1.5", "model", "take none"),
+        ("x", "x", "take none"),
+    ],
+)
+@pytest.mark.parametrize("route", ["text", "image"])
+async def test_a_query_parameter_is_refused_never_dropped(
+    gateway: Client, fake_nomic: FakeNomic, route: str, query: str, name: str, word: str
+) -> None:
+    """A parameter dropped would be answered, and cached, as if it had not been sent; the
+    gateway knows none (Nomic's client sends none), so it refuses each, before the body."""
+    if route == "text":
+        body = {"data": orjson.dumps({"texts": ["a cat"]}),
+                "headers": {"Content-Type": "application/json"}}  # fmt: skip
+    else:
+        body = {"data": [("urls", "https://example.com/a.png")]}
+    assert (await gateway.post(f"/v1/embedding/{route}", **body)).status == 200  # cached now
+    calls = (len(fake_nomic.calls), len(fake_nomic.text_calls))
+    response = await gateway.post(f"/v1/embedding/{route}?{query}", **body)
+    await assert_422(response, ["query", name], word)
+    assert (len(fake_nomic.calls), len(fake_nomic.text_calls)) == calls

@@ -153,6 +153,7 @@ async def _continue(request: web.Request) -> None:
 
 async def read_form(request: web.Request, claim: Claim) -> forms.ParsedRequest:
     """The images' (or URLs') request: the body streamed into its parser."""
+    forms.refuse_query(request.query)  # Nomic's routes take none: before the body is read
     parser = forms.parser_for(request.headers.get("Content-Type", ""), request.app[BODY_LIMITS])
     await _stream(request, claim, parser.feed)
     return parser.finish()
@@ -160,6 +161,7 @@ async def read_form(request: web.Request, claim: Claim) -> forms.ParsedRequest:
 
 async def read_texts(request: web.Request, claim: Claim) -> forms.ParsedRequest:
     """The texts' request: a JSON body, read whole, then judged."""
+    forms.refuse_query(request.query)  # Nomic's routes take none: before the body is read
     parse = functools.partial(_parse_texts, limits=request.app[TEXT_LIMITS])
     return await read_json(request, claim, parse)
 
