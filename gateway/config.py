@@ -134,8 +134,10 @@ def _model_table(text: str) -> ModelTable:
     """Nomic's models with the operator's: a JSON object, or the path of a file holding one."""
     if text.lstrip().startswith("{"):
         return extended_by_json(text)
+    if not os.path.isfile(text) or not os.access(text, os.R_OK):
+        raise ValueError("must be a JSON object, or the path of a readable file holding one")
     try:
-        with open(_readable_file(text), "rb") as file:
+        with open(text, "rb") as file:
             return extended_by_json(file.read())
     except OSError as exc:
         raise ValueError(f"cannot be read: {exc.strerror}") from None
