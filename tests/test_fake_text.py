@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.fake_nomic import FAKE_API_KEY, FakeNomic, png
+from tests.fake_nomic import FAKE_API_KEY, TEXT_MODELS, FakeNomic, png
 from tests.helpers import run_official_client
 
 AUTH = {"Authorization": f"Bearer {FAKE_API_KEY}"}
@@ -173,6 +173,33 @@ async def test_every_type_error_is_listed_at_once(fake_nomic: FakeNomic) -> None
     assert [entry["loc"] for entry in detail] == [
         ["body", "texts", 0], ["body", "texts", 2], ["body", "long_text_mode"],
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("model", sorted(TEXT_MODELS))
+async def test_each_text_model_answers_in_its_sizes(fake_nomic: FakeNomic, model: str) -> None:
+    known = TEXT_MODELS[model]
+    status, answer, _ = await post_text(fake_nomic, {"texts": ["q"], "model": model})
+    assert (status, answer["model"]) == (200, model)
+    assert len(answer["embeddings"][0]) == known.dimensions
+    body = {"texts": ["q"], "model": model, "dimensionality": known.smallest}
+    status, answer, _ = await post_text(fake_nomic, body)
+    assert (status, len(answer["embeddings"][0])) == (200, known.smallest)
+    detail = await refused(fake_nomic, {**body, "dimensionality": known.smallest - 1})
+    assert detail[0]["loc"] == ["body", "dimensionality"]
+
+
+async def test_truncate_mode_bills_at_most_the_models_context(fake_nomic: FakeNomic) -> None:
+    text = "word " * 300
+    for model, tokens in [("all-MiniLM-L6-v2", 256), ("nomic-embed-text-v1.5", 300)]:
+        body = {"texts": [text], "model": model, "long_text_mode": "truncate"}
+        status, answer, _ = await post_text(fake_nomic, body)
+        assert (status, answer["usage"]["total_tokens"]) == (200, tokens)
+
+
+async def test_an_unknown_model_is_a_422_listing_those_it_takes(fake_nomic: FakeNomic) -> None:
+    detail = await refused(fake_nomic, {"texts": ["q"], "model": "nomic-embed-text-v3"})
+    assert (detail[0]["loc"], detail[0]["type"]) == (["body", "model"], "enum")
+    assert all(repr(model) in detail[0]["msg"] for model in TEXT_MODELS)
 
 
 async def test_v1_takes_its_full_size_as_dimensionality(fake_nomic: FakeNomic) -> None:
