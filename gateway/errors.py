@@ -108,6 +108,12 @@ class QuotaExceeded(GatewayError):
     kind = "rate_limit_exceeded"
 
 
+class CallsUsedUp(QuotaExceeded):
+    """The team has made its ``upstream_calls_per_minute`` calls to Nomic this minute, and
+    the item cannot wait for the next before its request's deadline. A request of another
+    team that joined the item's fetch takes it over (:class:`gateway.fetch.Fetcher`)."""
+
+
 class BodyTimeout(GatewayError):
     status = 408
     kind = "value_error.body_timeout"

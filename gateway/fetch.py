@@ -30,7 +30,7 @@ from typing import Any, Literal, NamedTuple
 
 from gateway import entries, metrics
 from gateway.entries import Entry
-from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, Withdrawn
+from gateway.errors import CallsUsedUp, GatewayError, UpstreamError, UpstreamTimeout, Withdrawn
 from gateway.hot import HotCache
 from gateway.leases import Heartbeat
 from gateway.models import EMPTY_COSTS, Cost, Spec
@@ -83,11 +83,13 @@ async def late_tokens(late: Sequence[asyncio.Future[Landed]]) -> int:
 
 class Owner(NamedTuple):
     """Who owns a fetch: its request (a number, which the shield counts resends by) and the
-    request's team (which the shield batches apart once Nomic refuses one of its items)."""
+    request's team (which the shield batches apart once Nomic refuses one of its items, and
+    whose calls it counts against ``calls_per_minute``)."""
 
     request: int
     team: str
     costs: Mapping[str, Cost] = EMPTY_COSTS  # its texts' costs by key, worked out once
+    calls_per_minute: int | None = None  # the team's upstream_calls_per_minute
 
 
 class Fetcher:
@@ -130,16 +132,19 @@ class Fetcher:
     async def fetch(
         self, spec: Spec, wanted: Mapping[str, bytes], stale: Mapping[str, Entry],
         deadline: float, team: str = "", costs: Mapping[str, Cost] = EMPTY_COSTS,
+        calls_per_minute: int | None = None,
     ) -> Fetched:  # fmt: skip
         """An outcome for each key of ``wanted`` (key → content) by ``deadline`` (a
-        ``time.monotonic()`` instant), for a request of ``team``; a key in ``stale`` is
-        served stale if its fetch fails. ``costs``: what the texts are expected to cost, by
-        key, if the request worked that out already."""
-        owner = Owner(next(self._owners), team, costs)
+        ``time.monotonic()`` instant), for a request of ``team`` (whose upstream calls a
+        minute are limited to ``calls_per_minute``); a key in ``stale`` is served stale if
+        its fetch fails. ``costs``: what the texts are expected to cost, by key, if the
+        request worked that out already."""
+        owner = Owner(next(self._owners), team, costs, calls_per_minute)
         futures, owned = await self._start(spec, wanted, deadline, owner)
         await _wait(futures.values(), deadline)
         # A fetch it joined that its owner withdrew (the owner's request used up its resends
-        # on items Nomic refused): this request takes it over, once, on its own account.
+        # on items Nomic refused, or its team its calls of the minute): this request takes it
+        # over, once, on its own account.
         withdrawn = {k: wanted[k] for k, f in futures.items() if k not in owned and _withdrawn(f)}
         if withdrawn and time.monotonic() < deadline:
             again, taken = await self._start(spec, withdrawn, deadline, owner)
@@ -202,8 +207,9 @@ class Fetcher:
             wanted, elsewhere = await self._mark(wanted)
         if wanted:
             costs = [owner.costs.get(key) or spec.cost(content) for key, content in wanted.items()]
+            team, calls = owner.team, owner.calls_per_minute
             jobs = [
-                Job(content, owner.request, deadline, cost.weight, cost.bound, owner.team)
+                Job(content, owner.request, deadline, cost.weight, cost.bound, team, calls)
                 for content, cost in zip(wanted.values(), costs, strict=True)
             ]
             try:
@@ -403,7 +409,10 @@ async def _wait(futures: Iterable[asyncio.Future[Landed]], deadline: float) -> N
 
 
 def _withdrawn(future: asyncio.Future[Landed]) -> bool:
-    return future.done() and not future.cancelled() and isinstance(future.exception(), Withdrawn)
+    """Whether the fetch failed for its owner's sake, not the item's: another may take it."""
+    if not future.done() or future.cancelled():
+        return False
+    return isinstance(future.exception(), Withdrawn | CallsUsedUp)
 
 
 def _succeeded(future: asyncio.Future[Landed]) -> bool:

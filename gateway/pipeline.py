@@ -205,15 +205,18 @@ class Pipeline:
         costs = dict(zip(keys, request.costs, strict=True)) if request.costs else EMPTY_COSTS
         return Lookup(request, keys, first_item, found, missing, stale, not readable, costs)
 
-    async def complete(self, lookup: Lookup, deadline: float, team: str = "") -> Completed:
+    async def complete(
+        self, lookup: Lookup, deadline: float, team: str = "", calls_per_minute: int | None = None
+    ) -> Completed:
         """Fetch what the lookup missed (joining fetches in flight) and answer by ``deadline``
-        (a ``time.monotonic()`` instant), for a request of ``team``; raises
-        :class:`FetchFailed`."""
+        (a ``time.monotonic()`` instant), for a request of ``team`` (its
+        ``upstream_calls_per_minute``: ``calls_per_minute``); raises :class:`FetchFailed`."""
         request = lookup.request
         wanted = {key: lookup.first_item[key] for key in lookup.missing}
         fetched = await self.fetcher.fetch(
-            request.spec, wanted, lookup.stale, deadline, team, lookup.first_cost
-        )
+            request.spec, wanted, lookup.stale, deadline, team, lookup.first_cost,
+            calls_per_minute,
+        )  # fmt: skip
         try:
             return Completed(assemble(lookup, fetched.outcomes), fetched.late)
         except FetchFailed as failed:

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import NamedTuple
 
 from gateway.models import Kind
-from gateway.teams import LIMIT_NAMES, LimitName, Team
+from gateway.teams import ADMITTED_LIMITS, LimitName, Team
 
 USAGE_FIELDS = (
     "requests", "images", "texts", "hits", "misses", "billed_tokens", "saved_tokens",
@@ -89,7 +89,7 @@ class Demand(NamedTuple):
         return self.reserve_tokens if held <= 0 else max(self.reserve_tokens, self.reserve_most)
 
     def asked(self, held: int = 0) -> tuple[int, ...]:
-        """What it asks of each limit, in ``LIMIT_NAMES`` order."""
+        """What it asks of each limit, in ``ADMITTED_LIMITS`` order."""
         tokens = self.tokens(held)
         return (self.requests, self.images, self.texts, tokens, tokens)
 
@@ -129,7 +129,8 @@ def applies(team: Team, want: Demand) -> bool:
 
 
 def limit_values(team: Team) -> tuple[int, int, int, int, int]:
-    """The team's limits in ``LIMIT_NAMES`` order, -1 for unlimited (as the store takes them)."""
+    """The team's limits in ``ADMITTED_LIMITS`` order, -1 for unlimited (as the store takes
+    them)."""
     limits = team.limits
     return tuple(  # type: ignore[return-value]
         -1 if value is None else value
@@ -147,7 +148,7 @@ def decide(
     under way hold (:meth:`Demand.tokens`). The memory store calls this; the Redis store
     runs the same rules in ``lua/admit.lua``."""
     checks = zip(
-        LIMIT_NAMES, limit_values(team), (*minute_counts, *budgets), want.asked(held),
+        ADMITTED_LIMITS, limit_values(team), (*minute_counts, *budgets), want.asked(held),
         strict=True,
     )  # fmt: skip
     for name, limit, used, asked in checks:

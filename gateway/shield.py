@@ -11,6 +11,11 @@ arrive meanwhile join the batch.
 Failed calls are retried with exponential backoff and jitter, honouring Nomic's Retry-After,
 within the batch's deadline; a circuit breaker stops calling a Nomic that keeps failing.
 
+Teams take turns for the rate's calls (:mod:`gateway.turns`), and in its turn a team with an
+``upstream_calls_per_minute`` limit has the call counted (:mod:`gateway.team_calls`): once its
+calls of the minute are made, its lanes sit the minute out, its turns go to the other teams,
+and its misses that cannot wait for the next minute fail with a 429.
+
 A batch Nomic rejects because of one item is sent again without it: only the request that
 sent the item gets the error. Each request may cost at most ``MAX_REJECTIONS_PER_OWNER``
 such resends; past that its other items fail too, so one request of undecodable images
@@ -24,6 +29,7 @@ What to do with an answer (store it, answer requests) is the caller's.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import math
@@ -52,7 +58,8 @@ from gateway.leases import Heartbeat
 from gateway.models import Spec
 from gateway.store import StoreError
 from gateway.store.base import Coordinator
-from gateway.turns import TeamQueue, Turns
+from gateway.team_calls import Charge, TeamCalls, must_fail
+from gateway.turns import Among, TeamQueue, Turns
 from gateway.upstream import UpstreamItemRejected, UpstreamResult
 
 log = logging.getLogger(__name__)
@@ -78,7 +85,8 @@ class Embedder(Protocol):
 class Job(NamedTuple):
     """One item to fetch: its content, the request that asked (an opaque id), by when, its
     weight (its expected share of the call's tokens, relative to the others') and its bound
-    (the most tokens it can cost, if that is known)."""
+    (the most tokens it can cost, if that is known); the team that asked, and its
+    ``upstream_calls_per_minute`` limit (None: unlimited)."""
 
     content: bytes
     owner: int
@@ -86,6 +94,7 @@ class Job(NamedTuple):
     weight: int = 1
     bound: int | None = None
     team: str = ""  # who asked: a team whose items Nomic refuses is batched apart for a while
+    calls_per_minute: int | None = None
 
 
 class Embedded(NamedTuple):
@@ -229,6 +238,28 @@ class _Waiting(NamedTuple):
     answer: asyncio.Future[Embedded]
 
 
+class _SitOut(Exception):
+    """The lane's next batch would be empty: every team with misses in it has made its calls
+    this minute, which ends in ``seconds``."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(seconds)
+        self.seconds = seconds
+
+
+def _batch_of(items: Iterable[_Waiting], most: int, batch_bytes: int) -> list[_Waiting]:
+    """The first of ``items`` that make a batch: at most ``most``, within ``batch_bytes``
+    (the first alone may be larger)."""
+    batch: list[_Waiting] = []
+    size = 0
+    for item in items:
+        if len(batch) >= most or (batch and size + len(item.job.content) > batch_bytes):
+            break
+        batch.append(item)
+        size += len(item.job.content)
+    return batch
+
+
 Results = list[tuple[_Waiting, "Embedded | GatewayError"]]
 
 
@@ -257,6 +288,7 @@ class _Lane:
     last_arrival: float = -math.inf
     quiet: bool = False  # the batch now queued began with nothing to wait for
     team_calls: dict[str, int] = field(default_factory=dict)  # calls its queue needs, by team
+    charge: Charge | None = None  # the teams' calls counted for its next batch
 
     @property
     def turn_of(self) -> str:
@@ -274,6 +306,7 @@ class Shield:
         breaker: Breaker | None = None,
         lease_seconds: float = 3.0,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
         self._upstream = upstream
@@ -295,6 +328,7 @@ class Shield:
         self.queued = 0
         self.queued_calls = 0  # what the queued misses need, over all lanes
         self._turns = Turns()  # the rate's calls, teams in turn
+        self._calls = TeamCalls(coordinator, wall_clock)  # and their calls a minute
         self._team_items: Counter[str] = Counter()  # queued misses by team (none: absent)
         self._team_calls: Counter[str] = Counter()  # the calls they need, by team (likewise)
         self._stopped = False  # drained at shutdown: its lanes send nothing more
@@ -304,7 +338,9 @@ class Shield:
         once when the breaker is open, the queue is full, or the queue ahead of them cannot
         drain before their deadline (the jobs are then not queued). Retry-After says when the
         queue will have drained. Once :meth:`drain` stopped the lanes, it raises
-        :class:`UpstreamUnavailable` too: nothing would send the jobs."""
+        :class:`UpstreamUnavailable` too: nothing would send the jobs. It raises
+        :class:`CallsUsedUp` when the jobs' team has made its calls this minute and their
+        deadline comes before the minute ends."""
         if self._stopped:
             raise UpstreamUnavailable("the gateway is shutting down", retry_after=1)
         wait = self.breaker.retry_after()
@@ -312,6 +348,11 @@ class Shield:
             raise UpstreamUnavailable("Nomic is failing; retry later", retry_after=wait)
         size = sum(len(job.content) for job in jobs)
         team = jobs[0].team if jobs else ""
+        if jobs:
+            self._calls.note(team, jobs[0].calls_per_minute)
+        left = self._calls.used_up(team)
+        if left is not None and must_fail(min(j.deadline for j in jobs), self._clock(), left):
+            raise self._calls.refusal(team)
         if self.queued + len(jobs) > self.policy.queue_items:
             raise UpstreamUnavailable(
                 "the upstream queue is full; retry shortly",
@@ -439,11 +480,18 @@ class Shield:
                 continue
             holder = f"{self._holder}:{next(self._slot_ids)}"
             try:
+                self._check_calls_left(lane)
                 await self._start(lane, holder)
+            except _SitOut as out:  # every team of the lane has made its calls this minute
+                self._fail_due(lane)
+                await self._sit_out(lane, out.seconds)
+                continue
             except (GatewayError, StoreError) as exc:  # the lane's jobs cannot go in time
                 await self._give_up(lane, holder, exc)
                 continue
             batch = self._take_batch(lane)
+            await self._charged(lane, batch)
+            self._fail_due(lane)
             if not lane.jobs:
                 lane.arrived.clear()
             lane.sending += 1
@@ -483,13 +531,18 @@ class Shield:
         except BaseException:
             taking.cancel()
             raise
-        await self._pace(lane, _deadline(lane.jobs))
+        try:
+            await self._pace(lane, _deadline(lane.jobs), charge=True)
+        except _SitOut:
+            await self._release(holder)
+            raise
 
     async def _start_at_once(self, lane: _Lane, holder: str) -> bool:
         """The slot and the rate's next call in one step, in the lane's turn; False if every
         slot is held."""
         deadline = _deadline(lane.jobs)
         async with self._turns.turn(lane.turn_of):
+            await self._charge(lane)
             left_ms = max(0, round((deadline - self._clock()) * 1000))
             wait_ms = await self._coordinator.start_call(
                 holder, self.policy.concurrency, self._slots.lease_ms,
@@ -537,14 +590,20 @@ class Shield:
             )
         )
         await self._release(holder)
+        charge, lane.charge = lane.charge, None
+        if charge is not None:
+            await self._calls.give_back(charge, charge.teams)  # no call went
         _answer([(item, error) for item in self._take_batch(lane, everything=True)])
         lane.arrived.clear()
 
-    async def _pace(self, lane: _Lane, deadline: float) -> None:
+    async def _pace(self, lane: _Lane, deadline: float, *, charge: bool = False) -> None:
         """Wait, in the lane's turn (:class:`~gateway.turns.Turns`), for the next call the
         global rate allows, or raise if it comes too late. The turn is held until that call
-        may go, so the rate's calls are granted to the teams in turn."""
+        may go, so the rate's calls are granted to the teams in turn. With ``charge`` (the
+        first call of a batch, not a retry), the call is counted first (:meth:`_charge`)."""
         async with self._turns.turn(lane.turn_of):
+            if charge:
+                await self._charge(lane)
             left_ms = max(0, round((deadline - self._clock()) * 1000))
             wait_ms = await self._coordinator.pace(
                 self.policy.interval_ms, self.policy.rate_burst, left_ms
@@ -563,18 +622,22 @@ class Shield:
             await asyncio.sleep(wait_ms / 1000)
 
     def _take_batch(self, lane: _Lane, everything: bool = False) -> list[_Waiting]:
-        batch: list[_Waiting] = []
-        size = 0
-        while lane.jobs and (everything or len(batch) < lane.most):
-            item = lane.jobs.first()
-            if batch and not everything and size + len(item.job.content) > self.policy.batch_bytes:
-                break
-            batch.append(lane.jobs.popleft())
-            size += len(item.job.content)
-        lane.bytes -= size
-        self.queued -= len(batch)
-        teams = {item.job.team for item in batch}
-        self._team_items.subtract(item.job.team for item in batch)
+        """The lane's next batch, in turn, of the teams that may send (:meth:`_may_send`);
+        or, ``everything``, every job queued."""
+        among = None if everything else self._may_send(lane)
+        count = len(lane.jobs)
+        if not everything:
+            count = len(_batch_of(lane.jobs.in_turn(among), lane.most, self.policy.batch_bytes))
+        batch = [lane.jobs.popleft(among) for _ in range(count)]
+        self._dequeued(lane, batch)
+        return batch
+
+    def _dequeued(self, lane: _Lane, items: Sequence[_Waiting]) -> None:
+        """Keep the counts of what is queued after ``items`` left ``lane``'s queue."""
+        lane.bytes -= sum(len(item.job.content) for item in items)
+        self.queued -= len(items)
+        teams = {item.job.team for item in items}
+        self._team_items.subtract(item.job.team for item in items)
         for team in teams:
             if self._team_items[team] <= 0:
                 del self._team_items[team]
@@ -583,7 +646,72 @@ class Shield:
         lane.calls = calls
         self._count_team_calls(lane, teams)
         metrics.UPSTREAM_QUEUE.set(self.queued)
-        return batch
+
+    def _may_send(self, lane: _Lane) -> Among:
+        """Whose items the lane's next batch may hold: teams without a limit on their calls,
+        and those whose call it was counted for."""
+        charged = frozenset() if lane.charge is None else lane.charge.teams
+        return lambda team: team in charged or not self._calls.limited(team)
+
+    def _check_calls_left(self, lane: _Lane) -> None:
+        """Raise :class:`_SitOut` if every team with misses in the lane is known to have made
+        its calls this minute (no round trip to learn it again)."""
+        left = [self._calls.used_up(team) for team in lane.jobs.teams()]
+        if left and all(seconds is not None for seconds in left):
+            raise _SitOut(max(seconds or 0.0 for seconds in left))
+
+    async def _charge(self, lane: _Lane) -> None:
+        """Count the lane's next call for each team with a limit whose items it will hold
+        (:class:`~gateway.team_calls.TeamCalls`), once a batch; raise :class:`_SitOut` if
+        the batch would hold nothing: every team with misses in the lane has made its calls
+        this minute."""
+        while lane.charge is None:
+            sendable = lane.jobs.in_turn(lambda team: self._calls.used_up(team) is None)
+            teams = {
+                item.job.team for item in _batch_of(sendable, lane.most, self.policy.batch_bytes)
+            }
+            if not teams:
+                raise _SitOut(max(self._calls.used_up(team) or 0.0 for team in lane.jobs.teams()))
+            charge = await self._calls.charge(teams)
+            if charge.teams or not all(map(self._calls.limited, teams)):
+                lane.charge = charge
+            # else every team asked for had made its calls: known now, the batch is made again
+
+    async def _charged(self, lane: _Lane, batch: Sequence[_Waiting]) -> None:
+        """The counted calls of ``batch`` are spent: give back those of teams it does not
+        hold after all."""
+        charge, lane.charge = lane.charge, None
+        if charge is not None:
+            await self._calls.give_back(charge, charge.teams - {item.job.team for item in batch})
+
+    def _fail_due(self, lane: _Lane, everything: bool = False) -> None:
+        """Fail the misses of teams that have made their calls this minute whose request's
+        deadline comes before it ends (``everything``: all of those teams' misses)."""
+        now = self._clock()
+        failed: Results = []
+        for team in lane.jobs.teams():
+            left = self._calls.used_up(team)
+            if left is None:
+                continue
+            due = lane.jobs.remove(
+                team, functools.partial(_due, math.inf if everything else now + left)
+            )
+            if due:
+                error = self._calls.refusal(team, len({item.job.owner for item in due}))
+                failed += [(item, error) for item in due]
+        if failed:
+            self._dequeued(lane, [item for item, _ in failed])
+            _answer(failed)
+
+    async def _sit_out(self, lane: _Lane, seconds: float) -> None:
+        """Wait out the minute (``seconds``), or until misses arrive (another team's may go)."""
+        lane.arrived.clear()
+        try:
+            async with asyncio.timeout(seconds):
+                await lane.arrived.wait()
+        except TimeoutError:
+            pass
+        lane.arrived.set()
 
     async def _release(self, holder: str) -> None:
         self._slots.drop([holder])
@@ -714,8 +842,11 @@ class Shield:
         return [item for item in rest if item.job.owner != owner]
 
     async def drain(self) -> None:
-        """Wait for what is queued and in flight (at shutdown), then stop the lanes."""
+        """Wait for what is queued and in flight (at shutdown), then stop the lanes. Misses
+        of teams that made their calls this minute fail at once: they would wait for it."""
         while self.queued or self._sends:
+            for lane in self._lanes.values():
+                self._fail_due(lane, everything=True)
             if self._sends:
                 await asyncio.gather(*self._sends, return_exceptions=True)
             else:
@@ -739,6 +870,11 @@ def _answer(results: Results) -> None:
             item.answer.set_exception(result)
         else:
             item.answer.set_result(result)
+
+
+def _due(horizon: float, item: _Waiting) -> bool:
+    """Whether ``item``'s request's deadline comes before ``horizon``."""
+    return must_fail(item.job.deadline, horizon, 0.0)
 
 
 def _deadline(items: Iterable[_Waiting]) -> float:

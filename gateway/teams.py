@@ -28,8 +28,12 @@ LimitName = Literal[
     "texts_per_minute",
     "tokens_per_day",
     "tokens_per_month",
+    "upstream_calls_per_minute",  # calls to Nomic made for the team's misses
 ]
-LIMIT_NAMES: tuple[LimitName, ...] = get_args(LimitName)  # in the order the store takes them
+LIMIT_NAMES: tuple[LimitName, ...] = get_args(LimitName)
+# The limits a request's admission decides (gateway/quota.py), in the order the store takes
+# them; upstream_calls_per_minute is counted where calls are made (gateway/team_calls.py).
+ADMITTED_LIMITS: tuple[LimitName, ...] = LIMIT_NAMES[:5]
 
 
 class InvalidTeam(ValueError):
@@ -45,6 +49,7 @@ class Limits:
     texts_per_minute: int | None = None
     tokens_per_day: int | None = None
     tokens_per_month: int | None = None
+    upstream_calls_per_minute: int | None = None
 
     @classmethod
     def from_json(cls, data: Any, base: Limits | None = None) -> Limits:

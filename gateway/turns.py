@@ -9,7 +9,9 @@ each team with misses waiting gets its turn:
   lanes' teams in round robin (a team's lanes in the order they asked), so the calls are shared
   evenly between the teams that want them, whatever number of lanes each uses;
 - :class:`TeamQueue` is a lane's queue, taken from in the same round robin, so a lane shared
-  by every team (images, URLs) fills a batch with one item of each team in turn.
+  by every team (images, URLs) fills a batch with one item of each team in turn; teams that
+  may not send now (their calls this minute made, :mod:`gateway.team_calls`) are passed over
+  and keep their place.
 
 When calls are not scarce a turn is taken and given back at once: nobody waits for it.
 """
@@ -23,6 +25,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+Among = Callable[[str], bool] | None  # the teams taken from (None: every team)
 
 
 class Turns:
@@ -114,8 +117,10 @@ class TeamQueue(Generic[T]):
         """The item :meth:`popleft` would take."""
         return self._by_team[next(iter(self._by_team))][0]
 
-    def popleft(self) -> T:
-        team = next(iter(self._by_team))
+    def popleft(self, among: Among = None) -> T:
+        """The first item of the next team in turn (of those ``among`` takes); the team goes
+        to the back, the teams passed over keep their place."""
+        team = next(team for team in self._by_team if among is None or among(team))
         queue = self._by_team.pop(team)
         item = queue.popleft()
         if queue:
@@ -125,6 +130,42 @@ class TeamQueue(Generic[T]):
             del self._sizes[team]
         self._count -= 1
         return item
+
+    def in_turn(self, among: Among = None) -> Iterator[T]:
+        """The items of the teams ``among`` takes, in the order :meth:`popleft` would take
+        them, none taken (the queue must not change while this is read)."""
+        rotation: deque[tuple[T, Iterator[T]]] = deque()
+        for team, queue in self._by_team.items():
+            if among is None or among(team):
+                items = iter(queue)
+                rotation.append((next(items), items))
+        while rotation:
+            item, items = rotation.popleft()
+            yield item
+            for following in items:  # the team's next item, in the next round
+                rotation.append((following, items))
+                break
+
+    def teams(self) -> list[str]:
+        """The teams with items queued, in turn order."""
+        return list(self._by_team)
+
+    def remove(self, team: str, which: Callable[[T], bool]) -> list[T]:
+        """Take out ``team``'s items that ``which`` picks (the team keeps its place)."""
+        queue = self._by_team.get(team)
+        if queue is None:
+            return []
+        gone = [item for item in queue if which(item)]
+        if not gone:
+            return gone
+        kept = deque(item for item in queue if not which(item))
+        if kept:
+            self._by_team[team] = kept  # an existing key: its place in the order stays
+            self._sizes[team] -= sum(map(self._size_of, gone))
+        else:
+            del self._by_team[team], self._sizes[team]
+        self._count -= len(gone)
+        return gone
 
     def count(self, team: str) -> int:
         """How many of ``team``'s items are queued."""

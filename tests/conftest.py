@@ -25,8 +25,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.store import RedisBackend
-from gateway.store.base import Ledger
+from gateway.store.base import Coordinator, Ledger
+from gateway.store.memory_coordinator import MemoryCoordinator
 from gateway.store.memory_ledger import MemoryLedger
+from gateway.store.redis_coordinator import RedisCoordinator
 from gateway.store.redis_ledger import RedisLedger
 from tests.fake_nomic import FAKE_API_KEY, FakeNomic
 
@@ -318,6 +320,17 @@ async def ledger(store_url: str | None) -> AsyncIterator[Ledger]:
         return
     backend = open_redis_backend(store_url)
     yield RedisLedger(backend)
+    await backend.close()
+
+
+@pytest.fixture
+async def coordinator(store_url: str | None) -> AsyncIterator[Coordinator]:
+    """The upstream coordinator on the parametrized store (``store_url``)."""
+    if store_url is None:
+        yield MemoryCoordinator()
+        return
+    backend = open_redis_backend(store_url)
+    yield RedisCoordinator(backend)
     await backend.close()
 
 

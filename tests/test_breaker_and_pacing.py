@@ -14,9 +14,7 @@ from gateway.breaker import Breaker
 from gateway.shield import backoff
 from gateway.store import RedisBackend, RedisStore
 from gateway.store.base import Coordinator, Mark
-from gateway.store.memory_coordinator import MemoryCoordinator
 from gateway.store.redis_coordinator import RedisCoordinator
-from tests.conftest import open_redis_backend
 from tests.helpers import policy as make_policy
 
 
@@ -64,16 +62,6 @@ def test_backoff_grows_with_jitter_and_honours_retry_after() -> None:
 
 def test_the_rate_interval_keeps_nomics_limit() -> None:
     assert make_policy(rate_calls=1200, rate_period_seconds=300).interval_ms == 250
-
-
-@pytest.fixture
-async def coordinator(store_url: str | None) -> AsyncIterator[Coordinator]:
-    if store_url is None:
-        yield MemoryCoordinator()
-        return
-    backend = open_redis_backend(store_url)
-    yield RedisCoordinator(backend)
-    await backend.close()
 
 
 async def test_pacing_spaces_calls_by_the_interval(coordinator: Coordinator) -> None:

@@ -106,7 +106,8 @@ async def _complete(request: web.Request, team: Team, lookup: Lookup, deadline: 
     late_fetches: Sequence[asyncio.Future[Landed]] = ()
     upstream_started = time.perf_counter()
     try:
-        answer, late_fetches = await pipeline.complete(lookup, deadline, team.id)
+        calls = team.limits.upstream_calls_per_minute
+        answer, late_fetches = await pipeline.complete(lookup, deadline, team.id, calls)
         billed = answer.billed_tokens
     except FetchFailed as failed:
         billed, late_fetches = failed.billed_tokens, failed.late

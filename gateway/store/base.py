@@ -165,6 +165,15 @@ class Coordinator(Protocol):
         slot is held; else what ``pace`` returns, and a negative wait gives the slot back."""
         ...
 
+    async def take_team_call(self, team_id: str, minute: int, limit: int) -> bool:
+        """Atomically count one upstream call of the team in UTC ``minute`` (minutes since the
+        epoch) if fewer than ``limit`` are counted in it; False (nothing counted) if not."""
+        ...
+
+    async def give_back_team_call(self, team_id: str, minute: int) -> None:
+        """Uncount one call counted in ``minute`` that was not made (never below 0)."""
+        ...
+
     async def renew_slots(self, holders: Sequence[str], lease_ms: int) -> None:
         """Extend these holders' slots to ``lease_ms`` from now, where they still hold one."""
         ...

@@ -2,7 +2,9 @@
 
 :class:`FallbackCoordinator` paces upstream calls in the process: Nomic's rate and the
 concurrency cap are then held per process, so N replicas could reach N times the rate until
-Redis is back; Nomic's own 429s are retried and pause this process.
+Redis is back; Nomic's own 429s are retried and pause this process. A team's upstream calls
+a minute are counted in the process too (N replicas: N times its limit, beside what the store
+had counted).
 
 :class:`FallbackLedger` decides admissions in the process (fail open), or refuses them
 (closed), and keeps every settle the store could not take to be made later: nothing lost,
@@ -73,6 +75,20 @@ class FallbackCoordinator:
         if wait is not None and wait >= 0:
             self._local_holders.add(holder)
         return wait
+
+    async def take_team_call(self, team_id: str, minute: int, limit: int) -> bool:
+        try:
+            return await self._shared.take_team_call(team_id, minute, limit)
+        except StoreError as exc:
+            self._failed("team call", exc)
+        return await self._local.take_team_call(team_id, minute, limit)
+
+    async def give_back_team_call(self, team_id: str, minute: int) -> None:
+        try:
+            await self._shared.give_back_team_call(team_id, minute)
+        except StoreError as exc:
+            self._failed("team call", exc)
+            await self._local.give_back_team_call(team_id, minute)
 
     async def renew_slots(self, holders: Sequence[str], lease_ms: int) -> None:
         await self._local.renew_slots([h for h in holders if h in self._local_holders], lease_ms)

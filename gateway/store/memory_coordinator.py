@@ -14,6 +14,7 @@ class MemoryCoordinator:
         self._tat_ms = 0.0
         self._held_until_ms = 0.0
         self._slots: dict[str, float] = {}
+        self._team_calls: dict[str, tuple[int, int]] = {}  # team → its minute, calls counted
 
     def _now_ms(self) -> float:
         return self._clock() * 1000
@@ -48,6 +49,22 @@ class MemoryCoordinator:
         if wait < 0:
             await self.release_slot(holder)
         return wait
+
+    async def take_team_call(self, team_id: str, minute: int, limit: int) -> bool:
+        counted_in, used = self._team_calls.get(team_id, (minute, 0))
+        if counted_in > minute:  # the clock went back: that minute is over
+            return False
+        if counted_in < minute:
+            used = 0
+        if used >= limit:  # the rule of lua/team_call.lua
+            return False
+        self._team_calls[team_id] = (minute, used + 1)
+        return True
+
+    async def give_back_team_call(self, team_id: str, minute: int) -> None:
+        counted_in, used = self._team_calls.get(team_id, (minute, 0))
+        if counted_in == minute and used > 0:
+            self._team_calls[team_id] = (minute, used - 1)
 
     async def renew_slots(self, holders: Sequence[str], lease_ms: int) -> None:
         now = self._now_ms()

@@ -6,6 +6,10 @@ entry live in one Redis Cluster slot, so one pipeline sets or reads the mark and
 the entry in that order on the node that holds both. A mark is a lease: its owner renews it
 while it fetches, so the mark of an owner that died (or could not remove it) lapses within
 the lease.
+
+A team's upstream calls of a UTC minute (``upstream_calls_per_minute``) are counted under the
+team's hash tag, beside its other counters (:mod:`gateway.store.redis_ledger`):
+``ng:v1:{t:<id>}:callpm:<minute>``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from redis.crc import key_slot
 
 from gateway.store.base import Mark
 from gateway.store.redis_backend import RedisBackend
+from gateway.store.redis_ledger import MINUTE_TTL, team_key
 
 # Keys one script reads together share a hash tag (one Redis Cluster slot).
 PACE_KEY = "ng:v1:{upstream}:tat"
@@ -42,6 +47,8 @@ class RedisCoordinator:
         self._unclaim = backend.script("unclaim.lua")
         self._renew = backend.script("renew.lua")
         self._hold = backend.script("hold.lua")
+        self._team_call = backend.script("team_call.lua")
+        self._untake_team_call = backend.script("untake_team_call.lua")
 
     async def _call(self, what: str, awaitable: Awaitable[Any]) -> Any:
         return await self._backend.call(what, awaitable)
@@ -64,6 +71,14 @@ class RedisCoordinator:
         args = [holder, cap, lease_ms, interval_ms, burst, max_wait_ms]
         wait = await self._call("start call", self._start_call(keys=keys, args=args))
         return None if wait is None else int(wait)
+
+    async def take_team_call(self, team_id: str, minute: int, limit: int) -> bool:
+        counted = self._team_call(keys=[_calls_key(team_id, minute)], args=[limit, MINUTE_TTL])
+        return bool(await self._call("team call", counted))
+
+    async def give_back_team_call(self, team_id: str, minute: int) -> None:
+        uncounted = self._untake_team_call(keys=[_calls_key(team_id, minute)], args=[])
+        await self._call("team call", uncounted)
 
     async def renew_slots(self, holders: Sequence[str], lease_ms: int) -> None:
         renewal = self._renew_slots(keys=[SLOTS_KEY], args=[lease_ms, *holders])
@@ -110,6 +125,10 @@ class RedisCoordinator:
         for mark, key in zip(marks, keys, strict=True):
             by_slot.setdefault(key_slot(key.encode()), []).append(mark)
         return list(by_slot.values())
+
+
+def _calls_key(team_id: str, minute: int) -> str:
+    return team_key(team_id, f"callpm:{minute}")
 
 
 def _marks(replies: list[Any]) -> list[Mark]:

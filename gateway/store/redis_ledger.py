@@ -3,9 +3,10 @@
 A team's keys share the hash tag ``{t:<id>}``, so each Lua script touches one hash slot:
 ``ng:v1:{t:<id>}:`` followed by ``team``, ``keys``, ``last_used``; the per-minute counters
 ``rpm:<minute>`` (requests), ``ipm:<minute>`` (images and URLs), ``textpm:<minute>`` (texts),
-minutes counted from the epoch; the usage and token hashes ``day:<YYYY-MM-DD>`` and
-``month:<YYYY-MM>``; each admitted request's ``reserved:<id>`` and ``settled:<id>``; and
-``usage_reads``, the rate of its usage reads (``lua/spend.lua``).
+``callpm:<minute>`` (upstream calls, counted by the coordinator), minutes counted from the
+epoch; the usage and token hashes ``day:<YYYY-MM-DD>`` and ``month:<YYYY-MM>``; each
+admitted request's ``reserved:<id>`` and ``settled:<id>``; and ``usage_reads``, the rate
+of its usage reads (``lua/spend.lua``).
 Key records live under their hash (``ng:v1:key:<sha256>``) because a lookup starts from the
 key alone; writing one and its team's index are two commands, which only admin calls do.
 """
@@ -23,7 +24,7 @@ from gateway.batching import Coalescer
 from gateway.quota import Decision, Demand, Window
 from gateway.store.base import StoreError
 from gateway.store.redis_backend import RedisBackend
-from gateway.teams import LIMIT_NAMES, KeyRecord, Team
+from gateway.teams import ADMITTED_LIMITS, KeyRecord, Team
 
 TEAMS = "ng:v1:teams"
 MINUTE_TTL = 120
@@ -211,7 +212,7 @@ class RedisLedger:
         answers = await self._call("admit", self._admit(keys=keys, args=args))
         return [
             Decision(True) if answer[0] == 1
-            else Decision(False, LIMIT_NAMES[int(answer[1]) - 1], *map(int, answer[2:5]))
+            else Decision(False, ADMITTED_LIMITS[int(answer[1]) - 1], *map(int, answer[2:5]))
             for answer in answers
         ]  # fmt: skip
 
