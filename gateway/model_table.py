@@ -134,8 +134,8 @@ def _image(name: str, dimensions: int) -> ModelInfo:
 # NomicTextEmbeddingModel and NomicVisionEmbeddingModel of src/type-gen/openapi.ts in
 # github.com/nomic-ai/ts-nomic (commit 88059e0, 2025-09-15). The schema gives no sizes or
 # contexts; those are from each model's Hugging Face card, cited per line. Whether Nomic's API
-# honours every size a card documents is not documented: a size it refused would be its 422,
-# forwarded, never billed.
+# honours every size a card documents is not documented: a size it refused would be an
+# upstream error (its 422 names no input), nothing cached, and GATEWAY_MODELS corrects it.
 DEFAULT_MODELS = ModelTable(
     [
         # huggingface.co/nomic-ai/nomic-embed-text-v1: "8192 context length", 768 dimensions
