@@ -36,7 +36,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, NamedTuple, TypeVar
 
 from gateway import metrics, quota
-from gateway.errors import QuotaExceeded, StoreUnavailable
+from gateway.errors import GatewayError, QuotaExceeded, StoreUnavailable
 from gateway.models import Kind
 from gateway.pipeline import Answer, Lookup, count_items
 from gateway.quota import TokenEstimator, Window
@@ -224,12 +224,15 @@ class Accounts:
 
     def settle(
         self, reservation: Reservation, answer: Answer | None, billed: int,
-        later: Awaitable[int] | None = None,
+        later: Awaitable[int] | None = None, failure: GatewayError | None = None,
     ) -> asyncio.Task[None]:  # fmt: skip
         """Settle in a task of its own (it must finish even if the request is cancelled);
         the final usage flush at shutdown waits for it. ``later`` is what fetches of the
-        request that outlived it cost, once they end: billed too."""
-        task = asyncio.create_task(self._settle(reservation, answer, billed, later))
+        request that outlived it cost, once they end: billed too. A request with no answer
+        failed with ``failure``: counted ``rejected`` if that is a limit of its team (its
+        upstream calls a minute, counted where the calls are made), else ``upstream_errors``."""
+        rejected = isinstance(failure, QuotaExceeded)
+        task = asyncio.create_task(self._settle(reservation, answer, billed, later, rejected))
         for tasks in (self._settling, self._prompt if later is None else set()):
             tasks.add(task)
             task.add_done_callback(tasks.discard)
@@ -254,7 +257,7 @@ class Accounts:
 
     async def _settle(
         self, reservation: Reservation, answer: Answer | None, billed: int,
-        later: Awaitable[int] | None,
+        later: Awaitable[int] | None, rejected: bool = False,
     ) -> None:  # fmt: skip
         late = 0 if later is None else await later  # fetches of it that outlived it
         team, at, model = reservation.team, reservation.at, reservation.model
@@ -263,7 +266,7 @@ class Accounts:
             _count_tokens(team, model, reservation.kind, answer)
             metrics.child(metrics.BILLED_TOKENS, team.id, model).inc(late)
         else:
-            usage = {"upstream_errors": 1}
+            usage = {"rejected" if rejected else "upstream_errors": 1}
             metrics.child(metrics.BILLED_TOKENS, team.id, model).inc(billed + late)
         billed += late
         try:

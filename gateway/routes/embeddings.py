@@ -102,7 +102,7 @@ async def _complete(request: web.Request, team: Team, lookup: Lookup, deadline: 
     pipeline, accounts = request.app[PIPELINE], request.app[ACCOUNTS]
     reservation = await accounts.reserve(team, lookup)
     answer: Answer | None = None
-    billed = 0
+    billed, failure = 0, None
     late_fetches: Sequence[asyncio.Future[Landed]] = ()
     upstream_started = time.perf_counter()
     try:
@@ -110,13 +110,13 @@ async def _complete(request: web.Request, team: Team, lookup: Lookup, deadline: 
         answer, late_fetches = await pipeline.complete(lookup, deadline, team.id, calls)
         billed = answer.billed_tokens
     except FetchFailed as failed:
-        billed, late_fetches = failed.billed_tokens, failed.late
+        billed, late_fetches, failure = failed.billed_tokens, failed.late, failed.error
         raise failed.error from None
     finally:
         log.update(upstream_ms=round((time.perf_counter() - upstream_started) * 1000, 2),
                    billed_tokens=billed)  # fmt: skip
         late = late_tokens(late_fetches) if late_fetches else None
-        settled = accounts.settle(reservation, answer, billed, later=late)
+        settled = accounts.settle(reservation, answer, billed, later=late, failure=failure)
         if answer is None and late is None:
             await settled
     return answer
