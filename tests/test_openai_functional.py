@@ -3,8 +3,11 @@ LangChain's OpenAI embedding class), beside the official ``nomic`` client, on ev
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import os
 import struct
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -347,3 +350,32 @@ async def test_nomic_failing_is_a_server_error_the_sdk_raises(
     assert (
         await sdk.embeddings.create(model=MODEL, input="unlucky")
     ).data  # not cached: asks again
+
+
+def readme_snippets() -> list[str]:
+    """The README's Python examples of the OpenAI SDK and LangChain."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    blocks = readme.split("```python\n")[1:]
+    return [block.split("```", 1)[0] for block in blocks if "/v1" in block]
+
+
+async def test_the_readmes_openai_examples_run_as_written(
+    gateway: Client, fake_nomic: FakeNomic
+) -> None:
+    snippets = readme_snippets()
+    assert len(snippets) == 2
+    url = base_url(gateway)
+    env = {**os.environ, "TEAM_KEY": gateway.team_key}  # type: ignore[attr-defined]
+    printed = []
+    for snippet in snippets:
+        code = snippet.replace("http://127.0.0.1:8080/v1", url)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", code, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 120)
+        assert process.returncode == 0, stderr.decode()[-2000:]
+        printed.append(stdout.decode().split())
+    tokens = sum(FakeNomic.text_tokens(text) for text in ("a cat", "a dog"))
+    assert printed == [["256", str(tokens)], []]  # the SDK's example prints; LangChain's not
+    assert set(fake_nomic.texts_received) == {"a cat", "a dog", "a page", "another page"}
