@@ -89,6 +89,16 @@ def parse_embeddings_request(
     return EmbeddingsRequest(texts, _shape(fields))
 
 
+def refuse_query(query: Iterable[str]) -> None:
+    """Refuse a query parameter, naming it: OpenAI's endpoint takes none, and one dropped
+    would be answered, and cached, as if it had not been sent."""
+    for name in query:
+        raise InvalidRequest(
+            f"unknown query parameter {name[:40]!r}: /v1/embeddings takes none",
+            loc=("query", name[:40]),
+        )
+
+
 def speaks_openai(path: str) -> bool:
     """Whether a request to ``path`` is answered in OpenAI's shape, errors too (a wrong
     method, a body too large): ``/v1/embeddings`` and ``/v1/models``."""

@@ -240,6 +240,19 @@ async def test_malformed_bodies_are_400s_in_openai_shape(
     assert words in error["message"]
 
 
+async def test_a_query_parameter_is_refused_not_dropped(
+    gateway: Client, fake_nomic: FakeNomic
+) -> None:
+    response = await gateway.post(
+        "/v1/embeddings?dimensions=64", json={"model": MODEL, "input": "x"}
+    )
+    assert response.status == 400
+    error = (await response.json())["error"]
+    assert error["param"] == "dimensions"
+    assert "takes none" in error["message"]
+    assert fake_nomic.text_calls == []
+
+
 async def test_method_and_size_refusals_are_openai_shaped_too(gateway: Client) -> None:
     wrong_method = await gateway.get("/v1/embeddings")
     assert wrong_method.status == 405

@@ -34,6 +34,7 @@ async def create_embeddings(request: web.Request) -> web.Response:
 
 
 async def read_embeddings_request(request: web.Request, claim: Claim) -> forms.ParsedRequest:
+    openai_shape.refuse_query(request.query)  # before the body is read
     parse = functools.partial(
         _parse, limits=request.app[TEXT_LIMITS], aliases=request.app[MODEL_ALIASES]
     )
