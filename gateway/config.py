@@ -26,6 +26,7 @@ SECRETS = ("nomic_api_key", "admin_token", "metrics_token")  # from the environm
 MIN_TOKEN_LENGTH = 24
 MIN_TOKEN_BITS = 96  # what a token must seem to hold; openssl rand -hex 32 gives 256
 PRINTABLE = 95  # printable ASCII characters: the largest alphabet a token is credited with
+MEMORY_DATA_DIR = ":memory:"  # GATEWAY_DATA_DIR's value for an embedded store kept in memory
 
 
 class SettingsError(ValueError):

@@ -26,6 +26,7 @@ from gateway.app import create_app
 from gateway.config import Settings
 from gateway.store import RedisBackend
 from gateway.store.base import Coordinator, Ledger
+from gateway.store.data_dir import DataDir
 from gateway.store.memory_coordinator import MemoryCoordinator
 from gateway.store.memory_ledger import MemoryLedger
 from gateway.store.redis_coordinator import RedisCoordinator
@@ -33,6 +34,9 @@ from gateway.store.redis_ledger import RedisLedger
 from tests.fake_nomic import FAKE_API_KEY, FakeNomic
 
 STORES = ("memory", "redis", "cluster")
+# The store contract's tests run on these: the embedded store in memory and on disk too.
+EVERY_STORE = ("memory", "embedded", "redis", "cluster")
+EMBEDDED = "embedded:"  # a store_url of the embedded store on disk: a directory follows
 CLUSTER_URLS: set[str] = set()  # store URLs that name a Redis Cluster seed node
 
 
@@ -312,11 +316,25 @@ def open_redis_backend(url: str, **kwargs: Any) -> RedisBackend:
     return RedisBackend(url, cluster=url in CLUSTER_URLS, **kwargs)
 
 
+@contextlib.asynccontextmanager
+async def data_dir(store_url: str) -> AsyncIterator[DataDir]:
+    """A data directory of its own under the embedded ``store_url``'s, open."""
+    data = await DataDir.open(Path(tempfile.mkdtemp(dir=store_url[len(EMBEDDED) :])), 10_000_000)
+    try:
+        yield data
+    finally:
+        await data.close()
+
+
 @pytest.fixture
 async def ledger(store_url: str | None) -> AsyncIterator[Ledger]:
     """The ledger on the parametrized store (``store_url``)."""
     if store_url is None:
         yield MemoryLedger()
+        return
+    if store_url.startswith(EMBEDDED):
+        async with data_dir(store_url) as data:
+            yield data.ledger
         return
     backend = open_redis_backend(store_url)
     yield RedisLedger(backend)
@@ -345,9 +363,17 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 @pytest.fixture(params=STORES)
 def store_url(request: pytest.FixtureRequest) -> str | None:
     """Every test using this runs on the embedded store, on a flushed Redis and on a flushed
-    3-master Redis Cluster."""
+    3-master Redis Cluster (and, where a test asks, on the embedded store on disk: see
+    ``EVERY_STORE``)."""
+    return chosen_store(request)
+
+
+def chosen_store(request: pytest.FixtureRequest) -> str | None:
+    """The ``store_url`` of ``request.param``: None for the embedded store in memory."""
     if request.param == "memory":
         return None
+    if request.param == "embedded":
+        return EMBEDDED + str(request.getfixturevalue("tmp_path"))
     url: str = request.getfixturevalue("cluster_url" if request.param == "cluster" else "redis_url")
     flush(url)
     return url

@@ -1,4 +1,4 @@
-"""The ledger contract, on the embedded store and on a real Redis."""
+"""The ledger contract, on the embedded store (in memory and on disk) and on a real Redis."""
 
 from __future__ import annotations
 
@@ -15,6 +15,13 @@ from gateway.store import RedisBackend
 from gateway.store.base import Ledger
 from gateway.store.redis_ledger import DAY_TTL, MINUTE_TTL, RedisLedger, team_key
 from gateway.teams import KeyRecord, Limits, Team
+from tests.conftest import EVERY_STORE, chosen_store
+
+
+@pytest.fixture(params=EVERY_STORE)
+def store_url(request: pytest.FixtureRequest) -> str | None:
+    return chosen_store(request)
+
 
 NOW = 1_800_000_000.0
 AT = quota.window(NOW)

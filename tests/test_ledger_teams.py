@@ -10,6 +10,13 @@ import pytest
 
 from gateway.store.base import Ledger
 from gateway.teams import InvalidTeam, Limits, Team
+from tests.conftest import EVERY_STORE, chosen_store
+
+
+@pytest.fixture(params=EVERY_STORE)
+def store_url(request: pytest.FixtureRequest) -> str | None:
+    return chosen_store(request)
+
 
 NOW = 1_800_000_000.0
 

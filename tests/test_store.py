@@ -1,7 +1,9 @@
-"""The store contract, run on both implementations; then what only the embedded one does."""
+"""The store contract, run on every implementation (the embedded store in memory and on
+disk, Redis, Redis Cluster); then what only the embedded ones do."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -9,13 +11,29 @@ from redis.exceptions import RedisClusterException
 
 from gateway.store import MemoryStore, RedisBackend, RedisStore, Store, StoreError
 from gateway.store.memory import ENTRY_OVERHEAD
-from tests.conftest import free_port, open_redis_backend
+from tests.conftest import (
+    EMBEDDED,
+    EVERY_STORE,
+    chosen_store,
+    data_dir,
+    free_port,
+    open_redis_backend,
+)
+
+
+@pytest.fixture(params=EVERY_STORE)
+def store_url(request: pytest.FixtureRequest) -> str | None:
+    return chosen_store(request)
 
 
 @pytest.fixture
 async def store(store_url: str | None) -> AsyncIterator[Store]:
     if store_url is None:
         yield MemoryStore(10_000_000)
+        return
+    if store_url.startswith(EMBEDDED):
+        async with data_dir(store_url) as data:
+            yield data.store
         return
     backend = open_redis_backend(store_url)
     yield RedisStore(backend)
@@ -42,6 +60,14 @@ async def test_binary_values_round_trip(store: Store) -> None:
     value = bytes(range(256)) * 20
     await store.set_many([("bin", value)], None)
     assert await store.get_many(["bin"]) == [value]
+
+
+async def test_concurrent_reads_and_writes_each_see_the_writes_made_before_them(
+    store: Store,
+) -> None:
+    await asyncio.gather(*(store.set_many([(f"k{i}", b"%d" % i)], None) for i in range(200)))
+    found = await asyncio.gather(*(store.get_many([f"k{i}", "none"]) for i in range(200)))
+    assert found == [[b"%d" % i, None] for i in range(200)]
 
 
 async def test_memory_store_expires_entries_by_its_clock() -> None:
@@ -88,6 +114,8 @@ async def test_more_concurrent_calls_than_connections_wait_their_turn(
 ) -> None:
     import asyncio
 
+    if store_url is not None and store_url.startswith(EMBEDDED):
+        pytest.skip("the embedded store on disk has no connections")
     backend = None if store_url is None else open_redis_backend(store_url, max_connections=4)
     store: Store = MemoryStore(10_000_000) if backend is None else RedisStore(backend)
     await store.set_many([("k", b"v")], None)

@@ -1,0 +1,108 @@
+"""The embedded store's directory (``GATEWAY_DATA_DIR``): two SQLite files and a lock.
+
+- ``ledger.sqlite3``: teams, keys, usage and quota counters (:mod:`gateway.store.sqlite_ledger`),
+  never evicted;
+- ``cache.sqlite3``: the embedding cache (:mod:`gateway.store.sqlite`), bounded by
+  ``GATEWAY_DISK_CACHE_BYTES``; deleting it (gateway stopped) empties the cache, nothing else;
+- ``lock``: held by the one process that serves from the directory, its pid inside; a second
+  process is refused, whatever it would do to the files.
+
+Each file has its own thread, so cache writes never wait for a decision or the other way round.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from pathlib import Path
+
+from gateway.config import MEMORY_DATA_DIR
+from gateway.store.base import StoreError
+from gateway.store.sqlite import SCHEMA as CACHE_SCHEMA
+from gateway.store.sqlite import SqliteStore
+from gateway.store.sqlite_backend import SqliteBackend
+from gateway.store.sqlite_ledger import SCHEMA as LEDGER_SCHEMA
+from gateway.store.sqlite_ledger import SqliteLedger
+
+log = logging.getLogger(__name__)
+
+
+class DataDirError(Exception):
+    """The directory cannot be served from; the message names the setting, in one line."""
+
+
+class DataDir:
+    """The open directory: ``store`` and ``ledger``, until :meth:`close`."""
+
+    def __init__(
+        self, path: Path, lock: int, ledger: SqliteBackend, cache: SqliteBackend, cache_bytes: int
+    ) -> None:
+        self.path = path
+        self._lock = lock
+        self._backends = (ledger, cache)
+        self.ledger = SqliteLedger(ledger)
+        self.store = SqliteStore(cache, cache_bytes)
+
+    @classmethod
+    async def open(cls, path: Path, cache_bytes: int) -> DataDir:
+        """Lock the directory (made if missing) and open its files; raises DataDirError."""
+        lock = take_lock(path)
+        opened: list[SqliteBackend] = []
+        try:
+            for name, schema in (("ledger", LEDGER_SCHEMA), ("cache", CACHE_SCHEMA)):
+                opened.append(await SqliteBackend.open(path / f"{name}.sqlite3", schema))
+            ledger, cache = opened
+            data = cls(path, lock, ledger, cache, cache_bytes)
+            released = await data.ledger.release_leftovers()
+        except StoreError as exc:
+            for backend in opened:
+                await backend.close()
+            os.close(lock)
+            raise DataDirError(f"GATEWAY_DATA_DIR={path} cannot be used: {exc}") from exc
+        if released:
+            log.warning(
+                "released %d reservations of requests that the last process to use %s did not "
+                "settle (it was killed): whatever Nomic billed for them is charged to no team",
+                released, path,
+            )  # fmt: skip
+        return data
+
+    async def close(self) -> None:
+        for backend in self._backends:
+            await backend.close()
+        os.close(self._lock)
+
+
+def take_lock(path: Path) -> int:
+    """The directory's lock, held (a descriptor to close); raises DataDirError if the
+    directory cannot be made or written, or another process holds the lock."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+        lock = os.open(path / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise DataDirError(
+            f"GATEWAY_DATA_DIR={path} is not a writable directory ({exc.strerror or exc}): set "
+            f"it to one (or to {MEMORY_DATA_DIR} to keep nothing past the process)"
+        ) from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(lock, 32).decode(errors="replace").strip() or "unknown"
+        os.close(lock)
+        raise DataDirError(
+            f"GATEWAY_DATA_DIR={path} is in use by another gateway process (pid {holder}): the "
+            "embedded store is one process's own; stop that process, choose another directory, "
+            "or share a Redis (GATEWAY_REDIS_URL)"
+        ) from None
+    os.ftruncate(lock, 0)
+    os.write(lock, f"{os.getpid()}\n".encode())
+    return lock
+
+
+def check(path: Path) -> None:
+    """Raise DataDirError if the directory could not be served from now (said in one line
+    before start-up rather than as a traceback during it)."""
+    os.close(take_lock(path))
