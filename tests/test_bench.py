@@ -19,7 +19,7 @@ import pytest
 import redis
 from pytest_aiohttp import AiohttpClient
 
-from gateway import forms, text_forms
+from gateway import forms, openai_shape, text_forms
 from tests.bench import harness, naive, nginx
 from tests.bench.ceiling import images
 from tests.bench.harness import BOUNDARY, JSON, MODEL, PASSAGE, TEXTS, multipart, text_body
@@ -57,6 +57,20 @@ def test_the_bench_text_bodies_are_what_the_gateway_and_the_fake_read() -> None:
         assert (parsed.model, parsed.task_type, parsed.long_text_mode, parsed.dimensionality) == (
             "nomic-embed-text-v1.5", "search_document", "truncate", None)  # fmt: skip
         assert FakeNomic().judge_text_body(JSON, body)[1] == []
+
+
+def test_the_bench_openai_bodies_ask_for_the_entries_of_its_nomic_body() -> None:
+    texts = [f"{index:02d} {PASSAGE}" for index in range(TEXTS)]
+    limits = text_forms.TextLimits(max_texts=TEXTS, max_text_bytes=2**20)
+    nomic = text_forms.parse_text_request(text_body(texts), limits, JSON)
+    shapes = []
+    for encoding in harness.OPENAI_ENCODINGS:
+        parsed = openai_shape.parse_embeddings_request(
+            harness.openai_body(texts, encoding), limits, [nomic.model], {}, JSON
+        )
+        assert parsed.texts == nomic  # model, options and texts: the same cache keys
+        shapes.append(parsed.shape)
+    assert shapes == ["openai", "openai-base64"]
 
 
 async def test_the_naive_baseline_passes_text_misses_on_and_answers_hits(
@@ -120,12 +134,19 @@ def test_a_short_bench_run_prints_its_table() -> None:
         return [row.split(" | ")[1] for row in rows]
 
     assert servers("b. 8-image hits") == ["gateway", "naive baseline", "ceiling baseline"]
-    assert servers("f. 10-text hits") == ["gateway", "naive baseline"]
+    assert servers("f. 10-text hits") == [
+        "gateway", "gateway, OpenAI shape, float", "gateway, OpenAI shape, base64",
+        "naive baseline"]  # fmt: skip
     for clients in ("1 client", "8 clients"):
         assert servers(f"f. text misses, {clients}") == ["fake Nomic, direct", "gateway",
                                                          "naive baseline"]  # fmt: skip
     assert "b. 8-image hits >= 2.5x naive:" in done.stdout
     assert "f. a lone text miss (no target) adds at p50" in done.stdout
+    for encoding in ("float", "base64"):
+        assert re.search(rf"^f\. OpenAI-shape 10-text hits, {encoding}, cost no more CPU than "
+                         r"the Nomic shape's \(within 5%\): (met|NOT met) \(\d+\.\d\dx its CPU "
+                         r"per request, \d+\.\d\dx its requests/s\)$", done.stdout,
+                         re.M)  # fmt: skip
     assert "Redis MEMORY USAGE per cached 768-dim embedding" in done.stdout
 
 

@@ -13,7 +13,9 @@ d. a company-like mix: 64 clients, 1-image requests over a Zipf-distributed set 
    all in Redis (fetched earlier by another gateway process), none yet in the measured
    gateway's process;                 e. (a) with ``--workers 2`` on both cores;
 f. texts (``POST /v1/embedding/text``, the official client's body): 10-text hits, the same 10
-   texts; and misses, every request 10 new texts, from 1 client and from 8.
+   texts, and the same texts in OpenAI's shape (``POST /v1/embeddings``, float and base64)
+   answered from the same entries; and misses, every request 10 new texts, from 1 client and
+   from 8.
 
 The gateway runs with every feature on: team key auth, a team with per-minute limits and
 token budgets (so every request is an atomic quota decision in Redis), usage accounting,

@@ -24,6 +24,9 @@ MODEL = "nomic-embed-vision-v1.5"
 MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
 JSON = "application/json"
 TEXT_PATH = "/v1/embedding/text"
+OPENAI_PATH = "/v1/embeddings"
+# OpenAI's encodings: the API's default, then the OpenAI SDK's when the caller sets none.
+OPENAI_ENCODINGS = ("float", "base64")
 TEXTS = 10  # a text request's texts: a full upstream call, as the official client sends them
 TAG = "@tag@"  # where a text of the misses' template gets what makes it new
 # The official client's text body: its model, task type and long-text mode, no dimensionality.
@@ -63,6 +66,14 @@ def multipart(images: Sequence[bytes]) -> bytes:
 def text_body(texts: Sequence[str]) -> bytes:
     """A ``POST /v1/embedding/text`` body, as the official client sends one."""
     return orjson.dumps({"texts": list(texts), **TEXT_OPTIONS})
+
+
+def openai_body(texts: Sequence[str], encoding_format: str) -> bytes:
+    """A ``POST /v1/embeddings`` body, as the OpenAI SDK sends one, for the model of
+    :func:`text_body`; Nomic's options left out, so the gateway fills in the official client's
+    (:data:`TEXT_OPTIONS`): the same texts are the same cache entries through either shape."""
+    fields = {"input": list(texts), "model": TEXT_OPTIONS["model"]}
+    return orjson.dumps({**fields, "encoding_format": encoding_format})
 
 
 def text_misses_template() -> bytes:
@@ -108,11 +119,15 @@ def post(url: str, body: bytes, key: str, content_type: str = MULTIPART) -> byte
         return response.read()  # type: ignore[no-any-return]
 
 
-def cache_status(url: str, body: bytes, key: str) -> str:
-    """What a caching proxy's ``X-Cache-Status`` says of one post (HIT, MISS, ...)."""
-    with urllib.request.urlopen(_post_request(url, body, key), timeout=60) as response:
+def cache_status(
+    url: str, body: bytes, key: str, content_type: str = MULTIPART, header: str = "X-Cache-Status"
+) -> str:
+    """What a cache's ``header`` says of one post (HIT, MISS, ...): nginx's
+    ``X-Cache-Status`` by default, the gateway's is ``X-Cache``."""
+    request = _post_request(url, body, key, content_type)
+    with urllib.request.urlopen(request, timeout=60) as response:
         response.read()
-        return str(response.headers.get("X-Cache-Status", ""))
+        return str(response.headers.get(header, ""))
 
 
 def _post_request(
