@@ -14,7 +14,8 @@ from tests.fake_nomic import FakeNomic
 
 Client = TestClient[Any, Any]
 LIMITS = {"requests_per_minute": 600, "images_per_minute": 6000, "texts_per_minute": 20000,
-          "tokens_per_day": 1000000, "tokens_per_month": 20000000}  # fmt: skip
+          "tokens_per_day": 1000000, "tokens_per_month": 20000000,
+          "upstream_calls_per_minute": 240}  # fmt: skip
 
 
 async def call(client: Client, method: str, path: str, status: int, body: Any = None) -> Any:
@@ -52,7 +53,8 @@ async def test_team_lifecycle(gateway: Client) -> None:
                          {"id": "ml", "name": "ML", "limits": {"tokens_per_day": 5}})  # fmt: skip
     assert partial["limits"] == {"requests_per_minute": None, "images_per_minute": None,
                                  "texts_per_minute": None, "tokens_per_day": 5,
-                                 "tokens_per_month": None}  # fmt: skip
+                                 "tokens_per_month": None,
+                                 "upstream_calls_per_minute": None}  # fmt: skip
 
     listed = await call(gateway, "GET", "/admin/teams", 200)
     assert [team["id"] for team in listed["teams"]] == ["ml", "research", "test"]
@@ -68,6 +70,9 @@ async def test_team_lifecycle(gateway: Client) -> None:
     unlimited = await call(gateway, "PATCH", "/admin/teams/research", 200,
                            {"limits": {"texts_per_minute": None}})  # fmt: skip
     assert unlimited["limits"]["texts_per_minute"] is None
+    calls = await call(gateway, "PATCH", "/admin/teams/research", 200,
+                       {"limits": {"upstream_calls_per_minute": 60}})  # fmt: skip
+    assert calls["limits"] == {**unlimited["limits"], "upstream_calls_per_minute": 60}
     assert updated["count_hits"] is False
     assert updated["name"] == "Research"
 
@@ -286,12 +291,14 @@ async def test_the_cli_drives_teams_and_keys(gateway: Client) -> None:
 
     code, out, _ = await run_cli(gateway, "teams", "create", "cli", "--name", "CLI",
                                  "--tokens-per-day", "1_000", "--texts-per-minute", "3_000",
+                                 "--upstream-calls-per-minute", "60",
                                  "--count-hits", "no")  # fmt: skip
     assert code == 0
     header, row = out.splitlines()
     assert "cli" in row
     columns = dict(zip(header.split(), row.split(), strict=True))
     assert (columns["texts_per_minute"], columns["tokens_per_day"]) == ("3000", "1000")
+    assert columns["upstream_calls_per_minute"] == "60"
     assert columns["images_per_minute"] == "-"
     code, out, _ = await run_cli(gateway, "keys", "create", "cli", "--json")
     [made] = json.loads(out)

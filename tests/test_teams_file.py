@@ -32,6 +32,7 @@ private_cache = true
 [teams.research.limits]
 requests_per_minute = 600
 texts_per_minute = 10_000
+upstream_calls_per_minute = 60
 tokens_per_day = 1_000_000
 [[teams.research.keys]]
 id = "ci"
@@ -44,7 +45,10 @@ sha256 = "{SHA}"
     assert research.team.count_hits is False
     assert (research.team.private_cache, declared[1].team.private_cache) == (True, False)
     assert research.team.limits == Limits(
-        requests_per_minute=600, texts_per_minute=10_000, tokens_per_day=1_000_000
+        requests_per_minute=600,
+        texts_per_minute=10_000,
+        tokens_per_day=1_000_000,
+        upstream_calls_per_minute=60,
     )
     assert research.keys == [("ci", SHA)]
     assert (ml.team.name, ml.team.limits, ml.keys) == ("ml", Limits(), [])
