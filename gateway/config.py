@@ -476,6 +476,13 @@ class Settings:
         "together; past it the connections holding the most the longest are closed",
         128 * MiB,
     )
+    answer_wait_seconds: float = _setting(
+        "GATEWAY_ANSWER_WAIT_SECONDS",
+        _positive_float,
+        "how long a request waits for room in the unsent budget before its answer is built, "
+        "when answers being built or let go of fill it (then 503 with Retry-After)",
+        1.0,
+    )
     model_aliases: tuple[tuple[str, str], ...] = _setting(
         "GATEWAY_MODEL_ALIASES",
         _aliases,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from gateway import malloc
@@ -66,12 +66,17 @@ def choose(holders: Iterable[Held], excess: int, now: float) -> list[Held]:
 
 
 class ByteBudget:
-    """At most ``max_bytes`` held, all connections together; ``reason`` names its drops."""
+    """At most ``max_bytes`` held, all connections together; ``reason`` names its drops.
+    ``total`` counts, beside what holders hold, bytes ``reserved`` for what is not held by a
+    connection yet (:mod:`gateway.answer_room`): never dropped, released by their owner.
+    ``on_freed`` is told whenever the total goes down."""
 
     def __init__(self, max_bytes: int, reason: str) -> None:
         self.max_bytes = max_bytes
         self.reason = reason
         self.total = 0
+        self.reserved = 0
+        self.on_freed: Callable[[], None] | None = None
         self._holders: dict[Held, Owner] = {}  # in the order they began to hold
 
     @property
@@ -85,6 +90,8 @@ class ByteBudget:
             held.since = now
         held.bytes += count
         self.total += count
+        if count < 0:
+            self._freed()
 
     def set(self, held: Held, count: int, now: float, owner: Owner) -> None:
         """``held`` (of ``owner``) holds ``count`` bytes now."""
@@ -95,7 +102,24 @@ class ByteBudget:
         if held in self._holders:
             del self._holders[held]
             self.total -= held.bytes
+            if held.bytes:
+                self._freed()
         held.bytes = 0
+
+    def reserve(self, count: int) -> None:
+        """``count`` bytes more reserved."""
+        self.reserved += count
+        self.total += count
+
+    def unreserve(self, count: int) -> None:
+        """``count`` bytes reserved no more."""
+        self.reserved -= count
+        self.total -= count
+        self._freed()
+
+    def _freed(self) -> None:
+        if self.on_freed is not None:
+            self.on_freed()
 
     def make_room(self, count: int, now: float, asking: Held | None = None) -> bool:
         """Drop the heaviest holders until ``count`` more bytes fit with room to spare; False

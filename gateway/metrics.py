@@ -117,6 +117,12 @@ BODIES_REFUSED = Counter(
     "team's share of it used (429)",
     ["reason"],
 )
+ANSWER_ROOM_WAITS = Counter(
+    "gateway_answer_room_waits_total",
+    "Requests whose answer found no room in the budget of unsent answer bytes before it was "
+    "built, and waited: served (room came) or refused (503)",
+    ["outcome"],
+)
 CONNECTIONS_OPEN = Gauge(
     "gateway_connections_open",
     "Client connections open (bounded by GATEWAY_MAX_CONNECTIONS per process)",

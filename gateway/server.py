@@ -61,6 +61,7 @@ from aiohttp.http_exceptions import (
 from aiohttp.streams import StreamReader
 
 from gateway import metrics
+from gateway.answer_room import AnswerRoom, Reservation
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.connections import LISTEN_BACKLOG, ConnectionGuard, Patience
@@ -177,7 +178,8 @@ class Bounds:
     guard: ConnectionGuard
     patience: Patience
     headers: ByteBudget  # header bytes of requests whose headers are not all in
-    unsent: ByteBudget  # answer bytes waiting in send buffers
+    unsent: ByteBudget  # answer bytes waiting in send buffers, and reserved for answers
+    room: AnswerRoom  # reservations in it, made before an answer is built
     trim: Trim
     header_timeout: float
     max_header_bytes: int
@@ -188,11 +190,13 @@ class Bounds:
     @classmethod
     def of(cls, settings: Settings, bound: int, loop: asyncio.AbstractEventLoop) -> Bounds:
         limit = settings.max_header_bytes
+        unsent = ByteBudget(settings.unsent_bytes_in_flight, "unsent_budget")
         return cls(
             guard=ConnectionGuard(bound),
             patience=Patience.of(settings),
             headers=ByteBudget(settings.header_bytes_in_flight, "header_budget"),
-            unsent=ByteBudget(settings.unsent_bytes_in_flight, "unsent_budget"),
+            unsent=unsent,
+            room=AnswerRoom(unsent, settings.answer_wait_seconds, loop.time),
             trim=Trim(loop),
             header_timeout=settings.header_timeout_seconds,
             max_header_bytes=limit,
@@ -256,8 +260,10 @@ class GatewayRequestHandler(web.RequestHandler):
         "_head",
         "_header_timer",
         "_in_head",
+        "_leaving",
         "_pending",
         "_refused",
+        "_reservation",
         "_send_timer",
         "_tail",
         "_unsent",
@@ -284,6 +290,8 @@ class GatewayRequestHandler(web.RequestHandler):
         self._answered = False  # the request being read was answered (aiohttp lingers)
         self._unsent = Held()  # answer bytes waiting in the send buffer, and their answer's
         self._answer_bytes = 0  # the answer being written, which its handler holds till sent
+        self._reservation: Reservation | None = None  # its room, until it is counted here
+        self._leaving: Reservation | None = None  # its bytes, dropped, until its handler ends
         self._send_timer: asyncio.TimerHandle | None = None
 
     # --- the connection ------------------------------------------------------------------
@@ -364,8 +372,13 @@ class GatewayRequestHandler(web.RequestHandler):
         self.force_close()
 
     def _release_held(self) -> None:
+        """Its bytes leave the budgets, but for an answer its handler still holds: counted
+        (reserved) until the handler lets go of it, a few loop turns after the connection
+        closes, so the room it leaves is not taken before it is free."""
         bounds = self._bounds
         freed = self._head.bytes + self._unsent.bytes
+        if self._answer_bytes and self._reservation is None and self._leaving is None:
+            self._leaving = bounds.room.take(self._answer_bytes)
         bounds.headers.release(self._head)
         bounds.unsent.release(self._unsent)
         bounds.trim.freed(freed)
@@ -579,6 +592,18 @@ class GatewayRequestHandler(web.RequestHandler):
 
     # --- answering -----------------------------------------------------------------------
 
+    @property
+    def answer_room(self) -> AnswerRoom:
+        """Where a request reserves room for its answer before building it."""
+        return self._bounds.room
+
+    def keep(self, reservation: Reservation) -> None:
+        """Hold ``reservation`` (the room of the answer about to be written) until the answer's
+        bytes are counted as unsent (:meth:`pause_writing`), or all sent."""
+        if self._reservation is not None:
+            self._reservation.release()
+        self._reservation = reservation
+
     async def finish_response(
         self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
     ) -> tuple[web.StreamResponse, bool]:
@@ -590,6 +615,7 @@ class GatewayRequestHandler(web.RequestHandler):
             finished = await super().finish_response(request, resp, start_time)
         finally:
             self._answer_bytes = 0
+            self._end_reservations()
         self._answered = True
         self._bounds.guard.active(self)  # idle from now, until its next request
         return finished
@@ -606,7 +632,17 @@ class GatewayRequestHandler(web.RequestHandler):
         held = wire.get_write_buffer_size() + self._answer_bytes
         self._bounds.unsent.set(self._unsent, held, now, self)
         self._unsent.since = now
+        if self._reservation is not None:  # counted here from now on
+            self._reservation.release()
+            self._reservation = None
         self._check_unsent(now)
+
+    def _end_reservations(self) -> None:
+        """The handler let go of its answer: what was kept for it is free."""
+        for reservation in (self._reservation, self._leaving):
+            if reservation is not None:
+                reservation.release()
+        self._reservation = self._leaving = None
 
     def resume_writing(self) -> None:
         """All sent."""

@@ -362,7 +362,9 @@ async def test_a_hundred_unread_answers_stay_within_the_unsent_budget(
     fake_nomic: FakeNomic, tmp_path: Path
 ) -> None:
     """The attack: 100 clients asking for a cached 7.7 MB answer and never reading it added
-    721 MB, still held 100 s later, and another team got no answer meanwhile."""
+    721 MB, still held 100 s later, and another team got no answer meanwhile; with the budget
+    of unsent bytes, but the answers built all at once before it saw them, the process
+    still peaked at +576 to +810 MiB."""
     budget = 128 * MiB  # the default
     async with serving(fake_nomic, tmp_path, GATEWAY_LOG_LEVEL="error") as gateway:
         pid = gateway.process.pid
@@ -391,12 +393,76 @@ async def test_a_hundred_unread_answers_stay_within_the_unsent_budget(
         await asyncio.sleep(3)
         after = rss(pid)
     dropped = sample(text, "gateway_connections_shed_total", reason="unsent_budget")
+    refused = sample(text, "gateway_answer_room_waits_total", outcome="refused")
     print(f"\n100 unread {size / 1e6:.1f} MB answers: RSS {before / MiB:.0f} MiB before, "
           f"+{(held - before) / MiB:.0f} held, peak +{(peak - before) / MiB:.0f}, "
-          f"+{(after - before) / MiB:.0f} after they closed; {dropped:.0f} dropped; a victim "
-          f"{during}, then {after_flood}")  # fmt: skip
+          f"+{(after - before) / MiB:.0f} after they closed; {dropped:.0f} dropped, "
+          f"{refused:.0f} refused; a victim {during}, then {after_flood}")  # fmt: skip
     assert during[0] == 200
     assert after_flood[0] == 200
-    assert dropped >= 80  # what the budget holds is about ten of them
+    assert dropped + refused >= 80  # what the budget holds is about ten of them
     assert held - before < budget + 32 * MiB
+    assert peak - before < 2 * budget  # the heap keeps some of what it freed till trimmed
     assert after - before < 32 * MiB
+
+
+async def first_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """The status and headers of the first answer on a connection and its first bytes of
+    body (the client reads no more of a large one); status 0 if the gateway reset or closed
+    it first."""
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        body = await asyncio.wait_for(reader.read(200), 10)
+    except (OSError, asyncio.IncompleteReadError):
+        return 0, {}, b""
+    status_line, *lines = head.decode("latin-1").strip().split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines)
+    return int(status_line.split()[1]), headers, body
+
+
+@pytest.mark.serial  # resident memory of a whole process: measured alone
+async def test_answers_past_the_unsent_budget_are_not_built_but_refused_and_room_comes_back(
+    fake_nomic: FakeNomic, tmp_path: Path
+) -> None:
+    """A budget with room for one 7.7 MB answer (and its copies as it is written), ten
+    clients that never read theirs and five that hang up at once: an answer that does not fit
+    is never built; what cannot get room within GATEWAY_ANSWER_WAIT_SECONDS is a 503 with
+    Retry-After; once they are gone, nothing stays reserved: whole answers again."""
+    budget = 24 * MiB
+    env = {"GATEWAY_UNSENT_BYTES_IN_FLIGHT": str(budget), "GATEWAY_ANSWER_WAIT_SECONDS": "0.3",
+           "GATEWAY_LOG_LEVEL": "error"}  # fmt: skip
+    async with serving(fake_nomic, tmp_path, **env) as gateway:
+        pid = gateway.process.pid
+        key = await team_key(gateway.url)
+        size = await cache_big_answer(gateway.url, key)
+        await asyncio.sleep(0.5)
+        before = rss(pid)
+        request = text_request(key, BIG_TEXTS)
+        unread = [await connect(gateway.port, rcvbuf=SMALL_RCVBUF) for _ in range(10)]
+        gone = [await connect(gateway.port) for _ in range(5)]
+        try:
+            for _, writer in unread + gone:
+                writer.write(request)
+            for _, writer in gone:
+                writer.close()  # their handlers run on, or wait, for nobody
+            answers = await asyncio.gather(*(first_head(reader) for reader, _ in unread))
+            peak = rss(pid, "VmHWM")
+        finally:
+            for _, writer in unread:
+                writer.close()
+        await asyncio.sleep(1)  # every handler has let go of its answer
+        whole = [await cache_big_answer(gateway.url, key) for _ in range(2)]
+        text = await metrics(gateway)
+    statuses = [status for status, _, _ in answers]
+    print(f"\n10 unread answers, room for one: {statuses}, peak +{(peak - before) / MiB:.0f} MiB")
+    refused = [(headers, body) for status, headers, body in answers if status == 503]
+    assert len(refused) >= 5
+    for headers, body in refused:
+        assert headers["retry-after"] == "1"
+        [detail] = json.loads(body)["detail"]
+        assert detail["type"] == "gateway_overloaded"
+    assert sample(text, "gateway_answer_room_waits_total", outcome="refused") >= len(refused)
+    # Built all at once they held 10 answers and their copies: +150 MiB and more.
+    assert peak - before < 3 * budget
+    # Nothing left reserved by the answers sent, dropped or never built: the next ones fit.
+    assert whole == [size, size]

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import HttpVersion11, web
 
-from gateway import forms, malloc, text_forms
+from gateway import answer_room, forms, malloc, text_forms
 from gateway.answers import Shape
 from gateway.appkeys import (
     ACCOUNTS,
@@ -81,16 +81,18 @@ async def _embed(
     log = request[LOG_FIELDS]
     pipeline, accounts = request.app[PIPELINE], request.app[ACCOUNTS]
     lookup = await pipeline.lookup(parsed, team.cache_scope)
-    if not lookup.missing:
-        cached = assemble(lookup)
-        await accounts.admit_answered(team, lookup, cached)
-        return _response(cached, log)
+    if not lookup.missing:  # room for its answer first: it is about to be built
+        async with answer_room.reserved(request, answer_room.hit_bound(lookup)):
+            cached = assemble(lookup)
+            await accounts.admit_answered(team, lookup, cached)
+            return _response(cached, log)
     # What it reserves is released and what it fetches is paid for, whatever becomes of this
     # handler: the admission, the fetch and the settle run in a task of their own, which a
     # cancelled handler (a client that hung up, where the server cancels its handler; a
     # shutdown's grace run out) leaves to end.
     answer = await asyncio.shield(accounts.run_to_end(_complete(request, team, lookup, deadline)))
-    return _response(answer, log)
+    async with answer_room.reserved(request, answer_room.held_for(len(answer.body)), built=True):
+        return _response(answer, log)
 
 
 async def _complete(request: web.Request, team: Team, lookup: Lookup, deadline: float) -> Answer:
