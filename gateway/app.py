@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -41,6 +42,7 @@ from gateway.routes import admin, embeddings, openai, ops, user
 from gateway.shield import Policy
 from gateway.store import MemoryStore, RedisStore, StoreError
 from gateway.store.base import QuotaLedger
+from gateway.store.data_dir import DataDir
 from gateway.store.fallback import FallbackCoordinator, FallbackLedger
 from gateway.store.memory_coordinator import MemoryCoordinator
 from gateway.store.memory_ledger import MemoryLedger
@@ -89,7 +91,11 @@ def shield_policy(settings: Settings) -> Policy:
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     backend: RedisBackend | None = None
-    if settings.redis_url is None:
+    data: DataDir | None = None
+    if settings.redis_url is None and settings.data_dir is not None:
+        data = await DataDir.open(Path(settings.data_dir), settings.disk_cache_bytes)
+        app[STORE], app[LEDGER], app[COORDINATOR] = data.store, data.ledger, MemoryCoordinator()
+    elif settings.redis_url is None:
         app[STORE] = MemoryStore(settings.memory_store_bytes)
         app[LEDGER] = MemoryLedger()
         app[COORDINATOR] = MemoryCoordinator()
@@ -105,7 +111,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         shared = RedisCoordinator(backend)
         fail_open = settings.on_store_failure == "open"
         app[COORDINATOR] = FallbackCoordinator(shared) if fail_open else shared
-    where = "embedded memory" if settings.redis_url is None else _redis_at(settings.redis_url)
+    where = _where(settings)
     log.info("store: %s", where)
     if settings.metrics_token is None:
         log.warning(
@@ -131,6 +137,8 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     await auth.drain()
     if backend is not None:
         await backend.close()
+    if data is not None:
+        await data.close()
 
 
 async def _prepare_store(app: web.Application) -> None:
@@ -152,6 +160,15 @@ async def _prepare_when_reachable(app: web.Application, where: str) -> None:
         return
 
 
+def _where(settings: Settings) -> str:
+    if settings.redis_url is not None:
+        return _redis_at(settings.redis_url)
+    if settings.data_dir is None:
+        return "embedded, in memory: teams, keys, usage and cache are forgotten when it stops"
+    cache = settings.disk_cache_bytes / 2**20
+    return f"embedded, kept in {settings.data_dir} (the cache up to {cache:g} MiB of it)"
+
+
 def _redis_at(url: str) -> str:
     """Where a Redis URL points, without its credentials."""
     parts = urlsplit(url)
@@ -171,7 +188,7 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     estimator = TokenEstimator(settings.tokens_per_item_estimate)
     buffer = UsageBuffer(app[LEDGER])
     ledger: QuotaLedger = app[LEDGER]
-    if settings.redis_url is not None:  # a store that can fail
+    if settings.redis_url is not None or settings.data_dir is not None:  # one that can fail
         fail_open = settings.on_store_failure == "open"
         ledger = FallbackLedger(app[LEDGER], buffer.retry_later, fail_open=fail_open)
     accounts = app[ACCOUNTS] = Accounts(ledger, buffer, estimator)

@@ -8,9 +8,12 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from gateway import admin_cli, connections, logs, server, teams_file, workers
 from gateway.config import Settings, SettingsError, add_arguments
+from gateway.store import data_dir
+from gateway.store.data_dir import DataDirError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,8 +51,10 @@ def serve(flags: dict[str, str | None]) -> int:
                 "GATEWAY_WORKERS > 1 needs GATEWAY_REDIS_URL: the embedded store is one "
                 "process's own"
             )
+        if settings.redis_url is None and settings.data_dir is not None:
+            data_dir.check(Path(settings.data_dir))
         server.check_bindable(settings.host, settings.port, reuse_port=settings.workers > 1)
-    except (SettingsError, teams_file.TeamsFileError, server.CannotListen) as exc:
+    except (SettingsError, teams_file.TeamsFileError, server.CannotListen, DataDirError) as exc:
         print(f"nomic-gateway: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_format)
@@ -76,7 +81,11 @@ def serve(flags: dict[str, str | None]) -> int:
             print(f"nomic-gateway: {exc}", file=sys.stderr)
             return 2
     else:
-        run_worker(settings)
+        try:
+            run_worker(settings)
+        except DataDirError as exc:  # taken by another process since the check
+            print(f"nomic-gateway: {exc}", file=sys.stderr)
+            return 2
         code = 0
     log.info("nomic-gateway stopped")
     return code

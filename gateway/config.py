@@ -150,6 +150,18 @@ def _writable_directory(text: str) -> str:
     return text
 
 
+def default_data_dir() -> str:
+    """``$XDG_STATE_HOME/nomic-gateway``, XDG's ``~/.local/state`` when that is unset."""
+    state = os.environ.get("XDG_STATE_HOME", "")
+    if not os.path.isabs(state):
+        state = os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(state, "nomic-gateway")
+
+
+def _data_dir(text: str) -> str | None:
+    return None if text == MEMORY_DATA_DIR else os.path.abspath(os.path.expanduser(text))
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -273,8 +285,26 @@ class Settings:
         "Redis connections per process (more requests wait for one)",
         64,
     )
+    data_dir: str | None = _setting(
+        "GATEWAY_DATA_DIR",
+        _data_dir,
+        "directory where the embedded store (no GATEWAY_REDIS_URL) keeps teams, keys, usage "
+        f"and cache across restarts, one process's own; {MEMORY_DATA_DIR}: in the process "
+        "only, forgotten when it stops",
+        default_data_dir(),
+    )
+    disk_cache_bytes: int = _setting(
+        "GATEWAY_DISK_CACHE_BYTES",
+        _positive_int,
+        "most bytes the embedded store's cache takes on disk (least recently used out first; "
+        "teams, keys and usage are never evicted)",
+        1024 * MiB,
+    )
     memory_store_bytes: int = _setting(
-        "GATEWAY_MEMORY_STORE_BYTES", _positive_int, "embedded store size in bytes", 256 * MiB
+        "GATEWAY_MEMORY_STORE_BYTES",
+        _positive_int,
+        f"embedded store's cache size in bytes with GATEWAY_DATA_DIR={MEMORY_DATA_DIR}",
+        256 * MiB,
     )
     hot_cache_bytes: int = _setting(
         "GATEWAY_HOT_CACHE_BYTES",

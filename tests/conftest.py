@@ -393,8 +393,7 @@ def gateway_settings(fake: FakeNomic, store_url: str | None, **overrides: Any) -
     values: dict[str, Any] = {
         "nomic_api_key": FAKE_API_KEY,
         "upstream_url": fake.url,  # type: ignore[attr-defined]
-        "redis_url": store_url,
-        "redis_mode": "cluster" if store_url in CLUSTER_URLS else "standalone",
+        **store_settings(store_url),
         "upstream_timeout_seconds": 5.0,
         # A loaded test machine can take over a second to open a hundred connections to a
         # cluster; a tight timeout would then look like an outage (and fail open).
@@ -409,6 +408,26 @@ def gateway_settings(fake: FakeNomic, store_url: str | None, **overrides: Any) -
         **overrides,
     }
     return Settings(**values)
+
+
+def store_settings(store_url: str | None) -> dict[str, Any]:
+    """The settings of a gateway on ``store_url`` (on the embedded store on disk: in a data
+    directory of its own, as in memory each gateway has a store of its own)."""
+    if store_url is None:
+        return {"redis_url": None, "data_dir": None}
+    if store_url.startswith(EMBEDDED):
+        return {"redis_url": None, "data_dir": tempfile.mkdtemp(dir=store_url[len(EMBEDDED) :])}
+    return {"redis_url": store_url,
+            "redis_mode": "cluster" if store_url in CLUSTER_URLS else "standalone"}  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def own_state_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Gateway processes a test starts keep their embedded store (its default directory is
+    under ``XDG_STATE_HOME``) in a directory of the test's own."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
 
 
 GatewayFactory = Callable[..., Any]

@@ -14,7 +14,8 @@ scenario says) and prints what the gateway's memory and a victim saw.
   body a few bytes a second (with a key), a third ask for a 7.7 MB answer and never read it;
   then a victim tries ten times, each on a new connection.
 - unread: ``--connections`` (100) clients each ask for a cached 7.7 MB answer (512 texts) and
-  never read it; the gateway's memory, and how a victim fares meanwhile.
+  never read it; the gateway's memory, and how victims fare meanwhile (``/healthz``, and another
+  team's cached hit of one text).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +44,7 @@ MiB = 1024 * 1024
 HEADER_LINES = 126  # within aiohttp's 128 header lines
 HEADER_LINE_BYTES = 8000  # within its 8 KiB per line
 BIG_TEXTS = [f"text number {n}" for n in range(512)]  # answered with 7.7 MB of JSON
+SMALL_TEXTS = ["another team's text"]  # a victim's cached hit: 15 KB
 SMALL_RCVBUF = 4096  # an attacker that never reads keeps its receive window small
 
 
@@ -241,6 +244,18 @@ async def victim_request(port: int, request: bytes, seconds: float = 10) -> tupl
         writer.close()
 
 
+async def first_status(reader: asyncio.StreamReader) -> str:
+    """The status of what the gateway answered first on a connection (reading its first
+    bytes only), "reset" if it closed or reset it, "nothing" if it answered nothing yet."""
+    try:
+        line = await asyncio.wait_for(reader.read(12), 0.05)
+    except TimeoutError:
+        return "nothing"
+    except OSError:
+        return "reset"
+    return line[9:12].decode() if line.startswith(b"HTTP/1.1 ") else "reset"
+
+
 def victim_get(key: str) -> bytes:
     return (
         b"GET /v1/user HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer " + key.encode() + b"\r\n\r\n"
@@ -368,6 +383,9 @@ async def measure_unread(connections: int, env: dict[str, str]) -> None:
             size = await cache_big_answer(gateway.url, key)
             await asyncio.sleep(0.5)
             before = rss(pid)
+            other = await team_key(gateway.url)
+            hit = text_request(other, SMALL_TEXTS)
+            assert (await victim_request(gateway.port, hit))[0] == 200  # cached from now on
             request = text_request(key, BIG_TEXTS)
             streams = []
             try:
@@ -379,21 +397,16 @@ async def measure_unread(connections: int, env: dict[str, str]) -> None:
                     streams += opened
                     for _, writer in opened:
                         writer.write(request)
-                status, seconds = await victim_request(
-                    gateway.port, b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n"
+                (status, seconds), (hit_status, hit_seconds) = await asyncio.gather(
+                    victim_request(gateway.port, b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n"),
+                    victim_request(gateway.port, hit),
                 )
                 await asyncio.sleep(5)
                 held, peak = rss(pid), rss(pid, "VmHWM")
                 late_status, late_seconds = await victim_request(
                     gateway.port, b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n"
                 )
-                open_ones = sum(
-                    1
-                    for answer in await asyncio.gather(
-                        *(closed_by_peer(r, 0.05) for r, _ in streams)
-                    )
-                    if answer is None
-                )
+                got = await asyncio.gather(*(first_status(r) for r, _ in streams))
             finally:
                 for _, writer in streams:
                     writer.close()
@@ -404,8 +417,10 @@ async def measure_unread(connections: int, env: dict[str, str]) -> None:
                 f"RSS {before / MiB:.0f} MiB before, {held / MiB:.0f} MiB 5 s in "
                 f"(+{(held - before) / MiB:.0f}), peak +{(peak - before) / MiB:.0f} MiB, "
                 f"{after / MiB:.0f} MiB 3 s after they closed (+{(after - before) / MiB:.0f}); "
-                f"{open_ones} still open after 5 s; a victim's /healthz during the flood: "
-                f"{status} in {seconds:.2f} s, 5 s in: {late_status} in {late_seconds:.2f} s"
+                f"what they got: {dict(sorted(Counter(got).items()))}; during the flood a "
+                f"victim's /healthz: "
+                f"{status} in {seconds:.2f} s, another team's cached hit: {hit_status} in "
+                f"{hit_seconds:.2f} s; 5 s in /healthz: {late_status} in {late_seconds:.2f} s"
             )
 
 
