@@ -670,8 +670,9 @@ class Shield:
             teams = {
                 item.job.team for item in _batch_of(sendable, lane.most, self.policy.batch_bytes)
             }
-            if not teams:
-                raise _SitOut(max(self._calls.used_up(team) or 0.0 for team in lane.jobs.teams()))
+            if not teams:  # (none queued: drain failed them; the lane waits for arrivals)
+                left = (self._calls.used_up(team) or 0.0 for team in lane.jobs.teams())
+                raise _SitOut(max(left, default=0.0))
             charge = await self._calls.charge(teams)
             if charge.teams or not all(map(self._calls.limited, teams)):
                 lane.charge = charge

@@ -70,7 +70,11 @@ class TeamCalls:
         self._used_up: dict[str, int] = {}  # team → the minute it made its calls in
 
     def note(self, team: str, limit: int | None) -> None:
-        """``team``'s limit (None: unlimited), as its latest request was admitted with."""
+        """``team``'s limit (None: unlimited), as its latest request was admitted with. A
+        limit changed (by an admin) is asked of the store again."""
+        if self._limits.get(team) == limit:
+            return
+        self._used_up.pop(team, None)
         if limit is None:
             self._limits.pop(team, None)
         else:

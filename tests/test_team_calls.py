@@ -129,6 +129,10 @@ async def test_a_team_is_charged_to_its_limit_then_refused_without_asking_again(
     assert (await calls.charge(["a", "free"])).teams == set()
     assert len(store.asked) == asked  # known out: no round trip; an unlimited team: none ever
     assert "free" not in store.asked
+    calls.note("a", 2)  # the same limit: still known out
+    assert calls.used_up("a") == 15.0
+    calls.note("a", 3)  # raised by an admin: the store is asked again
+    assert (await calls.charge(["a"])).teams == {"a"}
     clock.now += 15.0  # the next minute
     assert calls.used_up("a") is None
     assert (await calls.charge(["a"])).teams == {"a"}
