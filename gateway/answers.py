@@ -10,7 +10,6 @@ encoding a vector again. Pure.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Sequence
 from typing import Literal
 
@@ -34,7 +33,7 @@ def body(shape: Shape, model: str, entries: Sequence[Entry], usage_tokens: int) 
         if shape == "openai":
             parts += entry.embedding_json, b"}"
         else:
-            parts += b'"', base64.b64encode(entry.float32_le()), b'"}'
+            parts += b'"', entry.float32_base64(), b'"}'
     parts += b'],"model":', orjson.dumps(model), b',"usage":', usage, b"}"
     return b"".join(parts)
 

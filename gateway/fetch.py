@@ -310,7 +310,7 @@ class Fetcher:
                 continue
             self._estimator.observe(spec.model, embedded.tokens, weight)
             entry = Entry(entries.vector_json(embedded.vector), embedded.tokens, fresh_until,
-                          entries.float32_of(blob))  # fmt: skip
+                          entries.base64_of(blob))  # fmt: skip
             self._land(key, entry, here=True)
             stored.append((key, blob))
         ttl = self._url_ttl_seconds + self._stale_grace_seconds if url else None

@@ -61,11 +61,15 @@ class ParsedRequest(NamedTuple):
         *,
         shape: Shape = "nomic",
         field: str = "",
+        costed: bool = True,
     ) -> ParsedRequest:
-        """A request of ``items``, digesting each and, for texts, working out their costs."""
+        """A request of ``items``, digesting each and, for texts, working out their costs
+        (unless not ``costed``: then each missed text's cost is worked out after the lookup,
+        :meth:`gateway.pipeline.Lookup.cost`, and a hit's never; a regular expression over
+        ten texts is most of a 10-text hit's CPU)."""
         digests = [content_digest(item) for item in items]
         spec = Spec(model, kind, text)
-        costs = tuple(map(spec.cost, items)) if spec.text is not None else ()
+        costs = tuple(map(spec.cost, items)) if costed and spec.text is not None else ()
         return cls(model, kind, items, digests, text, costs, shape, field)
 
     @property

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from gateway.entries import Entry
 from gateway.lru import ByteLRU
 
-ENTRY_OVERHEAD = 180  # bytes of Python objects per entry beyond its JSON and float32s
+ENTRY_OVERHEAD = 180  # bytes of Python objects per entry beyond its JSON and base64
 
 
 class HotCache:
@@ -44,4 +44,4 @@ class HotCache:
 
 
 def _size(key: str, entry: Entry) -> int:
-    return len(key) + len(entry.embedding_json) + len(entry.float32) + ENTRY_OVERHEAD
+    return len(key) + len(entry.embedding_json) + len(entry.base64) + ENTRY_OVERHEAD

@@ -202,8 +202,10 @@ class Pipeline:
         for key in stale:
             del found[key]
         missing = [key for key in first_item if key not in found]
-        costs = dict(zip(keys, request.costs, strict=True)) if request.costs else EMPTY_COSTS
-        return Lookup(request, keys, first_item, found, missing, stale, not readable, costs)
+        return Lookup(
+            request, keys, first_item, found, missing, stale, not readable,
+            _costs(request, keys, first_item, missing),
+        )  # fmt: skip
 
     async def complete(
         self, lookup: Lookup, deadline: float, team: str = "", calls_per_minute: int | None = None
@@ -241,6 +243,19 @@ class Pipeline:
         to the shield, which must still be sending."""
         await self.fetcher.drain()
         await self.shield.drain()
+
+
+def _costs(
+    request: ParsedRequest, keys: list[str], first_item: dict[str, bytes], missing: list[str]
+) -> Mapping[str, Cost]:
+    """Each distinct text key's cost: those the parser worked out (a large body's, off the
+    loop), else the misses' alone, worked out here once (a hit's cost is never needed)."""
+    if request.costs:
+        return dict(zip(keys, request.costs, strict=True))
+    if request.text is None or not missing:
+        return EMPTY_COSTS
+    spec = request.spec
+    return {key: spec.cost(first_item[key]) for key in missing}
 
 
 def _first_failure(

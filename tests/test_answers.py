@@ -1,5 +1,5 @@
 """Answer bodies in each shape a client speaks (gateway/answers.py), and the entries'
-float32 bytes they are made of."""
+base64 of float32s they are made of."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def test_base64_is_exactly_the_float32s_answered(vectors: list[list[float]]) -> 
     came from the store or was just fetched (the fetcher's Entry, built from the vector)."""
     stored = [entry_of(vector) for vector in vectors]
     fetched = [
-        Entry(entries.vector_json(v), 1, 0, entries.float32_of(entries.encode(v, 1)))
+        Entry(entries.vector_json(v), 1, 0, entries.base64_of(entries.encode(v, 1)))
         for v in vectors
     ]
     for answered in (stored, fetched):
@@ -70,6 +70,6 @@ def test_base64_of_a_vector_that_is_not_float32s_rounds_it() -> None:
     float32s, as OpenAI's base64 can hold nothing else."""
     vector = [0.1, -1 / 3, 2.0]
     stored = entry_of(vector)
-    assert stored.float32 == b""
+    assert stored.base64 == b""
     (item,) = orjson.loads(body("openai-base64", "m", [stored], 1))["data"]
     assert floats_of(item["embedding"]) == array("f", vector).tolist()

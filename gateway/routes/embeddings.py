@@ -188,16 +188,19 @@ async def read_json(
 def _parse_texts(
     body: bytes, content_type: str | None, *, limits: TextLimits
 ) -> forms.ParsedRequest:
-    return texts_request(text_forms.parse_text_request(body, limits, content_type))
+    texts = text_forms.parse_text_request(body, limits, content_type)
+    return texts_request(texts, costed=len(body) >= OFF_LOOP_BYTES)
 
 
 def texts_request(
-    texts: text_forms.TextRequest, shape: Shape = "nomic", field: str = ""
+    texts: text_forms.TextRequest, shape: Shape = "nomic", field: str = "", costed: bool = True
 ) -> forms.ParsedRequest:
-    """The request of validated ``texts``, answered in ``shape`` (its items at ``field``)."""
+    """The request of validated ``texts``, answered in ``shape`` (its items at ``field``).
+    ``costed``: each text's cost worked out now, as a large body's are, in the heavy-work
+    thread; a small body's are worked out on the loop, for its misses alone."""
     items = [text.encode() for text in texts.texts]
     return forms.ParsedRequest.of(
-        texts.model, "text", items, texts.options(), shape=shape, field=field
+        texts.model, "text", items, texts.options(), shape=shape, field=field, costed=costed
     )
 
 

@@ -47,7 +47,8 @@ def _parse(
     parsed = openai_shape.parse_embeddings_request(
         body, limits, limits.models.names("text"), aliases, content_type
     )
-    return embeddings.texts_request(parsed.texts, parsed.shape, field="input")
+    costed = len(body) >= embeddings.OFF_LOOP_BYTES
+    return embeddings.texts_request(parsed.texts, parsed.shape, "input", costed)
 
 
 async def list_models(request: web.Request) -> web.Response:
