@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast
 
 from aiohttp import web
 
@@ -142,7 +142,6 @@ class AnswerRoom:
             self._waiting = deque(w for w in self._waiting if not w[1].done())
 
 
-@runtime_checkable
 class Keeper(Protocol):
     """The connection a request came on, when it keeps a reservation until its answer is
     handed over (:class:`gateway.server.GatewayRequestHandler`)."""
@@ -160,11 +159,11 @@ async def reserved(request: web.Request, count: int, *, built: bool = False) -> 
     """Room for an answer of ``count`` bytes held (:func:`held_for`) while it is built and
     until it is handed over; ``built``: made already (and paid for), counted without waiting
     or refusal. Served without the gateway's connections (a test's server): no budget."""
-    keeper = request.protocol
-    if not isinstance(keeper, Keeper):
+    room: AnswerRoom | None = getattr(request.protocol, "answer_room", None)
+    if room is None:  # (not isinstance(..., Keeper): a runtime Protocol check took 40 µs a hit)
         yield
         return
-    room = keeper.answer_room
+    keeper = cast(Keeper, request.protocol)
     reservation = room.take(count) if built else await room.reserve(count)
     try:
         yield
