@@ -351,7 +351,8 @@ class Shield:
         if jobs:
             self._calls.note(team, jobs[0].calls_per_minute)
         left = self._calls.used_up(team)
-        if left is not None and must_fail(min(j.deadline for j in jobs), self._clock(), left):
+        if left is not None and must_fail(min(j.deadline for j in jobs), self._clock(),
+                                          left + self._call_seconds):  # fmt: skip
             raise self._calls.refusal(team)
         if self.queued + len(jobs) > self.policy.queue_items:
             raise UpstreamUnavailable(
@@ -686,16 +687,17 @@ class Shield:
             await self._calls.give_back(charge, charge.teams - {item.job.team for item in batch})
 
     def _fail_due(self, lane: _Lane, everything: bool = False) -> None:
-        """Fail the misses of teams that have made their calls this minute whose request's
-        deadline comes before it ends (``everything``: all of those teams' misses)."""
-        now = self._clock()
+        """Fail the misses of teams that have made their calls this minute that cannot wait
+        for the next: their request's deadline comes before a call made as the minute ends
+        would be answered (``everything``: all of those teams' misses)."""
+        answered = self._clock() + self._call_seconds  # a call made now, as calls take lately
         failed: Results = []
         for team in lane.jobs.teams():
             left = self._calls.used_up(team)
             if left is None:
                 continue
             due = lane.jobs.remove(
-                team, functools.partial(_due, math.inf if everything else now + left)
+                team, functools.partial(_due, math.inf if everything else answered + left)
             )
             if due:
                 error = self._calls.refusal(team, len({item.job.owner for item in due}))
