@@ -8,16 +8,18 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
-from tests.conftest import GatewayFactory, stored_keys, sync_client
+from tests.conftest import EMBEDDED, EVERY_STORE, GatewayFactory, stored_keys, sync_client
 from tests.fake_nomic import FakeNomic, png
 from tests.helpers import image_form, post_images, post_urls
 
 Client = TestClient[Any, Any]
 
 
+@pytest.mark.parametrize("store_url", EVERY_STORE, indirect=True)
 async def test_miss_then_hit_answers_exactly_what_nomic_answered(
     gateway: Client, fake_nomic: FakeNomic
 ) -> None:
@@ -41,6 +43,7 @@ async def test_miss_then_hit_answers_exactly_what_nomic_answered(
     assert len(fake_nomic.calls) == 1
 
 
+@pytest.mark.parametrize("store_url", EVERY_STORE, indirect=True)
 async def test_partial_hit_sends_only_the_misses_and_keeps_input_order(
     gateway: Client, fake_nomic: FakeNomic
 ) -> None:
@@ -75,6 +78,7 @@ async def test_same_image_five_times_goes_upstream_once(
     assert response.headers["X-Billed-Tokens"] == "10"
 
 
+@pytest.mark.parametrize("store_url", EVERY_STORE, indirect=True)
 async def test_concurrent_requests_for_one_new_image_share_one_upstream_call(
     gateway: Client, fake_nomic: FakeNomic
 ) -> None:
@@ -110,6 +114,7 @@ async def test_upstream_batches_are_at_most_the_configured_size(
     assert body["embeddings"] == [FakeNomic.embedding(body["model"], image) for image in images]
 
 
+@pytest.mark.parametrize("store_url", EVERY_STORE, indirect=True)
 async def test_urls_are_cached_with_their_ttl(
     make_gateway: GatewayFactory, fake_nomic: FakeNomic, store_url: str | None
 ) -> None:
@@ -122,7 +127,7 @@ async def test_urls_are_cached_with_their_ttl(
     second = await post_urls(gateway, urls)
     assert second.headers["X-Cache"] == "HIT"
     assert fake_nomic.items_received == [url.encode() for url in urls]
-    if store_url is not None:
+    if store_url is not None and not store_url.startswith(EMBEDDED):
         client = sync_client(store_url)
         ttls = [client.ttl(key) for key in await stored_keys(client, "ng:v2:emb:*", 2)]
         client.close()

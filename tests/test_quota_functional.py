@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import ADMIN_TOKEN, GatewayFactory, admin_get, team_headers
+from tests.conftest import ADMIN_TOKEN, EVERY_STORE, GatewayFactory, admin_get, team_headers
 from tests.fake_nomic import FakeNomic, png
 from tests.helpers import image_form
 
@@ -52,6 +52,7 @@ async def usage_of(client: Client, team: str) -> dict[str, int]:
     return rows[0] if rows else {}
 
 
+@pytest.mark.parametrize("store_url", EVERY_STORE, indirect=True)
 async def test_a_daily_budget_of_ten_images_admits_exactly_ten_of_a_hundred(
     gateway: Client, fake_nomic: FakeNomic
 ) -> None:
@@ -240,6 +241,7 @@ async def test_a_monthly_budget(gateway: Client) -> None:
     assert (await post(gateway, [png(1), png(2)], team)).status == 200  # hits cost nothing
 
 
+@pytest.mark.parametrize("store_url", EVERY_STORE, indirect=True)
 async def test_a_failed_upstream_call_releases_its_reservation(
     gateway: Client, fake_nomic: FakeNomic
 ) -> None:
@@ -253,6 +255,7 @@ async def test_a_failed_upstream_call_releases_its_reservation(
     assert (usage["upstream_errors"], usage["billed_tokens"], usage["rejected"]) == (1, 10, 1)
 
 
+@pytest.mark.parametrize("store_url", EVERY_STORE, indirect=True)
 async def test_usage_cli_after_a_mixed_workload(gateway: Client, fake_nomic: FakeNomic) -> None:
     alpha = await team_headers(gateway, "alpha")
     beta = await team_headers(gateway, "beta")
