@@ -23,7 +23,7 @@ import aiohttp
 from tests.conftest import ADMIN_TOKEN, free_port, make_team
 from tests.fake_nomic import FAKE_API_KEY, FakeNomic, png
 from tests.helpers import image_form
-from tests.test_cli import clean_env, wait_healthy
+from tests.test_cli import clean_env, run_cli, wait_healthy
 
 TEAMS = {  # one whose requests the ledger decides, one whose usage the process buffers
     "limited": {"limits": {"requests_per_minute": 1000, "tokens_per_day": 10**6}},
@@ -139,3 +139,14 @@ async def test_keys_usage_and_cache_survive_kill_9(fake_nomic: FakeNomic, tmp_pa
     log = gateway.log.read_text()
     assert log.count(f"store: embedded, kept in {data_dir}") == 2
     assert "Traceback" not in log
+
+
+def test_a_data_directory_that_cannot_be_written_stops_startup_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    where = tmp_path / "a-file" / "data"
+    result = run_cli("serve", env=clean_env(NOMIC_API_KEY="nk-x", GATEWAY_DATA_DIR=str(where)))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"nomic-gateway: GATEWAY_DATA_DIR={where} is not a writable directory (Not a "
+        "directory): set it to one (or to :memory: to keep nothing past the process)"
+    ]
