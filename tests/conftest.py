@@ -421,13 +421,28 @@ def store_settings(store_url: str | None) -> dict[str, Any]:
             "redis_mode": "cluster" if store_url in CLUSTER_URLS else "standalone"}  # fmt: skip
 
 
+@contextlib.contextmanager
+def state_home(directory: Path) -> Iterator[None]:
+    """Gateway processes started meanwhile keep their embedded store (its default directory
+    is under ``XDG_STATE_HOME``) under ``directory``."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_STATE_HOME", str(directory))
+        yield
+
+
+@pytest.fixture(autouse=True, scope="module")
+def module_state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A module's own state directory, for the gateways its module-scoped fixtures start."""
+    with state_home(tmp_path_factory.mktemp("state")):
+        yield
+
+
 @pytest.fixture(autouse=True)
-def own_state_home(
-    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Gateway processes a test starts keep their embedded store (its default directory is
-    under ``XDG_STATE_HOME``) in a directory of the test's own."""
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+def own_state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A test's own state directory: no two tests' gateway processes share a data directory
+    (nor one with the user's own gateway)."""
+    with state_home(tmp_path_factory.mktemp("state")):
+        yield
 
 
 GatewayFactory = Callable[..., Any]
