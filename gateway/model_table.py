@@ -78,6 +78,10 @@ class ModelTable:
             {model.name: model for model in sorted(models, key=lambda model: model.name)}
         )
 
+    def __reduce__(self) -> tuple[type[ModelTable], tuple[tuple[ModelInfo, ...]]]:
+        """Pickled as its models: ``--workers`` sends the settings to its processes."""
+        return ModelTable, (tuple(self._by_name.values()),)
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ModelTable) and dict(self._by_name) == dict(other._by_name)
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pickle
 import secrets
 from collections.abc import Callable
 
@@ -148,3 +149,13 @@ def test_model_aliases_map_names_to_served_text_models() -> None:
 def test_malformed_model_aliases_are_refused(aliases: str, words: str) -> None:
     with pytest.raises(SettingsError, match=words):
         Settings.from_sources({}, {**KEY, "GATEWAY_MODEL_ALIASES": aliases})
+
+
+def test_settings_pickle_as_they_are_for_worker_processes() -> None:
+    """``--workers`` starts its processes with the settings pickled (the spawn method)."""
+    env = {**KEY, "GATEWAY_MODELS": '{"extra-text": {"kind": "text", "dimensions": 32}}',
+           "GATEWAY_MODEL_ALIASES": "small=extra-text"}  # fmt: skip
+    settings = Settings.from_sources({}, env)
+    again = pickle.loads(pickle.dumps(settings))
+    assert again == settings
+    assert again.models.text_model("extra-text") == settings.models.text_model("extra-text")
