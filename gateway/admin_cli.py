@@ -19,10 +19,12 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
+from gateway.spend import CHARGEBACK_COLUMNS
 from gateway.teams import LIMIT_NAMES, SWITCHES, key_hash, well_formed
 
 USAGE_COLUMNS = ("team", "day", "requests", "images", "texts", "hits", "misses",
                  "billed_tokens", "saved_tokens", "upstream_errors", "rejected")  # fmt: skip
+MONEY_COLUMNS = ("billed_cost", "saved_cost", "currency")  # with the gateway's prices set
 TEAM_COLUMNS = ("id", "name", *LIMIT_NAMES, *SWITCHES)
 KEY_COLUMNS = ("id", "prefix", "created", "last_used", "expires", "revoked")
 
@@ -76,6 +78,9 @@ def add_commands(commands: Any) -> None:
     usage.add_argument("--team")
     usage.add_argument("--since", help="YYYY-MM-DD (default: six days before --until)")
     usage.add_argument("--until", help="YYYY-MM-DD (default: today, UTC)")
+    text = "one row per team of a month's usage, budget and cost (CSV with --csv)"
+    chargeback = commands.add_parser("chargeback", help=text, parents=[common])
+    chargeback.add_argument("--month", help="YYYY-MM (default: this month, UTC)")
 
 
 def _team_fields(parser: argparse.ArgumentParser) -> None:
@@ -116,7 +121,10 @@ def _call(client: AdminClient, args: argparse.Namespace) -> tuple[Any, Sequence[
     if args.command == "usage":
         query = {k: v for k in ("team", "since", "until") if (v := getattr(args, k))}
         path = "/admin/usage?" + urllib.parse.urlencode(query)
-        return client.request("GET", path)["usage"], USAGE_COLUMNS
+        return _priced(client.request("GET", path)["usage"], USAGE_COLUMNS)
+    if args.command == "chargeback":
+        path = "/admin/chargeback?" + urllib.parse.urlencode({"month": args.month or ""})
+        return _priced(client.request("GET", path)["chargeback"], CHARGEBACK_COLUMNS)
     if args.command == "teams":
         if args.action == "list":
             return client.request("GET", "/admin/teams")["teams"], TEAM_COLUMNS
@@ -140,6 +148,12 @@ def _call(client: AdminClient, args: argparse.Namespace) -> tuple[Any, Sequence[
     body = {} if args.grace_seconds is None else {"grace_seconds": args.grace_seconds}
     rotated = client.request("POST", f"{key}/rotate", body)
     return [rotated], ("id", "key", "replaces", "old_key_expires")
+
+
+def _priced(rows: list[dict[str, Any]], columns: Sequence[str]) -> tuple[Any, Sequence[str]]:
+    """``rows`` and their columns, with the money columns when the gateway priced them."""
+    priced = any("billed_cost" in row for row in rows)
+    return rows, (*columns, *MONEY_COLUMNS) if priced else columns
 
 
 def _team_body(args: argparse.Namespace) -> dict[str, Any]:

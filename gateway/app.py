@@ -34,6 +34,7 @@ from gateway.auth import Authenticator
 from gateway.body_budget import BodyBudget
 from gateway.breaker import Breaker
 from gateway.config import Settings
+from gateway.console import routes as console
 from gateway.forms import BodyLimits
 from gateway.middlewares import request_context
 from gateway.pipeline import Pipeline
@@ -78,6 +79,8 @@ def create_app(settings: Settings) -> web.Application:
         app.add_subapp("/admin", admin.create_admin(settings.admin_token))
     else:
         log.info("the admin API is off: set GATEWAY_ADMIN_TOKEN to manage teams and keys")
+    if settings.console:
+        app.add_subapp("/console", console.create_console())
     return app
 
 

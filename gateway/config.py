@@ -14,11 +14,13 @@ import itertools
 import math
 import os
 from collections.abc import Callable, Mapping
+from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.model_table import DEFAULT_MODELS, ModelTable, extended_by_json
 from gateway.models import MAX_TEXTS_PER_UPSTREAM_CALL
+from gateway.prices import Pricing, flat_price, parse_currency, parse_prices
 
 KiB = 1024
 MiB = 1024 * 1024
@@ -192,6 +194,13 @@ def _redis_mode(text: str) -> str:
     if text not in ("standalone", "cluster"):
         raise ValueError("must be standalone or cluster")
     return text
+
+
+def _on_off(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("on", "off", "true", "false", "1", "0", "yes", "no"):
+        raise ValueError("must be on or off")
+    return value in ("on", "true", "1", "yes")
 
 
 def _log_format(text: str) -> str:
@@ -432,7 +441,7 @@ class Settings:
         "GATEWAY_KEY_CACHE_SECONDS",
         _positive_float,
         "how long a key lookup is cached in the process (a revoked key works that long)",
-        5.0,
+        1.0,
     )
     tokens_per_item_estimate: int = _setting(
         "GATEWAY_TOKENS_PER_ITEM_ESTIMATE",
@@ -520,6 +529,38 @@ class Settings:
         "a name (text-embedding-3-small=nomic-embed-text-v1.5,...); none by default",
         (),
     )
+    console: bool = _setting(
+        "GATEWAY_CONSOLE",
+        _on_off,
+        "the spend console at /console, for teams (their key) and the operator (the admin "
+        "token): on or off",
+        True,
+    )
+    console_session_seconds: float = _setting(
+        "GATEWAY_CONSOLE_SESSION_SECONDS",
+        _positive_float,
+        "how long a console sign-in lasts before the key or token is asked for again",
+        8 * 3600.0,
+    )
+    trust_forwarded: bool = _setting(
+        "GATEWAY_TRUST_FORWARDED",
+        _on_off,
+        "on behind a proxy that sets X-Forwarded-For and X-Forwarded-Proto: the console counts "
+        "sign-in attempts per address the proxy names, and marks its cookie Secure when the "
+        "proxy was reached over https; off: the peer's address, and Secure over TLS only",
+        False,
+    )
+    prices: tuple[tuple[str, Decimal], ...] = _setting(
+        "GATEWAY_PRICES",
+        parse_prices,
+        "prices per million tokens, model=price pairs separated by commas (* for every model "
+        "not named); usage is kept per team and day, not per model, so every model served "
+        "must have the same price; unset: usage in tokens only",
+        (),
+    )
+    currency: str = _setting(
+        "GATEWAY_CURRENCY", parse_currency, "the currency GATEWAY_PRICES are in", "USD"
+    )
     log_level: str = _setting("GATEWAY_LOG_LEVEL", _log_level, "log level", "INFO")
     log_format: str = _setting(
         "GATEWAY_LOG_FORMAT", _log_format, "json (one object per line) or text", "json"
@@ -546,11 +587,21 @@ class Settings:
                 )
             if name in served:
                 raise SettingsError(f"GATEWAY_MODEL_ALIASES: {name!r} is a model's own name")
+        try:
+            flat_price(self.prices, (model.name for model in self.models.models()))
+        except ValueError as exc:
+            raise SettingsError(f"GATEWAY_PRICES {exc}") from None
         if self.metrics_token is not None and self.metrics_token == self.admin_token:
             raise SettingsError(
                 "GATEWAY_METRICS_TOKEN must differ from GATEWAY_ADMIN_TOKEN: whoever scrapes "
                 "the metrics must not hold the admin API"
             )
+
+    @property
+    def pricing(self) -> Pricing | None:
+        """The one price per million tokens of every model served; None: no prices set."""
+        price = flat_price(self.prices, (model.name for model in self.models.models()))
+        return None if price is None else Pricing(price, self.currency)
 
     def __repr__(self) -> str:
         shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

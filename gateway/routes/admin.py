@@ -3,7 +3,8 @@
 Every call needs ``Authorization: Bearer $GATEWAY_ADMIN_TOKEN``; without that setting the
 admin API does not exist (404). The calls docs/teams-and-quotas.md lists (creating teams, making
 and revoking keys, reading usage) keep their paths and shapes, so scripts written against one
-version keep working.
+version keep working. What each call does to the ledger is a function of its own here
+(:func:`add_team`, :func:`add_key`, ...), which the console's forms call too.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway import teams
+from gateway import spend, teams
 from gateway.accounts import usage_rows
-from gateway.appkeys import ACCOUNTS, LEDGER
+from gateway.appkeys import ACCOUNTS, LEDGER, SETTINGS
 from gateway.auth import bearer_matches
 from gateway.errors import Conflict, InvalidRequest, NotFound, StoreUnavailable, Unauthorized
 from gateway.middlewares import Handler
@@ -42,6 +43,7 @@ def create_admin(token: str) -> web.Application:
     admin.router.add_delete("/teams/{team}/keys/{key_id}", revoke_key)
     admin.router.add_post("/teams/{team}/keys/{key_id}/rotate", rotate_key)
     admin.router.add_get("/usage", usage)
+    admin.router.add_get("/chargeback", chargeback)
     return admin
 
 
@@ -104,7 +106,12 @@ def _limits(data: dict[str, Any]) -> Any:
 
 
 async def create_team(request: web.Request) -> web.Response:
-    data = await _body(request)
+    team = await add_team(_ledger(request), await _body(request))
+    return web.json_response(team.to_json(), status=201)
+
+
+async def add_team(ledger: Ledger, data: dict[str, Any]) -> Team:
+    """Create the team ``data`` describes (as ``POST /admin/teams`` takes it)."""
     _check_fields(data, {"id", "name", "limits", *SWITCHES})
     team_id = teams.check_team_id(data.get("id"))
     team = Team(
@@ -114,9 +121,9 @@ async def create_team(request: web.Request) -> web.Response:
         created=time.time(),
     )
     team = dataclasses.replace(team, **_switches(data, team))  # given, or Team's defaults
-    if not await _ledger(request).create_team(team):
+    if not await ledger.create_team(team):
         raise Conflict(f"team {team_id!r} exists", loc=("body", "id"))
-    return web.json_response(team.to_json(), status=201)
+    return team
 
 
 async def list_teams(request: web.Request) -> web.Response:
@@ -131,12 +138,17 @@ async def update_team(request: web.Request) -> web.Response:
     """One atomic change of the team as stored: two PATCHes at once both land, and a PATCH
     after a DELETE is a 404 (it never brings the team back)."""
     data = await _body(request)
+    updated = await patch_team(_ledger(request), request.match_info["team"], data)
+    return web.json_response(updated.to_json())
+
+
+async def patch_team(ledger: Ledger, team_id: str, data: dict[str, Any]) -> Team:
+    """Change the team as a PATCH body says (limits merged into the team's)."""
     _check_fields(data, {"name", "limits", *SWITCHES})
-    team_id = request.match_info["team"]
-    updated = await _ledger(request).change_team(team_id, lambda team: _patched(team, data))
+    updated = await ledger.change_team(team_id, lambda team: _patched(team, data))
     if updated is None:
         raise NotFound(f"no team {team_id!r}", loc=("path", "team"))
-    return web.json_response(updated.to_json())
+    return updated
 
 
 def _patched(team: Team, data: dict[str, Any]) -> Team:
@@ -161,11 +173,16 @@ async def delete_team(request: web.Request) -> web.Response:
 
 
 async def create_key(request: web.Request) -> web.Response:
-    team = await _team(request)
+    record, key = await add_key(_ledger(request), await _team(request))
+    return web.json_response({"id": record.id, "key": key, **record.public()}, status=201)
+
+
+async def add_key(ledger: Ledger, team: Team) -> tuple[KeyRecord, str]:
+    """A new key of ``team``: its record, and the key (to be shown once)."""
     key = teams.new_key()
     record = teams.record_for(key, team.id, time.time())
-    await _ledger(request).put_key(record)
-    return web.json_response({"id": record.id, "key": key, **record.public()}, status=201)
+    await ledger.put_key(record)
+    return record, key
 
 
 async def list_keys(request: web.Request) -> web.Response:
@@ -174,44 +191,56 @@ async def list_keys(request: web.Request) -> web.Response:
     return web.json_response({"keys": [record.public() for record in records]})
 
 
-async def _key(request: web.Request, team: Team) -> KeyRecord:
-    key_id = request.match_info["key_id"]
-    for record in await _ledger(request).list_keys(team.id):
+async def find_key(ledger: Ledger, team: Team, key_id: str) -> KeyRecord:
+    for record in await ledger.list_keys(team.id):
         if record.id == key_id:
             return record
     raise NotFound(f"team {team.id!r} has no key {key_id!r}", loc=("path", "key_id"))
 
 
 async def revoke_key(request: web.Request) -> web.Response:
-    team = await _team(request)
-    record = await _key(request, team)
-    await _ledger(request).narrow_key(record, revoked=time.time())
+    await revoke(_ledger(request), await _team(request), request.match_info["key_id"])
     return web.Response(status=204)
+
+
+async def revoke(ledger: Ledger, team: Team, key_id: str) -> None:
+    record = await find_key(ledger, team, key_id)
+    await ledger.narrow_key(record, revoked=time.time())
 
 
 async def rotate_key(request: web.Request) -> web.Response:
     """A new key for the team; the old one keeps working for ``grace_seconds`` (default 24 h)."""
     data = await _body(request)  # read before the key: what is read next is acted on at once
     _check_fields(data, {"grace_seconds"})
-    team = await _team(request)
-    old = await _key(request, team)
     grace = data.get("grace_seconds", DEFAULT_GRACE_SECONDS)
+    team = await _team(request)
+    record, key, old_expires = await rotate(
+        _ledger(request), team, request.match_info["key_id"], grace
+    )
+    body = {"id": record.id, "key": key, **record.public(), "replaces": old_expires.id,
+            "old_key_expires": old_expires.expires}  # fmt: skip
+    return web.json_response(body, status=201)
+
+
+async def rotate(
+    ledger: Ledger, team: Team, key_id: str, grace: object
+) -> tuple[KeyRecord, str, KeyRecord]:
+    """A new key in place of ``key_id``, which works ``grace`` seconds more: the new key's
+    record, the key (to be shown once), and the old key's record as narrowed."""
     if type(grace) is not int or not 0 <= grace <= MAX_GRACE_SECONDS:
         raise InvalidRequest(
             f"grace_seconds must be a whole number from 0 to {MAX_GRACE_SECONDS}",
             loc=("body", "grace_seconds"),
         )
+    old = await find_key(ledger, team, key_id)
     now = time.time()
     if not old.usable(now):
         raise Conflict(f"key {old.id!r} is revoked or expired", loc=("path", "key_id"))
     key = teams.new_key()
     record = teams.record_for(key, team.id, now)
-    ledger = _ledger(request)
     await ledger.put_key(record)
     await ledger.narrow_key(old, expires=now + grace)
-    body = {"id": record.id, "key": key, **record.public(), "replaces": old.id,
-            "old_key_expires": now + grace}  # fmt: skip
-    return web.json_response(body, status=201)
+    return record, key, dataclasses.replace(old, expires=now + grace)
 
 
 async def usage(request: web.Request) -> web.Response:
@@ -226,4 +255,35 @@ async def usage(request: web.Request) -> web.Response:
             raise InvalidRequest(str(exc), loc=("query", "team")) from None
     else:
         team_ids = [team.id for team in await ledger.list_teams()]
-    return web.json_response({"usage": await usage_rows(ledger, team_ids, days)})
+    rows = await usage_rows(ledger, team_ids, days)
+    pricing = request.config_dict[SETTINGS].pricing
+    return web.json_response(
+        {"usage": rows if pricing is None else list(map(pricing.priced, rows))}
+    )
+
+
+async def chargeback(request: web.Request) -> web.Response:
+    """``GET /admin/chargeback?month=YYYY-MM`` (default: this month): one row per team with
+    its month's usage, monthly budget and, with prices set, its cost."""
+    month = request.query.get("month") or spend.month_of(time.time())
+    try:
+        days = spend.month_days(month) if len(month) == 7 else []
+    except ValueError:
+        days = []
+    if not days:
+        raise InvalidRequest("month must be YYYY-MM", loc=("query", "month"))
+    await request.config_dict[ACCOUNTS].flush()
+    return web.json_response({"chargeback": await chargeback_rows(request, month, days)})
+
+
+async def chargeback_rows(
+    request: web.Request, month: str, days: list[str]
+) -> list[dict[str, object]]:
+    """Every team's row of ``month``'s chargeback, by team id."""
+    ledger = _ledger(request)
+    pricing = request.config_dict[SETTINGS].pricing
+    rows = []
+    for team in await ledger.list_teams():
+        used = await usage_rows(ledger, [team.id], days)
+        rows.append(spend.chargeback_row(month, team.id, team, used, pricing))
+    return rows

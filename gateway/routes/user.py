@@ -11,7 +11,7 @@ from aiohttp import web
 
 from gateway import quota
 from gateway.accounts import usage_rows
-from gateway.appkeys import ACCOUNTS, AUTH, LEDGER
+from gateway.appkeys import ACCOUNTS, AUTH, LEDGER, SETTINGS
 from gateway.errors import InvalidRequest, QuotaExceeded, StoreUnavailable
 from gateway.store import StoreError
 
@@ -51,7 +51,11 @@ async def own_usage(request: web.Request) -> web.Response:
             loc=("query",), retry_after=math.ceil(wait_ms / 1000),
         )  # fmt: skip
     await request.app[ACCOUNTS].flush()  # this process's latest counts
-    return web.json_response({"usage": await usage_rows(request.app[LEDGER], [team.id], days)})
+    rows = await usage_rows(request.app[LEDGER], [team.id], days)
+    pricing = request.app[SETTINGS].pricing  # with prices set, each row's cost beside it
+    return web.json_response(
+        {"usage": rows if pricing is None else list(map(pricing.priced, rows))}
+    )
 
 
 def requested_days(request: web.Request) -> list[str]:

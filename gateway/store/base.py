@@ -132,6 +132,11 @@ class Ledger(QuotaLedger, Protocol):
         reads (the embedded store: its one process)."""
         ...
 
+    async def shared_secret(self, name: str) -> bytes:
+        """32 random bytes kept under ``name``, made by whichever process asks first (once,
+        atomically) and the same for every process on the store from then on."""
+        ...
+
 
 class Mark(NamedTuple):
     """An input's in-flight mark as one round trip found it, and its cache entry as the same

@@ -7,6 +7,7 @@ script in Redis; it applies the same rules (:func:`gateway.quota.decide`).
 from __future__ import annotations
 
 import dataclasses
+import secrets
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +34,7 @@ class MemoryLedger:
         self._settled: OrderedDict[str, float] = OrderedDict()
         self._costs: dict[str, int] = {}
         self._usage_reads: dict[str, float] = {}  # team → its reads' TAT (rate.spend), in ms
+        self._secrets: dict[str, bytes] = {}
 
     async def create_team(self, team: Team) -> bool:
         if team.id in self._teams:
@@ -149,6 +151,9 @@ class MemoryLedger:
         now_ms = time.monotonic() * 1000
         self._usage_reads[team_id], wait = rate.spend(tat, now_ms, days, per_second, at_once)
         return wait
+
+    async def shared_secret(self, name: str) -> bytes:
+        return self._secrets.setdefault(name, secrets.token_bytes(32))
 
     async def item_cost(self, model: str) -> int | None:
         return self._costs.get(model)

@@ -14,6 +14,7 @@ key alone; writing one and its team's index are two commands, which only admin c
 from __future__ import annotations
 
 import dataclasses
+import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -244,6 +245,15 @@ class RedisLedger:
             keys=[team_key(team_id, "usage_reads")], args=[days, per_second, at_once]
         )
         return int(await self._call("usage reads", spent))
+
+    async def shared_secret(self, name: str) -> bytes:
+        key = f"ng:v1:secret:{name}"
+        new = secrets.token_bytes(32)
+        await self._call("secret write", self._redis.set(key, new, nx=True))
+        found: bytes | None = await self._call("secret read", self._redis.get(key))
+        if found is None:
+            raise StoreError(f"the shared secret {name!r} vanished as it was made")
+        return found
 
     async def item_cost(self, model: str) -> int | None:
         raw = await self._call("cost read", self._redis.get(f"ng:v1:cost:{model}"))

@@ -12,6 +12,7 @@ was killed before it settled, and is released (:meth:`SqliteLedger.release_lefto
 from __future__ import annotations
 
 import dataclasses
+import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -47,6 +48,7 @@ CREATE TABLE IF NOT EXISTS reserved (
 CREATE TABLE IF NOT EXISTS settled (request_id TEXT PRIMARY KEY, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS settled_by_time ON settled (at);
 CREATE TABLE IF NOT EXISTS costs (model TEXT PRIMARY KEY, tokens INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL);
 """
 _ADD = (
     "INSERT INTO usage VALUES (?, ?, ?, ?) "
@@ -256,6 +258,15 @@ class SqliteLedger:
         now_ms = time.monotonic() * 1000
         self._usage_reads[team_id], wait = rate.spend(tat, now_ms, days, per_second, at_once)
         return wait
+
+    async def shared_secret(self, name: str) -> bytes:
+        def kept(db: sqlite3.Connection) -> bytes:
+            new = secrets.token_bytes(32)
+            db.execute("INSERT OR IGNORE INTO secrets VALUES (?, ?)", (name, new))
+            row = db.execute("SELECT value FROM secrets WHERE name = ?", (name,)).fetchone()
+            return bytes(row[0])
+
+        return await self._backend.run("secret", kept)
 
     async def item_cost(self, model: str) -> int | None:
         def read(db: sqlite3.Connection) -> int | None:

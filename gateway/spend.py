@@ -1,0 +1,124 @@
+"""Spend from usage rows: totals, budgets and their pace, the monthly chargeback. Pure.
+
+Everything here works on the rows the ledger keeps (a team's counts of one UTC day) and on a
+``now`` passed in, so the console, the admin API and the CLI compute the same figures.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable, Mapping, Sequence
+from typing import NamedTuple
+
+from gateway import quota
+from gateway.prices import Pricing
+from gateway.teams import Team
+
+DAY_SECONDS = 86400
+CHARGEBACK_COLUMNS = (
+    "month", "team", "name", "requests", "images", "texts", "hits", "misses",
+    "billed_tokens", "saved_tokens", "tokens_per_month",
+)  # fmt: skip
+MONEY_COLUMNS = ("billed_cost", "saved_cost", "currency")
+
+
+def utc(now: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(now, datetime.UTC)
+
+
+def days_back(now: float, count: int) -> list[str]:
+    """The ``count`` UTC days that end with today's, oldest first (YYYY-MM-DD)."""
+    today = utc(now).date()
+    return [(today - datetime.timedelta(days=count - 1 - i)).isoformat() for i in range(count)]
+
+
+def month_days(month: str) -> list[str]:
+    """Every day of ``month`` (YYYY-MM); ValueError if it is not one."""
+    first = datetime.date.fromisoformat(f"{month}-01")
+    following = (first.replace(day=28) + datetime.timedelta(days=4)).replace(day=1)
+    return [
+        (first + datetime.timedelta(days=i)).isoformat() for i in range((following - first).days)
+    ]
+
+
+def month_of(now: float) -> str:
+    return utc(now).strftime("%Y-%m")
+
+
+def totals(rows: Iterable[Mapping[str, object]]) -> dict[str, int]:
+    """Each usage field summed over ``rows``."""
+    total = dict.fromkeys(quota.USAGE_FIELDS, 0)
+    for row in rows:
+        for field in quota.USAGE_FIELDS:
+            value = row.get(field, 0)
+            total[field] += value if isinstance(value, int) else 0
+    return total
+
+
+def hit_ratio(usage: Mapping[str, int]) -> float | None:
+    """Hits over inputs answered (None: none answered)."""
+    answered = usage.get("hits", 0) + usage.get("misses", 0)
+    return None if answered == 0 else usage.get("hits", 0) / answered
+
+
+class Budget(NamedTuple):
+    """A token budget over a period (a day or a month) and where the team stands in it."""
+
+    limit: int | None  # None: unlimited
+    used: int
+    period_start: float  # seconds since the epoch
+    period_end: float
+    now: float
+
+    @property
+    def left(self) -> int | None:
+        return None if self.limit is None else max(0, self.limit - self.used)
+
+    @property
+    def share(self) -> float | None:
+        """How much of the budget is used, 0 to 1 (None: unlimited or a budget of 0)."""
+        if not self.limit:
+            return None
+        return min(1.0, self.used / self.limit)
+
+    @property
+    def runs_out(self) -> float | None:
+        """When, at the pace of the period so far, the budget is used up: a time within the
+        period; None if it lasts the period at that pace (or nothing was spent, or it is
+        unlimited). Used up already: ``now``."""
+        if self.limit is None:
+            return None
+        if self.used >= self.limit:
+            return self.now
+        elapsed = self.now - self.period_start
+        if self.used <= 0 or elapsed <= 0:
+            return None
+        when = self.now + (self.limit - self.used) * elapsed / self.used
+        return when if when < self.period_end else None
+
+
+def day_budget(team: Team, used: int, now: float) -> Budget:
+    start = utc(now).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+    return Budget(team.limits.tokens_per_day, used, start, start + DAY_SECONDS, now)
+
+
+def month_budget(team: Team, used: int, now: float) -> Budget:
+    first = utc(now).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    following = (first + datetime.timedelta(days=32)).replace(day=1)
+    return Budget(team.limits.tokens_per_month, used, first.timestamp(), following.timestamp(), now)
+
+
+def chargeback_row(
+    month: str, team_id: str, team: Team | None, rows: Sequence[Mapping[str, object]],
+    pricing: Pricing | None,
+) -> dict[str, object]:  # fmt: skip
+    """One team's month: its usage summed, its monthly budget, and with prices its cost."""
+    summed = totals(rows)
+    row: dict[str, object] = {
+        "month": month,
+        "team": team_id,
+        "name": team.name if team is not None else "",
+        **{field: summed[field] for field in CHARGEBACK_COLUMNS[3:-1]},
+        "tokens_per_month": team.limits.tokens_per_month if team is not None else None,
+    }
+    return pricing.priced(row) if pricing is not None else row
