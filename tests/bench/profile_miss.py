@@ -97,7 +97,8 @@ def profile(args: argparse.Namespace, spy: str, tmp: Path) -> None:
                "GATEWAY_UPSTREAM_RATE_CALLS": "1000000000",
                "GATEWAY_UPSTREAM_RATE_BURST": "1000"}  # fmt: skip
         with_redis = {**env, "GATEWAY_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"}
-        for store, store_env in (("redis", with_redis), ("embedded", env)):
+        on_disk = {**env, "GATEWAY_DATA_DIR": str(tmp / "data")}  # not the user's own
+        for store, store_env in (("redis", with_redis), ("embedded", on_disk)):
             profile_store(args, spy, tmp, store, store_env)
 
 

@@ -89,6 +89,7 @@ async def main(args: argparse.Namespace) -> None:
                "GATEWAY_UPSTREAM_URL": f"http://127.0.0.1:{fake_port}",
                "GATEWAY_LOG_LEVEL": "warning"}  # fmt: skip
         env.pop("GATEWAY_REDIS_URL", None)
+        env["GATEWAY_DATA_DIR"] = str(Path(tmp) / "data")  # a store of its own, not the user's
         gateway = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway", "serve", "--port", str(port), env=env
         )
