@@ -85,4 +85,6 @@ install_for_tests() {
   command -v wrk >/dev/null || apt_install wrk
   command -v taskset >/dev/null || apt_install util-linux
   command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || apt_install nginx
+  # the console's browser tests: Debian's chromium and its chromedriver, driven by selenium
+  command -v chromium >/dev/null && command -v chromedriver >/dev/null || apt_install chromium chromium-driver
 }

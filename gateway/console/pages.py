@@ -433,7 +433,7 @@ def _manage_team(spent: TeamSpend, csrf: str, now: float) -> str:
             f"<td>{key_state(key, now)}</td><td>{actions}</td></tr>"
         )
     return (
-        f'<section class="card" id="team-{e(team.id)}" data-manage="{e(team.id)}">'
+        f'<section class="card wide" id="team-{e(team.id)}" data-manage="{e(team.id)}">'
         f"<h3>{e(team.name)} <small>{e(team.id)}</small></h3>"
         '<div class="scroll"><table><thead><tr><th>key</th><th>prefix</th><th>last used</th>'
         f"<th>state</th><th></th></tr></thead><tbody>{''.join(keys)}</tbody></table></div>"
