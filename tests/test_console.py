@@ -342,3 +342,12 @@ async def test_the_console_can_be_turned_off(fake_nomic: FakeNomic) -> None:
         assert response.content_type == "application/json"
     finally:
         await client.close()
+
+
+async def test_the_chargeback_csv_keeps_a_team_name_from_being_a_formula(console: Client) -> None:
+    await new_key(console, "research", name='=HYPERLINK("http://x")')
+    assert (await sign_in(console, ADMIN_TOKEN)).status == 303
+    exported = await console.get("/console/operator/chargeback.csv")
+    assert exported.status == 200
+    assert "attachment" in exported.headers["Content-Disposition"]
+    assert "'=HYPERLINK" in await exported.text()

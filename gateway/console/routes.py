@@ -551,11 +551,19 @@ async def chargeback_csv(request: web.Request) -> web.StreamResponse:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: _cell(v) for k, v in row.items()} for row in rows)
     return web.Response(
         text=out.getvalue(), content_type="text/csv", charset="utf-8",
         headers={"Content-Disposition": f'attachment; filename="chargeback-{month}.csv"'},
     )  # fmt: skip
+
+
+def _cell(value: object) -> object:
+    """A CSV cell a spreadsheet reads as text: a team's name starting with ``=``, ``+``,
+    ``-`` or ``@`` would be taken for a formula."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
 # --- the operator's forms ----------------------------------------------------------------
