@@ -114,3 +114,17 @@ async def test_a_closed_file_refuses_operations(tmp_path: Path) -> None:
 async def test_a_file_that_cannot_be_opened_is_a_store_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="SQLite cannot open"):
         await SqliteBackend.open(tmp_path / "missing" / "cache.sqlite3", SCHEMA)
+
+
+async def test_a_full_disk_is_a_store_error_and_writes_work_again_once_there_is_room(
+    backend: SqliteBackend,
+) -> None:
+    store = SqliteStore(backend, 10_000_000)
+    (pages,) = await backend.run("size", lambda db: db.execute("PRAGMA page_count").fetchone())
+    await backend.run("full", lambda db: db.execute(f"PRAGMA max_page_count = {pages + 2}"))
+    with pytest.raises(StoreError, match="database or disk is full"):
+        await store.set_many([(f"k{i}", ENTRY) for i in range(20)], None)
+    assert await store.get_many(["k0"]) == [None]  # nothing of the failed write
+    await backend.run("room", lambda db: db.execute("PRAGMA max_page_count = 1000000"))
+    await store.set_many([("k0", ENTRY)], None)
+    assert await store.get_many(["k0"]) == [ENTRY]

@@ -2,9 +2,10 @@
 
 SQLite's calls block, so the event loop makes none: each operation is a function of the
 connection, run by the file's thread. Operations queued while the thread is busy run in one
-transaction, each in a savepoint of its own (one that raises leaves the others as they were),
-committed once; an operation's await returns after the commit that holds it. One thread, one
-connection: operations run one after the other, so each is as atomic as a Lua script.
+transaction, each in a savepoint of its own (one that raises leaves the others as they were;
+an error after which SQLite rolls the whole transaction back, a full disk say, fails them
+all), committed once; an operation's await returns after the commit that holds it. One
+thread, one connection: operations run one after the other, each as atomic as a Lua script.
 
 Durability: WAL mode with ``synchronous=NORMAL``. A commit has been handed to the operating
 system when it returns, so it survives the process being killed (``kill -9``); a power loss or
@@ -139,7 +140,9 @@ class SqliteBackend:
                 try:
                     result = job.work(connection)
                 except Exception as exc:
-                    connection.execute("ROLLBACK TO job")  # raises if the transaction is gone
+                    if isinstance(exc, sqlite3.Error) and not connection.in_transaction:
+                        raise  # SQLite rolled the whole transaction back (a full disk, say)
+                    connection.execute("ROLLBACK TO job")
                     connection.execute("RELEASE job")
                     outcomes.append((job.future, None, _raised(job.what, exc)))
                     continue
