@@ -58,7 +58,9 @@ async def serving(
     environment = clean_env(
         NOMIC_API_KEY=FAKE_API_KEY, GATEWAY_UPSTREAM_URL=fake.url,  # type: ignore[attr-defined]
         GATEWAY_ADMIN_TOKEN=ADMIN_TOKEN, GATEWAY_UPSTREAM_RATE_CALLS="100000",
-        GATEWAY_UPSTREAM_RATE_PERIOD_SECONDS="1", GATEWAY_UPSTREAM_RATE_BURST="1000", **env,
+        GATEWAY_UPSTREAM_RATE_PERIOD_SECONDS="1", GATEWAY_UPSTREAM_RATE_BURST="1000",
+        # A data directory of its own, run by pytest or not (tests.slow_clients).
+        **{"GATEWAY_DATA_DIR": str(tmp_path / f"data-{port}"), **env},
     )  # fmt: skip
     log_path = tmp_path / f"gateway-{port}.log"
     with log_path.open("wb") as log:

@@ -14,6 +14,7 @@ from gateway.store.memory import ENTRY_OVERHEAD
 from tests.conftest import (
     EMBEDDED,
     EVERY_STORE,
+    STORES,
     chosen_store,
     data_dir,
     free_port,
@@ -109,13 +110,12 @@ async def test_redis_store_that_cannot_connect_raises_store_error() -> None:
     await backend.close()
 
 
+@pytest.mark.parametrize("store_url", STORES, indirect=True)  # the stores with connections
 async def test_more_concurrent_calls_than_connections_wait_their_turn(
     store_url: str | None,
 ) -> None:
     import asyncio
 
-    if store_url is not None and store_url.startswith(EMBEDDED):
-        pytest.skip("the embedded store on disk has no connections")
     backend = None if store_url is None else open_redis_backend(store_url, max_connections=4)
     store: Store = MemoryStore(10_000_000) if backend is None else RedisStore(backend)
     await store.set_many([("k", b"v")], None)

@@ -10,6 +10,7 @@ import argparse
 import concurrent.futures
 import contextlib
 import hashlib
+import itertools
 import os
 import signal
 import statistics
@@ -89,6 +90,7 @@ class Bench:
         self.rows: list[Row] = []
         self.runs = 0
         self.fake_pid = fake_pid
+        self.data_dirs = itertools.count()
 
     def gateway_env(self, **extra: str) -> dict[str, str]:
         teams = self.tmp / "teams.toml"
@@ -99,6 +101,9 @@ class Bench:
             "GATEWAY_UPSTREAM_URL": self.fake_url,
             "GATEWAY_TEAMS_FILE": str(teams),
             "GATEWAY_REDIS_URL": self.redis_url,
+            # Where an embedded-store gateway keeps its data: a directory of its own in the
+            # run's temporary one (never the user's, and never one another server holds).
+            "GATEWAY_DATA_DIR": str(self.tmp / f"data-{next(self.data_dirs)}"),
             "GATEWAY_LOG_LEVEL": "info",
             **extra,
         }
