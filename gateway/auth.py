@@ -2,7 +2,9 @@
 
 A key's lookup, found or not, is cached for ``cache_seconds``: a revoked key stops working
 within that time, and a flood of wrong keys costs the store one read per key per period.
-While the store cannot be read, a key keeps what the store last said of it.
+Keys found and keys not found are cached apart, each least recently used first out: a flood
+of random well-formed keys evicts only other unknown keys (``MAX_UNKNOWN``), never a team's
+(``MAX_KNOWN``). While the store cannot be read, a key keeps what the store last said of it.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from typing import NamedTuple
 
 from gateway import metrics
 from gateway.errors import StoreUnavailable, Unauthorized
+from gateway.lru import ByteLRU
 from gateway.store import StoreError
 from gateway.store.base import Ledger
 from gateway.teams import KeyRecord, Team, key_hash, well_formed
 
-MAX_CACHED = 50_000
+MAX_KNOWN = 50_000  # keys found in the store, least recently used evicted first
+MAX_UNKNOWN = 10_000  # keys not found (a flood of guesses evicts only its own)
 TOUCH_EVERY_SECONDS = 60.0
 
 
@@ -41,8 +45,9 @@ class Authenticator:
         self._ledger = ledger
         self._cache_seconds = cache_seconds
         self._clock = clock
-        self._cache: dict[str, _Cached] = {}
-        self._touched: dict[str, float] = {}
+        self._known: ByteLRU[_Cached] = ByteLRU(MAX_KNOWN, _one)
+        self._unknown: ByteLRU[_Cached] = ByteLRU(MAX_UNKNOWN, _one)
+        self._touched: ByteLRU[float] = ByteLRU(MAX_KNOWN, _one)
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def team_for(self, authorization: str | None) -> Team:
@@ -50,7 +55,7 @@ class Authenticator:
         key = _bearer(authorization)
         sha = key_hash(key)
         now = self._clock()
-        cached = self._cache.get(sha)
+        cached = self._known.get(sha) or self._unknown.get(sha)
         if cached is None or cached.until <= now:
             try:
                 cached = await self._load(sha, now)
@@ -80,18 +85,20 @@ class Authenticator:
             ) from exc
         if team is not None:
             _export_limits(team)
-        if len(self._cache) >= MAX_CACHED:
-            self._cache.clear()
-        cached = self._cache[sha] = _Cached(now + self._cache_seconds, record, team)
+        cached = _Cached(now + self._cache_seconds, record, team)
+        if record is None:
+            self._known.pop(sha)
+            self._unknown.put(sha, cached)
+        else:
+            self._unknown.pop(sha)
+            self._known.put(sha, cached)
         return cached
 
     def _touch(self, record: KeyRecord, now: float) -> None:
         """Note when a key was last used, at most once a minute per key and process."""
-        if now - self._touched.get(record.sha256, 0.0) < TOUCH_EVERY_SECONDS:
+        if now - (self._touched.get(record.sha256) or 0.0) < TOUCH_EVERY_SECONDS:
             return
-        if len(self._touched) >= MAX_CACHED:
-            self._touched.clear()
-        self._touched[record.sha256] = now
+        self._touched.put(record.sha256, now)
         task = asyncio.create_task(self._write_touch(record, now))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -103,6 +110,10 @@ class Authenticator:
     async def drain(self) -> None:
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _one(_key: str, _value: object) -> int:
+    return 1
 
 
 def bearer_matches(authorization: str | None, token: str) -> bool:
