@@ -7,6 +7,8 @@ the shape Nomic (FastAPI) uses, so clients parse the gateway's errors like Nomic
 from __future__ import annotations
 
 import errno
+import os
+import socket
 from typing import Any
 
 Loc = tuple[str | int, ...]
@@ -207,8 +209,22 @@ class LocalResourceError(Overloaded):
 
     @classmethod
     def behind(cls, exc: BaseException) -> bool:
-        """Whether ``exc`` (an OSError, or an aiohttp error made of one) is a local shortage."""
-        for error in (exc, getattr(exc, "os_error", None), exc.__cause__):
+        """Whether ``exc`` (an OSError, or an aiohttp error made of one) is a local shortage.
+
+        A name lookup that fails for want of a descriptor says so in no errno (glibc answers
+        "Name or service not known" when it cannot open /etc/hosts or a socket): a lookup
+        failure counts as local when no descriptor can be opened just after it."""
+        causes = (exc, getattr(exc, "os_error", None), exc.__cause__)
+        for error in causes:
             if isinstance(error, OSError) and error.errno in cls.ERRNOS:
                 return True
-        return False
+        return any(isinstance(error, socket.gaierror) for error in causes) and _no_descriptor()
+
+
+def _no_descriptor() -> bool:
+    """Whether this process cannot open one more descriptor now."""
+    try:
+        os.close(os.open(os.devnull, os.O_RDONLY))
+    except OSError as exc:
+        return exc.errno in LocalResourceError.ERRNOS
+    return False
