@@ -41,7 +41,8 @@ from gateway.models import Kind
 from gateway.pipeline import Answer, Lookup, count_items
 from gateway.quota import TokenEstimator, Window
 from gateway.store import StoreError
-from gateway.store.base import Ledger, QuotaLedger, Settlement
+from gateway.store.base import Ledger, QuotaLedger, Settlement, StoreFull
+from gateway.store.pending import PendingSettles
 from gateway.teams import LimitName, Team
 
 log = logging.getLogger(__name__)
@@ -72,16 +73,16 @@ def answered_usage(answer: Answer, kind: Kind) -> dict[str, int]:
 
 
 class UsageBuffer:
-    """Usage counted in the process, and settles that failed, written by :meth:`flush`.
+    """Usage counted in the process, and settles that failed (:attr:`pending`, merged),
+    written by :meth:`flush`.
 
     It writes to the store's own ledger, never through a :class:`FallbackLedger` (which
-    hands what fails back to :meth:`retry_later`)."""
+    hands what fails to :attr:`pending`)."""
 
     def __init__(self, ledger: QuotaLedger) -> None:
         self._ledger = ledger
         self._open: dict[tuple[str, str, str], Settlement] = {}
-        self._retry: list[Settlement] = []
-        self._flushing = asyncio.Lock()
+        self.pending = PendingSettles()
 
     def add(self, team_id: str, at: Window, billed: int, usage: dict[str, int]) -> None:
         key = (team_id, at.day, at.month)
@@ -91,27 +92,13 @@ class UsageBuffer:
         entry.usage.update(usage)
         self._open[key] = entry._replace(billed=entry.billed + billed)
 
-    def retry_later(self, settle: Settlement) -> None:
-        """Make ``settle`` at the next flush, and at each one after until it is made."""
-        self._retry.append(settle)
-
     async def flush(self) -> None:
-        """Write everything; what fails stays, under the same id, for the next flush."""
-        async with self._flushing:
-            await self._flush()
-
-    async def _flush(self) -> None:
-        self._retry.extend(self._open.values())
+        """Write everything; what fails stays (merged, see :class:`PendingSettles`) for the
+        next flush."""
+        for entry in self._open.values():
+            self.pending.add(entry)
         self._open = {}
-        while self._retry:
-            entry = self._retry[0]
-            try:
-                await self._ledger.settle(*entry)
-            except StoreError as exc:
-                metrics.STORE_ERRORS.labels(operation="usage").inc()
-                log.warning("%d usage records kept in memory: %s", len(self._retry), exc)
-                return
-            self._retry.pop(0)
+        await self.pending.write(self._ledger)
 
     async def run(self, every_seconds: float) -> None:
         while True:
@@ -212,9 +199,9 @@ class Accounts:
         try:
             decision = await self._ledger.admit(team, want, at, usage, request_id)
         except StoreError as exc:
-            raise StoreUnavailable(
-                "the usage store is unavailable; retry shortly", retry_after=1
-            ) from exc
+            why = "full" if isinstance(exc, StoreFull) else "unavailable"
+            message = f"the usage store is {why}; retry shortly"
+            raise StoreUnavailable(message, retry_after=1) from exc
         if not decision.allowed:
             assert decision.limit is not None
             if quota.refuses_every_request(team, decision):
@@ -414,9 +401,9 @@ async def usage_rows(
         try:
             counts = await ledger.usage(team_id, days)
         except StoreError as exc:
-            raise StoreUnavailable(
-                "the usage store is unavailable; retry shortly", retry_after=1
-            ) from exc
+            why = "full" if isinstance(exc, StoreFull) else "unavailable"
+            message = f"the usage store is {why}; retry shortly"
+            raise StoreUnavailable(message, retry_after=1) from exc
         rows.extend(
             {"team": team_id, "day": day, **row}
             for day, row in zip(days, counts, strict=True)

@@ -193,7 +193,7 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     ledger: QuotaLedger = app[LEDGER]
     if settings.redis_url is not None or settings.data_dir is not None:  # one that can fail
         fail_open = settings.on_store_failure == "open"
-        ledger = FallbackLedger(app[LEDGER], buffer.retry_later, fail_open=fail_open)
+        ledger = FallbackLedger(app[LEDGER], buffer.pending, fail_open=fail_open)
     accounts = app[ACCOUNTS] = Accounts(ledger, buffer, estimator)
     timeout = aiohttp.ClientTimeout(total=settings.upstream_timeout_seconds)
     async with aiohttp.ClientSession(timeout=timeout, raise_for_status=False) as session:

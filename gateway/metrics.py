@@ -81,6 +81,16 @@ STORE_SECONDS = Histogram(
     buckets=(0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
 )
 STORE_ERRORS = Counter("gateway_store_errors_total", "Store operations that failed", ["operation"])
+STORE_FULL = Counter(
+    "gateway_store_full_total",
+    "Store writes Redis refused because it is at its maxmemory (noeviction)",
+    ["operation"],
+)
+USAGE_PENDING = Gauge(
+    "gateway_usage_pending_settles",
+    "Settles kept in the process until the store takes writes again (merged per team and day)",
+    multiprocess_mode="livesum",
+)
 UPSTREAM_QUEUE = Gauge(
     "gateway_upstream_queue_items",
     "Misses waiting for an upstream call",

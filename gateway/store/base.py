@@ -17,7 +17,17 @@ from gateway.teams import KeyRecord, Team
 
 
 class StoreError(Exception):
-    """The store could not be reached or answered an error; the cause is chained."""
+    """The store could not be reached or answered an error; the cause is chained. The
+    operation may have run all the same (say, it timed out after Redis ran it)."""
+
+
+class StoreRefused(StoreError):
+    """The store surely did not run the operation: no connection could be made, or it
+    refused the command before running it."""
+
+
+class StoreFull(StoreRefused):
+    """Redis is at its ``maxmemory`` (policy ``noeviction``) and refused a write."""
 
 
 class Store(Protocol):

@@ -7,8 +7,9 @@ a minute are counted in the process too (N replicas: N times its limit, beside w
 had counted).
 
 :class:`FallbackLedger` decides admissions in the process (fail open), or refuses them
-(closed), and keeps every settle the store could not take to be made later: nothing lost,
-nothing counted twice, no reservation left behind.
+(closed), and keeps every settle the store could not take to be made later, merged
+(:mod:`gateway.store.pending`): nothing lost, nothing counted twice, no reservation left
+behind, and memory that does not grow with the outage.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from __future__ import annotations
 import logging
 import secrets
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from gateway import metrics
 from gateway.quota import Decision, Demand, Window
 from gateway.store.base import Coordinator, Mark, QuotaLedger, Settlement, StoreError
 from gateway.store.memory_coordinator import MemoryCoordinator
 from gateway.store.memory_ledger import MemoryLedger
+from gateway.store.pending import PendingSettles
 from gateway.teams import Team
 
 log = logging.getLogger(__name__)
@@ -119,58 +121,70 @@ class FallbackCoordinator:
 class FallbackLedger:
     """The request path's ledger over the ``shared`` one, whose failures it answers.
 
-    An admit the store fails may have run there all the same (it timed out after): its id is
-    handed at once to ``settle_later`` (the usage buffer's retries), so settling it in the
-    store releases what it reserved and records its usage once. Then, with ``fail_open``,
-    the request is decided by a :class:`MemoryLedger` of this process, which holds each limit
-    per process until the store is back; without, the :class:`StoreError` is raised (the
-    request is refused). A settle the store fails goes to ``settle_later`` too: :meth:`settle`
-    never raises it.
+    A settle the store fails goes to ``pending`` (:class:`PendingSettles`), and so does
+    every settle while the store fails: :meth:`settle` never raises. An admit the store
+    fails is decided, with ``fail_open``, by a :class:`MemoryLedger` of this process, which
+    holds each limit per process until the store takes writes again (and while it fails,
+    admits go there without asking it); without, the :class:`StoreError` is raised (the
+    request is refused). An admit that may have run all the same (it timed out after) has
+    its id handed to ``pending``, so that what it reserved is released.
     """
 
-    def __init__(
-        self,
-        shared: QuotaLedger,
-        settle_later: Callable[[Settlement], None],
-        *,
-        fail_open: bool,
-    ) -> None:
+    def __init__(self, shared: QuotaLedger, pending: PendingSettles, *, fail_open: bool) -> None:
         self._shared = shared
-        self._settle_later = settle_later
+        self._pending = pending
         self._local = MemoryLedger() if fail_open else None
         self._decided_here: set[str] = set()  # admitted by the local ledger, to settle there
 
     async def admit(
         self, team: Team, want: Demand, at: Window, usage: Mapping[str, int], request_id: str
     ) -> Decision:
-        try:
-            return await self._shared.admit(team, want, at, usage, request_id)
-        except StoreError:
-            self._settle_later(Settlement(team.id, at.day, at.month, request_id, 0, Counter(usage)))
-            if self._local is None:
-                raise
-            metrics.STORE_ERRORS.labels(operation="admit").inc()
+        failure: StoreError | None = None
+        if self._local is None or not self._pending.failing:
+            try:
+                return await self._shared.admit(team, want, at, usage, request_id)
+            except StoreError as exc:
+                metrics.STORE_ERRORS.labels(operation="admit").inc()
+                failure = exc
+        if self._local is None:
+            assert failure is not None
+            self._pending.add(self._release(team, at, request_id), reserved=False, failure=failure)
+            raise failure
         decision = await self._local.admit(team, want, at, usage, request_id)
         if decision.allowed and not usage:
             self._decided_here.add(request_id)
+        kept = Settlement(team.id, at.day, at.month, request_id, 0, Counter(usage))
+        if not decision.allowed:
+            kept = self._release(team, at, request_id)
+        self._pending.add(kept, failure=failure)
         return decision
+
+    @staticmethod
+    def _release(team: Team, at: Window, request_id: str) -> Settlement:
+        """The settle that releases what an admit that ran reserved, and adds nothing."""
+        return Settlement(team.id, at.day, at.month, request_id, 0, Counter())
 
     async def settle(
         self, team_id: str, day: str, month: str, request_id: str, billed: int,
         usage: Mapping[str, int],
     ) -> None:  # fmt: skip
         settlement = Settlement(team_id, day, month, request_id, billed, Counter(usage))
+        reserved = True  # admitted in the store: it may hold a reservation there
         if self._local is not None and request_id in self._decided_here:
             self._decided_here.discard(request_id)
             await self._local.settle(*settlement)  # the local counts, for the local limits
-            # The store's settle of this id is queued already (by admit): this one goes under
-            # an id of its own, with what the request actually did.
+            # What an admit of this id that ran in the store reserved is pending already:
+            # this one goes under an id of its own, with what the request actually did.
             settlement = settlement._replace(request_id=secrets.token_hex(16))
+            reserved = False
+        if self._pending.failing:
+            self._pending.add(settlement, reserved=reserved)
+            return
         try:
             await self._shared.settle(*settlement)
         except StoreError as exc:
             log.warning("settle of a request of team %s will be retried: %s", team_id, exc)
-            self._settle_later(settlement)
+            self._pending.add(settlement, reserved=reserved, failure=exc)
 
     async def item_cost(self, model: str) -> int | None:
         return await self._shared.item_cost(model)

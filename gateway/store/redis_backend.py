@@ -21,10 +21,10 @@ from typing import Any, TypeVar
 
 import redis
 import redis.asyncio as aioredis
-from redis.exceptions import RedisClusterException, RedisError, ResponseError
+from redis.exceptions import OutOfMemoryError, RedisClusterException, RedisError, ResponseError
 
 from gateway import metrics
-from gateway.store.base import StoreError
+from gateway.store.base import StoreError, StoreFull, StoreRefused
 
 T = TypeVar("T")
 
@@ -69,6 +69,18 @@ class Script:
         if self.prelude is not None and line <= self._prelude_lines:
             return f"lua/{self.prelude}:{line}"
         return f"lua/{self.name}:{line - self._prelude_lines}"
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether Redis refused a write for its ``maxmemory`` (in a script or a pipeline too;
+    a script refused at its first write has written nothing)."""
+    cause = exc.__cause__ if isinstance(exc, ScriptError) else exc
+    return isinstance(cause, OutOfMemoryError) or "OOM command not allowed" in str(exc)
+
+
+def _not_connected(exc: BaseException) -> bool:
+    """Whether no connection could be made, so the command was never sent."""
+    return isinstance(exc, redis.ConnectionError) and "connecting to" in str(exc)
 
 
 def _raised_in_redis_py(exc: BaseException) -> bool:
@@ -141,8 +153,12 @@ class RedisBackend:
         try:
             return await awaitable
         except (RedisError, RedisClusterException, OSError) as exc:
+            if _out_of_memory(exc):
+                metrics.child(metrics.STORE_FULL, what).inc()
+                raise StoreFull(f"Redis {what} failed: Redis is full (maxmemory)") from exc
             reason = f"ScriptError: {exc}" if isinstance(exc, ScriptError) else type(exc).__name__
-            raise StoreError(f"Redis {what} failed: {reason}") from exc
+            failure = StoreRefused if _not_connected(exc) else StoreError
+            raise failure(f"Redis {what} failed: {reason}") from exc
         except Exception as exc:
             if not _raised_in_redis_py(exc):
                 raise
