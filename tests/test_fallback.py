@@ -5,8 +5,10 @@ once Redis is back every settle lands in it once, every reservation made there r
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
+import redis
 from prometheus_client import REGISTRY
 
 from gateway import quota
@@ -16,7 +18,7 @@ from gateway.store import RedisBackend, StoreError
 from gateway.store.fallback import FallbackLedger
 from gateway.store.redis_ledger import RedisLedger
 from gateway.teams import Limits, Team
-from tests.conftest import RestartableRedis, free_port
+from tests.conftest import RestartableRedis, free_port, spawn_redis
 
 AT = quota.window(1_800_000_000.0)
 MISS = {"requests": 1, "images": 1, "misses": 1}
@@ -103,3 +105,53 @@ async def test_failing_open_writes_every_settle_once_when_redis_is_back(
     # Both reservations made in Redis were released: all that is left of the day is unbilled.
     assert (await shared.admit(capped, Demand(1, 1, 0, 1000 - 85), AT, {}, "rest")).allowed
     assert not (await shared.admit(capped, Demand(1, 1, 0, 1), AT, {}, "more")).allowed
+
+
+@pytest.fixture
+async def full(tmp_path: Path) -> AsyncIterator[tuple[redis.Redis, RedisBackend]]:
+    """A Redis at its maxmemory (noeviction): every write refused with OOM, reads answered."""
+    port = free_port()
+    server = spawn_redis(port, str(tmp_path), "--maxmemory-policy", "noeviction")
+    admin = redis.Redis(port=port)
+    backend = RedisBackend(f"redis://127.0.0.1:{port}/0", timeout_seconds=1.0)
+    yield admin, backend
+    await backend.close()
+    admin.close()
+    server.terminate()
+    server.wait(10)
+
+
+async def test_while_redis_is_full_settles_are_kept_merged_and_land_once(
+    full: tuple[redis.Redis, RedisBackend],
+) -> None:
+    """A thousand settles while Redis refuses writes: the process keeps one merged settle
+    per team and day and the ids of the requests Redis had admitted (to release what they
+    reserved), not a thousand; once Redis takes writes, the usage is exact."""
+    admin, backend = full
+    shared, buffer, ledger = ledgers(backend, fail_open=True)
+    capped = team(tokens_per_day=10**6)
+    for i in range(5):  # admitted by Redis, their settles come once it is full
+        assert (await ledger.admit(capped, Demand(1, 1, 0, 50), AT, {}, f"early{i}")).allowed
+    admin.config_set("maxmemory", 1)
+    for i in range(5):
+        await ledger.settle("t1", AT.day, AT.month, f"early{i}", 40, MISS)
+    for i in range(1000):
+        rid = f"late{i}"
+        assert (await ledger.admit(capped, Demand(1, 1, 0, 50), AT, {}, rid)).allowed
+        await ledger.settle("t1", AT.day, AT.month, rid, 40, MISS)
+        assert (await ledger.admit(capped, Demand(1, 1, 0, 0), AT, HIT, f"hit{i}")).allowed
+        buffer.add("t2", AT, 0, HIT)
+    await buffer.flush()  # refused: kept
+    assert len(buffer.pending) <= 2 + 5  # t1 and t2 merged, and the early ids to release
+    admin.config_set("maxmemory", 0)
+    await buffer.flush()
+    await buffer.flush()
+    assert len(buffer.pending) == 0
+    [t1] = await shared.usage("t1", [AT.day])
+    [t2] = await shared.usage("t2", [AT.day])
+    assert (t1["requests"], t1["misses"], t1["hits"]) == (2005, 1005, 1000)
+    assert t1["billed_tokens"] == 40 * 1005
+    assert t2["requests"] == 1000
+    # What the early requests reserved in Redis was released: the whole rest is free.
+    rest = 10**6 - 40 * 1005
+    assert (await shared.admit(capped, Demand(1, 1, 0, rest), AT, {}, "rest")).allowed
