@@ -8,12 +8,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import shutil
+import subprocess
 from collections import Counter
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
 import redis
+import yaml
 from aiohttp.test_utils import TestClient
 from prometheus_client import REGISTRY
 
@@ -134,3 +137,44 @@ async def test_redis_full_under_load_answers_and_loses_no_usage(
     answered = Counter(a.team for a in load.answered if a.status == 200)
     found = {team: (row["requests"], row["billed_tokens"]) for team, row in usage.items()}
     assert found == {team: (answered[team], billed[team]) for team in TEAMS}
+
+
+def test_the_redis_full_alert_fires_on_refused_writes(tmp_path: Path) -> None:
+    """promtool runs the rules over a gateway whose Redis refuses writes for a while."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: the README's test command installs it (prometheus)"
+    rules = Path(__file__).resolve().parent.parent / "deploy" / "prometheus" / "rules.yml"
+    annotations = {
+        rule["alert"]: {k: v.replace("{{ $value }}", "3") for k, v in rule["annotations"].items()}
+        for group in yaml.safe_load(rules.read_text())["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    }
+
+    def fired(alert: str) -> list[dict[str, Any]]:
+        return [{"exp_labels": {"severity": "critical"}, "exp_annotations": annotations[alert]}]
+
+    case = {
+        "rule_files": [str(rules)],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [
+                {"series": 'gateway_store_full_total{operation="settle"}',
+                 "values": "0 0 5 10 15 20 25 30 35 40 45 50 55 60"},
+                {"series": "gateway_usage_pending_settles", "values": "0 0 3x13"},
+            ],
+            "alert_rule_test": [
+                {"eval_time": "1m", "alertname": "NomicGatewayRedisFull", "exp_alerts": []},
+                {"eval_time": "5m", "alertname": "NomicGatewayRedisFull",
+                 "exp_alerts": fired("NomicGatewayRedisFull")},
+                {"eval_time": "13m", "alertname": "NomicGatewayUsageNotWritten",
+                 "exp_alerts": fired("NomicGatewayUsageNotWritten")},
+            ],
+        }],
+    }  # fmt: skip
+    path = tmp_path / "redis-full-test.yml"
+    path.write_text(yaml.safe_dump(case))
+    result = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True,
+                            text=True, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
