@@ -44,6 +44,8 @@ from gateway.store import StoreError
 from gateway.store.base import Ledger, QuotaLedger, Settlement, StoreFull
 from gateway.store.pending import PendingSettles
 from gateway.teams import LimitName, Team
+from gateway.unattributed import TEAM_ID as UNATTRIBUTED
+from gateway.unattributed import Unattributed
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -79,8 +81,13 @@ class UsageBuffer:
     It writes to the store's own ledger, never through a :class:`FallbackLedger` (which
     hands what fails to :attr:`pending`)."""
 
-    def __init__(self, ledger: QuotaLedger) -> None:
+    def __init__(
+        self, ledger: QuotaLedger, unattributed: Unattributed | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:  # fmt: skip
         self._ledger = ledger
+        self.unattributed = unattributed or Unattributed()
+        self._clock = clock
         self._open: dict[tuple[str, str, str], Settlement] = {}
         self.pending = PendingSettles()
 
@@ -95,6 +102,9 @@ class UsageBuffer:
     async def flush(self) -> None:
         """Write everything; what fails stays (merged, see :class:`PendingSettles`) for the
         next flush."""
+        billed, usage = self.unattributed.take()
+        if billed or usage:
+            self.add(UNATTRIBUTED, quota.window(self._clock()), billed, usage)
         for entry in self._open.values():
             self.pending.add(entry)
         self._open = {}

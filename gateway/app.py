@@ -51,6 +51,7 @@ from gateway.store.redis_backend import RedisBackend
 from gateway.store.redis_coordinator import RedisCoordinator
 from gateway.store.redis_ledger import RedisLedger
 from gateway.text_forms import TextLimits
+from gateway.unattributed import Unattributed
 from gateway.upstream import NomicClient
 
 log = logging.getLogger(__name__)
@@ -189,7 +190,8 @@ async def _heavy_work_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     estimator = TokenEstimator(settings.tokens_per_item_estimate)
-    buffer = UsageBuffer(app[LEDGER])
+    unattributed = Unattributed()  # what Nomic billed that no team is charged
+    buffer = UsageBuffer(app[LEDGER], unattributed)
     ledger: QuotaLedger = app[LEDGER]
     if settings.redis_url is not None or settings.data_dir is not None:  # one that can fail
         fail_open = settings.on_store_failure == "open"
@@ -198,7 +200,7 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     timeout = aiohttp.ClientTimeout(total=settings.upstream_timeout_seconds)
     async with aiohttp.ClientSession(timeout=timeout, raise_for_status=False) as session:
         upstream = app[UPSTREAM] = NomicClient(
-            session, settings.upstream_url, settings.nomic_api_key
+            session, settings.upstream_url, settings.nomic_api_key, unattributed
         )
         pipeline = app[PIPELINE] = Pipeline(
             app[STORE],
@@ -213,6 +215,7 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
             lease_seconds=max(3.0, 3 * settings.redis_timeout_seconds),
             shares_fetches=settings.redis_url is not None,
             hot_cache_bytes=settings.hot_cache_bytes,
+            unattributed=unattributed,
         )
         async with flushing(accounts, settings.usage_flush_seconds):
             yield

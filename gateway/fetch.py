@@ -38,6 +38,7 @@ from gateway.quota import TokenEstimator
 from gateway.shield import Embedded, Job, Shield
 from gateway.store import Store, StoreError
 from gateway.store.base import Coordinator
+from gateway.unattributed import Unattributed
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +107,12 @@ class Fetcher:
         shares_fetches: bool,
         remember_seconds: float = 2.0,
         lease_seconds: float = 3.0,
+        unattributed: Unattributed | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._shield = shield
+        self._unattributed = unattributed or Unattributed()  # what Nomic billed to no team
         self._coordinator = coordinator
         self._hot = hot
         self._estimator = estimator
@@ -305,7 +308,8 @@ class Fetcher:
             embedded = answer.result()
             try:
                 blob = entries.encode(embedded.vector, embedded.tokens, fresh_until)
-            except ValueError:
+            except ValueError:  # billed all the same: charged to no team, counted
+                self._unattributed.record("unstorable", tokens=embedded.tokens, items=1)
                 self._fail([key], UpstreamError("Nomic answered a malformed embedding"))
                 continue
             self._estimator.observe(spec.model, embedded.tokens, weight)

@@ -80,6 +80,16 @@ STORE_SECONDS = Histogram(
     ["operation"],
     buckets=(0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
 )
+UNATTRIBUTED_TOKENS = Counter(
+    "gateway_unattributed_tokens_total",
+    "Tokens Nomic billed, or may have billed, that no team is charged (gateway/unattributed.py)",
+    ["reason"],
+)
+UNATTRIBUTED_ITEMS = Counter(
+    "gateway_unattributed_items_total",
+    "Inputs sent to Nomic whose cost no team is charged, known or not (gateway/unattributed.py)",
+    ["reason"],
+)
 STORE_ERRORS = Counter("gateway_store_errors_total", "Store operations that failed", ["operation"])
 STORE_FULL = Counter(
     "gateway_store_full_total",

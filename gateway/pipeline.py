@@ -28,6 +28,7 @@ from gateway.quota import TokenEstimator
 from gateway.shield import Embedder, Policy, Shield
 from gateway.store import Store, StoreError
 from gateway.store.base import Coordinator
+from gateway.unattributed import Unattributed
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +170,7 @@ class Pipeline:
         lease_seconds: float = 3.0,
         shares_fetches: bool = False,
         hot_cache_bytes: int = 0,
+        unattributed: Unattributed | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
@@ -181,7 +183,7 @@ class Pipeline:
             store, self.shield, coordinator, self._hot, estimator,
             url_ttl_seconds=url_ttl_seconds, stale_grace_seconds=stale_grace_seconds,
             shares_fetches=shares_fetches, remember_seconds=remember_seconds,
-            lease_seconds=lease_seconds, clock=clock,
+            lease_seconds=lease_seconds, unattributed=unattributed, clock=clock,
         )  # fmt: skip
 
     async def lookup(self, request: ParsedRequest, scope: str = SHARED) -> Lookup:

@@ -15,12 +15,13 @@ import re
 import secrets
 from typing import Any, Literal, get_args
 
-from gateway import keys
+from gateway import keys, unattributed
 
 KEY_PREFIX = "nk-"
 MAX_LIMIT = 2**53  # counts stay exact in Redis's Lua (doubles) and in JSON
 _KEY = re.compile(r"nk-[A-Za-z0-9_-]{43}")
 _TEAM_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+RESERVED_TEAM_IDS = frozenset({unattributed.TEAM_ID})
 SWITCHES = ("count_hits", "private_cache")  # a team's yes/no settings
 LimitName = Literal[
     "requests_per_minute",
@@ -143,6 +144,15 @@ def check_team_id(team_id: object) -> str:
             "letter or digit"
         )
     return team_id
+
+
+def check_new_team_id(team_id: object) -> str:
+    """A team id a new team may take: well formed, and not one the gateway keeps for itself
+    (``unattributed``, the account of what Nomic billed that no team is charged)."""
+    checked = check_team_id(team_id)
+    if checked in RESERVED_TEAM_IDS:
+        raise InvalidTeam(f"team id {checked!r} is reserved by the gateway")
+    return checked
 
 
 def check_name(name: object) -> str:

@@ -59,7 +59,7 @@ def load(path: str) -> list[Declared]:
 
 
 def _team(team_id: str, entry: Any) -> Declared:
-    teams.check_team_id(team_id)
+    teams.check_new_team_id(team_id)
     if not isinstance(entry, dict):
         raise InvalidTeam(f"teams.{team_id} must be a table")
     unknown = set(entry) - {"name", "limits", "keys", *teams.SWITCHES}

@@ -23,6 +23,7 @@ from gateway.errors import (
 )
 from gateway.forms import image_format
 from gateway.models import Spec
+from gateway.unattributed import Unattributed
 
 IMAGE_PATH = "/v1/embedding/image"
 TEXT_PATH = "/v1/embedding/text"
@@ -46,8 +47,12 @@ class UpstreamItemRejected(Exception):
 class NomicClient:
     """Calls Nomic's image and text endpoints with the organisation's key."""
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, api_key: str) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, base_url: str, api_key: str,
+        unattributed: Unattributed | None = None,
+    ) -> None:  # fmt: skip
         self._session = session
+        self._unattributed = unattributed or Unattributed()  # what Nomic billed to no team
         self._image_url = base_url + IMAGE_PATH
         self._text_url = base_url + TEXT_PATH
         self._headers = {"Authorization": f"Bearer {api_key}"}
@@ -69,8 +74,13 @@ class NomicClient:
                 body = await response.read()
                 outcome = str(response.status)
                 return _result(response.status, response.headers, body, len(items))
+        except _Unusable as exc:  # billed all the same: charged to no team, counted
+            tokens = exc.billed_tokens
+            self._unattributed.record("malformed_answer", tokens=tokens, items=len(items))
+            raise
         except TimeoutError:
             outcome = "timeout"
+            self._unattributed.record("timeout", tokens=0, items=len(items))  # billed? not known
             raise UpstreamTimeout("Nomic did not answer in time") from None
         except aiohttp.ClientError as exc:
             if LocalResourceError.behind(exc):  # no descriptor here: Nomic is not to blame
@@ -186,6 +196,14 @@ def _result(status: int, headers: Any, body: bytes, count: int) -> UpstreamResul
     raise UpstreamError(f"Nomic answered HTTP {status}", retry_after=retry_after)
 
 
+class _Unusable(UpstreamError):
+    """A 200 the gateway cannot use; ``billed_tokens``: what its ``usage`` says (0 if none)."""
+
+    def __init__(self, msg: str, billed_tokens: int = 0) -> None:
+        super().__init__(msg)
+        self.billed_tokens = billed_tokens
+
+
 def _parse_embeddings(body: bytes, count: int) -> UpstreamResult:
     try:
         data = orjson.loads(body)
@@ -193,14 +211,13 @@ def _parse_embeddings(body: bytes, count: int) -> UpstreamResult:
         usage = data.get("usage") or {}
         tokens = int(usage.get("total_tokens", usage.get("prompt_tokens", 0)))
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
-        raise UpstreamError(
-            "Nomic answered 200 with a body that is not an embedding answer"
-        ) from None
+        raise _Unusable("Nomic answered 200 with a body that is not an embedding answer") from None
+    billed = max(tokens, 0)
     if not isinstance(embeddings, list) or len(embeddings) != count:
-        raise UpstreamError(f"Nomic answered a wrong number of embeddings for {count} items")
+        raise _Unusable(f"Nomic answered a wrong number of embeddings for {count} items", billed)
     lengths = {len(vector) if isinstance(vector, list) else 0 for vector in embeddings}
     if len(lengths) > 1 or 0 in lengths or tokens < 0:
-        raise UpstreamError("Nomic answered malformed embeddings")
+        raise _Unusable("Nomic answered malformed embeddings", billed)
     return UpstreamResult(embeddings, tokens)
 
 

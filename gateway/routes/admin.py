@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway import spend, teams
+from gateway import spend, teams, unattributed
 from gateway.accounts import usage_rows
 from gateway.appkeys import ACCOUNTS, LEDGER, SETTINGS
 from gateway.auth import bearer_matches
@@ -113,7 +113,7 @@ async def create_team(request: web.Request) -> web.Response:
 async def add_team(ledger: Ledger, data: dict[str, Any]) -> Team:
     """Create the team ``data`` describes (as ``POST /admin/teams`` takes it)."""
     _check_fields(data, {"id", "name", "limits", *SWITCHES})
-    team_id = teams.check_team_id(data.get("id"))
+    team_id = teams.check_new_team_id(data.get("id"))
     team = Team(
         team_id,
         teams.check_name(data.get("name", team_id)),
@@ -255,6 +255,8 @@ async def usage(request: web.Request) -> web.Response:
             raise InvalidRequest(str(exc), loc=("query", "team")) from None
     else:
         team_ids = [team.id for team in await ledger.list_teams()]
+        if unattributed.TEAM_ID not in team_ids:  # what no team is charged: shown if any
+            team_ids.append(unattributed.TEAM_ID)
     rows = await usage_rows(ledger, team_ids, days)
     pricing = request.config_dict[SETTINGS].pricing
     return web.json_response(

@@ -17,6 +17,7 @@ import logging
 import os
 from pathlib import Path
 
+from gateway import unattributed
 from gateway.config import MEMORY_DATA_DIR
 from gateway.store.base import StoreError
 from gateway.store.sqlite import SCHEMA as CACHE_SCHEMA
@@ -54,17 +55,19 @@ class DataDir:
                 opened.append(await SqliteBackend.open(path / f"{name}.sqlite3", schema))
             ledger, cache = opened
             data = cls(path, lock, ledger, cache, cache_bytes)
-            released = await data.ledger.release_leftovers()
+            released, tokens = await data.ledger.release_leftovers()
         except StoreError as exc:
             for backend in opened:
                 await backend.close()
             os.close(lock)
             raise DataDirError(f"GATEWAY_DATA_DIR={path} cannot be used: {exc}") from exc
         if released:
+            unattributed.count("killed", tokens=tokens, items=released)
             log.warning(
                 "released %d reservations of requests that the last process to use %s did not "
-                "settle (it was killed): whatever Nomic billed for them is charged to no team",
-                released, path,
+                "settle (it was killed): whatever Nomic billed for them is charged to no team; "
+                "the %d tokens they reserved are counted to the account %r",
+                released, path, tokens, unattributed.TEAM_ID,
             )  # fmt: skip
         return data
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import orjson
 
-from gateway import quota
+from gateway import quota, unattributed
 from gateway.quota import Decision, Demand, Window
 from gateway.store import rate
 from gateway.store.sqlite_backend import SqliteBackend
@@ -63,19 +63,23 @@ class SqliteLedger:
         self._settles = 0
         self._usage_reads: dict[str, float] = {}  # team → its reads' TAT (rate.spend), in ms
 
-    async def release_leftovers(self) -> int:
+    async def release_leftovers(self) -> tuple[int, int]:
         """Release every reservation in the file (made by a process that died before it
-        settled them: this one has made none yet); how many there were."""
+        settled them: this one has made none yet), and charge what they reserved to the
+        :mod:`unattributed <gateway.unattributed>` account on their day, in the same
+        transaction; how many there were, and the tokens they reserved."""
         return await self._backend.run("release", self._release_leftovers)
 
-    def _release_leftovers(self, db: sqlite3.Connection) -> int:
+    def _release_leftovers(self, db: sqlite3.Connection) -> tuple[int, int]:
         rows = db.execute("SELECT team, day, month, tokens FROM reserved").fetchall()
         for team_id, day, month, tokens in rows:
             _add(db, team_id, day, {"reserved_tokens": -tokens})
             _add(db, team_id, month, {"reserved_tokens": -tokens})
+            _add(db, unattributed.TEAM_ID, day, {"billed_tokens": tokens, "upstream_errors": 1})
+            _add(db, unattributed.TEAM_ID, month, {"billed_tokens": tokens})
         db.execute("DELETE FROM reserved")
         db.execute("DELETE FROM settled WHERE at < ?", (self._clock() - SETTLED_KEPT_SECONDS,))
-        return len(rows)
+        return len(rows), sum(row[3] for row in rows)
 
     async def create_team(self, team: Team) -> bool:
         def create(db: sqlite3.Connection) -> bool:

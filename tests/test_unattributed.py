@@ -1,0 +1,130 @@
+"""What Nomic billed, or may have billed, that no team is charged: counted in a metric and
+in the usage of the reserved ``unattributed`` account, never silently."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient
+from prometheus_client import REGISTRY
+
+from gateway import quota, unattributed
+from gateway.accounts import UsageBuffer
+from gateway.appkeys import ACCOUNTS
+from gateway.errors import UpstreamError, UpstreamTimeout
+from gateway.models import Spec
+from gateway.quota import Demand
+from gateway.store.base import Ledger
+from gateway.store.data_dir import DataDir
+from gateway.teams import Limits, Team
+from gateway.upstream import NomicClient
+from tests.conftest import ADMIN, EVERY_STORE, chosen_store
+from tests.fake_nomic import png
+
+Client = TestClient[Any, Any]
+NOW = 1_800_000_000.0
+AT = quota.window(NOW)
+IMAGE = Spec("nomic-embed-vision-v1.5", "image")
+
+
+@pytest.fixture(params=EVERY_STORE)
+def store_url(request: pytest.FixtureRequest) -> str | None:
+    return chosen_store(request)
+
+
+def counted(name: str, reason: str) -> float:
+    return REGISTRY.get_sample_value(f"gateway_unattributed_{name}_total", {"reason": reason}) or 0
+
+
+class _Answer:
+    def __init__(self, body: bytes) -> None:
+        self.status, self.headers, self._body = 200, {}, body
+
+    async def read(self) -> bytes:
+        return self._body
+
+    async def __aenter__(self) -> _Answer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+class _Session:
+    """Stands in for the session to Nomic: answers ``body`` with a 200, or raises ``error``."""
+
+    def __init__(self, body: bytes = b"", error: BaseException | None = None) -> None:
+        self.body, self.error = body, error
+
+    def post(self, *args: object, **kwargs: object) -> _Answer:
+        if self.error is not None:
+            raise self.error
+        return _Answer(self.body)
+
+
+async def test_a_200_with_a_wrong_count_is_billed_to_the_unattributed_account() -> None:
+    body = orjson.dumps({"embeddings": [[0.5] * 4], "usage": {"total_tokens": 40}})
+    found = unattributed.Unattributed()
+    client = NomicClient(_Session(body), "http://nomic.test", "nk-x", found)  # type: ignore[arg-type]
+    before = counted("tokens", "malformed_answer")
+    with pytest.raises(UpstreamError, match="wrong number"):
+        await client.embed(IMAGE, [png(1), png(2)])
+    assert counted("tokens", "malformed_answer") == before + 40
+    assert found.take() == (40, {"misses": 2, "upstream_errors": 1})
+
+
+async def test_a_timed_out_call_is_counted_its_tokens_unknown() -> None:
+    found = unattributed.Unattributed()
+    session = _Session(error=TimeoutError())
+    client = NomicClient(session, "http://nomic.test", "nk-x", found)  # type: ignore[arg-type]
+    before = counted("items", "timeout")
+    with pytest.raises(UpstreamTimeout):
+        await client.embed(IMAGE, [png(1), png(2), png(3)])
+    assert counted("items", "timeout") == before + 3
+    assert found.take() == (0, {"misses": 3, "upstream_errors": 1})
+
+
+async def test_the_usage_buffer_writes_the_account_on_every_store(ledger: Ledger) -> None:
+    buffer = UsageBuffer(ledger, clock=lambda: NOW)
+    buffer.unattributed.record("unstorable", tokens=7, items=1)
+    buffer.unattributed.record("malformed_answer", tokens=30, items=2)
+    await buffer.flush()
+    [row] = await ledger.usage(unattributed.TEAM_ID, [AT.day])
+    assert (row["billed_tokens"], row["misses"], row["upstream_errors"]) == (37, 3, 2)
+    await buffer.flush()  # taken once: nothing counted twice
+    assert (await ledger.usage(unattributed.TEAM_ID, [AT.day]))[0] == row
+
+
+async def test_a_killed_process_reservations_go_to_the_account_when_the_store_opens(
+    tmp_path: Path,
+) -> None:
+    path = Path(tempfile.mkdtemp(dir=tmp_path))
+    team = Team("t1", "T", Limits(tokens_per_day=1000), True, NOW)
+    data = await DataDir.open(path, 10_000_000)
+    await data.ledger.admit(team, Demand(1, 2, 0, 120), AT, {}, "in-flight")
+    await data.close()  # never settled: the process was killed
+    before = counted("tokens", "killed")
+    data = await DataDir.open(path, 10_000_000)
+    try:
+        [account] = await data.ledger.usage(unattributed.TEAM_ID, [AT.day])
+        admitted = await data.ledger.admit(team, Demand(1, 1, 0, 1000), AT, {}, "next")
+    finally:
+        await data.close()
+    assert admitted.allowed  # the killed request's reservation no longer holds the budget
+    assert (account["billed_tokens"], account["upstream_errors"]) == (120, 1)
+    assert counted("tokens", "killed") == before + 120
+
+
+async def test_the_account_cannot_be_created_and_is_shown_in_admin_usage(gateway: Client) -> None:
+    response = await gateway.post("/admin/teams", json={"id": unattributed.TEAM_ID}, headers=ADMIN)
+    assert response.status == 422, await response.text()
+    assert "reserved" in (await response.json())["detail"][0]["msg"]
+    gateway.app[ACCOUNTS].buffer.unattributed.record("malformed_answer", tokens=11, items=1)
+    response = await gateway.get("/admin/usage", headers=ADMIN)
+    rows = (await response.json())["usage"]
+    [row] = [row for row in rows if row["team"] == unattributed.TEAM_ID]
+    assert (row["billed_tokens"], row["misses"], row["upstream_errors"]) == (11, 1, 1)
