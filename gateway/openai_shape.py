@@ -21,8 +21,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
-import orjson
-
 from gateway import text_forms
 from gateway.answers import Shape
 from gateway.errors import GatewayError, InvalidRequest, Loc, UnknownModel
@@ -53,24 +51,11 @@ def parse_embeddings_request(
     """The request in ``body``, for one of ``models`` (or of its ``aliases``, a name a tool
     may insist on mapped to one of them); :class:`InvalidRequest` naming what is wrong (an
     :class:`UnknownModel` for a model not served)."""
-    text_forms.check_content_type(content_type)
-    if not body:
-        raise InvalidRequest("a JSON request body is required", loc=("body",))
-    if text_forms.too_many_values(body, limits.max_texts + text_forms.MAX_OTHER_VALUES):
-        raise InvalidRequest(
-            f"more JSON values than a request of at most {limits.max_texts} inputs holds",
-            loc=("body",),
-        )
-    try:
-        fields = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"the body is not valid JSON: {exc.msg}", loc=("body",)) from None
-    if not isinstance(fields, dict):
-        raise InvalidRequest("the body must be a JSON object", loc=("body",))
+    fields = text_forms.json_object(body, limits, content_type, items="inputs")
     for name in fields:
         if name not in FIELDS:
             raise InvalidRequest(
-                f"Unrecognized request argument supplied: {name[:100]}", loc=("body", name)
+                f"Unrecognized request argument supplied: {name[:40]}", loc=("body", name[:40])
             )
     model = _model(fields, models, aliases)
     nomic: dict[str, object] = {"texts": _texts(fields), "model": model}
@@ -186,7 +171,7 @@ def error_body(error: GatewayError) -> tuple[int, dict[str, object]]:
 def _param(loc: Loc) -> str | None:
     """The request field an error is about, as OpenAI names it (``input[3]``); None for
     what is not a field of the body."""
-    if len(loc) < 2 or loc[0] not in ("body", "query"):
-        return None
+    if len(loc) < 2 or loc[0] not in ("body", "query") or not isinstance(loc[1], str):
+        return None  # not a field (a decode error's position in the body)
     param = str(loc[1])
     return param + "".join(f"[{part}]" for part in loc[2:])

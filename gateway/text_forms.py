@@ -94,12 +94,22 @@ def parse_text_request(
 ) -> TextRequest:
     """The request in ``body``; :class:`InvalidRequest` naming the first input Nomic would
     refuse (or the gateway's ``limits`` do)."""
+    return text_request(json_object(body, limits, content_type), limits)
+
+
+def json_object(
+    body: bytes, limits: TextLimits, content_type: str | None = None, items: str = "texts"
+) -> dict[str, object]:
+    """The JSON object a texts body holds (of Nomic's route, or of OpenAI's, whose inputs are
+    called ``items``); :class:`InvalidRequest` as Nomic answers a body it cannot read: none,
+    not JSON (by its ``Content-Type`` or its bytes), more values than ``limits`` allow (counted
+    before it is parsed), or not an object."""
     if not body:
         raise InvalidRequest("Field required", loc=("body",))
     check_content_type(content_type)
     if too_many_values(body, limits.max_texts + MAX_OTHER_VALUES):
         raise InvalidRequest(
-            f"more JSON values than a request of at most {limits.max_texts} texts holds",
+            f"more JSON values than a request of at most {limits.max_texts} {items} holds",
             loc=("body",),
         )
     try:
@@ -110,7 +120,7 @@ def parse_text_request(
         raise InvalidRequest(
             "Input should be a valid dictionary or object to extract fields from", loc=("body",)
         )
-    return text_request(fields, limits)
+    return fields
 
 
 def text_request(fields: dict[str, object], limits: TextLimits) -> TextRequest:

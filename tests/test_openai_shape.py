@@ -158,3 +158,11 @@ def test_which_paths_speak_openai() -> None:
     assert speaks_openai("/v1/models/nomic-embed-text-v1")
     assert not speaks_openai("/v1/embedding/text")
     assert not speaks_openai("/v1/embeddings/x")
+
+
+def test_an_unknown_fields_name_is_echoed_forty_characters_at_most() -> None:
+    """A megabyte of field name must not come back as a megabyte of error."""
+    with pytest.raises(InvalidRequest) as refused:
+        parse({"model": "nomic-embed-text-v1", "input": "x", "y" * 1_000_000: 1})
+    assert refused.value.loc == ("body", "y" * 40)
+    assert len(refused.value.msg) < 100

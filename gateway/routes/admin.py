@@ -90,7 +90,7 @@ async def _team(request: web.Request) -> Team:
 def _check_fields(data: dict[str, Any], allowed: set[str]) -> None:
     unknown = sorted(set(data) - allowed)
     if unknown:
-        raise InvalidRequest(f"unknown field {unknown[0]!r}", loc=("body", unknown[0]))
+        raise InvalidRequest(f"unknown field {unknown[0][:40]!r}", loc=("body", unknown[0][:40]))
 
 
 def _switches(data: dict[str, Any], base: Team) -> dict[str, Any]:
