@@ -60,6 +60,8 @@ class Reservation(NamedTuple):
     at: Window
     request_id: str | None  # its id in the ledger; None: no limit applied, it is buffered
     learner: bool  # this request teaches the model's cost; the others wait for it
+    inputs: int = 0  # what a failed request counts (see failed_usage)
+    hits: int = 0
 
 
 def answered_usage(answer: Answer, kind: Kind) -> dict[str, int]:
@@ -71,6 +73,19 @@ def answered_usage(answer: Answer, kind: Kind) -> dict[str, int]:
         "hits": answer.hits,
         "misses": answer.misses,
         "saved_tokens": answer.usage_tokens - answer.billed_tokens,
+    }
+
+
+def failed_usage(reservation: Reservation, rejected: bool) -> dict[str, int]:
+    """A request admitted that failed: counted as a request with its inputs, as an answered
+    one is (``misses``: those not found in the cache), and in ``upstream_errors``, or in
+    ``rejected`` if it failed for a limit of its team."""
+    return {
+        "requests": 1,
+        "texts" if reservation.kind == "text" else "images": reservation.inputs,
+        "hits": reservation.hits,
+        "misses": reservation.inputs - reservation.hits,
+        "rejected" if rejected else "upstream_errors": 1,
     }
 
 
@@ -192,13 +207,13 @@ class Accounts:
         inputs, hits = len(lookup.cache_keys), lookup.cached_inputs
         want = quota.demand(team, kind, inputs, hits, reserve, most)
         if not quota.applies(team, want):
-            return Reservation(team, model, kind, at, None, learner)
+            return Reservation(team, model, kind, at, None, learner, inputs, hits)
         try:
             request_id = await self._decide(team, want, at, {})
         except BaseException:  # refused, or cancelled: the next request learns the cost
             self._end_learning(model, learner)
             raise
-        return Reservation(team, model, kind, at, request_id, learner)
+        return Reservation(team, model, kind, at, request_id, learner, inputs, hits)
 
     async def _decide(
         self, team: Team, want: quota.Demand, at: Window, usage: dict[str, int]
@@ -226,8 +241,9 @@ class Accounts:
         """Settle in a task of its own (it must finish even if the request is cancelled);
         the final usage flush at shutdown waits for it. ``later`` is what fetches of the
         request that outlived it cost, once they end: billed too. A request with no answer
-        failed with ``failure``: counted ``rejected`` if that is a limit of its team (its
-        upstream calls a minute, counted where the calls are made), else ``upstream_errors``."""
+        failed with ``failure``: counted as a request with its inputs (:func:`failed_usage`),
+        and ``rejected`` if that is a limit of its team (its upstream calls a minute, counted
+        where the calls are made), else ``upstream_errors``."""
         rejected = isinstance(failure, QuotaExceeded)
         task = asyncio.create_task(self._settle(reservation, answer, billed, later, rejected))
         for tasks in (self._settling, self._prompt if later is None else set()):
@@ -263,7 +279,7 @@ class Accounts:
             _count_tokens(team, model, reservation.kind, answer)
             metrics.child(metrics.BILLED_TOKENS, team.id, model).inc(late)
         else:
-            usage = {"rejected" if rejected else "upstream_errors": 1}
+            usage = failed_usage(reservation, rejected)
             metrics.child(metrics.BILLED_TOKENS, team.id, model).inc(billed + late)
         billed += late
         try:

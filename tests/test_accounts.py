@@ -254,7 +254,8 @@ async def test_texts_per_minute_refuses_text_requests_with_its_headers() -> None
     await accounts.admit_answered(team, hit_lookup, hit)  # hits do not count for this team
     await accounts.flush()
     [row] = await ledger.usage(team.id, [AT.day])
-    assert (row["upstream_errors"], row["rejected"], row["texts"]) == (3, 1, 1)
+    assert (row["upstream_errors"], row["rejected"], row["texts"]) == (3, 1, 4)
+    assert (row["requests"], row["hits"], row["misses"]) == (4, 1, 3)  # failed ones too
 
 
 # ---- what a refusal says -------------------------------------------------------------------
