@@ -200,3 +200,40 @@ def test_a_short_memory_run_prints_both_gateways() -> None:
     ]  # fmt: skip
     assert len(re.findall(r"requests answered  RSS +\d+\.\d MiB", done.stdout)) >= 4
     assert done.stdout.count("over the second half") == 2
+
+
+@pytest.mark.slow
+def test_a_short_soak_keeps_usage_equal_to_what_the_fake_billed_through_a_redis_restart() -> None:
+    """Traffic of every kind over both replicas, Redis killed and started again halfway:
+    usage equals what the fake billed, no answer is unclean. Flatness is printed only: 24 s
+    are all warm-up, and a shared machine's timing is no test."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.bench.soak", "--minutes", "0.4", "--rate", "20",
+         "--sample-seconds", "2", "--table-minutes", "0.1", "--url-ttl", "3",
+         "--outage-seconds", "2"],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "Redis stopped (SIGKILL)" in out
+    assert "Redis started again on its AOF" in out
+    answered = [int(n.replace(",", "")) for n in re.findall(r"^ +\d+ s +([\d,]+) answered", out,
+                                                             re.M)]  # fmt: skip
+    restarted = out.index("Redis started again")
+    after = [int(n.replace(",", "")) for n in re.findall(r"^ +\d+ s +([\d,]+) answered",
+                                                          out[restarted:], re.M)]  # fmt: skip
+    assert answered == sorted(answered)
+    assert after[-1] > after[0]  # traffic flowed after the restart
+    answers = re.search(r"^answers: (.*)$", out, re.M)
+    assert answers is not None
+    for kind in ("image", "url", "text", "openai"):
+        assert f"{kind} 200 " in answers.group(1)
+    assert "unclean" not in answers.group(1)
+    usage = re.search(r"^usage equals billed: met \(usage billed_tokens ([\d,]+), the fake "
+                      r"billed ([\d,]+), answers said ([\d,]+)\)$", out, re.M)  # fmt: skip
+    assert usage is not None, out
+    assert usage.group(1) == usage.group(2) != "0"
+    assert re.search(r"^gateway-1\.log: \d+ log lines, 0 tracebacks$", out, re.M)
+    assert re.search(r"^gateway-2\.log: \d+ log lines, 0 tracebacks$", out, re.M)
+    assert "Redis keys by kind" in out
+    assert out.count("flat after warm-up, ") == 5
