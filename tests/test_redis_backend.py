@@ -7,8 +7,10 @@ from collections.abc import AsyncIterator
 from importlib import resources
 
 import pytest
+from redis.exceptions import ClusterError
 
 from gateway.store import RedisBackend, StoreError
+from gateway.store.redis_backend import patiently
 from tests.conftest import free_port
 
 
@@ -123,3 +125,35 @@ async def test_a_failure_inside_redis_py_is_a_store_error_and_one_of_ours_is_not
         await unconnected.call("get", inside_redis_py())
     with pytest.raises(AttributeError, match="own"):
         await unconnected.call("get", ours())
+
+
+async def test_an_operation_whose_slot_is_moving_is_tried_again_with_backoff_for_its_patience() -> (
+    None
+):
+    """The cluster client gives up on TRYAGAIN (and ASK, MOVED) with "TTL exhausted": sent
+    again after 10, 20, 40 ms... while the pauses stay within the patience, then raised."""
+    tries: list[int] = []
+    pauses: list[float] = []
+
+    async def moving() -> str:
+        tries.append(1)
+        if len(tries) < 4:
+            raise ClusterError("TTL exhausted.")
+        return "done"
+
+    async def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+
+    assert await patiently(moving, 1.0, sleep) == "done"
+    assert pauses == [0.01, 0.02, 0.04]
+    tries.clear()
+    pauses.clear()
+    with pytest.raises(ClusterError):
+        await patiently(moving, 0.025, sleep)  # 10 + 20 ms waited: no third pause
+    assert pauses == [0.01, 0.02]
+    with pytest.raises(ClusterError, match="other"):
+        await patiently(lambda: _raise(ClusterError("other")), 1.0, sleep)  # not a move
+
+
+async def _raise(exc: Exception) -> None:
+    raise exc

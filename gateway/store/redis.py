@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from redis.asyncio import RedisCluster
 
-from gateway.store.redis_backend import RedisBackend
+from gateway.store.redis_backend import RedisBackend, patiently
 
 
 class RedisStore:
@@ -19,7 +19,9 @@ class RedisStore:
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if isinstance(self._redis, RedisCluster):
-            values = await self._backend.call("get", self._redis.mget_nonatomic(keys))
+            cluster, patience = self._redis, self._backend.patience_seconds
+            lookup = patiently(lambda: cluster.mget_nonatomic(keys), patience)
+            values = await self._backend.call("get", lookup)
         else:
             values = await self._backend.call("get", self._redis.mget(keys))
         return [value if isinstance(value, bytes | None) else value.encode() for value in values]

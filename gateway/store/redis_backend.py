@@ -4,7 +4,11 @@ Standalone Redis or Redis Cluster. On a cluster, cache keys spread over every sl
 is one MGET per node (``mget_nonatomic``) and a write one pipeline split by node; every Lua
 script touches keys of one slot only (a team's keys share the ``{t:<id>}`` hash tag, the
 upstream pacing keys ``{upstream}``), so CROSSSLOT cannot happen. MOVED, ASK and node
-restarts are retried by the cluster client.
+restarts are retried by the cluster client. While a slot is being moved between masters
+(resharding) a multi-key command or script over it is answered TRYAGAIN until the move
+ends: the client retries a few times in a few hundred ms, then gives up ("TTL exhausted");
+scripts, pipelines and lookups are then sent again here, with backoff, for up to the
+operation's timeout (:func:`patiently`).
 
 :class:`RedisStore`, :class:`RedisLedger` and :class:`RedisCoordinator` run on one
 :class:`RedisBackend`; whoever opens it closes it.
@@ -12,16 +16,23 @@ restarts are retried by the cluster client.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from importlib import resources
 from typing import Any, TypeVar
 
 import redis
 import redis.asyncio as aioredis
-from redis.exceptions import OutOfMemoryError, RedisClusterException, RedisError, ResponseError
+from redis.exceptions import (
+    ClusterError,
+    OutOfMemoryError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
 
 from gateway import metrics
 from gateway.store.base import StoreError, StoreFull, StoreRefused
@@ -32,6 +43,39 @@ Client = aioredis.Redis | aioredis.RedisCluster
 
 # How Redis names a line of the script it ran, in the errors it answers ("user_script:12").
 _SCRIPT_LINE = re.compile(r"user_script:(\d+)")
+
+
+def _pauses() -> Iterator[float]:
+    """Seconds to wait before each new try: doubling from 10 ms, then 200 ms each."""
+    pause = 0.01
+    while True:
+        yield pause
+        pause = min(2 * pause, 0.2)
+
+
+def _slot_moving(exc: BaseException) -> bool:
+    """Whether the cluster client gave up on redirections (MOVED, ASK, TRYAGAIN), each an
+    answer that the command was not run: its slot is being moved."""
+    return isinstance(exc, ClusterError) and "TTL exhausted" in str(exc)
+
+
+async def patiently(
+    make: Callable[[], Awaitable[T]],
+    patience_seconds: float,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> T:
+    """Await ``make()``, and again after a pause while its slot is being moved, until
+    ``patience_seconds`` of pauses have passed (0: once)."""
+    waited = 0.0
+    for pause in _pauses():
+        try:
+            return await make()
+        except ClusterError as exc:
+            if not _slot_moving(exc) or waited >= patience_seconds:
+                raise
+        await sleep(pause)
+        waited += pause
+    raise AssertionError("unreachable")
 
 
 class ScriptError(ResponseError):
@@ -45,8 +89,11 @@ class Script:
     that whole, which :meth:`locate` turns back into the file and line it came from.
     """
 
-    def __init__(self, client: Client, name: str, prelude: str | None = None) -> None:
+    def __init__(
+        self, client: Client, name: str, prelude: str | None = None, patience_seconds: float = 0.0
+    ) -> None:
         self.name = name
+        self._patience_seconds = patience_seconds
         self.prelude = prelude
         before = "" if prelude is None else _lua(prelude)
         self._prelude_lines = before.count("\n")
@@ -54,7 +101,9 @@ class Script:
 
     async def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         try:
-            return await self._registered(keys=keys, args=args)
+            return await patiently(
+                lambda: self._registered(keys=keys, args=args), self._patience_seconds
+            )
         except ResponseError as exc:
             raise ScriptError(self.locate(str(exc))) from exc
 
@@ -113,6 +162,8 @@ class RedisBackend:
         cluster: bool = False,
     ) -> None:
         self.cluster = cluster
+        # On a cluster, how long an operation whose slot is being moved is tried again.
+        self.patience_seconds = timeout_seconds if cluster else 0.0
         self.client: Client
         if cluster:
             # The cluster client keeps a pool per node that refuses a command past its size
@@ -142,7 +193,9 @@ class RedisBackend:
         inside :meth:`call`."""
         found = self._scripts.get((name, prelude))
         if found is None:
-            found = self._scripts[(name, prelude)] = Script(self.client, name, prelude)
+            found = self._scripts[(name, prelude)] = Script(
+                self.client, name, prelude, self.patience_seconds
+            )
         return found
 
     async def call(self, what: str, awaitable: Awaitable[T]) -> T:
@@ -157,7 +210,9 @@ class RedisBackend:
                 metrics.child(metrics.STORE_FULL, what).inc()
                 raise StoreFull(f"Redis {what} failed: Redis is full (maxmemory)") from exc
             reason = f"ScriptError: {exc}" if isinstance(exc, ScriptError) else type(exc).__name__
-            failure = StoreRefused if _not_connected(exc) else StoreError
+            if _slot_moving(exc):
+                reason = "its slot is still being moved (resharding)"
+            failure = StoreRefused if _not_connected(exc) or _slot_moving(exc) else StoreError
             raise failure(f"Redis {what} failed: {reason}") from exc
         except Exception as exc:
             if not _raised_in_redis_py(exc):
@@ -180,7 +235,7 @@ class RedisBackend:
                 result: list[Any] = await pipe.execute()
                 return result
 
-        return await self.call(what, run())
+        return await self.call(what, patiently(run, self.patience_seconds))
 
     async def ping(self) -> None:
         await self.call("ping", self.client.ping())
