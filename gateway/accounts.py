@@ -36,7 +36,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, NamedTuple, TypeVar
 
 from gateway import metrics, quota
-from gateway.errors import GatewayError, QuotaExceeded, StoreUnavailable
+from gateway.errors import GatewayError, Overloaded, QuotaExceeded, StoreUnavailable
 from gateway.models import Kind
 from gateway.pipeline import Answer, Lookup, count_items
 from gateway.quota import TokenEstimator, Window
@@ -49,6 +49,7 @@ from gateway.unattributed import Unattributed
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+LEARN_WAIT_SECONDS = 60.0  # as the default request deadline; app.py passes the one set
 
 
 class Reservation(NamedTuple):
@@ -144,10 +145,12 @@ class Accounts:
         buffer: UsageBuffer,
         estimator: TokenEstimator,
         clock: Callable[[], float] = time.time,
+        learn_wait_seconds: float = LEARN_WAIT_SECONDS,
     ) -> None:
         self._ledger = ledger
         self._estimator = estimator
         self._clock = clock
+        self._learn_wait_seconds = learn_wait_seconds  # for another request to learn a cost
         self.buffer = buffer
         self._settling: set[asyncio.Task[Any]] = set()  # and the requests run to their end
         self._prompt: set[asyncio.Task[None]] = set()  # the settles that wait for nothing
@@ -295,7 +298,10 @@ class Accounts:
 
     async def _cost_known_or_my_turn(self, model: str) -> bool:
         """Wait until the model's item cost is known, or until it is this request's turn to
-        learn it (then True)."""
+        learn it (then True); raise :class:`Overloaded` (503) if neither comes within
+        ``learn_wait_seconds``: the requests learning before it each take up to their
+        deadline, and may all fail."""
+        end = asyncio.get_running_loop().time() + self._learn_wait_seconds
         while not self._estimator.known(model):
             try:
                 shared = await self._ledger.item_cost(model)
@@ -309,7 +315,15 @@ class Accounts:
             if turn is None:
                 self._learning[model] = asyncio.Event()
                 return True
-            await turn.wait()
+            left = end - asyncio.get_running_loop().time()
+            try:
+                await asyncio.wait_for(turn.wait(), max(left, 0.0))
+            except TimeoutError:
+                raise Overloaded(
+                    f"the cost of {model} is not known yet: an earlier request is learning it; "
+                    "retry shortly",
+                    retry_after=1,
+                ) from None
         return False
 
     def _end_learning(self, model: str, learner: bool) -> None:

@@ -196,7 +196,9 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     if settings.redis_url is not None or settings.data_dir is not None:  # one that can fail
         fail_open = settings.on_store_failure == "open"
         ledger = FallbackLedger(app[LEDGER], buffer.pending, fail_open=fail_open)
-    accounts = app[ACCOUNTS] = Accounts(ledger, buffer, estimator)
+    accounts = app[ACCOUNTS] = Accounts(
+        ledger, buffer, estimator, learn_wait_seconds=settings.request_deadline_seconds
+    )
     timeout = aiohttp.ClientTimeout(total=settings.upstream_timeout_seconds)
     async with aiohttp.ClientSession(timeout=timeout, raise_for_status=False) as session:
         upstream = app[UPSTREAM] = NomicClient(

@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 from gateway import quota
 from gateway.accounts import Accounts, UsageBuffer
 from gateway.entries import Entry
-from gateway.errors import QuotaExceeded
+from gateway.errors import Overloaded, QuotaExceeded
 from gateway.forms import ParsedRequest
 from gateway.models import Kind
 from gateway.pipeline import Answer, Lookup
@@ -362,3 +362,18 @@ async def test_a_learner_cancelled_while_admitted_hands_its_turn_to_the_next_req
     async with asyncio.timeout(1):  # not waiting for a lesson that will never come
         second = await accounts.reserve(budget, lookup)
     assert second.learner
+
+
+async def test_waiting_for_another_request_to_learn_a_cost_is_bounded() -> None:
+    ledger = MemoryLedger()
+    accounts = Accounts(ledger, UsageBuffer(ledger), TokenEstimator(1), learn_wait_seconds=0.01)
+    budget = Team("b", "B", Limits(tokens_per_day=1000))
+    lookup, _ = one_image(hit=False)
+    learner = await accounts.reserve(budget, lookup)  # admitted, never answered (yet)
+    assert learner.learner
+    with pytest.raises(Overloaded) as refused:
+        await accounts.reserve(budget, lookup)
+    assert (refused.value.status, refused.value.retry_after) == (503, 1)
+    assert "learning" in refused.value.msg
+    await accounts.settle(learner, None, 0)  # the learner ends: the next request learns
+    assert (await accounts.reserve(budget, lookup)).learner
