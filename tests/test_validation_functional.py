@@ -123,6 +123,17 @@ async def test_more_items_than_the_limit(
         "http://256.1.1.1/a.png",
         "http://[::1/a.png",
         "http://example.com:0/a.png",
+        # Read differently by two parsers, or by none (a review's: each reached Nomic, billed).
+        "http://[::1]x/a.png",
+        "http://example.com\\@evil.com/a.png",
+        "http://u@p@example.com/a.png",
+        "http://user:secret@example.com/a.png",
+        "http://example.com/%zz<>{}",
+        "http://example.com/%zz",
+        "http://example.com/a|b.png",
+        "http://example\u3002com/b.png",
+        "http://example\uff0ecom/b.png",
+        "http://bücher.example/b.png",
     ],
 )
 async def test_url_that_is_not_a_valid_http_url(checked: Client, bad: str) -> None:
