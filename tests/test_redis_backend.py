@@ -79,7 +79,8 @@ async def test_an_error_in_a_script_or_in_its_prelude_names_its_own_file_and_lin
     admit = backend.script("admit.lua", prelude="usage.lua")
     keys = [f"{{t}}:{n}" for n in range(7)]
     ttls = [60, 60, 60, 60, 60]
-    # limits, TTLs, then a request: requests, images, texts, tokens, most tokens, n, pairs
+    # limits, TTLs, answered markers, then a request: requests, images, texts, tokens, most
+    # tokens, n, pairs
     a_usage_amount_that_is_no_number = [
         -1,
         -1,
@@ -87,6 +88,8 @@ async def test_an_error_in_a_script_or_in_its_prelude_names_its_own_file_and_lin
         -1,
         -1,
         *ttls,
+        0,  # no settled markers whose answers came back, and how long they would live
+        3600,
         1,
         1,
         0,
@@ -101,7 +104,7 @@ async def test_an_error_in_a_script_or_in_its_prelude_names_its_own_file_and_lin
     line = line_of("usage.lua", "usage[field] = usage[field] + tonumber(ARGV[p + 1])")
     assert f": lua/usage.lua:{line}: " in str(in_prelude.value)
 
-    a_limit_that_is_no_number = ["many", -1, -1, -1, -1, *ttls, 1, 1, 0, 0, -1, 0]
+    a_limit_that_is_no_number = ["many", -1, -1, -1, -1, *ttls, 0, 3600, 1, 1, 0, 0, -1, 0]
     with pytest.raises(StoreError) as in_script:
         await backend.call("admit", admit(keys=keys, args=a_limit_that_is_no_number))
     line = line_of("admit.lua", "if limits[i] >= 0 and asked[i] > 0")

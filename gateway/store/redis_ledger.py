@@ -32,7 +32,15 @@ MINUTE_TTL = 120
 DAY_TTL = (quota.USAGE_DAYS_KEPT + 1) * 86400
 MONTH_TTL = 40 * 86400
 RESERVATION_TTL = 2 * 86400  # a reservation outlives the day it was made on
-SETTLED_TTL = 3600  # how long a settle id is remembered, to make a retried settle a no-op
+# How long a settle id is remembered, to make a retried settle a no-op: as long as a retry
+# can come (a settle that timed out is kept in the process until the store takes it again).
+# Each id whose answer came back is then given ANSWERED_TTL by the team's next script call
+# (FORGET_AT_ONCE at a time): only the ids of answers lost, and a process's last few per team,
+# are kept SETTLED_TTL.
+SETTLED_TTL = 40 * 86400
+ANSWERED_TTL = 3600
+FORGET_AT_ONCE = 4096
+MOST_ANSWERED = 100_000  # per team; past it the oldest are left to lapse
 TEAM_WRITE_TRIES = 100  # rounds of one team write that others' writes may overtake
 SWAP_WRITTEN, SWAP_CHANGED = 1, 0  # lua/swap_team.lua's answers (-1: no team)
 
@@ -91,6 +99,8 @@ class RedisLedger:
         # Admissions (settles) of one team made while one is in flight share the next call.
         self._admissions = Coalescer(self._admit_batch)
         self._settles = Coalescer(self._settle_batch)
+        # team → settled markers whose answers came back: shortened in its next script call
+        self._answered: dict[str, list[str]] = {}
 
     async def _call(self, what: str, awaitable: Awaitable[Any]) -> Any:
         return await self._backend.call(what, awaitable)
@@ -203,14 +213,22 @@ class RedisLedger:
             team_key(team_id, f"day:{group.day}"),
             team_key(team_id, f"month:{group.month}"),
         ]
+        forget = self._to_forget(team_id)
         args: list[Any] = [*group.limits, MINUTE_TTL, DAY_TTL, MONTH_TTL, RESERVATION_TTL,
-                           SETTLED_TTL]  # fmt: skip
+                           SETTLED_TTL, len(forget), ANSWERED_TTL]  # fmt: skip
         for member in members:
             keys += (team_key(team_id, f"reserved:{member.request_id}"),
                      team_key(team_id, f"settled:{member.request_id}"))  # fmt: skip
             pairs = _pairs(member.usage)
             args += (*member.want, len(pairs) // 2, *pairs)
-        answers = await self._call("admit", self._admit(keys=keys, args=args))
+        answers = await self._forgetting(
+            team_id, forget, self._call("admit", self._admit(keys=[*keys, *forget], args=args))
+        )
+        self._answered.setdefault(team_id, []).extend(
+            team_key(team_id, f"settled:{member.request_id}")
+            for member in members
+            if any(member.usage.values())
+        )
         return [
             Decision(True) if answer[0] == 1
             else Decision(False, ADMITTED_LIMITS[int(answer[1]) - 1], *map(int, answer[2:5]))
@@ -228,15 +246,37 @@ class RedisLedger:
     ) -> list[None]:
         """One script call settles every request of the batch (``lua/settle.lua``)."""
         team_id, day, month = group
+        forget = self._to_forget(team_id)
         keys = [team_key(team_id, f"day:{day}"), team_key(team_id, f"month:{month}")]
-        args: list[Any] = [DAY_TTL, MONTH_TTL, SETTLED_TTL]
+        args: list[Any] = [DAY_TTL, MONTH_TTL, SETTLED_TTL, len(forget), ANSWERED_TTL]
         for member in members:
             keys += (team_key(team_id, f"settled:{member.request_id}"),
                      team_key(team_id, f"reserved:{member.request_id}"))  # fmt: skip
             pairs = _pairs(member.usage)
             args += (member.billed, len(pairs) // 2, *pairs)
-        await self._call("settle", self._settle(keys=keys, args=args))
+        settled = self._call("settle", self._settle(keys=[*keys, *forget], args=args))
+        await self._forgetting(team_id, forget, settled)
+        self._answered.setdefault(team_id, []).extend(
+            team_key(team_id, f"settled:{member.request_id}") for member in members
+        )
         return [None] * len(members)
+
+    def _to_forget(self, team_id: str) -> list[str]:
+        """Settled markers of the team whose answers came back, to shorten in its next call."""
+        answered = self._answered.get(team_id)
+        if not answered:
+            return []
+        del answered[:-MOST_ANSWERED]
+        forget, self._answered[team_id] = answered[:FORGET_AT_ONCE], answered[FORGET_AT_ONCE:]
+        return forget
+
+    async def _forgetting(self, team_id: str, forget: list[str], call: Awaitable[Any]) -> Any:
+        """Await ``call``, which shortens ``forget``; if it fails, they are shortened later."""
+        try:
+            return await call
+        except BaseException:
+            self._answered[team_id] = forget + self._answered.get(team_id, [])
+            raise
 
     async def take_usage_reads(
         self, team_id: str, days: int, per_second: float, at_once: int

@@ -5,8 +5,11 @@ is atomic and exact, as a Lua script in Redis; it applies the same rules
 (:func:`gateway.quota.decide`) as :class:`gateway.store.memory_ledger.MemoryLedger`. Usage is
 kept per team, period (a day ``YYYY-MM-DD`` or a month ``YYYY-MM``) and field, never evicted.
 A settle's id is remembered for ``SETTLED_KEPT_SECONDS``, so a retried settle is applied
-once. The file is one process's: a reservation found at start-up was left by a process that
-was killed before it settled, and is released (:meth:`SqliteLedger.release_leftovers`).
+once. A settle that fails here did not run (its transaction rolled back), so its retry
+counts once however late it comes; the ids are for one whose answer its caller did not wait
+for (a flush cut short), retried at the next flush. The file is one process's: a
+reservation found at start-up was left by a process that was killed before it settled, and
+is released (:meth:`SqliteLedger.release_leftovers`).
 """
 
 from __future__ import annotations

@@ -6,15 +6,19 @@
 -- KEYS: 1 the team's requests this minute, 2 its images this minute, 3 its texts this
 --       minute, 4 its usage hash of the day, 5 its token hash of the month, then for each
 --       request: its reservation (read back by settle.lua) and the marker that it is settled
---       (set when its usage is recorded here) (one team: one hash slot)
+--       (set when its usage is recorded here), then settled markers whose answers came
+--       back (see settle.lua) (one team: one hash slot)
 -- ARGV: 1..5 limits: requests per minute, images per minute, texts per minute, tokens per
 --            day, tokens per month (-1: unlimited),
 --       6 seconds a minute counter lives, 7 a day hash, 8 a month hash, 9 a reservation,
---       10 a settled marker, then for each request: requests, images, texts, its expected
+--       10 a settled marker, 11 how many markers whose answers came back end KEYS, 12 seconds
+--       they live from now, then for each request: requests, images, texts, its expected
 --       tokens, the most tokens it can cost (-1: no more than expected), n, and n usage field
 --       and amount pairs added to the day hash if it is admitted
 -- Returns for each request {1} when admitted, else {0, which limit (1..5), its value,
 --       what remains of it, what the request asked of it}.
+local answered = tonumber(ARGV[11])
+for i = #KEYS - answered + 1, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[12]) end
 local limits = {}
 for i = 1, 5 do limits[i] = tonumber(ARGV[i]) end
 local day = redis.call('HMGET', KEYS[4], 'billed_tokens', 'reserved_tokens')
@@ -29,7 +33,7 @@ local used = {
 local held = tonumber(month[2] or 0)  -- tokens the team's requests under way reserved
 local added = {0, 0, 0, 0}  -- requests, images, texts, tokens reserved
 local usage, fields, rejected = {}, {}, 0
-local answers, member, at = {}, 0, 11
+local answers, member, at = {}, 0, 13
 while at <= #ARGV do
   member = member + 1
   local reserve, most = tonumber(ARGV[at + 3]), tonumber(ARGV[at + 4])

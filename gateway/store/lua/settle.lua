@@ -2,16 +2,22 @@
 -- what was billed and its usage. Idempotent per request: a settle retried after a timeout
 -- (that had in fact run) changes nothing. Counts are whole numbers; times are in seconds.
 -- Runs after its prelude, usage.lua (add_usage, write_usage).
+-- A marker lives as long as a retry of its settle can come (ARGV 3); the caller names the
+-- markers whose answers reached it, to live ARGV 5 seconds from here, so only the markers of
+-- answers lost stay that long.
 -- KEYS: 1 the team's usage hash of the day the reservations were made, 2 its token hash of
 --       that month, then for each request: the marker that its settle ran, and its
---       reservation (written by admit.lua; absent when nothing was reserved)
---       (one team: one hash slot)
+--       reservation (written by admit.lua; absent when nothing was reserved), then the
+--       markers whose answers came back (one team: one hash slot)
 -- ARGV: 1 seconds a day hash lives, 2 seconds a month hash lives, 3 seconds a marker lives,
+--       4 how many markers whose answers came back end KEYS, 5 seconds they live from now,
 --       then for each request: tokens billed, n, and n usage field and amount pairs
 -- Returns for each request 1 when applied, 0 when its settle had already run.
+local answered = tonumber(ARGV[4])
+for i = #KEYS - answered + 1, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
 local reserved, billed = 0, 0
 local usage, fields = {}, {}
-local answers, member, at = {}, 0, 4
+local answers, member, at = {}, 0, 6
 while at <= #ARGV do
   member = member + 1
   local pairs = tonumber(ARGV[at + 1])
