@@ -134,9 +134,15 @@ async def test_redis_full_under_load_answers_and_loses_no_usage(
     assert any(a.cache == "HIT" for a in while_full), "no hit answered while Redis was full"
     if on_store_failure == "open":
         assert any(a.cache == "MISS" for a in while_full), "no miss answered while full"
+    assert {team: row["billed_tokens"] for team, row in usage.items()} == {
+        team: billed[team] for team in TEAMS
+    }
+    # Every request answered is counted; one that failed after its admission (a miss whose
+    # upstream call could not be paced, failing closed) may be counted too.
     answered = Counter(a.team for a in load.answered if a.status == 200)
-    found = {team: (row["requests"], row["billed_tokens"]) for team, row in usage.items()}
-    assert found == {team: (answered[team], billed[team]) for team in TEAMS}
+    sent = Counter(a.team for a in load.answered)
+    for team in TEAMS:
+        assert answered[team] <= usage[team]["requests"] <= sent[team], (team, usage[team])
 
 
 def test_the_redis_full_alert_fires_on_refused_writes(tmp_path: Path) -> None:
