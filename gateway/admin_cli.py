@@ -8,7 +8,6 @@ Tables for people by default, ``--json`` and ``--csv`` for scripts.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -19,7 +18,7 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
-from gateway.spend import CHARGEBACK_COLUMNS
+from gateway.spend import CHARGEBACK_COLUMNS, write_csv
 from gateway.teams import LIMIT_NAMES, SWITCHES, key_hash, well_formed
 
 USAGE_COLUMNS = ("team", "day", "requests", "images", "texts", "hits", "misses",
@@ -237,9 +236,7 @@ def _print(rows: list[dict[str, Any]], columns: Sequence[str], args: argparse.Na
         return
     flat = [_flatten(row) for row in rows]
     if args.csv:
-        writer = csv.DictWriter(sys.stdout, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(flat)
+        write_csv(sys.stdout, columns, flat)
         return
     cells = [[_cell(row.get(column)) for column in columns] for row in flat]
     widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]

@@ -6,9 +6,12 @@ Everything here works on the rows the ledger keeps (a team's counts of one UTC d
 
 from __future__ import annotations
 
+import calendar
+import csv
 import datetime
+import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import NamedTuple
+from typing import IO, NamedTuple
 
 from gateway import quota
 from gateway.prices import Pricing
@@ -33,16 +36,56 @@ def days_back(now: float, count: int) -> list[str]:
 
 
 def month_days(month: str) -> list[str]:
-    """Every day of ``month`` (YYYY-MM); ValueError if it is not one."""
-    first = datetime.date.fromisoformat(f"{month}-01")
-    following = (first.replace(day=28) + datetime.timedelta(days=4)).replace(day=1)
+    """Every day of ``month`` (YYYY-MM, a year from 1 to 9999); ValueError if it is not one."""
+    if re.fullmatch(r"[0-9]{4}-[0-9]{2}", month) is None:
+        raise ValueError(f"not a month: {month[:16]!r}")
+    year, number = int(month[:4]), int(month[5:])
+    first = datetime.date(year, number, 1)  # ValueError: year 0, month 0 or 13
     return [
-        (first + datetime.timedelta(days=i)).isoformat() for i in range((following - first).days)
+        first.replace(day=day).isoformat()
+        for day in range(1, calendar.monthrange(year, number)[1] + 1)
     ]
+
+
+def requested_month(value: str | None, now: float) -> tuple[str, list[str]]:
+    """The month a query asks for (``YYYY-MM``; none: this month, UTC) and its days;
+    ValueError if it names none."""
+    month = value or month_of(now)
+    return month, month_days(month)
 
 
 def month_of(now: float) -> str:
     return utc(now).strftime("%Y-%m")
+
+
+# A cell a spreadsheet would read as a formula, per OWASP's "CSV Injection"
+# (https://owasp.org/www-community/attacks/CSV_Injection): one that starts with = + - @, a
+# tab or a carriage return is prefixed with ' (read as text), every cell is quoted, and, as
+# the page warns, a separator inside a cell must not start a formula either: a reader whose
+# separator is ; (or ,) where ours is the other splits "a;=1+1" there, so a ; or , followed
+# by one of those characters (after spaces or quotes) is followed by ' too.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_FORMULA_AFTER_SEPARATOR = re.compile(r"([;,])(?=[\s\"']*[=+\-@])")
+
+
+def csv_cell(value: object) -> object:
+    """``value`` as a CSV cell no spreadsheet takes for a formula (with :func:`write_csv`'s
+    quoting), whichever separator it splits on: see :data:`FORMULA_STARTS`."""
+    if not isinstance(value, str):
+        return value
+    value = _FORMULA_AFTER_SEPARATOR.sub(r"\1'", value)
+    return "'" + value if value.startswith(FORMULA_STARTS) else value
+
+
+def write_csv(out: IO[str], columns: Sequence[str], rows: Iterable[Mapping[str, object]]) -> None:
+    """``rows`` as CSV under a header of ``columns``, every cell quoted and neutralised
+    (:func:`csv_cell`)."""
+    csv.writer(out, lineterminator="\n").writerow(columns)  # our names: nothing to quote
+    writer = csv.DictWriter(
+        out, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n",
+        quoting=csv.QUOTE_ALL,
+    )  # fmt: skip
+    writer.writerows({k: csv_cell(v) for k, v in row.items()} for row in rows)
 
 
 def totals(rows: Iterable[Mapping[str, object]]) -> dict[str, int]:

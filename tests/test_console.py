@@ -3,8 +3,14 @@ headers, escaping, and what a team may see. The browser tests are in test_consol
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import csv
+import gzip
+import io
 import logging
 import re
+import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,10 +18,12 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
+from gateway import admin_cli, spend
 from gateway.app import create_app
-from gateway.console import sessions
-from gateway.console.routes import SIGN_IN_BURST
+from gateway.console import pages, sessions
+from gateway.console.routes import FORM_BYTES, SIGN_IN_BURST, address_bucket
 from gateway.store.base import Ledger
+from gateway.store.rate import Rates
 from tests.conftest import ADMIN, ADMIN_TOKEN, gateway_settings, make_team
 from tests.fake_nomic import FakeNomic
 
@@ -351,3 +359,248 @@ async def test_the_chargeback_csv_keeps_a_team_name_from_being_a_formula(console
     assert exported.status == 200
     assert "attachment" in exported.headers["Content-Disposition"]
     assert "'=HYPERLINK" in await exported.text()
+
+
+# --- what a review found: forms, cookies and errors that were 500s or worse ------------------
+
+
+KEY_LIKE = "nk-" + "K" * 43  # not a team's key: what must never reach a log line
+
+
+async def raw_request(client: Client, head: bytes, body: bytes = b"") -> bytes:
+    """One request written as bytes (a header no client library would send), its answer."""
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(head + b"\r\n\r\n" + body)
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    return answer
+
+
+async def form_post(
+    client: Client, body: bytes, content_type: str, **headers: str
+) -> ClientResponse:
+    """A sign-in post with the form's own CSRF token and nonce cookie in ``body``'s place."""
+    token = csrf_of(await (await client.get("/console")).text())
+    body = body.replace(b"CSRF", token.encode())
+    headers = {"Content-Type": content_type, **headers}
+    return await client.post("/console/sign-in", data=body, headers=headers, allow_redirects=False)
+
+
+def assert_a_page(response: ClientResponse, status: int) -> None:
+    assert response.status == status
+    assert response.content_type == "text/html"
+    assert "script-src 'none'" in response.headers["Content-Security-Policy"]
+
+
+async def test_a_compressed_form_is_refused_unread(console: Client) -> None:
+    inflates = gzip.compress(b"csrf=CSRF&secret=" + b"a" * (4 << 20), 9)  # 4 MiB from ~4 KB
+    for encoding, body in (("gzip", inflates), ("deflate", zlib.compress(b"secret=a"))):
+        response = await form_post(
+            console, body, "application/x-www-form-urlencoded", **{"Content-Encoding": encoding}
+        )
+        assert_a_page(response, 415)
+    identity = await form_post(
+        console, b"csrf=CSRF&secret=" + ADMIN_TOKEN.encode(), "application/x-www-form-urlencoded",
+        **{"Content-Encoding": "identity"},
+    )  # fmt: skip
+    assert identity.status == 303
+
+
+async def test_a_form_is_read_to_64_kib_whatever_its_headers(console: Client) -> None:
+    async def chunked(size: int) -> AsyncIterator[bytes]:
+        yield b"csrf=CSRF&secret=" + ADMIN_TOKEN.encode() + b"&pad="
+        yield b"a" * size
+
+    for size, status in ((100, 303), (FORM_BYTES, 413)):
+        token = csrf_of(await (await console.get("/console")).text())
+
+        async def body(size: int = size, token: str = token) -> AsyncIterator[bytes]:
+            async for chunk in chunked(size):
+                yield chunk.replace(b"CSRF", token.encode())
+
+        response = await console.post(
+            "/console/sign-in", data=body(), allow_redirects=False,
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )  # fmt: skip
+        assert response.status == status  # no Content-Length: chunked
+        console.session.cookie_jar.clear()
+    too_long = await form_post(
+        console, b"a" * (FORM_BYTES + 1), "application/x-www-form-urlencoded"
+    )
+    assert_a_page(too_long, 413)
+
+
+async def test_a_form_the_console_never_sends_is_a_4xx_and_nothing_of_it_is_logged(
+    console: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    key = KEY_LIKE.encode()
+    multipart = b"--B\r\n" + key + b"\r\n\r\nx\r\n--B--\r\n"
+    sent = [
+        (b"secret=" + key, "application/x-www-form-urlencoded; charset=utf-16", 415),
+        (b"secret=" + key, "application/x-www-form-urlencoded; charset=nonexistent", 415),
+        (multipart, "multipart/form-data; boundary=B", 415),
+        (multipart, "multipart/form-data", 415),
+        (b"csrf=CSRF&secret=%ff" + key, "application/x-www-form-urlencoded", 400),
+        (b"&".join([b"a=1"] * 65) + b"&secret=" + key, "application/x-www-form-urlencoded", 400),
+    ]
+    for body, content_type, status in sent:
+        assert_a_page(await form_post(console, body, content_type), status)
+    assert KEY_LIKE not in caplog.text
+    assert KEY_LIKE[3:] not in caplog.text
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+async def test_a_sign_in_cookie_the_gateway_did_not_make_is_no_nonce(console: Client) -> None:
+    chosen = "chosen-by-the-client"
+    page = await console.get("/console", headers={"Cookie": f"{sessions.SIGN_IN_COOKIE}={chosen}"})
+    token = csrf_of(await page.text())
+    assert chosen not in set_cookie(page, sessions.SIGN_IN_COOKIE)  # a new one, made here
+    console.session.cookie_jar.clear()
+    response = await console.post(
+        "/console/sign-in", data={"csrf": token, "secret": ADMIN_TOKEN}, allow_redirects=False,
+        headers={"Cookie": f"{sessions.SIGN_IN_COOKIE}={chosen}"},
+    )  # fmt: skip
+    assert response.status == 403
+    # a cookie of bytes that are no text, or too long: a new form, not a 500
+    for value in (b"a\xffb", b"n" * 100):
+        answer = await raw_request(
+            console, b"GET /console HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: "
+            + sessions.SIGN_IN_COOKIE.encode() + b"=" + value,
+        )  # fmt: skip
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+
+
+def test_a_sign_in_nonce_is_good_only_as_made_and_until_it_expires() -> None:
+    secret = b"s" * 32
+    nonce, cookie = sessions.new_sign_in(secret, 1000.0, 3600)
+    assert sessions.sign_in_nonce(secret, cookie, 1000.0) == nonce
+    assert sessions.sign_in_nonce(secret, cookie, 4600.0) is None  # expired
+    assert sessions.sign_in_nonce(b"t" * 32, cookie, 1000.0) is None
+    made, expiry, mac = cookie.split(".")
+    assert sessions.sign_in_nonce(secret, f"{made}.{int(expiry) + 10**6}.{mac}", 1000.0) is None
+    for junk in (None, "", nonce, "é.1.x", cookie + "x", "a" * 65 + cookie[len(nonce) :]):
+        assert sessions.sign_in_nonce(secret, junk, 1000.0) is None
+
+
+async def test_what_no_handler_expected_is_a_page_that_logs_its_type_only(
+    console: Client, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing(*args: object) -> str:
+        raise RuntimeError(f"a message that quotes the request: {KEY_LIKE}")
+
+    monkeypatch.setattr(pages, "sign_in_page", failing)
+    response = await console.get("/console")
+    assert_a_page(response, 500)
+    assert KEY_LIKE not in await response.text()
+    assert "RuntimeError" in caplog.text
+    assert KEY_LIKE not in caplog.text
+    assert all(record.exc_info is None for record in caplog.records)
+
+
+async def test_numbers_in_the_operators_forms_are_ascii_digits(console: Client) -> None:
+    await new_key(console, "research")
+    assert (await sign_in(console, ADMIN_TOKEN)).status == 303
+    token = csrf_of(await (await console.get("/console/operator")).text())
+    for value in ("\u0663", "\u00b2", "9" * 5000):  # an Arabic-Indic 3, a superscript 2
+        limits = await console.post(
+            "/console/operator/teams/research/limits",
+            data={"csrf": token, "tokens_per_day": value},
+        )
+        assert_a_page(limits, 422)
+    team = await (await console.get("/admin/teams/research", headers=ADMIN)).json()
+    assert team["limits"]["tokens_per_day"] is None
+    listed = await (await console.get("/admin/teams/research/keys", headers=ADMIN)).json()
+    key_id = listed["keys"][0]["id"]
+    for value in ("\u00b2", "9" * 5000, "\u0663"):
+        rotated = await console.post(
+            f"/console/operator/teams/research/keys/{key_id}/rotate",
+            data={"csrf": token, "grace_seconds": value},
+        )
+        assert_a_page(rotated, 422)
+
+
+async def test_a_month_out_of_range_is_a_422_or_its_rows(console: Client) -> None:
+    assert (await sign_in(console, ADMIN_TOKEN)).status == 303
+    for month, status in (("9999-12", 200), ("0001-01", 200), ("0000-01", 422),
+                          ("2024-13", 422), ("\u0662\u0660\u0662\u0664-01", 422),
+                          ("10000-01", 422)):  # fmt: skip
+        exported = await console.get("/console/operator/chargeback.csv", params={"month": month})
+        assert exported.status == status, month
+        api = await console.get("/admin/chargeback", params={"month": month}, headers=ADMIN)
+        assert api.status == status, month
+
+
+def test_the_requested_month_and_its_days() -> None:
+    assert spend.requested_month(None, 0.0) == ("1970-01", spend.month_days("1970-01"))
+    month, days = spend.requested_month("2024-02", 0.0)
+    assert (month, days[0], days[-1], len(days)) == ("2024-02", "2024-02-01", "2024-02-29", 29)
+    assert spend.requested_month("9999-12", 0.0)[1][-1] == "9999-12-31"
+    for bad in ("2024-2", "2024-02-01", "0000-01", "\u0662\u0660\u0662\u0664-01", "x" * 5000):
+        with pytest.raises(ValueError):
+            spend.requested_month(bad, 0.0)
+
+
+def test_a_csv_cell_is_never_a_formula_in_either_separators_locale() -> None:
+    out = io.StringIO()
+    rows: list[dict[str, object]] = [
+        {"team": "a", "name": "=1+1", "n": 1},
+        {"team": "b", "name": "a;=1+1", "n": 2},
+        {"team": "c", "name": "@SUM(1)", "n": None},
+        {"team": "d", "name": 'x, "-1;+2', "n": 3},
+        {"team": "e", "name": "a;b, c", "n": 4},
+    ]
+    spend.write_csv(out, ["team", "name", "n"], rows)
+    lines = out.getvalue().splitlines()
+    assert lines == [
+        "team,name,n",
+        '"a","\'=1+1","1"',
+        '"b","a;\'=1+1","2"',
+        '"c","\'@SUM(1)",""',
+        '"d","x,\' ""-1;\'+2","3"',
+        '"e","a;b, c","4"',
+    ]
+    for row in csv.reader(lines[1:]):
+        assert not any(cell.startswith(spend.FORMULA_STARTS) for cell in row), row
+    for line in lines[1:]:  # as a spreadsheet whose separator is ; splits them
+        assert not any(
+            cell.lstrip(' "').startswith(spend.FORMULA_STARTS) for cell in line.split(";")
+        )
+
+
+def test_the_clis_csv_neutralises_cells_as_the_consoles_does(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = argparse.Namespace(json=False, csv=True)
+    admin_cli._print(
+        [{"team": "t", "name": "=1+1"}, {"team": "u", "name": "a;@x"}], ["team", "name"], args
+    )
+    assert capsys.readouterr().out.splitlines() == ["team,name", '"t","\'=1+1"', '"u","a;\'@x"']
+
+
+def test_sign_ins_are_counted_per_address_as_proxies_write_it() -> None:
+    bucket = address_bucket
+    assert bucket("::ffff:192.0.2.1") == bucket("192.0.2.1") == "192.0.2.1"
+    assert bucket("::ffff:192.0.2.1") != bucket("::ffff:192.0.2.2")
+    assert bucket("192.0.2.1:4711") == "192.0.2.1"  # Azure's Application Gateway
+    assert bucket("[2001:db8::1]:443") == bucket("2001:db8::2") == "2001:db8::/64"
+    assert bucket("[2001:db8::1]") == "2001:db8::/64"
+    assert bucket("unparsable") != bucket("another")
+    assert len(bucket("x" * 10_000)) < 100
+
+
+def test_in_process_rates_forget_addresses_whose_rate_is_full_again() -> None:
+    kept, unpruned = Rates(prune_at=100), Rates(prune_at=10**9)
+    for i in range(10_000):
+        now_ms = i * 1000.0
+        for rates in (kept, unpruned):
+            rates.spend(f"address {i}", now_ms, 1, 10 / 60, 10)
+        for back in (1, 3, 7):  # earlier addresses again: the same answers as never pruned
+            key = f"address {max(0, i - back)}"
+            assert kept.spend(key, now_ms, 1, 10 / 60, 10) == unpruned.spend(
+                key, now_ms, 1, 10 / 60, 10
+            )
+    assert len(kept) <= 200
+    assert len(unpruned) == 10_000

@@ -15,19 +15,20 @@ and errors are HTML pages: the console never answers in Nomic's JSON.
 
 from __future__ import annotations
 
-import csv
 import hmac
 import io
 import ipaddress
 import logging
 import math
+import re
 import time
+import urllib.parse
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any, NamedTuple
 
 from aiohttp import web
-from multidict import MultiDictProxy
+from multidict import MultiDict, MultiDictProxy
 
 from gateway import metrics, spend
 from gateway.accounts import usage_rows
@@ -52,7 +53,8 @@ SECRET_NAME = "console-sessions"  # noqa: S105 (its name in the store, not the s
 SIGN_INS_PER_MINUTE = 10  # per client address (an IPv6 address: per /64), all replicas
 SIGN_IN_BURST = 10
 SIGN_IN_FORM_SECONDS = 3600  # how long a sign-in form's nonce cookie lasts
-FORM_BYTES = 64 * 1024
+FORM_BYTES = 64 * 1024  # a posted form's bytes, read as they come, whatever the headers say
+FORM_FIELDS = 64
 SPAN_DAYS = 90  # what a team's page reads; it shows the last 30 or 90
 CSP = (
     "default-src 'self'; script-src 'none'; object-src 'none'; style-src 'self'; "
@@ -92,7 +94,7 @@ class Signed(NamedTuple):
 
 
 def create_console() -> web.Application:
-    console = web.Application(middlewares=[_guard], client_max_size=FORM_BYTES)
+    console = web.Application(middlewares=[_guard])
     console[SECRET] = _Secret()
     router = console.router
     router.add_get("", index)
@@ -132,7 +134,8 @@ def error(status: int, message: str, retry_after: float | None = None) -> web.Re
 
 @web.middleware
 async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Errors as HTML pages, and the security headers on every answer."""
+    """Errors as HTML pages, and the security headers on every answer. What no handler
+    expected is a 500 logged by its type and route only: its message may quote the request."""
     try:
         response = await handler(request)
     except GatewayError as exc:
@@ -148,9 +151,20 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if exc.status < 400:
             raise
         response = error(exc.status, exc.reason)
+        if exc.status in (413, 415):
+            response.force_close()  # the body left unread: not read to drain it either
+    except Exception as exc:  # any other failure: a page, never a traceback
+        log.error("%s %s failed: %s", request.method, _route(request), type(exc).__name__)
+        response = error(500, "The console failed; nothing more is known here.")
     response.headers.update(PAGE_HEADERS)
     response.headers.setdefault("Cache-Control", "no-store")
     return response
+
+
+def _route(request: web.Request) -> str:
+    """The route's pattern (``/console/operator/teams/{team}/limits``), never the path sent."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "(no route)"
 
 
 async def not_found(request: web.Request) -> web.Response:
@@ -190,11 +204,25 @@ def client_address(request: web.Request) -> str:
     if request.config_dict[SETTINGS].trust_forwarded:
         forwarded = request.headers.get("X-Forwarded-For", "").split(",")[-1].strip()
         address = forwarded or address
+    return address_bucket(address)
+
+
+def address_bucket(address: str) -> str:
+    """The bucket of an address as a proxy may write it: ``a.b.c.d``, ``a.b.c.d:port``,
+    ``v6``, ``[v6]`` or ``[v6]:port``. IPv6 by its /64, an IPv4-mapped one as its IPv4;
+    what does not parse is a bucket of its own (its first 64 characters)."""
+    host = address
+    if host.startswith("["):
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
     try:
-        ip = ipaddress.ip_address(address)
+        ip = ipaddress.ip_address(host)
     except ValueError:
-        return "unknown"
-    if ip.version == 6:
+        return "unparsed:" + address[:64]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
         return str(ipaddress.ip_network(f"{ip}/64", strict=False))
     return str(ip)
 
@@ -247,16 +275,37 @@ async def _require(request: web.Request, role: Role) -> Signed:
     return signed
 
 
-async def _posted(request: web.Request) -> MultiDictProxy[str | Any]:
-    """The form posted, of at most :data:`FORM_BYTES`."""
-    if request.content_length is None or request.content_length > FORM_BYTES:
-        raise web.HTTPRequestEntityTooLarge(
-            max_size=FORM_BYTES, actual_size=request.content_length or 0
+async def _posted(request: web.Request) -> MultiDictProxy[str]:
+    """The form posted: ``application/x-www-form-urlencoded`` in UTF-8 (what the console's
+    pages send), not compressed, of at most :data:`FORM_BYTES` read (a larger
+    Content-Length: refused before reading) and :data:`FORM_FIELDS` fields. Anything else
+    is a 4xx page that quotes nothing of the body."""
+    if any(value.strip().lower() != "identity" for value in request.headers.getall(
+        "Content-Encoding", []
+    )):  # fmt: skip
+        raise web.HTTPUnsupportedMediaType(reason="A console form is never compressed.")
+    charset = (request.charset or "utf-8").lower()
+    if request.content_type != "application/x-www-form-urlencoded" or charset not in (
+        "utf-8", "utf8"
+    ):  # fmt: skip
+        raise web.HTTPUnsupportedMediaType(reason="A console form is URL-encoded UTF-8.")
+    if request.content_length is not None and request.content_length > FORM_BYTES:
+        raise web.HTTPRequestEntityTooLarge(max_size=FORM_BYTES, actual_size=request.content_length)
+    body = bytearray()
+    while chunk := await request.content.read(FORM_BYTES + 1 - len(body)):
+        body += chunk
+        if len(body) > FORM_BYTES:
+            raise web.HTTPRequestEntityTooLarge(max_size=FORM_BYTES, actual_size=len(body))
+    try:
+        fields = urllib.parse.parse_qsl(
+            body.decode(), keep_blank_values=True, errors="strict", max_num_fields=FORM_FIELDS
         )
-    return await request.post()
+    except (ValueError, UnicodeError):
+        raise web.HTTPBadRequest(reason="The form could not be read.") from None
+    return MultiDictProxy(MultiDict(fields))
 
 
-async def _form(request: web.Request, signed: Signed) -> MultiDictProxy[str | Any]:
+async def _form(request: web.Request, signed: Signed) -> MultiDictProxy[str]:
     """The posted form, once its CSRF token is the session's; raises 403 if not."""
     form = await _posted(request)
     if not sessions.csrf_matches(signed.secret, signed.session.nonce, form.get("csrf")):
@@ -305,12 +354,16 @@ async def _sign_in_form(
     request: web.Request, message: str | None = None, status: int = 200
 ) -> web.Response:
     secret = await _secret(request)
-    nonce = request.cookies.get(sessions.SIGN_IN_COOKIE) or sessions.new_nonce()
+    now = time.time()
+    cookie = request.cookies.get(sessions.SIGN_IN_COOKIE, "")
+    nonce = sessions.sign_in_nonce(secret, cookie, now)
+    if nonce is None:
+        nonce, cookie = sessions.new_sign_in(secret, now, SIGN_IN_FORM_SECONDS)
     admin_on = request.config_dict[SETTINGS].admin_token is not None
     response = html(
         pages.sign_in_page(sessions.csrf_token(secret, nonce), message, admin_on), status
     )
-    _set_cookie(request, response, sessions.SIGN_IN_COOKIE, nonce, SIGN_IN_FORM_SECONDS)
+    _set_cookie(request, response, sessions.SIGN_IN_COOKIE, cookie, SIGN_IN_FORM_SECONDS)
     if sessions.COOKIE in request.cookies:
         _end_session(response)
     return response
@@ -319,9 +372,10 @@ async def _sign_in_form(
 async def sign_in(request: web.Request) -> web.StreamResponse:
     secret = await _secret(request)
     form = await _posted(request)
-    if not sessions.csrf_matches(
-        secret, request.cookies.get(sessions.SIGN_IN_COOKIE), form.get("csrf")
-    ):
+    nonce = sessions.sign_in_nonce(
+        secret, request.cookies.get(sessions.SIGN_IN_COOKIE), time.time()
+    )
+    if not sessions.csrf_matches(secret, nonce, form.get("csrf")):
         return await _sign_in_form(request, "The sign-in form had expired: sign in again.", 403)
     ledger = request.config_dict[LEDGER]
     wait_ms = await ledger.take_usage_reads(  # a rate kept in the store, under no team's id
@@ -537,39 +591,31 @@ async def _store_size(request: web.Request) -> list[tuple[str, str]]:
 @_page
 async def chargeback_csv(request: web.Request) -> web.StreamResponse:
     await _require(request, "operator")
-    month = request.query.get("month") or spend.month_of(time.time())
     try:
-        days = spend.month_days(month) if len(month) == 7 else []
+        month, days = spend.requested_month(request.query.get("month"), time.time())
     except ValueError:
-        days = []
-    if not days:
         return error(422, "The month must be YYYY-MM.")
     await request.config_dict[ACCOUNTS].flush()
     rows = await admin.chargeback_rows(request, month, days)
     pricing: Pricing | None = request.config_dict[SETTINGS].pricing
     columns = [*spend.CHARGEBACK_COLUMNS, *(spend.MONEY_COLUMNS if pricing else ())]
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: _cell(v) for k, v in row.items()} for row in rows)
+    spend.write_csv(out, columns, rows)
     return web.Response(
         text=out.getvalue(), content_type="text/csv", charset="utf-8",
         headers={"Content-Disposition": f'attachment; filename="chargeback-{month}.csv"'},
     )  # fmt: skip
 
 
-def _cell(value: object) -> object:
-    """A CSV cell a spreadsheet reads as text: a team's name starting with ``=``, ``+``,
-    ``-`` or ``@`` would be taken for a formula."""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return value
-
-
 # --- the operator's forms ----------------------------------------------------------------
 
 
-def _limits(form: MultiDictProxy[str | Any]) -> dict[str, int | None]:
+def _whole(text: str) -> int | None:
+    """A whole number written in ASCII digits (at most 16); None if ``text`` is not one."""
+    return int(text) if re.fullmatch(r"[0-9]{1,16}", text) else None
+
+
+def _limits(form: MultiDictProxy[str]) -> dict[str, int | None]:
     """The limits a form gives: a blank field is unlimited."""
     limits: dict[str, int | None] = {}
     for name in LIMIT_NAMES:
@@ -580,15 +626,15 @@ def _limits(form: MultiDictProxy[str | Any]) -> dict[str, int | None]:
         if not text:
             limits[name] = None
             continue
-        if not text.isdigit():
+        limits[name] = _whole(text)
+        if limits[name] is None:
             raise InvalidTeam(
                 f"{name.replace('_', ' ')} must be a whole number, or blank for unlimited"
             )
-        limits[name] = int(text)
     return limits
 
 
-def _text(form: MultiDictProxy[str | Any], name: str) -> str | None:
+def _text(form: MultiDictProxy[str], name: str) -> str | None:
     value = form.get(name)
     return value.strip() if isinstance(value, str) and value.strip() else None
 
@@ -638,7 +684,7 @@ async def rotate_key(request: web.Request) -> web.StreamResponse:
     signed = await _require(request, "operator")
     form = await _form(request, signed)
     grace_text = _text(form, "grace_seconds") or "0"
-    grace: object = int(grace_text) if grace_text.isdigit() else grace_text
+    grace: object = _whole(grace_text)  # None: admin.rotate refuses it, as it says
     team = await _team(request)
     record, key, old = await admin.rotate(
         request.config_dict[LEDGER], team, request.match_info["key_id"], grace

@@ -7,7 +7,9 @@ team's session names its team and key id (each page load checks in the ledger th
 is still live), the operator's holds an HMAC of the admin token it was made with (checked
 against the token the process has now, so changing the token ends every such session).
 CSRF tokens are HMACs of the session's nonce (or, before signing in, of the sign-in form's
-nonce cookie): a page from another site can neither read nor make one.
+nonce cookie): a page from another site can neither read nor make one. The sign-in form's
+nonce cookie is itself MACed with its expiry (:func:`new_sign_in`): a nonce the client
+chose, or one older than the form's lifetime, is no nonce.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 import secrets
 from typing import Literal, NamedTuple
 
@@ -24,6 +27,7 @@ import orjson
 COOKIE = "ng_console"
 SIGN_IN_COOKIE = "ng_console_sign_in"  # the sign-in form's nonce, for its CSRF token
 Role = Literal["team", "operator"]
+_SIGN_IN_VALUE = re.compile(r"([A-Za-z0-9_-]{1,64})\.([0-9]{1,12})\.([A-Za-z0-9_-]{43})")
 
 
 class Session(NamedTuple):
@@ -73,6 +77,24 @@ def unseal(secret: bytes, value: str | None, now: float) -> Session | None:
     if not isinstance(session.expires, (int, float)) or session.expires <= now:
         return None
     return session
+
+
+def new_sign_in(secret: bytes, now: float, lifetime: float) -> tuple[str, str]:
+    """A new sign-in form's nonce, and its cookie's value: ``<nonce>.<expiry>.<mac>``."""
+    nonce = new_nonce()
+    nonce_expiry = f"{nonce}.{int(now + lifetime)}"
+    return nonce, f"{nonce_expiry}.{_b64(_mac(secret, 'sign-in', nonce_expiry.encode()))}"
+
+
+def sign_in_nonce(secret: bytes, value: str | None, now: float) -> str | None:
+    """The nonce of a sign-in cookie this gateway (or a replica) made and that has not
+    expired; None for anything else: absent, malformed, not ASCII, forged or old."""
+    found = _SIGN_IN_VALUE.fullmatch(value or "")
+    if found is None or int(found.group(2)) <= now:
+        return None
+    nonce_expiry = f"{found.group(1)}.{found.group(2)}"
+    mac = _b64(_mac(secret, "sign-in", nonce_expiry.encode()))
+    return found.group(1) if hmac.compare_digest(mac, found.group(3)) else None
 
 
 def csrf_token(secret: bytes, nonce: str) -> str:

@@ -267,13 +267,10 @@ async def usage(request: web.Request) -> web.Response:
 async def chargeback(request: web.Request) -> web.Response:
     """``GET /admin/chargeback?month=YYYY-MM`` (default: this month): one row per team with
     its month's usage, monthly budget and, with prices set, its cost."""
-    month = request.query.get("month") or spend.month_of(time.time())
     try:
-        days = spend.month_days(month) if len(month) == 7 else []
+        month, days = spend.requested_month(request.query.get("month"), time.time())
     except ValueError:
-        days = []
-    if not days:
-        raise InvalidRequest("month must be YYYY-MM", loc=("query", "month"))
+        raise InvalidRequest("month must be YYYY-MM", loc=("query", "month")) from None
     await request.config_dict[ACCOUNTS].flush()
     return web.json_response({"chargeback": await chargeback_rows(request, month, days)})
 

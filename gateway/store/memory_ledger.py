@@ -33,7 +33,7 @@ class MemoryLedger:
         self._reserved: dict[str, int] = {}  # request id → tokens it reserved
         self._settled: OrderedDict[str, float] = OrderedDict()
         self._costs: dict[str, int] = {}
-        self._usage_reads: dict[str, float] = {}  # team → its reads' TAT (rate.spend), in ms
+        self._usage_reads = rate.Rates()  # by team (or sign-in address)
         self._secrets: dict[str, bytes] = {}
 
     async def create_team(self, team: Team) -> bool:
@@ -147,10 +147,7 @@ class MemoryLedger:
     async def take_usage_reads(
         self, team_id: str, days: int, per_second: float, at_once: int
     ) -> int:
-        tat = self._usage_reads.get(team_id, 0.0)
-        now_ms = time.monotonic() * 1000
-        self._usage_reads[team_id], wait = rate.spend(tat, now_ms, days, per_second, at_once)
-        return wait
+        return self._usage_reads.spend(team_id, time.monotonic() * 1000, days, per_second, at_once)
 
     async def shared_secret(self, name: str) -> bytes:
         return self._secrets.setdefault(name, secrets.token_bytes(32))

@@ -20,3 +20,27 @@ def spend(
     if over > 0:
         return tat_ms, max(1, math.ceil(over))
     return after, 0
+
+
+class Rates:
+    """Rates by key (a team's usage reads, an address's sign-ins) for a store that keeps them
+    in its process. A key whose TAT has passed holds nothing :func:`spend` would not start
+    from anyway, so such keys are dropped whenever the keys reach twice what was kept after
+    the last drop (and at least ``prune_at``): memory bounded by the keys of the last
+    ``at_once / per_second`` seconds, the work amortised over the spends."""
+
+    def __init__(self, prune_at: int = 10_000) -> None:
+        self._tats: dict[str, float] = {}  # key → its TAT, in ms
+        self._least = self._prune_at = prune_at
+
+    def __len__(self) -> int:
+        return len(self._tats)
+
+    def spend(self, key: str, now_ms: float, cost: int, per_second: float, at_once: int) -> int:
+        """:func:`spend` on ``key``'s rate: the ms to wait, 0 if spent."""
+        if len(self._tats) >= self._prune_at:
+            self._tats = {k: tat for k, tat in self._tats.items() if tat > now_ms}
+            self._prune_at = max(self._least, 2 * len(self._tats))
+        tat = self._tats.get(key, 0.0)
+        self._tats[key], wait = spend(tat, now_ms, cost, per_second, at_once)
+        return wait

@@ -64,7 +64,7 @@ class SqliteLedger:
         self._backend = backend
         self._clock = clock
         self._settles = 0
-        self._usage_reads: dict[str, float] = {}  # team → its reads' TAT (rate.spend), in ms
+        self._usage_reads = rate.Rates()  # by team (or sign-in address)
 
     async def release_leftovers(self) -> tuple[int, int]:
         """Release every reservation in the file (made by a process that died before it
@@ -261,10 +261,7 @@ class SqliteLedger:
     async def take_usage_reads(
         self, team_id: str, days: int, per_second: float, at_once: int
     ) -> int:
-        tat = self._usage_reads.get(team_id, 0.0)
-        now_ms = time.monotonic() * 1000
-        self._usage_reads[team_id], wait = rate.spend(tat, now_ms, days, per_second, at_once)
-        return wait
+        return self._usage_reads.spend(team_id, time.monotonic() * 1000, days, per_second, at_once)
 
     async def shared_secret(self, name: str) -> bytes:
         def kept(db: sqlite3.Connection) -> bytes:
