@@ -8,6 +8,12 @@
   process is refused, whatever it would do to the files.
 
 Each file has its own thread, so cache writes never wait for a decision or the other way round.
+
+The ledger holds the console's session secret and the keys' hashes, so every file is its
+owner's alone (0600, whatever the umask; tightened at start if it is not). A directory other
+users can write is refused: whoever can write it can replace the files, whatever their
+permissions. One they can only list (a 0755 made by hand) is used, with a warning: they see
+the files' names, nothing in them; it is left as the operator made it.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import stat
 from pathlib import Path
 
 from gateway import unattributed
@@ -22,7 +29,7 @@ from gateway.config import MEMORY_DATA_DIR
 from gateway.store.base import StoreError
 from gateway.store.sqlite import SCHEMA as CACHE_SCHEMA
 from gateway.store.sqlite import SqliteStore
-from gateway.store.sqlite_backend import SqliteBackend
+from gateway.store.sqlite_backend import PRIVATE, SqliteBackend
 from gateway.store.sqlite_ledger import SCHEMA as LEDGER_SCHEMA
 from gateway.store.sqlite_ledger import SqliteLedger
 
@@ -49,6 +56,12 @@ class DataDir:
     async def open(cls, path: Path, cache_bytes: int) -> DataDir:
         """Lock the directory (made if missing) and open its files; raises DataDirError."""
         lock = take_lock(path)
+        if (mode := _mode(path)) & 0o077:
+            log.warning(
+                "GATEWAY_DATA_DIR=%s can be listed by other users (mode %04o): they see its "
+                "files' names, not what is in them (each is its owner's alone, %04o); chmod 700 "
+                "it to hide the names too", path, mode, PRIVATE,
+            )  # fmt: skip
         opened: list[SqliteBackend] = []
         try:
             for name, schema in (("ledger", LEDGER_SCHEMA), ("cache", CACHE_SCHEMA)):
@@ -79,12 +92,19 @@ class DataDir:
 
 def take_lock(path: Path) -> int:
     """The directory's lock, held (a descriptor to close); raises DataDirError if the
-    directory cannot be made or written, or another process holds the lock."""
+    directory cannot be made or written, others can write it, or another process holds the
+    lock."""
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not os.access(path, os.W_OK | os.X_OK):
             raise PermissionError(13, "Permission denied")
-        lock = os.open(path / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        if (mode := _mode(path)) & 0o022:
+            raise DataDirError(
+                f"GATEWAY_DATA_DIR={path} can be written by other users (mode {mode:04o}), who "
+                "could replace the files that hold the teams, keys and the console's secret: "
+                "chmod 700 it (or set another directory)"
+            )
+        lock = os.open(path / "lock", os.O_RDWR | os.O_CREAT, PRIVATE)
     except OSError as exc:
         raise DataDirError(
             f"GATEWAY_DATA_DIR={path} is not a writable directory ({exc.strerror or exc}): set "
@@ -103,6 +123,10 @@ def take_lock(path: Path) -> int:
     os.ftruncate(lock, 0)
     os.write(lock, f"{os.getpid()}\n".encode())
     return lock
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
 
 
 def check(path: Path) -> None:

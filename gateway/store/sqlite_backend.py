@@ -7,6 +7,11 @@ an error after which SQLite rolls the whole transaction back, a full disk say, f
 all), committed once; an operation's await returns after the commit that holds it. One
 thread, one connection: operations run one after the other, each as atomic as a Lua script.
 
+The file and its journals (``-wal``, ``-shm``) are readable and writable by their owner only
+(0600), whatever the umask: the ledger holds the console's session secret and the keys'
+hashes. The file is made so before SQLite opens it (SQLite gives a journal its database's
+permissions), and each is made so again at every opening.
+
 Durability: WAL mode with ``synchronous=NORMAL``. A commit has been handed to the operating
 system when it returns, so it survives the process being killed (``kill -9``); a power loss or
 an operating system crash may lose the last commits (never the file's consistency).
@@ -16,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -25,7 +32,10 @@ from typing import Any, NamedTuple, TypeVar
 
 from gateway.store.base import StoreError
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
+PRIVATE = 0o600  # the owner reads and writes; nobody else anything
+JOURNALS = ("-wal", "-shm", "-journal")
 MOST_PER_COMMIT = 256  # operations one transaction takes from the queue
 WAL_BYTES_KEPT = 64 * 1024 * 1024  # the WAL file is cut back to this after a checkpoint
 PRAGMAS = (
@@ -104,6 +114,7 @@ class SqliteBackend:
             self._deliver_state(self._closed, None)
 
     def _connect(self) -> sqlite3.Connection:
+        make_private(self.path)
         connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             for pragma in PRAGMAS:
@@ -162,6 +173,19 @@ class SqliteBackend:
 
     def _deliver_state(self, future: asyncio.Future[None], error: BaseException | None) -> None:
         self._deliver([(future, None, error)])
+
+
+def make_private(path: Path) -> None:
+    """Make the database file (if missing) and its journals its owner's alone; raises OSError."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE))
+    for file in (path, *(path.with_name(path.name + suffix) for suffix in JOURNALS)):
+        try:
+            mode = file.stat().st_mode & 0o777
+        except FileNotFoundError:
+            continue
+        if mode != PRIVATE:
+            os.chmod(file, PRIVATE)
+            log.warning("%s was mode %04o; it is %04o now, its owner's alone", file, mode, PRIVATE)
 
 
 def _raised(what: str, exc: Exception) -> BaseException:
