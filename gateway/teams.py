@@ -83,22 +83,33 @@ class Team:
     count_hits: bool = True  # whether cache hits count toward the per-minute rate limits
     created: float = 0.0
     private_cache: bool = False  # the team's entries are kept apart from everyone else's
+    # This team's own, not a deleted one's of the same id ("": made before there were any).
+    incarnation: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "limits": self.limits.to_json(),
                 "count_hits": self.count_hits, "private_cache": self.private_cache,
-                "created": self.created}  # fmt: skip
+                "created": self.created, "incarnation": self.incarnation}  # fmt: skip
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Team:
         return cls(data["id"], data["name"], Limits(**data["limits"]),
                    bool(data.get("count_hits", True)), float(data.get("created", 0.0)),
-                   bool(data.get("private_cache", False)))  # fmt: skip
+                   bool(data.get("private_cache", False)),
+                   str(data.get("incarnation", "")))  # fmt: skip
 
     @property
     def cache_scope(self) -> str:
-        """Where the team's embeddings are cached: with everyone's, or apart."""
-        return keys.private_scope(self.id) if self.private_cache else keys.SHARED
+        """Where the team's embeddings are cached: with everyone's, or apart (in a cache of
+        this incarnation's: a team made again under a deleted one's id starts empty)."""
+        if not self.private_cache:
+            return keys.SHARED
+        own = f"{self.id}/{self.incarnation}" if self.incarnation else self.id
+        return keys.private_scope(own)
+
+
+def new_incarnation() -> str:
+    return secrets.token_hex(8)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

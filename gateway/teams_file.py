@@ -95,12 +95,16 @@ async def apply(declared: list[Declared], ledger: Ledger) -> None:
     for entry in declared:
         existing = await ledger.get_team(entry.team.id)
         created = existing.created if existing is not None else now
-        team = dataclasses.replace(entry.team, created=created)
+        incarnation = existing.incarnation if existing is not None else teams.new_incarnation()
+        team = dataclasses.replace(entry.team, created=created, incarnation=incarnation)
         if existing is None:
             if not await ledger.create_team(team):
                 # Another replica starting at the same time made it first: its time stands.
                 made = await ledger.get_team(team.id)
-                team = team if made is None else dataclasses.replace(team, created=made.created)
+                if made is not None:
+                    team = dataclasses.replace(
+                        team, created=made.created, incarnation=made.incarnation
+                    )
         elif existing != team:
             await ledger.update_team(team)
         # A key made before its team counts as an earlier team's (auth refuses it): never

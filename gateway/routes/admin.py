@@ -119,6 +119,7 @@ async def add_team(ledger: Ledger, data: dict[str, Any]) -> Team:
         teams.check_name(data.get("name", team_id)),
         Limits.from_json(_limits(data)),
         created=time.time(),
+        incarnation=teams.new_incarnation(),
     )
     team = dataclasses.replace(team, **_switches(data, team))  # given, or Team's defaults
     if not await ledger.create_team(team):
