@@ -4,6 +4,8 @@ in the usage of the reserved ``unattributed`` account, never silently."""
 from __future__ import annotations
 
 import tempfile
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +18,19 @@ from gateway import quota, unattributed
 from gateway.accounts import UsageBuffer
 from gateway.appkeys import ACCOUNTS
 from gateway.errors import UpstreamError, UpstreamTimeout
+from gateway.forms import ParsedRequest
 from gateway.models import Spec
-from gateway.quota import Demand
+from gateway.pipeline import FetchFailed, Pipeline
+from gateway.quota import Demand, TokenEstimator
+from gateway.store import MemoryStore
 from gateway.store.base import Ledger
 from gateway.store.data_dir import DataDir
+from gateway.store.memory_coordinator import MemoryCoordinator
 from gateway.teams import Limits, Team
-from gateway.upstream import NomicClient
+from gateway.upstream import NomicClient, UpstreamResult
 from tests.conftest import ADMIN, EVERY_STORE, chosen_store
 from tests.fake_nomic import png
+from tests.helpers import policy
 
 Client = TestClient[Any, Any]
 NOW = 1_800_000_000.0
@@ -128,3 +135,26 @@ async def test_the_account_cannot_be_created_and_is_shown_in_admin_usage(gateway
     rows = (await response.json())["usage"]
     [row] = [row for row in rows if row["team"] == unattributed.TEAM_ID]
     assert (row["billed_tokens"], row["misses"], row["upstream_errors"]) == (11, 1, 1)
+
+
+class _OneUnstorable:
+    """Nomic's answer for two images, the second's vector no numbers: 5 tokens each."""
+
+    async def embed(self, spec: Spec, items: Sequence[bytes]) -> UpstreamResult:
+        vectors: list[list[Any]] = [[0.5, 0.25], ["x", "y"]][: len(items)]
+        return UpstreamResult(vectors, 5 * len(items))
+
+
+async def test_a_vector_that_cannot_be_stored_is_billed_to_the_unattributed_account() -> None:
+    found = unattributed.Unattributed()
+    pipeline = Pipeline(
+        MemoryStore(10_000_000), _OneUnstorable(), MemoryCoordinator(),
+        policy=policy(batch_items=8, linger_seconds=0, max_attempts=1),
+        url_ttl_seconds=60, stale_grace_seconds=0, estimator=TokenEstimator(1),
+        unattributed=found,
+    )  # fmt: skip
+    lookup = await pipeline.lookup(ParsedRequest.of(IMAGE.model, "image", [png(1), png(2)]))
+    with pytest.raises(FetchFailed) as failed:
+        await pipeline.complete(lookup, time.monotonic() + 10)
+    assert failed.value.billed_tokens == 5  # the team pays for the image it could have
+    assert found.take() == (5, {"misses": 1, "upstream_errors": 1})  # the other's share
