@@ -12,6 +12,7 @@ import logging
 import re
 import zlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +25,7 @@ from gateway.console import pages, sessions
 from gateway.console.routes import FORM_BYTES, SIGN_IN_BURST, address_bucket
 from gateway.store.base import Ledger
 from gateway.store.rate import Rates
-from tests.conftest import ADMIN, ADMIN_TOKEN, gateway_settings, make_team
+from tests.conftest import ADMIN, ADMIN_TOKEN, EMBEDDED, gateway_settings, make_team
 from tests.fake_nomic import FakeNomic
 
 Client = TestClient[Any, Any]
@@ -604,3 +605,53 @@ def test_in_process_rates_forget_addresses_whose_rate_is_full_again() -> None:
             )
     assert len(kept) <= 200
     assert len(unpruned) == 10_000
+
+
+async def test_signing_out_ends_the_session_on_every_replica_even_a_copied_cookie(
+    fake_nomic: FakeNomic, redis_url: str
+) -> None:
+    first = await console_client(fake_nomic, redis_url)
+    other = await console_client(fake_nomic, redis_url)
+    try:
+        key = await new_key(first, "research")
+        kept = []
+        for _ in range(2):  # two sessions of one team: the second is not signed out
+            first.session.cookie_jar.clear()
+            assert (await sign_in(first, key)).status == 303
+            cookies = first.session.cookie_jar.filter_cookies(first.make_url("/console"))
+            kept.append({"Cookie": f"{sessions.COOKIE}={cookies[sessions.COOKIE].value}"})
+        page = await first.get("/console/team")
+        out = await first.post(
+            "/console/sign-out", data={"csrf": csrf_of(await page.text())}, allow_redirects=False
+        )
+        assert out.status == 303
+        first.session.cookie_jar.clear()
+        for client in (first, other):
+            copied = await client.get("/console/team", headers=kept[1], allow_redirects=False)
+            assert copied.status == 303  # signed out: to the sign-in form
+            assert (await client.get("/console/team", headers=kept[0])).status == 200
+    finally:
+        for client in (first, other):
+            await client.close()
+
+
+async def test_signing_out_ends_the_session_in_the_embedded_stores(
+    fake_nomic: FakeNomic, tmp_path: Path
+) -> None:
+    for store_url in (None, EMBEDDED + str(tmp_path)):  # in memory, on disk
+        client = await console_client(fake_nomic, store_url)
+        try:
+            assert (await sign_in(client, ADMIN_TOKEN)).status == 303
+            cookies = client.session.cookie_jar.filter_cookies(client.make_url("/console"))
+            copied = {"Cookie": f"{sessions.COOKIE}={cookies[sessions.COOKIE].value}"}
+            page = await client.get("/console/operator")
+            out = await client.post(
+                "/console/sign-out", data={"csrf": csrf_of(await page.text())},
+                allow_redirects=False,
+            )  # fmt: skip
+            assert out.status == 303
+            client.session.cookie_jar.clear()
+            again = await client.get("/console/operator", headers=copied, allow_redirects=False)
+            assert again.status == 303
+        finally:
+            await client.close()

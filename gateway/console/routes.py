@@ -5,7 +5,8 @@ a session cookie (HttpOnly, SameSite=Strict, Path=/console, Secure when the requ
 TLS, or over https to a trusted proxy); see :mod:`gateway.console.sessions`. Each page load
 checks the session again: a team's key must still be live in the ledger (read there, not
 from the API's key cache: a revoked key's sessions end at the next load), the operator's
-admin token must still be the process's. Every form carries the session's CSRF token; the
+admin token must still be the process's, and the session not signed out (sign-out is kept
+in the store until the session's expiry). Every form carries the session's CSRF token; the
 sign-in form one made from a nonce cookie. Sign-in attempts are limited per client address
 in the store, all replicas together (:data:`SIGN_INS_PER_MINUTE`).
 
@@ -240,13 +241,33 @@ def _end_session(response: web.StreamResponse) -> None:
     response.del_cookie(sessions.COOKIE, path="/console")
 
 
+# A signed-out session is kept in the store until it would have expired, as a rate (the one
+# store-wide record with a lifetime every ledger has, the sign-in limit's): one unit a second
+# under the session's nonce, all its remaining seconds spent at sign-out. The rate is not full
+# again until the session's expiry; a page load asks to spend nothing of a rate that holds
+# nothing, which is refused exactly while it is not full.
+
+
+def _signed_out_rate(session: Session) -> str:
+    return f"console-signed-out:{session.nonce}"
+
+
+async def _sign_out_on_store(ledger: Ledger, session: Session, now: float) -> None:
+    seconds = max(1, math.ceil(session.expires - now))
+    await ledger.take_usage_reads(_signed_out_rate(session), seconds, 1, seconds)
+
+
+async def _signed_out(ledger: Ledger, session: Session) -> bool:
+    return await ledger.take_usage_reads(_signed_out_rate(session), 0, 1, 0) > 0
+
+
 async def _checked(request: web.Request) -> Signed | None:
     """The request's session if it is signed, unexpired and still good: the operator's
     admin token unchanged; a team's key live and its team there."""
     secret = await _secret(request)
     now = time.time()
     session = sessions.unseal(secret, request.cookies.get(sessions.COOKIE), now)
-    if session is None:
+    if session is None or await _signed_out(request.config_dict[LEDGER], session):
         return None
     if session.role == "operator":
         token = request.config_dict[SETTINGS].admin_token
@@ -431,6 +452,7 @@ async def sign_out(request: web.Request) -> web.StreamResponse:
     if signed is None:
         raise _SignInAgain
     await _form(request, signed)
+    await _sign_out_on_store(request.config_dict[LEDGER], signed.session, time.time())
     response = see_other("/console")
     _end_session(response)
     return response
