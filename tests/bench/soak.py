@@ -181,6 +181,29 @@ def descriptors(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def socket_peers(pid: int, ports: dict[int, str]) -> Counter[str]:
+    """``pid``'s descriptors by what they are: a TCP connection to one of ``ports`` (named),
+    another connection ("clients"), a listening socket, or anything else ("other")."""
+    inodes: dict[str, tuple[int, int, str]] = {}  # inode: local port, remote port, state
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local, remote = (int(f.rsplit(":", 1)[1], 16) for f in fields[1:3])
+                inodes[fields[9]] = (local, remote, fields[3])
+    kinds: Counter[str] = Counter()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            inode = target.removeprefix("socket:[").removesuffix("]")
+            if inode not in inodes:
+                kinds["other"] += 1
+                continue
+            _, remote, state = inodes[inode]
+            kinds["listening" if state == "0A" else ports.get(remote, "clients")] += 1
+    return kinds
+
+
 def redis_memory(client: redis.Redis) -> tuple[float | None, int | None]:
     try:
         used = client.info("memory")["used_memory"]
@@ -425,6 +448,11 @@ def report(soak: Soak) -> bool:
     print("Redis keys by kind (end of warm-up -> end):")
     for kind in sorted(set(kinds) | set(soak.kinds_at_warmup)):
         print(f"  {kind}: {soak.kinds_at_warmup[kind]:,d} -> {kinds[kind]:,d}")
+    for pid, _ in soak.replicas:
+        fake_port = int(soak.fake_url.rsplit(":", 1)[1])
+        peers = socket_peers(pid, {soak.redis_port: "Redis", fake_port: "Nomic"})
+        print(f"descriptors of {pid} at the end: " + ", ".join(
+            f"{kind} {count}" for kind, count in sorted(peers.items())))  # fmt: skip
     flat = flatness(soak.samples, soak.seconds)
     for item in flat:
         print(f"flat after warm-up, {item.what}: {'met' if item.flat else 'NOT met'} "
