@@ -11,6 +11,7 @@ import random
 import shutil
 import subprocess
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -86,17 +87,36 @@ class Load:
         ))  # fmt: skip
 
 
+@pytest.fixture
+def noeviction(tmp_path: Path) -> Iterator[redis.Redis]:
+    """A redis-server of the test's own with maxmemory-policy noeviction (the test sets its
+    maxmemory), and a client of it; gone at the test's end."""
+    port = free_port()
+    server = spawn_redis(port, str(tmp_path), "--maxmemory-policy", "noeviction")
+    admin = redis.Redis(port=port)
+    try:
+        yield admin
+    finally:
+        admin.close()
+        server.terminate()
+        server.wait(10)
+
+
+def _port(client: redis.Redis) -> int:
+    port: int = client.connection_pool.connection_kwargs["port"]
+    return port
+
+
 @pytest.mark.serial
 @pytest.mark.parametrize(
     ("on_store_failure", "room"),
     [("open", "maxmemory raised"), ("closed", "maxmemory raised"), ("open", "entries deleted")],
 )
 async def test_redis_full_under_load_answers_and_loses_no_usage(
-    fake_nomic: FakeNomic, tmp_path: Path, on_store_failure: str, room: str
+    fake_nomic: FakeNomic, noeviction: redis.Redis, on_store_failure: str, room: str
 ) -> None:
-    port = free_port()
-    server = spawn_redis(port, str(tmp_path), "--maxmemory-policy", "noeviction")
-    admin = redis.Redis(port=port)
+    admin = noeviction
+    port = _port(admin)
     gateway = await start_gateway(fake_nomic, f"redis://127.0.0.1:{port}/0",
                                   on_store_failure=on_store_failure)  # fmt: skip
     try:
@@ -130,9 +150,6 @@ async def test_redis_full_under_load_answers_and_loses_no_usage(
         usage = {row["team"]: row for row in (await admin_get(gateway, "/admin/usage"))["usage"]}
     finally:
         await gateway.close()
-        admin.close()
-        server.terminate()
-        server.wait(10)
 
     outcomes = Counter(f"{'full' if a.full else 'not full'} {a.team}: {a.status} {a.cache}"
                        for a in load.answered)  # fmt: skip
