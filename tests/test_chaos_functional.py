@@ -9,6 +9,7 @@ import asyncio
 import os
 import random
 import signal
+import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -48,15 +49,22 @@ async def test_chaos(fake_nomic: FakeNomic, tmp_path: Path) -> None:
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
     aof = ("--appendonly", "yes", "--appendfsync", "always")
     redis_process = spawn_redis(redis_port, str(tmp_path), *aof)
+    restarted: list[subprocess.Popen[bytes]] = []  # before the try: its finally stops them
     key = new_key()
     teams = tmp_path / "teams.toml"
     teams.write_text(f'[[teams.load.keys]]\nsha256 = "{key_hash(key)}"\n')
     log = (tmp_path / "gateway.log").open("wb")
-    supervisor, url = await start_workers(
-        fake_nomic, redis_url, teams, log,
-        GATEWAY_REDIS_TIMEOUT_SECONDS="0.25", GATEWAY_KEY_CACHE_SECONDS="60",
-        GATEWAY_REQUEST_DEADLINE_SECONDS="10", GATEWAY_LOG_LEVEL="error",
-    )  # fmt: skip
+    try:
+        supervisor, url = await start_workers(
+            fake_nomic, redis_url, teams, log,
+            GATEWAY_REDIS_TIMEOUT_SECONDS="0.25", GATEWAY_KEY_CACHE_SECONDS="60",
+            GATEWAY_REQUEST_DEADLINE_SECONDS="10", GATEWAY_LOG_LEVEL="error",
+        )  # fmt: skip
+    except BaseException:  # no workers to stop: Redis and the log, then the failure
+        redis_process.terminate()
+        redis_process.wait(10)
+        log.close()
+        raise
     statuses: Counter[str] = Counter()
     billed_seen = 0
     try:
@@ -110,7 +118,6 @@ async def test_chaos(fake_nomic: FakeNomic, tmp_path: Path) -> None:
                 await asyncio.sleep(1.0)
                 os.kill(workers_of(supervisor.pid)[0], signal.SIGTERM)  # one worker goes
 
-            restarted: list[object] = []
             await asyncio.gather(*(client(i) for i in range(CLIENTS)), chaos())
             await asyncio.sleep(2.0)  # the replaced worker is up; every buffer written
             assert len(workers_of(supervisor.pid)) == 3
@@ -121,10 +128,10 @@ async def test_chaos(fake_nomic: FakeNomic, tmp_path: Path) -> None:
     finally:
         await stop_workers(supervisor)
         log.close()
-        for process in [redis_process, *restarted]:  # type: ignore[list-item]
-            if process.poll() is None:  # type: ignore[attr-defined]
-                process.terminate()  # type: ignore[attr-defined]
-                process.wait(10)  # type: ignore[attr-defined]
+        for process in [redis_process, *restarted]:
+            if process.poll() is None:
+                process.terminate()
+                process.wait(10)
     billed_upstream = 10 * len(fake_nomic.items_received)
     print(f"\n  chaos: requests answered {dict(statuses)}; usage requests={usage['requests']} "
           f"images={usage['images']} hits={usage['hits']} misses={usage['misses']} "
