@@ -13,6 +13,7 @@ import re
 import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -22,7 +23,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway import admin_cli, spend
 from gateway.app import create_app
 from gateway.console import pages, sessions
+from gateway.console import routes as console_routes
 from gateway.console.routes import FORM_BYTES, SIGN_IN_BURST, address_bucket
+from gateway.store import memory_ledger
 from gateway.store.base import Ledger
 from gateway.store.rate import Rates
 from tests.conftest import ADMIN, ADMIN_TOKEN, EMBEDDED, gateway_settings, make_team
@@ -655,3 +658,16 @@ async def test_signing_out_ends_the_session_in_the_embedded_stores(
             assert again.status == 303
         finally:
             await client.close()
+
+
+async def test_a_sign_out_is_kept_whatever_the_clock_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Spending all a rate holds can be refused by a rounding of the TAT's floats (about one
+    # clock reading in five): a sign-out must be kept at every one.
+    session = sessions.Session("operator", "", "", "mac", "nonce", 1000.0 + 8 * 3600)
+    for i in range(200):
+        clock = 5000.0 + i * 0.0137  # seconds, as time.monotonic() reads them
+        monkeypatch.setattr(memory_ledger, "time", SimpleNamespace(monotonic=lambda c=clock: c))
+        ledger = memory_ledger.MemoryLedger()
+        assert not await console_routes._signed_out(ledger, session)
+        await console_routes._sign_out_on_store(ledger, session, 1000.0)
+        assert await console_routes._signed_out(ledger, session), clock

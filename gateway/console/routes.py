@@ -243,9 +243,10 @@ def _end_session(response: web.StreamResponse) -> None:
 
 # A signed-out session is kept in the store until it would have expired, as a rate (the one
 # store-wide record with a lifetime every ledger has, the sign-in limit's): one unit a second
-# under the session's nonce, all its remaining seconds spent at sign-out. The rate is not full
-# again until the session's expiry; a page load asks to spend nothing of a rate that holds
-# nothing, which is refused exactly while it is not full.
+# under the session's nonce, all its remaining seconds spent at sign-out (of a rate that holds
+# a second more: spending exactly what it holds can be refused by a rounding of the TAT's
+# floats). The rate is not full again until the session's expiry; a page load asks to spend
+# nothing of a rate that holds nothing, which is refused exactly while it is not full.
 
 
 def _signed_out_rate(session: Session) -> str:
@@ -254,7 +255,7 @@ def _signed_out_rate(session: Session) -> str:
 
 async def _sign_out_on_store(ledger: Ledger, session: Session, now: float) -> None:
     seconds = max(1, math.ceil(session.expires - now))
-    await ledger.take_usage_reads(_signed_out_rate(session), seconds, 1, seconds)
+    await ledger.take_usage_reads(_signed_out_rate(session), seconds, 1, seconds + 1)
 
 
 async def _signed_out(ledger: Ledger, session: Session) -> bool:
