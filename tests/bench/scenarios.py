@@ -11,6 +11,7 @@ import concurrent.futures
 import contextlib
 import hashlib
 import itertools
+import math
 import os
 import signal
 import statistics
@@ -163,7 +164,9 @@ class Bench:
                 p99_ms=statistics.median(result.p99_ms for result in results),
                 requests=requests,
             )
-            cpu_us = sum(cpu for _, cpu, _ in samples[target.label]) / requests * 1e6
+            cpu = sum(cpu for _, cpu, _ in samples[target.label])
+            # None answered in the time (a loaded machine, a 1 s test run): no figure, not a crash.
+            cpu_us = cpu / requests * 1e6 if requests else math.nan
             calls = sum(upstream[0] for _, _, upstream in samples[target.label])
             images = sum(upstream[1] for _, _, upstream in samples[target.label])
             rss = harness.peak_rss_mib(harness.tree(target.pid))
@@ -494,7 +497,8 @@ def table(rows: list[Row]) -> str:
     ]
     for row in sorted(rows, key=lambda r: r.scenario):  # stable: measured order within one
         baselines = {r.kind: r.result.rps for r in rows if r.scenario == row.scenario}
-        ratio = {k: row.result.rps / baselines[k] for k in ("naive", "ceiling") if k in baselines}
+        ratio = {k: _ratio(row.result.rps, baselines[k]) for k in ("naive", "ceiling")
+                 if k in baselines}  # fmt: skip
         row.ratios = ratio
         cells = [
             row.scenario, row.server, f"{row.result.rps:,.0f}", f"{row.result.p50_ms:.2f}",
@@ -539,7 +543,7 @@ def targets(rows: list[Row]) -> list[str]:
         )
     if naive_row is not None and servers:
         naive_cpu = naive_row.cpu_us
-        cpu = {label: row.cpu_us / naive_cpu for label, row in servers
+        cpu = {label: _ratio(row.cpu_us, naive_cpu) for label, row in servers
                if label in ("Redis", "embedded store")}  # fmt: skip
         out.append(
             f"c. CPU per miss <= 2x the naive baseline's ({naive_cpu:.0f} us): "
@@ -559,7 +563,8 @@ def _text_notes(find: Callable[[str, str], Row | None]) -> list[str]:
     for encoding in harness.OPENAI_ENCODINGS:
         shaped = find(f"f. {TEXTS}-text hits", openai_label(encoding))
         if hit is not None and shaped is not None:
-            rps, cpu = shaped.result.rps / hit.result.rps, shaped.cpu_us / hit.cpu_us
+            rps = _ratio(shaped.result.rps, hit.result.rps)
+            cpu = _ratio(shaped.cpu_us, hit.cpu_us)
             out.append(f"f. OpenAI-shape {TEXTS}-text hits, {encoding}, cost no more CPU than "
                        f"the Nomic shape's (within {SAME_COST - 1:.0%}): {_met(cpu <= SAME_COST)} "
                        f"({cpu:.2f}x its CPU per request, {rps:.2f}x its requests/s)")  # fmt: skip
@@ -569,11 +574,16 @@ def _text_notes(find: Callable[[str, str], Row | None]) -> list[str]:
     if direct is not None and gateway is not None and naive is not None:
         added = {label: row.result.p50_ms - direct.result.p50_ms
                  for label, row in (("gateway", gateway), ("naive", naive))}  # fmt: skip
-        cpu = gateway.cpu_us / naive.cpu_us
+        cpu = _ratio(gateway.cpu_us, naive.cpu_us)
         out.append(f"f. a lone text miss (no target) adds at p50 over the fake called directly: "
                    f"gateway {added['gateway']:.2f} ms, naive {added['naive']:.2f} ms; CPU per "
                    f"request {cpu:.2f}x the naive baseline's")  # fmt: skip
     return out
+
+
+def _ratio(value: float, base: float) -> float:
+    """``value / base``; NaN where ``base`` is nothing (a row that got no answer in its time)."""
+    return value / base if base else math.nan
 
 
 def _met(ok: bool) -> str:
