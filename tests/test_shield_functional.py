@@ -126,7 +126,8 @@ async def test_server_errors_and_dropped_connections_are_retried(
 async def test_one_corrupt_image_in_a_batch_of_ten_requests_fails_only_its_request(
     make_gateway: GatewayFactory, fake_nomic: FakeNomic
 ) -> None:
-    gateway = await make_gateway(upstream_linger_seconds=0.3)
+    # A linger long enough for the ten to arrive on a loaded machine (0.3 s was not, once).
+    gateway = await make_gateway(upstream_linger_seconds=2.0)
     corrupt = b"\x89PNG\r\n\x1a\n" + b"not a png at all"
     images = [png(i) for i in range(9)] + [corrupt]
     # A miss arriving when the lane is quiet goes at once; within the linger of it, the
