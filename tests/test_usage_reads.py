@@ -55,3 +55,18 @@ async def test_two_gateways_on_one_redis_share_a_teams_usage_reads(
         assert (await refused.json())["detail"][0]["loc"] == ["query"]
     other = await team_headers(second, "other")
     assert (await first.get(LONGEST, headers=other)).status == 200
+
+
+@pytest.mark.parametrize(("per_second", "at_once"), [(7.0, 3), (3.0, 10), (1 / 60, 10), (400, 800)])
+def test_a_full_rate_spends_its_whole_burst_one_unit_at_a_time(
+    per_second: float, at_once: int
+) -> None:
+    """Spent a unit at a time at one instant, a full rate gives all it holds: the sum of the
+    intervals, rounded, once came out a hair over (7 a second, 3 at once: the third refused at
+    every clock reading)."""
+    for now in (1.7e12, 1.7e12 + 0.3, 1_765_000_000_123.456):
+        tat = 0.0
+        for _ in range(at_once):
+            tat, wait = rate.spend(tat, now, 1, per_second, at_once)
+            assert wait == 0
+        assert rate.spend(tat, now, 1, per_second, at_once)[1] > 0

@@ -10,7 +10,8 @@ local cost, per_second, at_once = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber
 local interval = 1000 / per_second
 local after = math.max(tonumber(redis.call('GET', KEYS[1]) or 0), now) + cost * interval
 local over = after - now - at_once * interval
-if over > 0 then return math.max(1, math.ceil(over)) end
+-- Over by less than a microsecond is the clock's rounding (rate.py's TOLERANCE_MS).
+if over > 0.001 then return math.max(1, math.ceil(over)) end
 -- Kept a second past the time the rate is full again: absent, it is full.
 redis.call('SET', KEYS[1], string.format('%.3f', after), 'PX', math.ceil(after - now) + 1000)
 return 0
