@@ -38,8 +38,13 @@ def error_response(
     """An error in Nomic's shape: ``{"detail": [{"loc", "msg", "type"}]}``."""
     response = web.json_response({"detail": detail}, status=status)
     if retry_after is not None:
-        response.headers["Retry-After"] = str(max(1, round(retry_after)))
+        response.headers["Retry-After"] = retry_after_header(retry_after)
     return response
+
+
+def retry_after_header(seconds: float) -> str:
+    """``Retry-After`` of a wait of ``seconds``: whole seconds, at least one."""
+    return str(max(1, round(seconds)))
 
 
 @web.middleware
@@ -144,7 +149,7 @@ def answer_openai(error: GatewayError) -> web.Response:
     status, body = openai_shape.error_body(error)
     response = web.json_response(body, status=status)
     if error.retry_after is not None:
-        response.headers["Retry-After"] = str(max(1, round(error.retry_after)))
+        response.headers["Retry-After"] = retry_after_header(error.retry_after)
     response.headers.update(error.headers)
     return response
 
