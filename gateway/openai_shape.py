@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 from gateway import text_forms
 from gateway.answers import Shape
 from gateway.errors import GatewayError, InvalidRequest, Loc, UnknownModel
+from gateway.model_table import ModelTable
 from gateway.text_forms import TextLimits, TextRequest
 
 ENCODINGS: Mapping[str, Shape] = {"float": "openai", "base64": "openai-base64"}
@@ -44,20 +45,19 @@ class EmbeddingsRequest(NamedTuple):
 def parse_embeddings_request(
     body: bytes,
     limits: TextLimits,
-    models: Iterable[str],
     aliases: Mapping[str, str],
     content_type: str | None = None,
 ) -> EmbeddingsRequest:
-    """The request in ``body``, for one of ``models`` (or of its ``aliases``, a name a tool
-    may insist on mapped to one of them); :class:`InvalidRequest` naming what is wrong (an
-    :class:`UnknownModel` for a model not served)."""
+    """The request in ``body``, for one of the text models of ``limits.models`` (or of its
+    ``aliases``, a name a tool may insist on mapped to one of them); :class:`InvalidRequest`
+    naming what is wrong (an :class:`UnknownModel` for a model not served)."""
     fields = text_forms.json_object(body, limits, content_type, items="inputs")
     for name in fields:
         if name not in FIELDS:
             raise InvalidRequest(
                 f"Unrecognized request argument supplied: {name[:40]}", loc=("body", name[:40])
             )
-    model = _model(fields, models, aliases)
+    model = _model(fields, limits.models, aliases)
     nomic: dict[str, object] = {"texts": _texts(fields), "model": model}
     nomic["dimensionality"] = fields.get("dimensions")
     nomic["task_type"] = fields.get("task_type")
@@ -97,16 +97,15 @@ def openai_loc(loc: Loc) -> Loc:
     return loc
 
 
-def _model(fields: dict[str, Any], models: Iterable[str], aliases: Mapping[str, str]) -> str:
+def _model(fields: dict[str, Any], models: ModelTable, aliases: Mapping[str, str]) -> str:
     if "model" not in fields:
         raise InvalidRequest("you must provide a model parameter", loc=("body", "model"))
     name = fields["model"]
     if not isinstance(name, str):
         raise InvalidRequest("model must be a string", loc=("body", "model"))
-    served = frozenset(models)
     model = aliases.get(name, name)
-    if model not in served:
-        names = ", ".join(sorted(served | aliases.keys()))
+    if models.text_model(model) is None:
+        names = ", ".join(sorted({*models.names("text"), *aliases}))
         raise UnknownModel(
             f"The model {name[:100]!r} does not exist here: the gateway serves {names}",
             loc=("body", "model"),

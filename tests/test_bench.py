@@ -66,7 +66,7 @@ def test_the_bench_openai_bodies_ask_for_the_entries_of_its_nomic_body() -> None
     shapes = []
     for encoding in harness.OPENAI_ENCODINGS:
         parsed = openai_shape.parse_embeddings_request(
-            harness.openai_body(texts, encoding), limits, [nomic.model], {}, JSON
+            harness.openai_body(texts, encoding), limits, {}, JSON
         )
         assert parsed.texts == nomic  # model, options and texts: the same cache keys
         shapes.append(parsed.shape)

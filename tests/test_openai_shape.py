@@ -28,7 +28,7 @@ ALIASES = {"text-embedding-3-small": "nomic-embed-text-v1.5"}
 
 
 def parse(fields: Any, aliases: dict[str, str] | None = None) -> Any:
-    return parse_embeddings_request(orjson.dumps(fields), LIMITS, MODELS, aliases or {})
+    return parse_embeddings_request(orjson.dumps(fields), LIMITS, aliases or {})
 
 
 def test_the_official_clients_defaults_so_both_apis_share_cache_entries() -> None:

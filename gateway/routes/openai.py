@@ -44,9 +44,7 @@ async def read_embeddings_request(request: web.Request, claim: Claim) -> forms.P
 def _parse(
     body: bytes, content_type: str | None, *, limits: TextLimits, aliases: dict[str, str]
 ) -> forms.ParsedRequest:
-    parsed = openai_shape.parse_embeddings_request(
-        body, limits, limits.models.names("text"), aliases, content_type
-    )
+    parsed = openai_shape.parse_embeddings_request(body, limits, aliases, content_type)
     costed = len(body) >= embeddings.OFF_LOOP_BYTES
     return embeddings.texts_request(parsed.texts, parsed.shape, "input", costed)
 
