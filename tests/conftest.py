@@ -379,14 +379,24 @@ def chosen_store(request: pytest.FixtureRequest) -> str | None:
     return url
 
 
-@pytest.fixture
-async def fake_nomic() -> AsyncIterator[FakeNomic]:
-    fake = FakeNomic()
+@contextlib.asynccontextmanager
+async def serve_fake(fake: FakeNomic | None = None) -> AsyncIterator[FakeNomic]:
+    """``fake`` (a new FakeNomic by default) served on a free loopback port (``fake.url``)
+    until the block ends."""
+    fake = fake or FakeNomic()
     server = TestServer(fake.app, host="127.0.0.1")
     await server.start_server()
     fake.url = str(server.make_url("")).rstrip("/")  # type: ignore[attr-defined]
-    yield fake
-    await server.close()
+    try:
+        yield fake
+    finally:
+        await server.close()
+
+
+@pytest.fixture
+async def fake_nomic() -> AsyncIterator[FakeNomic]:
+    async with serve_fake() as fake:
+        yield fake
 
 
 def gateway_settings(fake: FakeNomic, store_url: str | None, **overrides: Any) -> Settings:

@@ -35,10 +35,8 @@ from pathlib import Path
 
 import aiohttp
 import orjson
-from aiohttp.test_utils import TestServer
 
-from tests.conftest import make_team
-from tests.fake_nomic import FakeNomic
+from tests.conftest import make_team, serve_fake
 
 MiB = 1024 * 1024
 HEADER_LINES = 126  # within aiohttp's 128 header lines
@@ -262,18 +260,6 @@ def victim_get(key: str) -> bytes:
     )
 
 
-@contextlib.asynccontextmanager
-async def fake_nomic_server() -> AsyncIterator[FakeNomic]:
-    fake = FakeNomic()
-    server = TestServer(fake.app, host="127.0.0.1")
-    await server.start_server()
-    fake.url = str(server.make_url("")).rstrip("/")  # type: ignore[attr-defined]
-    try:
-        yield fake
-    finally:
-        await server.close()
-
-
 # --- measuring -------------------------------------------------------------------------------
 
 
@@ -281,7 +267,7 @@ async def measure_headers(connections: int, env: dict[str, str], size: int = 102
     from tests.test_server_functional import serving
 
     with tempfile.TemporaryDirectory() as workdir:
-        async with fake_nomic_server() as fake, serving(fake, Path(workdir), **env) as gateway:
+        async with serve_fake() as fake, serving(fake, Path(workdir), **env) as gateway:
             pid = gateway.process.pid
             await asyncio.sleep(0.5)
             before = rss(pid)
@@ -350,7 +336,7 @@ async def measure_slots(env: dict[str, str]) -> None:
 
     env = {"GATEWAY_MAX_CONNECTIONS": "100", **env}
     with tempfile.TemporaryDirectory() as workdir:
-        async with fake_nomic_server() as fake, serving(fake, Path(workdir), **env) as gateway:
+        async with serve_fake() as fake, serving(fake, Path(workdir), **env) as gateway:
             key = await team_key(gateway.url)
             await cache_big_answer(gateway.url, key)
             kinds = hold_every_slot(gateway.port, key)
@@ -377,7 +363,7 @@ async def measure_unread(connections: int, env: dict[str, str]) -> None:
     from tests.test_server_functional import serving
 
     with tempfile.TemporaryDirectory() as workdir:
-        async with fake_nomic_server() as fake, serving(fake, Path(workdir), **env) as gateway:
+        async with serve_fake() as fake, serving(fake, Path(workdir), **env) as gateway:
             pid = gateway.process.pid
             key = await team_key(gateway.url)
             size = await cache_big_answer(gateway.url, key)

@@ -23,9 +23,14 @@ import time
 from collections import Counter
 from typing import Any
 
-from aiohttp.test_utils import TestServer
-
-from tests.conftest import flush, free_port, spawn_redis, start_gateway, team_headers
+from tests.conftest import (
+    flush,
+    free_port,
+    serve_fake,
+    spawn_redis,
+    start_gateway,
+    team_headers,
+)
 from tests.fake_nomic import FakeNomic, png
 from tests.helpers import image_form
 
@@ -35,10 +40,13 @@ SCARCE = {"upstream_rate_calls": 10, "upstream_rate_period_seconds": 1.0,
 
 async def one_run(redis_url: str, limit: int | None, seed: int, texts: int) -> dict[str, Any]:
     flush(redis_url)
-    fake = FakeNomic(latency=0.05)
-    server = TestServer(fake.app, host="127.0.0.1")
-    await server.start_server()
-    fake.url = str(server.make_url("")).rstrip("/")  # type: ignore[attr-defined]
+    async with serve_fake(FakeNomic(latency=0.05)) as fake:
+        return await _run(fake, redis_url, limit, seed, texts)
+
+
+async def _run(
+    fake: FakeNomic, redis_url: str, limit: int | None, seed: int, texts: int
+) -> dict[str, Any]:
     gateway = await start_gateway(fake, redis_url, **SCARCE)
     try:
         heavy = await team_headers(gateway, "heavy", limits={"upstream_calls_per_minute": limit})
@@ -75,7 +83,6 @@ async def one_run(redis_url: str, limit: int | None, seed: int, texts: int) -> d
         }
     finally:
         await gateway.close()
-        await server.close()
 
 
 async def main(runs: int, limit: int, texts: int) -> None:
