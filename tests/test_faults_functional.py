@@ -36,7 +36,7 @@ from redis.crc import key_slot
 from gateway.keys import cache_key, content_digest
 from gateway.models import DEFAULT_IMAGE_MODEL as DEFAULT_MODEL
 from gateway.models import Spec
-from gateway.store.redis_coordinator import mark_name
+from gateway.store.redis_keys import fetch_mark, team_tag
 from tests.conftest import (
     ADMIN,
     GatewayFactory,
@@ -320,14 +320,14 @@ async def test_a_cluster_master_killed_under_load_costs_seconds_not_a_minute(
         """The master holding the image's entry and its mark (its hash tag is the entry's
         key: one slot)."""
         key = cache_key(Spec(DEFAULT_MODEL, "image"), content_digest(image))
-        entry, mark = master(key), master(mark_name(key))
+        entry, mark = master(key), master(fetch_mark(key))
         assert entry == mark
         return entry
 
     victim = home(png(10**6))
     seed_node = next(port for _, _, port in table if port != victim)
     limited = next(
-        f"limited-{n}" for n in itertools.count() if master(f"{{t:limited-{n}}}") == victim
+        f"limited-{n}" for n in itertools.count() if master(team_tag(f"limited-{n}")) == victim
     )
     teams = {"plain": TEAMS["plain"], limited: TEAMS["limited"]}
     async with (

@@ -12,8 +12,9 @@ import pytest
 
 from gateway import quota
 from gateway.quota import Demand
+from gateway.store import redis_keys
 from gateway.store.base import Ledger, StoreError
-from gateway.store.redis_ledger import ANSWERED_TTL, SETTLED_TTL, RedisLedger, team_key
+from gateway.store.redis_ledger import ANSWERED_TTL, SETTLED_TTL, RedisLedger
 from gateway.teams import Limits, Team
 from tests.conftest import EVERY_STORE, chosen_store
 
@@ -66,8 +67,9 @@ async def test_on_redis_only_the_ids_of_answers_lost_are_kept_long(ledger: Ledge
     await ledger.admit(TEAM, Demand(1, 1, 0, 0), AT, USAGE, "hit")  # shortens "answered"
     await ledger.settle(TEAM.id, AT.day, AT.month, "next", 10, USAGE)  # shortens "hit"
     client = ledger._backend.client
-    ttls = {i: await client.ttl(team_key(TEAM.id, f"settled:{i}")) for i in ("lost", "answered",
-                                                                             "hit")}  # fmt: skip
+    ttls = {
+        i: await client.ttl(redis_keys.settled(TEAM.id, i)) for i in ("lost", "answered", "hit")
+    }
     assert SETTLED_TTL - 60 < ttls["lost"] <= SETTLED_TTL
     assert 0 < ttls["answered"] <= ANSWERED_TTL
     assert 0 < ttls["hit"] <= ANSWERED_TTL

@@ -11,9 +11,9 @@ import redis
 
 from gateway import quota
 from gateway.quota import Demand
-from gateway.store import RedisBackend
+from gateway.store import RedisBackend, redis_keys
 from gateway.store.base import Ledger
-from gateway.store.redis_ledger import DAY_TTL, MINUTE_TTL, RedisLedger, team_key
+from gateway.store.redis_ledger import DAY_TTL, MINUTE_TTL, RedisLedger
 from gateway.teams import KeyRecord, Limits, Team
 from tests.conftest import EVERY_STORE, chosen_store
 
@@ -53,7 +53,7 @@ async def test_a_team_stored_before_texts_per_minute_existed_has_no_texts_limit(
               "tokens_per_month": None}  # fmt: skip
     stored = {"id": "old", "name": "Old", "limits": limits, "count_hits": True,
               "private_cache": False, "created": NOW}  # fmt: skip
-    redis_client.set(team_key("old", "team"), json.dumps(stored))
+    redis_client.set(redis_keys.team_record("old"), json.dumps(stored))
     backend = RedisBackend(redis_url)
     found = await RedisLedger(backend).get_team("old")
     await backend.close()
@@ -230,7 +230,7 @@ async def test_redis_usage_is_kept_at_least_400_days(
     ledger = RedisLedger(backend)
     await ledger.settle("t1", AT.day, AT.month, "r", 5, {"requests": 1})
     await backend.close()
-    ttl = redis_client.ttl(team_key("t1", f"day:{AT.day}"))
+    ttl = redis_client.ttl(redis_keys.usage_day("t1", AT.day))
     assert 400 * 86400 < ttl <= DAY_TTL
 
 
@@ -243,10 +243,10 @@ async def test_redis_counts_texts_per_minute_under_the_teams_hash_tag(
     assert (await ledger.admit(limited, Demand(1, 2, 0, 0), AT, {}, "images")).allowed
     assert (await ledger.admit(limited, Demand(1, 0, 7, 0), AT, {}, "texts")).allowed
     await backend.close()
-    counter = team_key("t1", f"textpm:{AT.minute}")
+    counter = redis_keys.texts_in_minute("t1", AT.minute)
     assert counter == f"ng:v1:{{t:t1}}:textpm:{AT.minute}"
     assert int(redis_client.get(counter) or 0) == 7
-    assert int(redis_client.get(team_key("t1", f"ipm:{AT.minute}")) or 0) == 2
+    assert int(redis_client.get(redis_keys.images_in_minute("t1", AT.minute)) or 0) == 2
     assert 0 < redis_client.ttl(counter) <= MINUTE_TTL
 
 

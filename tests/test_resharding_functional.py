@@ -18,6 +18,7 @@ from redis.crc import key_slot
 
 from gateway.keys import cache_key, content_digest
 from gateway.models import DEFAULT_IMAGE_MODEL, Spec
+from gateway.store.redis_keys import team_tag
 from tests.conftest import (
     CLUSTER_URLS,
     admin_get,
@@ -110,7 +111,7 @@ def cluster(tmp_path: Path) -> Iterator[str]:
 def busy_slots(images: list[bytes]) -> list[int]:
     """The slots of the teams' keys, the upstream pacing keys, and the images' entries."""
     spec = Spec(DEFAULT_IMAGE_MODEL, "image")
-    tags = [f"{{t:{team}}}" for team in TEAMS] + ["{upstream}"]
+    tags = [team_tag(team) for team in TEAMS] + ["{upstream}"]
     entries = [cache_key(spec, content_digest(image)) for image in images]
     return sorted({key_slot(key.encode()) for key in tags + entries})
 

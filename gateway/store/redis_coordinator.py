@@ -8,8 +8,7 @@ while it fetches, so the mark of an owner that died (or could not remove it) lap
 the lease.
 
 A team's upstream calls of a UTC minute (``upstream_calls_per_minute``) are counted under the
-team's hash tag, beside its other counters (:mod:`gateway.store.redis_ledger`):
-``ng:v1:{t:<id>}:callpm:<minute>``.
+team's hash tag, beside its other counters (:mod:`gateway.store.redis_keys` names them all).
 """
 
 from __future__ import annotations
@@ -21,19 +20,10 @@ from typing import Any
 from redis.asyncio import RedisCluster
 from redis.crc import key_slot
 
+from gateway.store import redis_keys
 from gateway.store.base import Mark
 from gateway.store.redis_backend import RedisBackend
-from gateway.store.redis_ledger import MINUTE_TTL, team_key
-
-# Keys one script reads together share a hash tag (one Redis Cluster slot).
-PACE_KEY = "ng:v1:{upstream}:tat"
-HOLD_KEY = "ng:v1:{upstream}:hold"
-SLOTS_KEY = "ng:v1:{upstream}:slots"
-
-
-def mark_name(cache_key: str) -> str:
-    """The in-flight mark of a cache key (which holds no brace: it is the hash tag)."""
-    return f"ng:v2:fetching:{{{cache_key}}}"
+from gateway.store.redis_ledger import MINUTE_TTL
 
 
 class RedisCoordinator:
@@ -54,43 +44,47 @@ class RedisCoordinator:
         return await self._backend.call(what, awaitable)
 
     async def pace(self, interval_ms: int, burst: int, max_wait_ms: int) -> int:
-        args = [interval_ms, burst, max_wait_ms]
-        return int(await self._call("pace", self._pace(keys=[PACE_KEY, HOLD_KEY], args=args)))
+        keys, args = [redis_keys.PACE, redis_keys.HOLD], [interval_ms, burst, max_wait_ms]
+        return int(await self._call("pace", self._pace(keys=keys, args=args)))
 
     async def hold(self, pause_ms: int) -> None:
-        await self._call("hold", self._hold(keys=[HOLD_KEY], args=[pause_ms]))
+        await self._call("hold", self._hold(keys=[redis_keys.HOLD], args=[pause_ms]))
 
     async def acquire_slot(self, holder: str, cap: int, lease_ms: int) -> bool:
-        taken = await self._call("slot", self._slot(keys=[SLOTS_KEY], args=[holder, cap, lease_ms]))
-        return bool(taken)
+        taken = self._slot(keys=[redis_keys.SLOTS], args=[holder, cap, lease_ms])
+        return bool(await self._call("slot", taken))
 
     async def start_call(
         self, holder: str, cap: int, lease_ms: int, interval_ms: int, burst: int, max_wait_ms: int
     ) -> int | None:
-        keys = [SLOTS_KEY, PACE_KEY, HOLD_KEY]
+        keys = [redis_keys.SLOTS, redis_keys.PACE, redis_keys.HOLD]
         args = [holder, cap, lease_ms, interval_ms, burst, max_wait_ms]
         wait = await self._call("start call", self._start_call(keys=keys, args=args))
         return None if wait is None else int(wait)
 
     async def take_team_call(self, team_id: str, minute: int, limit: int) -> bool:
-        counted = self._team_call(keys=[_calls_key(team_id, minute)], args=[limit, MINUTE_TTL])
+        counted = self._team_call(
+            keys=[redis_keys.calls_in_minute(team_id, minute)], args=[limit, MINUTE_TTL]
+        )
         return bool(await self._call("team call", counted))
 
     async def give_back_team_call(self, team_id: str, minute: int) -> None:
-        uncounted = self._untake_team_call(keys=[_calls_key(team_id, minute)], args=[])
+        uncounted = self._untake_team_call(
+            keys=[redis_keys.calls_in_minute(team_id, minute)], args=[]
+        )
         await self._call("team call", uncounted)
 
     async def renew_slots(self, holders: Sequence[str], lease_ms: int) -> None:
-        renewal = self._renew_slots(keys=[SLOTS_KEY], args=[lease_ms, *holders])
+        renewal = self._renew_slots(keys=[redis_keys.SLOTS], args=[lease_ms, *holders])
         await self._call("slot renew", renewal)
 
     async def release_slot(self, holder: str) -> None:
-        await self._call("slot release", self._redis.zrem(SLOTS_KEY, holder))
+        await self._call("slot release", self._redis.zrem(redis_keys.SLOTS, holder))
 
     async def claim_fetches(self, keys: Sequence[str], holder: str, lease_ms: int) -> list[Mark]:
         def queue(pipe: Any) -> None:
             for key in keys:
-                pipe.set(mark_name(key), holder, nx=True, px=lease_ms)
+                pipe.set(redis_keys.fetch_mark(key), holder, nx=True, px=lease_ms)
                 pipe.get(key)
 
         replies = await self._backend.pipelined("claim", queue)
@@ -109,7 +103,7 @@ class RedisCoordinator:
     async def fetching(self, keys: Sequence[str]) -> list[Mark]:
         def queue(pipe: Any) -> None:
             for key in keys:
-                pipe.exists(mark_name(key))
+                pipe.exists(redis_keys.fetch_mark(key))
                 pipe.get(key)
 
         replies = await self._backend.pipelined("fetching", queue)
@@ -118,17 +112,13 @@ class RedisCoordinator:
     def _by_slot(self, keys: Sequence[str]) -> list[list[str]]:
         """The marks of ``keys`` for one script call each: all together, or on a cluster one
         group per hash slot."""
-        marks = [mark_name(key) for key in keys]
+        marks = [redis_keys.fetch_mark(key) for key in keys]
         if not isinstance(self._redis, RedisCluster):
             return [marks]
         by_slot: dict[int, list[str]] = {}
         for mark, key in zip(marks, keys, strict=True):
             by_slot.setdefault(key_slot(key.encode()), []).append(mark)
         return list(by_slot.values())
-
-
-def _calls_key(team_id: str, minute: int) -> str:
-    return team_key(team_id, f"callpm:{minute}")
 
 
 def _marks(replies: list[Any]) -> list[Mark]:

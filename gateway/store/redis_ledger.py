@@ -1,14 +1,9 @@
 """The Redis ledger: teams, keys, usage and quota counters shared by every replica.
 
-A team's keys share the hash tag ``{t:<id>}``, so each Lua script touches one hash slot:
-``ng:v1:{t:<id>}:`` followed by ``team``, ``keys``, ``last_used``; the per-minute counters
-``rpm:<minute>`` (requests), ``ipm:<minute>`` (images and URLs), ``textpm:<minute>`` (texts),
-``callpm:<minute>`` (upstream calls, counted by the coordinator), minutes counted from the
-epoch; the usage and token hashes ``day:<YYYY-MM-DD>`` and ``month:<YYYY-MM>``; each
-admitted request's ``reserved:<id>`` and ``settled:<id>``; and ``usage_reads``, the rate
-of its usage reads (``lua/spend.lua``).
-Key records live under their hash (``ng:v1:key:<sha256>``) because a lookup starts from the
-key alone; writing one and its team's index are two commands, which only admin calls do.
+Each decision about a team is one Lua script over that team's keys, which share a hash tag
+(one Redis Cluster slot); their names are :mod:`gateway.store.redis_keys`'s. Key records
+live under their hash because a lookup starts from the key alone; writing one and its team's
+index are two commands, which only admin calls do.
 """
 
 from __future__ import annotations
@@ -23,11 +18,11 @@ import orjson
 from gateway import quota
 from gateway.batching import Coalescer
 from gateway.quota import Decision, Demand, Window
+from gateway.store import redis_keys
 from gateway.store.base import StoreError
 from gateway.store.redis_backend import RedisBackend
 from gateway.teams import ADMITTED_LIMITS, KeyRecord, Team
 
-TEAMS = "ng:v1:teams"
 MINUTE_TTL = 120
 DAY_TTL = (quota.USAGE_DAYS_KEPT + 1) * 86400
 MONTH_TTL = 40 * 86400
@@ -45,16 +40,8 @@ TEAM_WRITE_TRIES = 100  # rounds of one team write that others' writes may overt
 SWAP_WRITTEN, SWAP_CHANGED = 1, 0  # lua/swap_team.lua's answers (-1: no team)
 
 
-def team_key(team_id: str, suffix: str) -> str:
-    return f"ng:v1:{{t:{team_id}}}:{suffix}"
-
-
 def _float(value: bytes | None) -> float | None:
     return None if value is None else float(value)
-
-
-def _state(sha256: str) -> str:
-    return f"ng:v1:keystate:{sha256}"
 
 
 def _earliest(a: float | None, b: float | None) -> float | None:
@@ -108,16 +95,16 @@ class RedisLedger:
     async def create_team(self, team: Team) -> bool:
         created = await self._call(
             "team write",
-            self._redis.set(team_key(team.id, "team"), orjson.dumps(team.to_json()), nx=True),
+            self._redis.set(redis_keys.team_record(team.id), orjson.dumps(team.to_json()), nx=True),
         )
         if created:
-            await self._call("team index", self._redis.sadd(TEAMS, team.id))
+            await self._call("team index", self._redis.sadd(redis_keys.TEAMS, team.id))
         return bool(created)
 
     async def change_team(self, team_id: str, change: Callable[[Team], Team]) -> Team | None:
         """Read, change, then write only if the team is still as read (``lua/swap_team.lua``),
         else again: each round someone's write lands, so concurrent writers all finish."""
-        key = team_key(team_id, "team")
+        key = redis_keys.team_record(team_id)
         for _ in range(TEAM_WRITE_TRIES):
             read = await self._call("team read", self._redis.get(key))
             if read is None:
@@ -135,40 +122,46 @@ class RedisLedger:
         return await self.change_team(team.id, lambda _: team) is not None
 
     async def get_team(self, team_id: str) -> Team | None:
-        raw = await self._call("team read", self._redis.get(team_key(team_id, "team")))
+        raw = await self._call("team read", self._redis.get(redis_keys.team_record(team_id)))
         return None if raw is None else Team.from_json(orjson.loads(raw))
 
     async def list_teams(self) -> list[Team]:
         ids = sorted(
             member.decode()
-            for member in await self._call("team index", self._redis.smembers(TEAMS))
+            for member in await self._call("team index", self._redis.smembers(redis_keys.TEAMS))
         )
         teams = [await self.get_team(team_id) for team_id in ids]
         return [team for team in teams if team is not None]
 
     async def delete_team(self, team_id: str) -> bool:
-        deleted = await self._call("team delete", self._redis.delete(team_key(team_id, "team")))
-        await self._call("team index", self._redis.srem(TEAMS, team_id))
+        deleted = await self._call(
+            "team delete", self._redis.delete(redis_keys.team_record(team_id))
+        )
+        await self._call("team index", self._redis.srem(redis_keys.TEAMS, team_id))
         return bool(deleted)
 
     async def put_key(self, record: KeyRecord) -> None:
         await self._call(
             "key write",
-            self._redis.set(f"ng:v1:key:{record.sha256}", orjson.dumps(record.to_json())),
+            self._redis.set(redis_keys.key_record(record.sha256), orjson.dumps(record.to_json())),
         )
         await self._call(
-            "key index", self._redis.hset(team_key(record.team, "keys"), record.id, record.sha256)
+            "key index",
+            self._redis.hset(redis_keys.team_keys(record.team), record.id, record.sha256),
         )
 
     async def narrow_key(
         self, record: KeyRecord, *, revoked: float | None = None, expires: float | None = None
     ) -> None:
         args = ["" if revoked is None else repr(revoked), "" if expires is None else repr(expires)]
-        await self._call("key narrow", self._narrow(keys=[_state(record.sha256)], args=args))
+        await self._call(
+            "key narrow", self._narrow(keys=[redis_keys.key_state(record.sha256)], args=args)
+        )
 
     async def get_key(self, sha256: str) -> KeyRecord | None:
+        record_key, state_key = redis_keys.key_record(sha256), redis_keys.key_state(sha256)
         raw, (revoked, expires) = await self._backend.pipelined("key read", lambda pipe: (
-            pipe.get(f"ng:v1:key:{sha256}"), pipe.hmget(_state(sha256), ["revoked", "expires"])
+            pipe.get(record_key), pipe.hmget(state_key, ["revoked", "expires"])
         ))  # fmt: skip
         if raw is None:
             return None
@@ -180,8 +173,8 @@ class RedisLedger:
         )
 
     async def list_keys(self, team_id: str) -> list[KeyRecord]:
-        hashes = await self._call("key index", self._redis.hvals(team_key(team_id, "keys")))
-        used = await self._call("key use", self._redis.hgetall(team_key(team_id, "last_used")))
+        hashes = await self._call("key index", self._redis.hvals(redis_keys.team_keys(team_id)))
+        used = await self._call("key use", self._redis.hgetall(redis_keys.keys_last_used(team_id)))
         records = [await self.get_key(sha.decode()) for sha in hashes]  # admin calls only
         return sorted(
             (
@@ -194,7 +187,7 @@ class RedisLedger:
 
     async def touch_key(self, record: KeyRecord, now: float) -> None:
         await self._call(
-            "key use", self._redis.hset(team_key(record.team, "last_used"), record.id, now)
+            "key use", self._redis.hset(redis_keys.keys_last_used(record.team), record.id, now)
         )
 
     async def admit(
@@ -207,25 +200,25 @@ class RedisLedger:
         """One script call decides every request of the batch, in order (``lua/admit.lua``)."""
         team_id = group.team_id
         keys = [
-            team_key(team_id, f"rpm:{group.minute}"),
-            team_key(team_id, f"ipm:{group.minute}"),
-            team_key(team_id, f"textpm:{group.minute}"),
-            team_key(team_id, f"day:{group.day}"),
-            team_key(team_id, f"month:{group.month}"),
+            redis_keys.requests_in_minute(team_id, group.minute),
+            redis_keys.images_in_minute(team_id, group.minute),
+            redis_keys.texts_in_minute(team_id, group.minute),
+            redis_keys.usage_day(team_id, group.day),
+            redis_keys.usage_month(team_id, group.month),
         ]
         forget = self._to_forget(team_id)
         args: list[Any] = [*group.limits, MINUTE_TTL, DAY_TTL, MONTH_TTL, RESERVATION_TTL,
                            SETTLED_TTL, len(forget), ANSWERED_TTL]  # fmt: skip
         for member in members:
-            keys += (team_key(team_id, f"reserved:{member.request_id}"),
-                     team_key(team_id, f"settled:{member.request_id}"))  # fmt: skip
+            keys += (redis_keys.reservation(team_id, member.request_id),
+                     redis_keys.settled(team_id, member.request_id))  # fmt: skip
             pairs = _pairs(member.usage)
             args += (*member.want, len(pairs) // 2, *pairs)
         answers = await self._forgetting(
             team_id, forget, self._call("admit", self._admit(keys=[*keys, *forget], args=args))
         )
         self._answered.setdefault(team_id, []).extend(
-            team_key(team_id, f"settled:{member.request_id}")
+            redis_keys.settled(team_id, member.request_id)
             for member in members
             if any(member.usage.values())
         )
@@ -247,17 +240,17 @@ class RedisLedger:
         """One script call settles every request of the batch (``lua/settle.lua``)."""
         team_id, day, month = group
         forget = self._to_forget(team_id)
-        keys = [team_key(team_id, f"day:{day}"), team_key(team_id, f"month:{month}")]
+        keys = [redis_keys.usage_day(team_id, day), redis_keys.usage_month(team_id, month)]
         args: list[Any] = [DAY_TTL, MONTH_TTL, SETTLED_TTL, len(forget), ANSWERED_TTL]
         for member in members:
-            keys += (team_key(team_id, f"settled:{member.request_id}"),
-                     team_key(team_id, f"reserved:{member.request_id}"))  # fmt: skip
+            keys += (redis_keys.settled(team_id, member.request_id),
+                     redis_keys.reservation(team_id, member.request_id))  # fmt: skip
             pairs = _pairs(member.usage)
             args += (member.billed, len(pairs) // 2, *pairs)
         settled = self._call("settle", self._settle(keys=[*keys, *forget], args=args))
         await self._forgetting(team_id, forget, settled)
         self._answered.setdefault(team_id, []).extend(
-            team_key(team_id, f"settled:{member.request_id}") for member in members
+            redis_keys.settled(team_id, member.request_id) for member in members
         )
         return [None] * len(members)
 
@@ -282,12 +275,12 @@ class RedisLedger:
         self, team_id: str, days: int, per_second: float, at_once: int
     ) -> int:
         spent = self._spend(
-            keys=[team_key(team_id, "usage_reads")], args=[days, per_second, at_once]
+            keys=[redis_keys.usage_reads(team_id)], args=[days, per_second, at_once]
         )
         return int(await self._call("usage reads", spent))
 
     async def shared_secret(self, name: str) -> bytes:
-        key = f"ng:v1:secret:{name}"
+        key = redis_keys.secret(name)
         new = secrets.token_bytes(32)
         await self._call("secret write", self._redis.set(key, new, nx=True))
         found: bytes | None = await self._call("secret read", self._redis.get(key))
@@ -296,15 +289,15 @@ class RedisLedger:
         return found
 
     async def item_cost(self, model: str) -> int | None:
-        raw = await self._call("cost read", self._redis.get(f"ng:v1:cost:{model}"))
+        raw = await self._call("cost read", self._redis.get(redis_keys.item_cost(model)))
         return None if raw is None else int(raw)
 
     async def record_item_cost(self, model: str, tokens: int) -> None:
-        await self._call("cost write", self._redis.set(f"ng:v1:cost:{model}", tokens))
+        await self._call("cost write", self._redis.set(redis_keys.item_cost(model), tokens))
 
     async def usage(self, team_id: str, days: Sequence[str]) -> list[dict[str, int]]:
         rows = await self._backend.pipelined("usage read", lambda pipe: [
-            pipe.hmget(team_key(team_id, f"day:{day}"), quota.USAGE_FIELDS) for day in days
+            pipe.hmget(redis_keys.usage_day(team_id, day), quota.USAGE_FIELDS) for day in days
         ])  # fmt: skip
         return [
             {field: int(value or 0) for field, value in zip(quota.USAGE_FIELDS, row, strict=True)}
