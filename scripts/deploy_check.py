@@ -53,7 +53,7 @@ import yaml  # noqa: E402 (the project's test extras)
 from locks import canonical, pins  # noqa: E402
 from packaging.markers import Marker  # noqa: E402
 
-from tests.fake_nomic import FAKE_API_KEY, png  # noqa: E402
+from fake_nomic import FAKE_API_KEY, png  # noqa: E402
 
 LABEL = "nomic-gateway.deploy-check"  # on every container and network the check makes
 STAND_IN = "nomic-gateway.stand-in"  # on every stand-in image
@@ -542,7 +542,7 @@ class Check:
 
     def start_fake(self, host: str, latency: float = 0.0) -> str:
         port = free_port(host)
-        command = [sys.executable, "-m", "tests.fake_nomic", "--host", host, "--port", str(port)]
+        command = [sys.executable, "-m", "fake_nomic", "--host", host, "--port", str(port)]
         if latency:
             command += ["--latency", str(latency)]
         log = (self.work / f"fake-{port}.log").open("wb")
@@ -1117,7 +1117,7 @@ def main() -> int:
 # -- leftovers -------------------------------------------------------------------------------
 
 SUITE_PROGRAMS = re.compile(
-    r"nomic-gateway|gateway serve|-m gateway|tests\.fake_nomic|redis-server|prometheus|"
+    r"nomic-gateway|gateway serve|-m gateway|fake_nomic|redis-server|prometheus|"
     r"alertmanager|(^|/)wrk\b"
 )
 

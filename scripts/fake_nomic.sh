@@ -8,4 +8,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_lib.sh
 ensure_test_venv
-exec .venv/bin/python -m tests.fake_nomic "$@"
+exec .venv/bin/python -m fake_nomic "$@"

@@ -22,6 +22,7 @@ import pytest
 import redis
 from aiohttp.test_utils import TestClient, TestServer
 
+from fake_nomic import FAKE_API_KEY, FakeNomic
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.store import RedisBackend
@@ -31,7 +32,6 @@ from gateway.store.memory_coordinator import MemoryCoordinator
 from gateway.store.memory_ledger import MemoryLedger
 from gateway.store.redis_coordinator import RedisCoordinator
 from gateway.store.redis_ledger import RedisLedger
-from tests.fake_nomic import FAKE_API_KEY, FakeNomic
 
 STORES = ("memory", "redis", "cluster")
 # The store contract's tests run on these: the embedded store in memory and on disk too.

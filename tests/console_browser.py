@@ -133,10 +133,10 @@ async def screenshots(folder: Path) -> None:
 
     from aiohttp.test_utils import TestServer
 
+    from fake_nomic import FakeNomic
     from gateway.app import create_app
     from gateway.appkeys import LEDGER
     from tests.conftest import ADMIN_TOKEN, gateway_settings, make_team
-    from tests.fake_nomic import FakeNomic
 
     fake = FakeNomic()
     upstream = TestServer(fake.app, host="127.0.0.1")

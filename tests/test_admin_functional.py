@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from fake_nomic import FakeNomic
 from gateway.app import create_app
 from tests.conftest import ADMIN, gateway_settings
-from tests.fake_nomic import FakeNomic
 
 Client = TestClient[Any, Any]
 LIMITS = {"requests_per_minute": 600, "images_per_minute": 6000, "texts_per_minute": 20000,
@@ -244,7 +244,7 @@ async def test_usage_at_the_ends_of_the_calendar_is_read(
 
 
 async def test_usage_of_every_team(gateway: Client) -> None:
-    from tests.fake_nomic import png
+    from fake_nomic import png
     from tests.helpers import post_images
 
     assert (await post_images(gateway, [png(1), png(1)])).status == 200

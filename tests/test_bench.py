@@ -19,12 +19,12 @@ import pytest
 import redis
 from pytest_aiohttp import AiohttpClient
 
+from fake_nomic import FAKE_API_KEY, FakeNomic, png
 from gateway import forms, openai_shape, text_forms
 from tests.bench import harness, naive, nginx
 from tests.bench.ceiling import images
 from tests.bench.harness import BOUNDARY, JSON, MODEL, PASSAGE, TEXTS, multipart, text_body
 from tests.conftest import free_port
-from tests.fake_nomic import FAKE_API_KEY, FakeNomic, png
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -155,7 +155,7 @@ def test_the_nginx_row_caches_by_body_with_the_organisations_key(tmp_path: Path)
     if nginx.binary() is None:
         pytest.fail("the bench's nginx row needs nginx: scripts/test.sh installs it")
     fake_port, nginx_port = free_port(), free_port()
-    fake_args = [sys.executable, "-m", "tests.fake_nomic", "--port", str(fake_port)]
+    fake_args = [sys.executable, "-m", "fake_nomic", "--port", str(fake_port)]
     nginx_args = nginx.command(tmp_path, nginx_port, f"127.0.0.1:{fake_port}", FAKE_API_KEY)
     with harness.process(fake_args) as fake, harness.process(nginx_args) as proxy:
         harness.wait_http(f"http://127.0.0.1:{fake_port}/_fake/stats", fake)
@@ -173,7 +173,7 @@ def test_the_nginx_row_caches_by_body_with_the_organisations_key(tmp_path: Path)
 
 def test_the_ceiling_passes_a_miss_on_with_the_organisations_key(redis_url: str) -> None:
     fake_port, ceiling_port = free_port(), free_port()
-    fake_args = [sys.executable, "-m", "tests.fake_nomic", "--port", str(fake_port)]
+    fake_args = [sys.executable, "-m", "fake_nomic", "--port", str(fake_port)]
     fake_url = f"http://127.0.0.1:{fake_port}"
     ceiling_args = [sys.executable, "-m", "tests.bench.ceiling", str(ceiling_port), redis_url,
                     fake_url, FAKE_API_KEY]  # fmt: skip

@@ -17,9 +17,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from fake_nomic import FakeNomic, png
 from gateway.teams import key_hash, new_key
 from tests.conftest import ADMIN, free_port, spawn_redis
-from tests.fake_nomic import FakeNomic, png
 from tests.helpers import image_form
 from tests.test_cli import start_workers, stop_workers, wait_healthy
 

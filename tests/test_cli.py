@@ -14,9 +14,9 @@ from typing import Any
 
 import aiohttp
 
+from fake_nomic import FAKE_API_KEY, FakeNomic, png
 from gateway.teams import key_hash, new_key
 from tests.conftest import ADMIN_TOKEN, free_port
-from tests.fake_nomic import FAKE_API_KEY, FakeNomic, png
 from tests.helpers import image_form
 
 

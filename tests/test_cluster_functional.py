@@ -7,10 +7,10 @@ import asyncio
 
 import redis
 
+from fake_nomic import FakeNomic, png
 from gateway.keys import cache_key, content_digest
 from gateway.models import Spec
 from tests.conftest import flush, start_gateway
-from tests.fake_nomic import FakeNomic, png
 from tests.helpers import post_images
 
 

@@ -20,6 +20,7 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
+from fake_nomic import FakeNomic
 from gateway import admin_cli, spend
 from gateway.app import create_app
 from gateway.console import pages, sessions
@@ -29,7 +30,6 @@ from gateway.store import memory_ledger
 from gateway.store.base import Ledger
 from gateway.store.rate import Rates
 from tests.conftest import ADMIN, ADMIN_TOKEN, EMBEDDED, gateway_settings, make_team
-from tests.fake_nomic import FakeNomic
 
 Client = TestClient[Any, Any]
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')

@@ -12,11 +12,11 @@ from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
 
+from fake_nomic import FakeNomic
 from gateway import cli
 from gateway.config import Settings, SettingsError
 from gateway.prices import flat_price, parse_prices
 from tests.conftest import ADMIN, ADMIN_TOKEN
-from tests.fake_nomic import FakeNomic
 from tests.test_console import console_client, embed_texts, new_key, sign_in
 
 PRICE = Decimal("12345.678901")  # per million tokens: a few tokens make cents to round

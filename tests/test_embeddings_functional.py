@@ -11,9 +11,9 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from fake_nomic import FakeNomic, png
 from gateway.app import create_app
 from tests.conftest import EMBEDDED, EVERY_STORE, GatewayFactory, stored_keys, sync_client
-from tests.fake_nomic import FakeNomic, png
 from tests.helpers import image_form, post_images, post_urls
 
 Client = TestClient[Any, Any]

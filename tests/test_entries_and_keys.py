@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fake_nomic import FakeNomic
 from gateway import entries
 from gateway.keys import OLD_PREFIXES, PREFIX, cache_key, content_digest, private_scope
 from gateway.models import (
@@ -21,7 +22,6 @@ from gateway.models import (
     text_tokens,
 )
 from gateway.shield import split_tokens
-from tests.fake_nomic import FakeNomic
 
 
 def test_float32_vectors_are_stored_in_4_bytes_and_read_back_exactly() -> None:

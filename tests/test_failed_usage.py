@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from fake_nomic import FakeNomic, png
 from tests.conftest import EVERY_STORE, admin_get, chosen_store, team_headers
-from tests.fake_nomic import FakeNomic, png
 from tests.helpers import image_form
 
 Client = TestClient[Any, Any]

@@ -1,4 +1,4 @@
-"""The fake Nomic run as a program of its own (``python -m tests.fake_nomic``), as the bench,
+"""The fake Nomic run as a program of its own (``python -m fake_nomic``), as the bench,
 the deployment check and a newcomer trying the gateway run it."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import sys
 import urllib.request
 from pathlib import Path
 
+from fake_nomic import FAKE_API_KEY
 from tests.conftest import free_port, stop_nodes
-from tests.fake_nomic import FAKE_API_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
 READY_SECONDS = 30  # a loaded machine imports aiohttp and Pillow slowly
@@ -22,7 +22,7 @@ def test_run_as_a_program_it_says_where_it_listens_once_it_does(tmp_path: Path) 
     errors = tmp_path / "stderr.txt"
     with errors.open("wb") as stderr:
         fake = subprocess.Popen(
-            [sys.executable, "-m", "tests.fake_nomic", "--port", str(port)],
+            [sys.executable, "-m", "fake_nomic", "--port", str(port)],
             cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr, text=True,
         )  # fmt: skip
     try:

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.fake_nomic import FAKE_API_KEY, TEXT_MODELS, FakeNomic, png
+from fake_nomic import FAKE_API_KEY, TEXT_MODELS, FakeNomic, png
 from tests.helpers import run_official_client
 
 AUTH = {"Authorization": f"Bearer {FAKE_API_KEY}"}

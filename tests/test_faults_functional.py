@@ -33,6 +33,7 @@ import redis
 from aiohttp.test_utils import TestClient
 from redis.crc import key_slot
 
+from fake_nomic import FakeNomic, png
 from gateway.keys import cache_key, content_digest
 from gateway.models import DEFAULT_IMAGE_MODEL as DEFAULT_MODEL
 from gateway.models import Spec
@@ -47,7 +48,6 @@ from tests.conftest import (
     spawn_redis,
     team_headers,
 )
-from tests.fake_nomic import FakeNomic, png
 from tests.helpers import image_form
 from tests.test_cli import start_workers, stop_workers, wait_healthy
 from tests.test_operations import sample

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
+from fake_nomic import png
 from gateway.errors import InvalidRequest
 from gateway.forms import BodyLimits, ParsedRequest, image_format, parser_for
-from tests.fake_nomic import png
 
 LIMITS = BodyLimits(max_image_bytes=10_000, max_items=8)
 BOUNDARY = "b0undary"

@@ -25,8 +25,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fake_nomic import FAKE_API_KEY, png
 from tests.conftest import ADMIN_TOKEN, free_port
-from tests.fake_nomic import FAKE_API_KEY, png
 from tests.test_cli import clean_env
 
 CRLF = b"\r\n"
@@ -114,7 +114,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     with log.open("wb") as out:
         try:
             processes.append(subprocess.Popen(
-                [sys.executable, "-m", "tests.fake_nomic", "--port", str(fake_port)],
+                [sys.executable, "-m", "fake_nomic", "--port", str(fake_port)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             ))  # fmt: skip
             env = clean_env(

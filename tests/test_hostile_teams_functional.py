@@ -14,12 +14,12 @@ import pytest
 import xxhash
 from aiohttp.test_utils import TestClient
 
+from fake_nomic import FakeNomic, png
 from gateway.appkeys import BODY_BUDGET
 from gateway.keys import cache_key, content_digest
 from gateway.models import Spec
 from tests.bench.harness import BOUNDARY, multipart
 from tests.conftest import GatewayFactory, team_headers
-from tests.fake_nomic import FakeNomic, png
 from tests.helpers import image_form
 from tests.test_cli import clean_env, run_cli
 from tests.xxh3_collisions import colliding_jpegs

@@ -8,11 +8,11 @@ import tracemalloc
 
 import redis
 
+from fake_nomic import png
 from gateway import entries
 from gateway.entries import Entry
 from gateway.hot import ENTRY_OVERHEAD, HotCache
 from tests.conftest import GatewayFactory, stored_keys
-from tests.fake_nomic import png
 from tests.helpers import post_images
 
 

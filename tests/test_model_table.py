@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from fake_nomic import MODELS as FAKE_IMAGE_MODELS
+from fake_nomic import TEXT_MODELS as FAKE_TEXT_MODELS
 from gateway.config import Settings, SettingsError
 from gateway.errors import InvalidRequest
 from gateway.model_table import DEFAULT_MODELS, ModelInfo, ModelTable, extended_by_json
 from gateway.models import Spec, TextOptions
-from tests.fake_nomic import MODELS as FAKE_IMAGE_MODELS
-from tests.fake_nomic import TEXT_MODELS as FAKE_TEXT_MODELS
 
 SCHEMA_TEXT_MODELS = {
     "all-MiniLM-L6-v2",

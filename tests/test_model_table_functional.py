@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from fake_nomic import FakeNomic, TextModel, png
 from gateway.model_table import DEFAULT_MODELS, extended_by_json
 from tests.conftest import GatewayFactory
-from tests.fake_nomic import FakeNomic, TextModel, png
 from tests.helpers import post_images
 
 Client = TestClient[Any, Any]

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from tests.fake_nomic import FAKE_API_KEY, FakeNomic, png
+from fake_nomic import FAKE_API_KEY, FakeNomic, png
 from tests.helpers import run_official_client
 
 Client = TestClient[Any, Any]

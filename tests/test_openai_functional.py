@@ -19,8 +19,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 from langchain_openai import OpenAIEmbeddings
 
+from fake_nomic import FakeNomic
 from tests.conftest import GatewayFactory, admin_get, make_team
-from tests.fake_nomic import FakeNomic
 from tests.helpers import run_official_client
 
 Client = TestClient[Any, Any]

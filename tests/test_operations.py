@@ -27,10 +27,10 @@ import pytest
 import yaml
 from aiohttp.test_utils import TestClient
 
+from fake_nomic import FakeNomic, png
 from gateway import logs
 from gateway.config import Settings
 from tests.conftest import GatewayFactory, admin_get, free_port, team_headers
-from tests.fake_nomic import FakeNomic, png
 from tests.helpers import image_form, post_images
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from fake_nomic import FakeNomic, png
 from tests.conftest import RestartableRedis, admin_get, start_gateway, team_headers
-from tests.fake_nomic import FakeNomic, png
 from tests.helpers import image_form
 
 Client = TestClient[Any, Any]

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import orjson
 import pytest
 
+from fake_nomic import FakeNomic, png
 from gateway.errors import UpstreamServerError, UpstreamUnavailable
 from gateway.forms import ParsedRequest
 from gateway.models import Spec
@@ -18,7 +19,6 @@ from gateway.store import MemoryStore
 from gateway.store.base import Mark
 from gateway.store.memory_coordinator import MemoryCoordinator
 from gateway.upstream import UpstreamResult
-from tests.fake_nomic import FakeNomic, png
 from tests.helpers import policy
 
 MODEL = "nomic-embed-vision-v1.5"

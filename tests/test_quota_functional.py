@@ -15,8 +15,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
+from fake_nomic import FakeNomic, png
 from tests.conftest import ADMIN_TOKEN, EVERY_STORE, GatewayFactory, admin_get, team_headers
-from tests.fake_nomic import FakeNomic, png
 from tests.helpers import image_form
 
 Client = TestClient[Any, Any]

@@ -21,8 +21,8 @@ import yaml
 from aiohttp.test_utils import TestClient
 from prometheus_client import REGISTRY
 
+from fake_nomic import FakeNomic, png
 from tests.conftest import admin_get, free_port, spawn_redis, start_gateway, team_headers
-from tests.fake_nomic import FakeNomic, png
 from tests.helpers import image_form
 from tests.test_faults_functional import billed_by_fake, until
 

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from fake_nomic import FAKE_API_KEY, png
 from gateway import logs
 from gateway.middlewares import acceptable_request_id
 from tests.conftest import ADMIN, ADMIN_TOKEN, GatewayFactory
-from tests.fake_nomic import FAKE_API_KEY, png
 from tests.helpers import image_form
 
 Client = TestClient[Any, Any]

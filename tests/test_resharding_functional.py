@@ -16,6 +16,7 @@ import redis
 from prometheus_client import REGISTRY
 from redis.crc import key_slot
 
+from fake_nomic import FakeNomic
 from gateway.keys import cache_key, content_digest
 from gateway.models import DEFAULT_IMAGE_MODEL, Spec
 from gateway.store.redis_keys import team_tag
@@ -28,7 +29,6 @@ from tests.conftest import (
     stop_nodes,
     team_headers,
 )
-from tests.fake_nomic import FakeNomic
 from tests.test_faults_functional import billed_by_fake
 from tests.test_redis_full_functional import Load
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import aiohttp
 
+from fake_nomic import FAKE_API_KEY, FakeNomic, png
 from tests.conftest import ADMIN_TOKEN, free_port, make_team
-from tests.fake_nomic import FAKE_API_KEY, FakeNomic, png
 from tests.helpers import image_form
 from tests.test_cli import clean_env, run_cli, wait_healthy
 

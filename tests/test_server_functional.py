@@ -19,9 +19,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from fake_nomic import FAKE_API_KEY, FakeNomic, png
 from gateway.teams import new_key
 from tests.conftest import ADMIN_TOKEN, free_port, make_team
-from tests.fake_nomic import FAKE_API_KEY, FakeNomic, png
 from tests.helpers import image_form
 from tests.test_cli import clean_env, wait_healthy
 from tests.test_operations import sample

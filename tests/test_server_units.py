@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 from aiohttp.http_exceptions import BadHttpMessage, BadStatusLine, InvalidHeader, LineTooLong
 
+from fake_nomic import png
 from gateway import logs
 from gateway.breaker import Breaker
 from gateway.config import Settings
@@ -26,7 +27,6 @@ from gateway.server import MAX_HEADER_LINE, MAX_REQUEST_LINE, refusal
 from gateway.shield import Job, Shield
 from gateway.store.memory_coordinator import MemoryCoordinator
 from gateway.upstream import NomicClient, UpstreamResult
-from tests.fake_nomic import png
 from tests.helpers import policy as make_policy
 
 

@@ -11,8 +11,8 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
+from fake_nomic import FakeNomic, png
 from tests.conftest import GatewayFactory
-from tests.fake_nomic import FakeNomic, png
 from tests.helpers import post_images, post_urls
 
 Client = TestClient[Any, Any]

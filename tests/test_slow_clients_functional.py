@@ -15,8 +15,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from fake_nomic import FakeNomic
 from gateway.teams import new_key
-from tests.fake_nomic import FakeNomic
 from tests.slow_clients import (
     BIG_TEXTS,
     SMALL_RCVBUF,

@@ -12,9 +12,9 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
+from fake_nomic import FakeNomic, png
 from gateway.appkeys import PIPELINE
 from tests.conftest import GatewayFactory, admin_get, team_headers
-from tests.fake_nomic import FakeNomic, png
 from tests.helpers import image_form
 
 Client = TestClient[Any, Any]

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from fake_nomic import FakeNomic, png
 from gateway.teams import Limits, Team
 from tests.conftest import ADMIN, EVERY_STORE, chosen_store, team_headers
-from tests.fake_nomic import FakeNomic, png
 from tests.helpers import image_form
 
 Client = TestClient[Any, Any]

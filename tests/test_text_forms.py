@@ -10,6 +10,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from fake_nomic import FakeNomic
 from gateway.errors import InvalidRequest
 from gateway.model_table import DEFAULT_MODELS
 from gateway.models import TASK_TYPES
@@ -21,7 +22,6 @@ from gateway.text_forms import (
     parse_text_request,
     too_many_values,
 )
-from tests.fake_nomic import FakeNomic
 
 LIMITS = TextLimits(max_texts=8, max_text_bytes=64)
 TEXT_MODELS = DEFAULT_MODELS.names("text")

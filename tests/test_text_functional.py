@@ -16,9 +16,9 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
+from fake_nomic import FAKE_API_KEY, MODEL_CONTEXT, FakeNomic
 from gateway.models import Cost, Spec
 from tests.conftest import GatewayFactory, admin_get, team_headers
-from tests.fake_nomic import FAKE_API_KEY, MODEL_CONTEXT, FakeNomic
 from tests.helpers import run_official_client
 from tests.test_shield_functional import ahead_of_rate
 

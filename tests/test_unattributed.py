@@ -14,6 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client import REGISTRY
 
+from fake_nomic import png
 from gateway import quota, unattributed
 from gateway.accounts import UsageBuffer
 from gateway.appkeys import ACCOUNTS
@@ -29,7 +30,6 @@ from gateway.store.memory_coordinator import MemoryCoordinator
 from gateway.teams import Limits, Team
 from gateway.upstream import NomicClient, UpstreamResult
 from tests.conftest import ADMIN, EVERY_STORE, chosen_store
-from tests.fake_nomic import png
 from tests.helpers import policy
 
 Client = TestClient[Any, Any]

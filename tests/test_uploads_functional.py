@@ -16,8 +16,8 @@ import aiohttp
 import PIL.Image
 import pytest
 
+from fake_nomic import FAKE_API_KEY, FakeNomic
 from tests.conftest import ADMIN_TOKEN, free_port, make_team
-from tests.fake_nomic import FAKE_API_KEY, FakeNomic
 from tests.test_cli import clean_env, wait_healthy
 
 pytestmark = pytest.mark.serial  # peak memory of a whole process: measured alone

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from fake_nomic import FAKE_API_KEY, FakeNomic, png
 from tests.conftest import GatewayFactory, team_headers
-from tests.fake_nomic import FAKE_API_KEY, FakeNomic, png
 from tests.helpers import image_form, post_images, post_urls
 from tests.test_faults_functional import until
 

@@ -9,8 +9,8 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
+from fake_nomic import FakeNomic, png
 from tests.conftest import GatewayFactory
-from tests.fake_nomic import FakeNomic, png
 from tests.helpers import post_images, post_urls
 
 Client = TestClient[Any, Any]

@@ -13,9 +13,9 @@ from pathlib import Path
 import aiohttp
 import redis
 
+from fake_nomic import FakeNomic, png
 from gateway.teams import key_hash, new_key
 from tests.conftest import ADMIN
-from tests.fake_nomic import FakeNomic, png
 from tests.helpers import image_form
 from tests.test_cli import clean_env, start_workers, stop_workers, wait_healthy
 from tests.test_operations import sample

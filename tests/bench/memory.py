@@ -24,10 +24,10 @@ from pathlib import Path
 
 import aiohttp
 
+from fake_nomic import FAKE_API_KEY, png
 from tests.bench import harness
 from tests.bench.scenarios import KEY, PY, TEAMS
 from tests.conftest import free_port
-from tests.fake_nomic import FAKE_API_KEY, png
 
 SAMPLE_SECONDS = 10
 IMAGE = png(3, size=128)
@@ -91,7 +91,7 @@ def main() -> None:
         redis_port, fake_port = free_port(), free_port()
         teams = Path(tmp) / "teams.toml"
         teams.write_text(TEAMS)
-        fake = [PY, "-m", "tests.fake_nomic", "--port", str(fake_port), "--latency", "0.05"]
+        fake = [PY, "-m", "fake_nomic", "--port", str(fake_port), "--latency", "0.05"]
         with (
             harness.process(["redis-server", "--port", str(redis_port), "--save", "",
                              "--appendonly", "no", "--dir", tmp]),

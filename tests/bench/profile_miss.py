@@ -28,10 +28,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from fake_nomic import FAKE_API_KEY, png
 from tests.bench import harness
 from tests.bench.scenarios import FAKE_LATENCY, KEY, PY, TEAMS, misses_script
 from tests.conftest import free_port
-from tests.fake_nomic import FAKE_API_KEY, png
 
 SERVER_CPU, LOAD_CPU = "0", "1"
 IDLE = ("epoll_wait", "EpollSelector.select")
@@ -83,7 +83,7 @@ def profile(args: argparse.Namespace, spy: str, tmp: Path) -> None:
     redis_port, fake_port = free_port(), free_port()
     redis_args = ["redis-server", "--port", str(redis_port), "--save", "", "--appendonly", "no",
                   "--dir", str(tmp)]  # fmt: skip
-    fake_args = [PY, "-m", "tests.fake_nomic", "--port", str(fake_port),
+    fake_args = [PY, "-m", "fake_nomic", "--port", str(fake_port),
                  "--latency", str(FAKE_LATENCY)]  # fmt: skip
     (tmp / "teams.toml").write_text(TEAMS)
     with (

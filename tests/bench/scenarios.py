@@ -26,12 +26,12 @@ from pathlib import Path
 import orjson
 import redis
 
+from fake_nomic import FAKE_API_KEY, FakeNomic, png
 from gateway.teams import key_hash, new_key
 from tests.bench import harness, nginx
 from tests.bench.harness import JSON, MODEL, TEXTS, image_part, multipart, multipart_head
 from tests.bench.naive import key as naive_key
 from tests.conftest import free_port
-from tests.fake_nomic import FAKE_API_KEY, FakeNomic, png
 
 PY = sys.executable
 SERVER_CPU, LOAD_CPU = "0", "1"
@@ -596,7 +596,7 @@ def run(args: argparse.Namespace) -> None:
         tmp = Path(name)
         redis_port, fake_port = free_port(), free_port()
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
-        fake = [PY, "-m", "tests.fake_nomic", "--port", str(fake_port),
+        fake = [PY, "-m", "fake_nomic", "--port", str(fake_port),
                 "--latency", str(FAKE_LATENCY)]  # fmt: skip
         with (
             harness.process(["redis-server", "--port", str(redis_port), "--save", "",

@@ -53,10 +53,10 @@ from urllib.parse import urlencode
 import aiohttp
 import redis
 
+from fake_nomic import FAKE_API_KEY, FakeNomic, png
 from gateway.teams import key_hash, new_key
 from tests.bench import harness
 from tests.conftest import free_port, spawn_redis
-from tests.fake_nomic import FAKE_API_KEY, FakeNomic, png
 
 PY = sys.executable
 ADMIN_TOKEN = new_key()
@@ -518,7 +518,7 @@ def servers(args: argparse.Namespace, workdir: Path, logs: Sequence[Path]) -> It
     teams.write_text(teams_file())
     redis_port, fake_port = free_port(), free_port()
     fake_url = f"http://127.0.0.1:{fake_port}"
-    fake = [PY, "-m", "tests.fake_nomic", "--port", str(fake_port),
+    fake = [PY, "-m", "fake_nomic", "--port", str(fake_port),
             "--latency", str(FAKE_LATENCY)]  # fmt: skip
     with contextlib.ExitStack() as stack:
         soak: Soak | None = None

@@ -26,9 +26,9 @@ from pathlib import Path
 import aiohttp
 import orjson
 
+from fake_nomic import FAKE_API_KEY
 from gateway.teams import key_hash, new_key
 from tests.conftest import free_port
-from tests.fake_nomic import FAKE_API_KEY
 from tests.test_cli import wait_healthy
 
 HIT_EVERY_SECONDS = 0.005
@@ -77,7 +77,7 @@ async def one_run(url: str, texts: list[str]) -> tuple[float, float, int]:
 async def main(args: argparse.Namespace) -> None:
     fake_port, port = free_port(), free_port()
     fake = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.fake_nomic", "--port", str(fake_port),
+        sys.executable, "-m", "fake_nomic", "--port", str(fake_port),
         stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert fake.stdout is not None

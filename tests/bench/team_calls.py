@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from typing import Any
 
+from fake_nomic import FakeNomic, png
 from tests.conftest import (
     flush,
     free_port,
@@ -31,7 +32,6 @@ from tests.conftest import (
     start_gateway,
     team_headers,
 )
-from tests.fake_nomic import FakeNomic, png
 from tests.helpers import image_form
 
 SCARCE = {"upstream_rate_calls": 10, "upstream_rate_period_seconds": 1.0,

@@ -39,10 +39,10 @@ import orjson
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
+from fake_nomic import FAKE_API_KEY, FakeNomic, png
 from gateway.upstream import _SLICE_BYTES, IMAGE_PATH, NomicClient, _Multipart
 from tests.bench import harness
 from tests.conftest import free_port
-from tests.fake_nomic import FAKE_API_KEY, FakeNomic, png
 
 MODEL = harness.MODEL
 WARMUP = 200

@@ -30,6 +30,10 @@ for ``https://api-atlas.nomic.ai``, following Nomic's documented behaviour:
 
 Its parsers are aiohttp's and the standard library's, not the gateway's, so the two are checked
 against each other.
+
+It is a module of its own, beside the ``gateway`` package and never imported by it: the tests,
+the benchmark, the deployment check and ``scripts/fake_nomic.sh`` (``python -m fake_nomic``)
+share it. It needs Pillow, from the test extras, and the container image leaves it out.
 """
 
 from __future__ import annotations
@@ -441,7 +445,7 @@ def png(seed: int, size: int = 8) -> bytes:
 
 def main() -> None:
     """Serve the fake on its own, to try the gateway without a Nomic account:
-    ``python -m tests.fake_nomic --port 9999`` (key: ``FAKE_API_KEY`` above)."""
+    ``python -m fake_nomic --port 9999`` (key: ``FAKE_API_KEY`` above)."""
     import argparse
 
     parser = argparse.ArgumentParser(description="FakeNomic, a test double of Nomic's API")
