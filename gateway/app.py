@@ -49,7 +49,7 @@ from gateway.store.memory_coordinator import MemoryCoordinator
 from gateway.store.memory_ledger import MemoryLedger
 from gateway.store.redis_backend import RedisBackend
 from gateway.store.redis_coordinator import RedisCoordinator
-from gateway.store.redis_ledger import RedisLedger
+from gateway.store.redis_ledger import RedisLedger, lease_for
 from gateway.text_forms import TextLimits
 from gateway.unattributed import Unattributed
 from gateway.upstream import NomicClient
@@ -111,7 +111,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
             cluster=settings.redis_mode == "cluster",
         )
         app[STORE] = RedisStore(backend)
-        app[LEDGER] = RedisLedger(backend)
+        app[LEDGER] = RedisLedger(backend, lease_for(settings.request_deadline_seconds))
         shared = RedisCoordinator(backend)
         fail_open = settings.on_store_failure == "open"
         app[COORDINATOR] = FallbackCoordinator(shared) if fail_open else shared

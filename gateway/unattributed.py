@@ -16,7 +16,8 @@ Reasons:
 - ``timeout``: a call Nomic did not answer in time; it may have billed it before the retry.
   What it billed is not known: its inputs are counted, its tokens are not.
 - ``killed``: requests a killed process had admitted and not settled, released when the
-  embedded store opens again (their reserved tokens: what they were expected to cost).
+  embedded store opens again, or on Redis by the team's next admission once their lease has
+  lapsed (their reserved tokens: what they were expected to cost).
 """
 
 from __future__ import annotations

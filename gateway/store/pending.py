@@ -10,7 +10,8 @@ answers: the store applies each id once, so writing it again cannot count it twi
 
 Memory is then bounded by the teams and days with usage, the requests under way when the
 store began to fail, and those whose settle timed out; ids to release past ``MOST_IDS`` are
-let go of (logged): what they reserved stays reserved in the store until the day ends.
+let go of (logged): what they reserved stays reserved in the store until its lease lapses
+(:mod:`gateway.store.redis_ledger`).
 What is kept here is lost only with the process.
 """
 

@@ -10,7 +10,7 @@ slot and no script is refused ``CROSSSLOT``:
 - ``{t:<team id>}`` (:func:`team_tag`): a team's record and its key index, its per-minute
   counters (requests, images and URLs, texts, upstream calls; minutes counted from the epoch),
   its usage and token hashes per UTC day and month, each admitted request's reservation and
-  settled marker, and the rate of its usage reads.
+  settled marker, the leases of its reservations under way, and the rate of its usage reads.
 - ``{upstream}``: the upstream pace (GCRA's theoretical arrival time), the pause every replica
   holds after Nomic's 429, and the call slots.
 - ``{<cache key>}``: an input's in-flight mark, in the slot of the entry it is fetching.
@@ -85,6 +85,12 @@ def usage_month(team_id: str, month: str) -> str:
 def reservation(team_id: str, request_id: str) -> str:
     """The tokens reserved for an admitted request, until it settles."""
     return _team(team_id, f"reserved:{request_id}")
+
+
+def leases(team_id: str) -> str:
+    """The sorted set of the team's reservations under way, by when each lease lapses
+    (members named by ``lease()`` in ``lua/usage.lua``)."""
+    return _team(team_id, "leases")
 
 
 def settled(team_id: str, request_id: str) -> str:

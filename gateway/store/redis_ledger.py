@@ -4,18 +4,26 @@ Each decision about a team is one Lua script over that team's keys, which share 
 (one Redis Cluster slot); their names are :mod:`gateway.store.redis_keys`'s. Key records
 live under their hash because a lookup starts from the key alone; writing one and its team's
 index are two commands, which only admin calls do.
+
+A reservation is leased: a request settles long before its lease ends, so one still held then
+was left by a replica that died first (``kill -9``, a lost machine). The team's next admission
+releases it, in the same script, so it no longer lowers what the team has left; what it
+reserved, what Nomic may have billed the dead replica, is counted to the ``unattributed``
+account (:mod:`gateway.unattributed`, reason ``killed``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import orjson
 
-from gateway import quota
+from gateway import quota, unattributed
 from gateway.batching import Coalescer
 from gateway.quota import Decision, Demand, Window
 from gateway.store import redis_keys
@@ -23,10 +31,15 @@ from gateway.store.base import StoreError
 from gateway.store.redis_backend import RedisBackend
 from gateway.teams import ADMITTED_LIMITS, KeyRecord, Team
 
+log = logging.getLogger(__name__)
 MINUTE_TTL = 120
 DAY_TTL = (quota.USAGE_DAYS_KEPT + 1) * 86400
 MONTH_TTL = 40 * 86400
 RESERVATION_TTL = 2 * 86400  # a reservation outlives the day it was made on
+# A reservation's lease: far longer than a request can be under way (lease_for), and long
+# enough that a settle held in its replica through a short outage of Redis comes first.
+LEASE_FLOOR_SECONDS = 15 * 60
+LAPSED_AT_ONCE = 64  # lapsed leases one admission releases, at most
 # How long a settle id is remembered, to make a retried settle a no-op: as long as a retry
 # can come (a settle that timed out is kept in the process until the store takes it again).
 # Each id whose answer came back is then given ANSWERED_TTL by the team's next script call
@@ -74,9 +87,15 @@ class _Settlement(NamedTuple):
     usage: Mapping[str, int]
 
 
+def lease_for(request_deadline_seconds: float) -> int:
+    """How long a reservation is leased, for requests that wait this long for Nomic."""
+    return max(LEASE_FLOOR_SECONDS, math.ceil(10 * request_deadline_seconds))
+
+
 class RedisLedger:
-    def __init__(self, backend: RedisBackend) -> None:
+    def __init__(self, backend: RedisBackend, lease_seconds: int = LEASE_FLOOR_SECONDS) -> None:
         self._backend = backend
+        self._lease_seconds = lease_seconds
         self._redis = backend.client
         self._admit = backend.script("admit.lua", prelude="usage.lua")
         self._settle = backend.script("settle.lua", prelude="usage.lua")
@@ -205,18 +224,22 @@ class RedisLedger:
             redis_keys.texts_in_minute(team_id, group.minute),
             redis_keys.usage_day(team_id, group.day),
             redis_keys.usage_month(team_id, group.month),
+            redis_keys.leases(team_id),
         ]
         forget = self._to_forget(team_id)
         args: list[Any] = [*group.limits, MINUTE_TTL, DAY_TTL, MONTH_TTL, RESERVATION_TTL,
-                           SETTLED_TTL, len(forget), ANSWERED_TTL]  # fmt: skip
+                           SETTLED_TTL, len(forget), ANSWERED_TTL, self._lease_seconds,
+                           LAPSED_AT_ONCE]  # fmt: skip
         for member in members:
             keys += (redis_keys.reservation(team_id, member.request_id),
                      redis_keys.settled(team_id, member.request_id))  # fmt: skip
             pairs = _pairs(member.usage)
             args += (*member.want, len(pairs) // 2, *pairs)
-        answers = await self._forgetting(
+        answers, released, tokens = await self._forgetting(
             team_id, forget, self._call("admit", self._admit(keys=[*keys, *forget], args=args))
         )
+        if released:
+            await self._charge_lapsed(team_id, group, int(released), int(tokens))
         self._answered.setdefault(team_id, []).extend(
             redis_keys.settled(team_id, member.request_id)
             for member in members
@@ -227,6 +250,28 @@ class RedisLedger:
             else Decision(False, ADMITTED_LIMITS[int(answer[1]) - 1], *map(int, answer[2:5]))
             for answer in answers
         ]  # fmt: skip
+
+    async def _charge_lapsed(
+        self, team_id: str, group: _AdmitGroup, released: int, tokens: int
+    ) -> None:
+        """Count the reservations an admission released, their leases lapsed, to the
+        ``unattributed`` account (in its own slot: a call of its own)."""
+        unattributed.count("killed", tokens=tokens, items=released)
+        log.warning(
+            "released %d reservations of team %r whose leases lapsed (a replica died before "
+            "it settled them): whatever Nomic billed for them is charged to no team; the %d "
+            "tokens they reserved are counted to the account %r",
+            released, team_id, tokens, unattributed.TEAM_ID,
+        )  # fmt: skip
+        usage = {"upstream_errors": released}
+        request_id = f"lapsed-{secrets.token_hex(8)}"
+        try:
+            await self.settle(
+                unattributed.TEAM_ID, group.day, group.month, request_id, tokens, usage
+            )
+        except StoreError as exc:  # the admission stands; only this count is lost
+            log.error("the lapsed reservations could not be counted to %r: %s",
+                      unattributed.TEAM_ID, exc)  # fmt: skip
 
     async def settle(
         self, team_id: str, day: str, month: str, request_id: str, billed: int,
@@ -240,7 +285,8 @@ class RedisLedger:
         """One script call settles every request of the batch (``lua/settle.lua``)."""
         team_id, day, month = group
         forget = self._to_forget(team_id)
-        keys = [redis_keys.usage_day(team_id, day), redis_keys.usage_month(team_id, month)]
+        keys = [redis_keys.usage_day(team_id, day), redis_keys.usage_month(team_id, month),
+                redis_keys.leases(team_id)]  # fmt: skip
         args: list[Any] = [DAY_TTL, MONTH_TTL, SETTLED_TTL, len(forget), ANSWERED_TTL]
         for member in members:
             keys += (redis_keys.settled(team_id, member.request_id),

@@ -6,9 +6,10 @@
 -- markers whose answers reached it, to live ARGV 5 seconds from here, so only the markers of
 -- answers lost stay that long.
 -- KEYS: 1 the team's usage hash of the day the reservations were made, 2 its token hash of
---       that month, then for each request: the marker that its settle ran, and its
---       reservation (written by admit.lua; absent when nothing was reserved), then the
---       markers whose answers came back (one team: one hash slot)
+--       that month, 3 its leases (see admit.lua), then for each request: the marker that
+--       its settle ran, and its reservation (written by admit.lua; absent when nothing was
+--       reserved, or released when its lease lapsed), then the markers whose answers came
+--       back (one team: one hash slot)
 -- ARGV: 1 seconds a day hash lives, 2 seconds a month hash lives, 3 seconds a marker lives,
 --       4 how many markers whose answers came back end KEYS, 5 seconds they live from now,
 --       then for each request: tokens billed, n, and n usage field and amount pairs
@@ -22,12 +23,13 @@ while at <= #ARGV do
   member = member + 1
   local pairs = tonumber(ARGV[at + 1])
   answers[member] = 0
-  if redis.call('SET', KEYS[1 + 2 * member], 1, 'NX', 'EX', ARGV[3]) then
+  if redis.call('SET', KEYS[2 + 2 * member], 1, 'NX', 'EX', ARGV[3]) then
     answers[member] = 1
-    local reservation = KEYS[2 + 2 * member]
+    local reservation = KEYS[3 + 2 * member]
     local held = tonumber(redis.call('GET', reservation) or 0)
     if held ~= 0 then
       redis.call('DEL', reservation)
+      redis.call('ZREM', KEYS[3], lease(KEYS[1], KEYS[2], reservation))
       reserved = reserved + held
     end
     billed = billed + tonumber(ARGV[at])

@@ -1,5 +1,5 @@
 -- The prelude of admit.lua and settle.lua (run before each, see RedisBackend.script): usage
--- counts summed over a batch.
+-- counts summed over a batch, and the name of a reservation's lease.
 -- Adds the n usage field and amount pairs of ARGV from ARGV[first] to usage; fields keeps
 -- the fields in the order first seen.
 local function add_usage(usage, fields, first, n)
@@ -20,3 +20,9 @@ local function write_usage(day, usage, fields)
   end
 end
 
+
+-- A reservation's member in its team's leases: the day and month hashes it is counted in,
+-- and its key, one per line.
+local function lease(day, month, reservation)
+  return day .. '\n' .. month .. '\n' .. reservation
+end
