@@ -2,8 +2,11 @@
 expected cost of its misses), then settle it with what Nomic billed.
 
 A request answered from the cache is admitted with its usage in one step
-(:meth:`Accounts.admit_answered`); one with misses reserves their expected cost
-(:meth:`Accounts.reserve`) and is settled with what Nomic billed (:meth:`Accounts.settle`).
+(:meth:`Accounts.admit_answered`). One with misses is one transaction
+(:meth:`Accounts.answer_misses`): it reserves their expected cost (:meth:`Accounts.reserve`),
+runs the work that answers it, and settles the bill that work returns
+(:class:`gateway.assembly.Bill`: what was paid, what is still pending) with
+:meth:`Accounts.settle`, whatever becomes of the handler that asked.
 
 Only a decision goes to the store on the request path: a request that no limit of its team
 applies to (say, all hits for a team without per-minute limits) is counted in an in-process
@@ -32,13 +35,13 @@ import logging
 import secrets
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from typing import Any, NamedTuple, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NamedTuple
 
 from gateway import metrics, quota
+from gateway.assembly import Answer, Bill, Completed, FetchFailed, Lookup
 from gateway.errors import GatewayError, Overloaded, QuotaExceeded, StoreUnavailable
 from gateway.models import Kind
-from gateway.pipeline import Answer, Lookup, count_items
 from gateway.quota import TokenEstimator, Window
 from gateway.store import StoreError
 from gateway.store.base import Ledger, QuotaLedger, Settlement, StoreFull
@@ -48,7 +51,6 @@ from gateway.unattributed import TEAM_ID as UNATTRIBUTED
 from gateway.unattributed import Unattributed
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 LEARN_WAIT_SECONDS = 60.0  # as the default request deadline; app.py passes the one set
 
 
@@ -237,31 +239,60 @@ class Accounts:
             raise _exceeded(team, decision, at, decision.asked, want.reserve_tokens)
         return request_id
 
-    def settle(
-        self, reservation: Reservation, answer: Answer | None, billed: int,
-        later: Awaitable[int] | None = None, failure: GatewayError | None = None,
-    ) -> asyncio.Task[None]:  # fmt: skip
-        """Settle in a task of its own (it must finish even if the request is cancelled);
-        the final usage flush at shutdown waits for it. ``later`` is what fetches of the
-        request that outlived it cost, once they end: billed too. A request with no answer
-        failed with ``failure``: counted as a request with its inputs (:func:`failed_usage`),
-        and ``rejected`` if that is a limit of its team (its upstream calls a minute, counted
-        where the calls are made), else ``upstream_errors``."""
-        rejected = isinstance(failure, QuotaExceeded)
-        task = asyncio.create_task(self._settle(reservation, answer, billed, later, rejected))
-        for tasks in (self._settling, self._prompt if later is None else set()):
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        return task
-
-    def run_to_end(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
-        """Run a request's ``work`` (its admission, its fetch and its settle) in a task of its
-        own, so that what it reserves is released and what it fetches is billed even if its
-        handler is cancelled: a cancel of the handler awaiting it (shielded) leaves it to
-        end. The final drain waits for it."""
-        task = asyncio.create_task(work)
+    async def answer_misses(
+        self, team: Team, lookup: Lookup, complete: Callable[[], Awaitable[Completed]]
+    ) -> Answer:
+        """Answer a request with misses as one transaction: admit it (reserving their
+        expected cost, or raise :class:`QuotaExceeded`), ``complete`` it (the work that
+        fetches and answers), and settle its bill; return its answer, or raise the error it
+        failed with. It runs in a task of its own, so that what it reserves is released and
+        what it fetches is billed even if the handler awaiting it is cancelled (a client
+        that hung up, a shutdown's grace run out): the final drain waits for it."""
+        task = asyncio.create_task(self._transact(team, lookup, complete))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
+        return await asyncio.shield(task)
+
+    async def _transact(
+        self, team: Team, lookup: Lookup, complete: Callable[[], Awaitable[Completed]]
+    ) -> Answer:
+        """Settled after the answer if it succeeds; before raising if it fails (a client
+        retrying at once finds its reservation released), unless a fetch of it outlives
+        it, to be billed when it ends."""
+        reservation = await self.reserve(team, lookup)
+        try:
+            completed = await complete()
+        except FetchFailed as failed:
+            await self._settle_failed(reservation, failed.bill, failed.error)
+            raise failed.error from None
+        except BaseException:  # cancelled, or a bug: released all the same
+            await self._settle_failed(reservation, Bill(), None)
+            raise
+        self.settle(reservation, completed.answer, completed.bill)
+        return completed.answer
+
+    async def _settle_failed(
+        self, reservation: Reservation, bill: Bill, failure: GatewayError | None
+    ) -> None:
+        settled = self.settle(reservation, None, bill, failure)
+        if bill.pending is None:
+            await settled
+
+    def settle(
+        self, reservation: Reservation, answer: Answer | None, bill: Bill,
+        failure: GatewayError | None = None,
+    ) -> asyncio.Task[None]:  # fmt: skip
+        """Settle in a task of its own (it must finish even if the request is cancelled);
+        the final usage flush at shutdown waits for it. What is pending of the ``bill``
+        (fetches of the request that outlived it) is billed too, once they end. A request
+        with no answer failed with ``failure``: counted as a request with its inputs
+        (:func:`failed_usage`), and ``rejected`` if that is a limit of its team (its upstream
+        calls a minute, counted where the calls are made), else ``upstream_errors``."""
+        rejected = isinstance(failure, QuotaExceeded)
+        task = asyncio.create_task(self._settle(reservation, answer, bill, rejected))
+        for tasks in (self._settling, self._prompt if bill.pending is None else set()):
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
         return task
 
     async def flush(self) -> None:
@@ -272,10 +303,10 @@ class Accounts:
         await self.buffer.flush()
 
     async def _settle(
-        self, reservation: Reservation, answer: Answer | None, billed: int,
-        later: Awaitable[int] | None, rejected: bool = False,
-    ) -> None:  # fmt: skip
-        late = 0 if later is None else await later  # fetches of it that outlived it
+        self, reservation: Reservation, answer: Answer | None, bill: Bill, rejected: bool
+    ) -> None:
+        late = await bill.pending_tokens()  # fetches of it that outlived it
+        billed = bill.paid
         team, at, model = reservation.team, reservation.at, reservation.model
         if answer is not None:
             usage = answered_usage(answer, reservation.kind)
@@ -407,8 +438,15 @@ def _refusal(team_id: str, decision: quota.Decision, asked: int | None, expected
             f"{limit} limit ({value}){whole}")  # fmt: skip
 
 
+def _count_items(model: str, answer: Answer) -> None:
+    """The answer's inputs in ``gateway_items_total`` (once the request is admitted)."""
+    for outcome, count in (("hit", answer.cached), ("miss", answer.misses),
+                           ("coalesced", answer.coalesced), ("stale", answer.stale)):  # fmt: skip
+        metrics.child(metrics.ITEMS, model, outcome).inc(count)
+
+
 def _count_tokens(team: Team, model: str, kind: Kind, answer: Answer) -> None:
-    count_items(model, answer)
+    _count_items(model, answer)
     counted_as = "text" if kind == "text" else "image"  # as in usage: URLs are images
     metrics.child(metrics.TEAM_ITEMS, team.id, counted_as, "hit").inc(answer.hits)
     metrics.child(metrics.TEAM_ITEMS, team.id, counted_as, "miss").inc(answer.misses)

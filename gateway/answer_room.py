@@ -34,9 +34,9 @@ from typing import Protocol, cast
 from aiohttp import web
 
 from gateway import metrics
+from gateway.assembly import Lookup
 from gateway.errors import Overloaded
 from gateway.held_bytes import ByteBudget
-from gateway.pipeline import Lookup
 
 PER_INPUT = 64  # an input's bytes in an answer beyond its vector's JSON (OpenAI's shape)
 PER_ANSWER = 1024  # the answer's own: its usage, its model's name

@@ -14,7 +14,8 @@ for each: what happened to it, and so who pays for it.
 - The owned rest goes to the shield; each answer is stored, then its mark released.
 
 A fetch this request owns that is still running at its deadline goes on: its entry is stored
-for the next request, and :func:`late_tokens` says what it cost, so it is still billed.
+for the next request, and what it cost is the request's bill still pending
+(:attr:`Fetched.pending`), so it is still billed.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 from gateway import entries, metrics
+from gateway.assembly import Outcome
 from gateway.entries import Entry
 from gateway.errors import CallsUsedUp, GatewayError, UpstreamError, UpstreamTimeout, Withdrawn
 from gateway.hot import HotCache
@@ -42,22 +44,7 @@ from gateway.unattributed import Unattributed
 
 log = logging.getLogger(__name__)
 
-How = Literal["fetched", "joined", "replica", "stale", "failed"]
 POLL_SECONDS = (0.02, 0.05, 0.1, 0.2)  # watching another replica's fetch: quick, then calmer
-
-
-class Outcome(NamedTuple):
-    """What became of one missing key. ``fetched``: upstream, for this request, which pays;
-    ``joined``: another request's fetch in this process; ``replica``: stored by another
-    replica meanwhile; ``stale``: Nomic failed, the stale entry serves; ``failed``: ``error``."""
-
-    how: How
-    entry: Entry | None = None
-    error: GatewayError | None = None
-
-    @property
-    def paid(self) -> bool:
-        return self.how == "fetched"
 
 
 class Landed(NamedTuple):
@@ -69,17 +56,11 @@ class Landed(NamedTuple):
 
 
 class Fetched(NamedTuple):
+    """An outcome for each key; and, if this request's own fetches were still running at its
+    deadline, what they will have cost upstream once they end (:func:`_late_tokens`)."""
+
     outcomes: dict[str, Outcome]
-    late: list[asyncio.Future[Landed]]  # this request's own fetches, still running
-
-
-async def late_tokens(late: Sequence[asyncio.Future[Landed]]) -> int:
-    """What this request's fetches that outlived its deadline cost upstream, once they end."""
-    if late:
-        await asyncio.wait(late)
-    return sum(
-        f.result().entry.tokens for f in late if _succeeded(f) and f.result().here
-    )  # fmt: skip
+    pending: asyncio.Future[int] | None = None
 
 
 class Owner(NamedTuple):
@@ -164,7 +145,7 @@ class Fetcher:
                 outcome = Outcome("stale", stale[key])
                 metrics.STALE_SERVED.inc()
             outcomes[key] = outcome
-        return Fetched(outcomes, late)
+        return Fetched(outcomes, asyncio.ensure_future(_late_tokens(late)) if late else None)
 
     async def _start(
         self, spec: Spec, wanted: Mapping[str, bytes], deadline: float, owner: Owner
@@ -382,6 +363,12 @@ def stored_entry(key: str, blob: bytes | None) -> Entry | None:
     except entries.CorruptEntry:
         log.warning("unreadable cache entry %s, fetching it again", key)
         return None
+
+
+async def _late_tokens(late: Sequence[asyncio.Future[Landed]]) -> int:
+    """What a request's fetches that outlived its deadline cost upstream, once they end."""
+    await asyncio.wait(late)
+    return sum(f.result().entry.tokens for f in late if _succeeded(f) and f.result().here)
 
 
 def _outcome(future: asyncio.Future[Landed], owned: bool) -> Outcome:

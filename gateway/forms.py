@@ -65,7 +65,7 @@ class ParsedRequest(NamedTuple):
     ) -> ParsedRequest:
         """A request of ``items``, digesting each and, for texts, working out their costs
         (unless not ``costed``: then each missed text's cost is worked out after the lookup,
-        :meth:`gateway.pipeline.Lookup.cost`, and a hit's never; a regular expression over
+        :meth:`gateway.assembly.Lookup.cost`, and a hit's never; a regular expression over
         ten texts is most of a 10-text hit's CPU)."""
         digests = [content_digest(item) for item in items]
         spec = Spec(model, kind, text)

@@ -13,11 +13,11 @@ from prometheus_client import REGISTRY
 
 from gateway import quota
 from gateway.accounts import Accounts, UsageBuffer
+from gateway.assembly import Answer, Bill, Lookup
 from gateway.entries import Entry
 from gateway.errors import Overloaded, QuotaExceeded
 from gateway.forms import ParsedRequest
 from gateway.models import Kind
-from gateway.pipeline import Answer, Lookup
 from gateway.quota import TokenEstimator
 from gateway.store import StoreError
 from gateway.store.memory_ledger import MemoryLedger
@@ -226,7 +226,7 @@ async def test_a_text_requests_usage_lands_under_texts_and_an_images_under_image
     reservation = await accounts.reserve(team, lookup)
     assert reservation.request_id is not None  # decided in the store
     missed = Answer(b"{}", hits=1, misses=2, billed_tokens=14, usage_tokens=21)
-    await accounts.settle(reservation, missed, 14)
+    await accounts.settle(reservation, missed, Bill(14))
     await accounts.flush()
     [row] = await ledger.usage(team.id, [AT.day])
     assert (row["requests"], row["texts"], row["images"]) == (4, 5, 4)
@@ -244,7 +244,7 @@ async def test_texts_per_minute_refuses_text_requests_with_its_headers() -> None
     team = Team("tpm", "T", Limits(texts_per_minute=3), count_hits=False)
     lookup, _ = one_input(False, "text")
     for _ in range(3):
-        await accounts.settle(await accounts.reserve(team, lookup), None, 0)
+        await accounts.settle(await accounts.reserve(team, lookup), None, Bill(0))
     with pytest.raises(QuotaExceeded) as refused:
         await accounts.reserve(team, lookup)
     assert refused.value.loc == ("limits", "texts_per_minute")
@@ -288,7 +288,7 @@ async def test_a_budget_refusal_says_the_expected_cost_what_remains_and_the_limi
     accounts = priced_accounts()
     team = Team("b", "B", Limits(**{budget: 15}))
     lookup, _ = one_image(hit=False)
-    await accounts.settle(await accounts.reserve(team, lookup), None, 10)
+    await accounts.settle(await accounts.reserve(team, lookup), None, Bill(10))
     refused = await refusal(accounts, team)
     assert (refused.headers["X-RateLimit-Limit"], refused.headers["X-RateLimit-Remaining"]) == (
         "15", "5")  # fmt: skip
@@ -319,7 +319,7 @@ async def test_a_per_minute_refusal_says_what_the_request_asks_and_what_remains(
     request = ParsedRequest.of(TEXT_MODEL, "text", [b"a", b"b", b"c"])
     keys = ["a", "b", "c"]
     lookup = Lookup(request, keys, dict(zip(keys, request.items, strict=True)), {}, keys, {})
-    await accounts.settle(await accounts.reserve(team, lookup), None, 0)
+    await accounts.settle(await accounts.reserve(team, lookup), None, Bill(0))
     with pytest.raises(QuotaExceeded) as refused:
         await accounts.reserve(team, lookup)
     assert refused.value.headers["X-RateLimit-Remaining"] == "2"
@@ -375,5 +375,5 @@ async def test_waiting_for_another_request_to_learn_a_cost_is_bounded() -> None:
         await accounts.reserve(budget, lookup)
     assert (refused.value.status, refused.value.retry_after) == (503, 1)
     assert "learning" in refused.value.msg
-    await accounts.settle(learner, None, 0)  # the learner ends: the next request learns
+    await accounts.settle(learner, None, Bill(0))  # the learner ends: the next request learns
     assert (await accounts.reserve(budget, lookup)).learner

@@ -13,10 +13,10 @@ import pytest
 from gateway import entries
 from gateway.answer_room import AnswerRoom, held_for, hit_bound
 from gateway.answers import Shape
+from gateway.assembly import Lookup, assemble
 from gateway.errors import Overloaded
 from gateway.forms import ParsedRequest
 from gateway.held_bytes import ByteBudget, Held
-from gateway.pipeline import Lookup, assemble
 
 WAIT = 5.0  # long enough never to run out where a test expects room to come
 

@@ -8,6 +8,7 @@ import random
 import orjson
 import pytest
 
+from gateway.assembly import FetchFailed, Lookup, Outcome, assemble
 from gateway.entries import Entry
 from gateway.errors import (
     GatewayError,
@@ -19,11 +20,9 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from gateway.fetch import Outcome
 from gateway.forms import ParsedRequest
 from gateway.keys import cache_key
 from gateway.models import Spec
-from gateway.pipeline import FetchFailed, Lookup, assemble
 from gateway.shield import retry_delay
 from tests.helpers import policy
 

@@ -10,10 +10,11 @@ import orjson
 import pytest
 
 from fake_nomic import FakeNomic, png
+from gateway.assembly import Answer, FetchFailed, assemble
 from gateway.errors import UpstreamServerError, UpstreamUnavailable
 from gateway.forms import ParsedRequest
 from gateway.models import Spec
-from gateway.pipeline import Answer, FetchFailed, Pipeline, assemble
+from gateway.pipeline import Pipeline
 from gateway.quota import TokenEstimator
 from gateway.store import MemoryStore
 from gateway.store.base import Mark

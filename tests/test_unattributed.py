@@ -18,10 +18,11 @@ from fake_nomic import png
 from gateway import quota, unattributed
 from gateway.accounts import UsageBuffer
 from gateway.appkeys import ACCOUNTS
+from gateway.assembly import FetchFailed
 from gateway.errors import UpstreamError, UpstreamTimeout
 from gateway.forms import ParsedRequest
 from gateway.models import Spec
-from gateway.pipeline import FetchFailed, Pipeline
+from gateway.pipeline import Pipeline
 from gateway.quota import Demand, TokenEstimator
 from gateway.store import MemoryStore
 from gateway.store.base import Ledger

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 
 from aiohttp import HttpVersion11, web
 
@@ -28,12 +28,11 @@ from gateway.appkeys import (
     SETTINGS,
     TEXT_LIMITS,
 )
+from gateway.assembly import Answer, Completed, FetchFailed, Lookup, assemble
 from gateway.body_budget import Claim
 from gateway.errors import BodyTimeout, PayloadTooLarge
-from gateway.fetch import Landed, late_tokens
 from gateway.middlewares import LOG_FIELDS
 from gateway.models import Kind
-from gateway.pipeline import Answer, FetchFailed, Lookup, assemble
 from gateway.teams import Team
 from gateway.text_forms import TextLimits
 
@@ -86,42 +85,25 @@ async def _embed(
             cached = assemble(lookup)
             await accounts.admit_answered(team, lookup, cached)
             return _response(cached, log)
-    # What it reserves is released and what it fetches is paid for, whatever becomes of this
-    # handler: the admission, the fetch and the settle run in a task of their own, which a
-    # cancelled handler (a client that hung up, where the server cancels its handler; a
-    # shutdown's grace run out) leaves to end.
-    answer = await asyncio.shield(accounts.run_to_end(_complete(request, team, lookup, deadline)))
+    fetch = functools.partial(_fetch, request, team, lookup, deadline)
+    answer = await accounts.answer_misses(team, lookup, fetch)
     async with answer_room.reserved(request, answer_room.held_for(len(answer.body)), built=True):
         return _response(answer, log)
 
 
-async def _complete(request: web.Request, team: Team, lookup: Lookup, deadline: float) -> Answer:
-    """Admit a request with misses (reserving their expected cost), fetch them and answer,
-    then settle what it cost: after the answer if it succeeds; before raising if it fails (a
-    client retrying at once finds its reservation released), unless a fetch of it outlives
-    it, to be billed when it ends."""
+async def _fetch(request: web.Request, team: Team, lookup: Lookup, deadline: float) -> Completed:
+    """Fetch what the lookup missed and answer, logging how long that took and, if it failed,
+    what it cost all the same."""
     log = request[LOG_FIELDS]
-    pipeline, accounts = request.app[PIPELINE], request.app[ACCOUNTS]
-    reservation = await accounts.reserve(team, lookup)
-    answer: Answer | None = None
-    billed, failure = 0, None
-    late_fetches: Sequence[asyncio.Future[Landed]] = ()
-    upstream_started = time.perf_counter()
+    calls = team.limits.upstream_calls_per_minute
+    started = time.perf_counter()
     try:
-        calls = team.limits.upstream_calls_per_minute
-        answer, late_fetches = await pipeline.complete(lookup, deadline, team.id, calls)
-        billed = answer.billed_tokens
+        return await request.app[PIPELINE].complete(lookup, deadline, team.id, calls)
     except FetchFailed as failed:
-        billed, late_fetches, failure = failed.billed_tokens, failed.late, failed.error
-        raise failed.error from None
+        log["billed_tokens"] = failed.bill.paid
+        raise
     finally:
-        log.update(upstream_ms=round((time.perf_counter() - upstream_started) * 1000, 2),
-                   billed_tokens=billed)  # fmt: skip
-        late = late_tokens(late_fetches) if late_fetches else None
-        settled = accounts.settle(reservation, answer, billed, later=late, failure=failure)
-        if answer is None and late is None:
-            await settled
-    return answer
+        log["upstream_ms"] = round((time.perf_counter() - started) * 1000, 2)
 
 
 def _response(answer: Answer, log: dict[str, object]) -> web.Response:
