@@ -31,7 +31,7 @@ ADMIT = st.tuples(
     st.just("admit"),
     st.builds(Demand, st.just(1), SMALL, SMALL, st.integers(0, 40), st.integers(-1, 60)),
     st.integers(0, 1),  # which minute (and, the second, which day)
-    st.dictionaries(st.sampled_from(["requests", "hits", "saved_tokens"]), st.integers(1, 5)),
+    st.dictionaries(st.sampled_from(["requests", "hits", "saved_tokens"]), st.integers(0, 5)),
 )
 SETTLE = st.tuples(st.just("settle"), st.integers(0, 30), st.integers(0, 50), st.integers(0, 1))
 STEPS = st.lists(st.one_of(ADMIT, SETTLE), max_size=30)

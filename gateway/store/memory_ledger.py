@@ -114,7 +114,7 @@ class MemoryLedger:
             month["reserved_tokens"] += reserve
             self._reserved[request_id] = reserve
         day.update(usage)
-        if usage:
+        if any(usage.values()):  # usage added: the request was answered, no settle follows
             self._mark_settled(request_id)
         return decision
 

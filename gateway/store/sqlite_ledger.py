@@ -205,7 +205,7 @@ class SqliteLedger:
             db.execute("INSERT INTO reserved VALUES (?, ?, ?, ?, ?)",
                        (request_id, team.id, at.day, at.month, reserve))  # fmt: skip
         _add(db, team.id, at.day, usage)
-        if usage:
+        if any(usage.values()):  # usage added: the request was answered, no settle follows
             self._mark_settled(db, request_id)
         return decision
 
