@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Install everything the tests need (the test lock, redis-server, Prometheus, wrk and nginx too,
-# if missing), run every quality gate: ruff, mypy --strict on gateway/, and the whole pytest
-# suite with warnings as errors (in two phases, the slowest tests printed after each); beside
-# the first, the deployment check (scripts/deploy_check.py: the image built and run under a real
-# container engine, as Kubernetes runs it, and the Compose stack; SKIP_DEPLOY_CHECK=1 leaves it
-# out); and last, that nothing the suite or the check started is still running.
+# if missing), run every quality gate: ruff, mypy --strict on gateway/ and on the deployment
+# check, and the whole pytest suite with warnings as errors (in two phases, the slowest tests
+# printed after each); beside the first, the deployment check (scripts/deploy_check.py: the
+# image built and run under a real container engine, as Kubernetes runs it, and the Compose
+# stack; SKIP_DEPLOY_CHECK=1 leaves it out); and last, that nothing the suite or the check
+# started is still running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_lib.sh
@@ -16,7 +17,7 @@ command -v promtool >/dev/null || apt_install prometheus  # promtool checks the 
 export NG_TEST_RUN="$$-$(date +%s)"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/mypy --strict gateway
+.venv/bin/mypy --strict gateway deploy_checks scripts/deploy_check.py
 status=0
 # Most of the suite waits (on servers, clients, timers), so it runs on several workers, each
 # with its own redis-server and Redis Cluster. The tests marked serial measure a process's
