@@ -18,10 +18,10 @@ def start_fake(check: Check, host: str, latency: float = 0.0) -> str:
     command = [sys.executable, "-m", "fake_nomic", "--host", host, "--port", str(port)]
     if latency:
         command += ["--latency", str(latency)]
-    log = (check.work / f"fake-{port}.log").open("wb")
-    check.fakes.append(
-        subprocess.Popen(command, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-    )
+    with (check.work / f"fake-{port}.log").open("wb") as log:
+        check.fakes.append(
+            subprocess.Popen(command, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        )
     url = f"http://{host}:{port}"
     wait_until(f"the fake Nomic on {url}", lambda: http("GET", url, timeout=2), 30, 0.2)
     return url

@@ -1,6 +1,6 @@
 """The locks in requirements/, read: which releases a lock installs on a given interpreter.
 
-Used by tests/test_lock.py (this interpreter) and scripts/deploy_check.py (the image's).
+Used by tests/test_lock.py (this interpreter) and the deployment check (the image's).
 Standard library only, so it runs anywhere; a marker is evaluated by ``packaging`` when the
 caller has it.
 """

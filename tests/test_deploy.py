@@ -1,6 +1,6 @@
 """The deployment files say what the gateway expects.
 
-These run without a container engine; scripts/deploy_check.py (run by scripts/test.sh after
+These run without a container engine; scripts/deploy_check.py (run by scripts/test.sh beside
 the suite) builds the image and runs it under Docker, as Kubernetes would, and with Compose.
 """
 
