@@ -1,6 +1,7 @@
-"""What the gateway embeds: Nomic's models it serves, and the kinds of input. Pure.
+"""What the gateway embeds: Nomic's models it serves, the kinds of input, and what an input
+costs (its token estimate and bound, and its share of a call's tokens). Pure.
 
-One home for both, so the form parsers, the cache key, the shield's lanes and the Nomic client
+One home for them, so the form parsers, the cache key, the shield's lanes and the Nomic client
 agree on them. The text values and Nomic's defaults for them are as specified in
 ``/v1/embedding/text``'s schema (the API's defaults, which are not the official client's).
 Which models are served, their sizes and contexts, is :mod:`gateway.model_table`'s.
@@ -11,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Literal, NamedTuple
 
@@ -124,3 +125,47 @@ def text_token_bound(text: bytes, most: int | None = None) -> int:
         characters = len(decomposed) - sum(map(decomposed.count, _WHITESPACE))
     bound = max(1, characters)
     return bound if most is None else min(bound, max(1, most))
+
+
+def split_tokens(
+    total: int, weights: Sequence[int], bounds: Sequence[int | None] | None = None
+) -> list[int]:
+    """Share a call's ``total`` tokens over its items in proportion to their ``weights``, so
+    that the shares add up to exactly what Nomic billed, and none passes its item's bound
+    (the most it can cost; None: none known) while the bounds can hold the total: a share
+    that would is cut to its bound and the rest shared again over the others. So an input
+    whose tokens the weights underestimate (say, a text of rare words) pays for them itself,
+    not the inputs that shared its call. Should Nomic bill past the bounds, every bounded
+    item pays its bound and the excess is shared by weight."""
+    if bounds is None or all(bound is None for bound in bounds):
+        return _by_weight(total, weights)
+    limits = [total if bound is None else bound for bound in bounds]
+    if total > sum(limits):
+        extra = _by_weight(total - sum(limits), weights)
+        return [limit + more for limit, more in zip(limits, extra, strict=True)]
+    shares = [0] * len(weights)
+    open_items, left = list(range(len(weights))), total
+    while True:
+        split = _by_weight(left, [weights[i] for i in open_items])
+        over = {i for i, share in zip(open_items, split, strict=True) if share > limits[i]}
+        if not over:
+            for i, share in zip(open_items, split, strict=True):
+                shares[i] = share
+            return shares
+        for i in over:
+            shares[i] = limits[i]
+            left -= limits[i]
+        open_items = [i for i in open_items if i not in over]
+
+
+def _by_weight(total: int, weights: Sequence[int]) -> list[int]:
+    """``total`` in proportion to ``weights`` (all 0: evenly), the tokens left by rounding
+    down one each to the items that lost most to it (the first of equals first)."""
+    if not any(weights):
+        weights = [1] * len(weights)
+    whole = sum(weights)
+    shares = [total * weight // whole for weight in weights]
+    lost = sorted(range(len(weights)), key=lambda i: -(total * weights[i] % whole))
+    for i in lost[: total - sum(shares)]:
+        shares[i] += 1
+    return shares

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from gateway.breaker import Breaker
-from gateway.shield import backoff
+from gateway.shield_policy import backoff
 from gateway.store import RedisBackend, RedisStore
 from gateway.store.base import Coordinator, Mark
 from gateway.store.redis_coordinator import RedisCoordinator

@@ -18,10 +18,10 @@ from gateway.models import (
     SAMPLE_CHARACTERS,
     Spec,
     TextOptions,
+    split_tokens,
     text_token_bound,
     text_tokens,
 )
-from gateway.shield import split_tokens
 
 
 def test_float32_vectors_are_stored_in_4_bytes_and_read_back_exactly() -> None:

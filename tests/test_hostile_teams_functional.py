@@ -229,7 +229,7 @@ async def test_a_client_that_leaves_mid_body_costs_no_traceback(
 
 
 def test_the_queue_drains_in_calls_counted_by_items_and_bytes() -> None:
-    from gateway.shield import calls_for, drain_seconds
+    from gateway.shield_policy import calls_for, drain_seconds
     from tests.helpers import policy as make_policy
 
     policy = make_policy(batch_items=64, batch_bytes=32_000_000, rate_calls=1200,

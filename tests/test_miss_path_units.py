@@ -23,7 +23,7 @@ from gateway.errors import (
 from gateway.forms import ParsedRequest
 from gateway.keys import cache_key
 from gateway.models import Spec
-from gateway.shield import retry_delay
+from gateway.shield_policy import retry_delay
 from tests.helpers import policy
 
 MODEL = "nomic-embed-vision-v1.5"
