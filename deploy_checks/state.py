@@ -16,7 +16,7 @@ from typing import TypeVar
 LABEL = "nomic-gateway.deploy-check"  # on every container and network the check makes
 PREFIX = "ngcheck"  # names of containers, networks and Compose projects
 IMAGE = "nomic-gateway:deploy-check"  # the gateway's image, as the check builds it
-COMPOSE_PROJECT = '{{.Label "com.docker.compose.project"}}'  # docker's --format for it
+COMPOSE_PROJECT = '{{.Label "com.docker.compose.project"}}'  # a container's, as --format says
 
 T = TypeVar("T")
 
