@@ -97,11 +97,13 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     backend: RedisBackend | None = None
     data: DataDir | None = None
     if settings.redis_url is None and settings.data_dir is not None:
-        data = await DataDir.open(Path(settings.data_dir), settings.disk_cache_bytes)
+        data = await DataDir.open(
+            Path(settings.data_dir), settings.disk_cache_bytes, settings.tags_per_day
+        )
         app[STORE], app[LEDGER], app[COORDINATOR] = data.store, data.ledger, MemoryCoordinator()
     elif settings.redis_url is None:
         app[STORE] = MemoryStore(settings.memory_store_bytes)
-        app[LEDGER] = MemoryLedger()
+        app[LEDGER] = MemoryLedger(settings.tags_per_day)
         app[COORDINATOR] = MemoryCoordinator()
     else:
         backend = RedisBackend(
@@ -111,7 +113,8 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
             cluster=settings.redis_mode == "cluster",
         )
         app[STORE] = RedisStore(backend)
-        app[LEDGER] = RedisLedger(backend, lease_for(settings.request_deadline_seconds))
+        lease = lease_for(settings.request_deadline_seconds)
+        app[LEDGER] = RedisLedger(backend, lease, settings.tags_per_day)
         shared = RedisCoordinator(backend)
         fail_open = settings.on_store_failure == "open"
         app[COORDINATOR] = FallbackCoordinator(shared) if fail_open else shared

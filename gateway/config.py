@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from gateway.model_table import DEFAULT_MODELS, ModelTable, extended_by_json
 from gateway.models import MAX_TEXTS_PER_UPSTREAM_CALL
 from gateway.prices import Pricing, flat_price, parse_currency, parse_prices
+from gateway.tags import DEFAULT_TAGS_PER_DAY
 
 KiB = 1024
 MiB = 1024 * 1024
@@ -560,6 +561,13 @@ class Settings:
     )
     currency: str = _setting(
         "GATEWAY_CURRENCY", parse_currency, "the currency GATEWAY_PRICES are in", "USD"
+    )
+    tags_per_day: int = _setting(
+        "GATEWAY_TAGS_PER_DAY",
+        _positive_int,
+        "the most distinct tags (X-Gateway-Tag, or OpenAI's user field) a team's usage is "
+        "kept under a day; the tags past it count as other",
+        DEFAULT_TAGS_PER_DAY,
     )
     log_level: str = _setting("GATEWAY_LOG_LEVEL", _log_level, "log level", "INFO")
     log_format: str = _setting(

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import pytest
 from prometheus_client import REGISTRY
 
-from gateway import quota
+from gateway import quota, tags
 from gateway.accounts import Accounts, UsageBuffer
 from gateway.assembly import Answer, Bill, Lookup
 from gateway.entries import Entry
@@ -36,7 +36,7 @@ class FlakyLedger(MemoryLedger):
 
     async def settle(
         self, team_id: str, day: str, month: str, request_id: str, billed: int,
-        usage: Mapping[str, int],
+        usage: Mapping[str, int], tag: str = tags.UNTAGGED,
     ) -> None:  # fmt: skip
         if self.mode == "down":
             raise StoreError("down")
@@ -341,12 +341,12 @@ class StallingLedger(MemoryLedger):
 
     async def admit(
         self, team: Team, want: quota.Demand, at: quota.Window, usage: Mapping[str, int],
-        request_id: str,
+        request_id: str, tag: str = tags.UNTAGGED,
     ) -> quota.Decision:  # fmt: skip
         if not self.stalled:
             self.stalled = True
             await asyncio.Event().wait()
-        return await super().admit(team, want, at, usage, request_id)
+        return await super().admit(team, want, at, usage, request_id, tag)
 
 
 async def test_a_learner_cancelled_while_admitted_hands_its_turn_to_the_next_request() -> None:

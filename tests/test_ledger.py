@@ -9,7 +9,7 @@ import json
 import pytest
 import redis
 
-from gateway import quota
+from gateway import quota, tags
 from gateway.quota import Demand
 from gateway.store import RedisBackend, redis_keys
 from gateway.store.base import Ledger
@@ -278,3 +278,81 @@ async def test_item_cost_is_shared(ledger: Ledger) -> None:
     assert await ledger.item_cost("m") is None
     await ledger.record_item_cost("m", 12)
     assert await ledger.item_cost("m") == 12
+
+
+def summed(by_tag: dict[str, dict[str, int]]) -> dict[str, int]:
+    return {field: sum(c[field] for c in by_tag.values()) for field in quota.USAGE_FIELDS}
+
+
+async def test_usage_is_kept_by_tag_beside_the_day_in_the_same_writes(ledger: Ledger) -> None:
+    capped = team(tokens_per_day=100)
+    hits = {"requests": 1, "images": 3, "hits": 3, "saved_tokens": 30}
+    assert (await ledger.admit(capped, Demand(1, 3, 0, 0), AT, hits, "h1", "nightly")).allowed
+    assert (await ledger.admit(capped, Demand(1, 2, 0, 60), AT, {}, "r1", "nightly")).allowed
+    assert not (await ledger.admit(capped, Demand(1, 1, 0, 50), AT, {}, "r2", "adhoc")).allowed
+    misses = {"requests": 1, "images": 2, "misses": 2}
+    await ledger.settle("t1", AT.day, AT.month, "r1", 45, misses, "nightly")
+    await ledger.settle("t1", AT.day, AT.month, "r1", 45, misses, "nightly")  # retried: no effect
+    texts = {"requests": 1, "texts": 2, "hits": 2, "saved_tokens": 4}
+    assert (await ledger.admit(capped, Demand(1, 0, 2, 0), AT, texts, "u1")).allowed  # untagged
+    await ledger.settle("t1", AT.day, AT.month, "released", 0, {}, "nothing")  # adds nothing
+    [by_tag] = await ledger.tag_usage("t1", [AT.day])
+    zero = dict.fromkeys(quota.USAGE_FIELDS, 0)
+    assert by_tag == {
+        "adhoc": {**zero, "rejected": 1},
+        "nightly": {**zero, "requests": 2, "images": 5, "hits": 3, "misses": 2,
+                    "billed_tokens": 45, "saved_tokens": 30},
+        "untagged": {**zero, "requests": 1, "texts": 2, "hits": 2, "saved_tokens": 4},
+    }  # fmt: skip
+    [day] = await ledger.usage("t1", [AT.day])
+    assert summed(by_tag) == day
+    assert await ledger.tag_usage("t1", ["2000-01-01"]) == [{}]
+    assert await ledger.tag_usage("t2", [AT.day]) == [{}]
+
+
+async def test_a_team_has_at_most_the_bound_of_tags_a_day_the_rest_count_as_other(
+    ledger: Ledger,
+) -> None:
+    settles = [
+        ledger.settle("t1", AT.day, AT.month, f"s{i}", 1, {"requests": 1}, f"job-{i}")
+        for i in range(tags.DEFAULT_TAGS_PER_DAY + 50)
+    ]
+    await asyncio.gather(*settles)  # batched into few script calls on Redis
+    await ledger.settle("t1", AT.day, AT.month, "again", 1, {"requests": 1}, "job-150-more")
+    await ledger.settle("t1", AT.day, AT.month, "known", 1, {"requests": 1}, "job-0")
+    await ledger.settle("t1", AT.day, AT.month, "none", 1, {"requests": 1})
+    [by_tag] = await ledger.tag_usage("t1", [AT.day])
+    named = set(by_tag) - {tags.OTHER, tags.UNTAGGED}
+    assert len(named) == tags.DEFAULT_TAGS_PER_DAY
+    assert by_tag["job-0"]["requests"] == 2  # a tag kept stays its own after the bound
+    assert by_tag[tags.OTHER]["requests"] == 51
+    assert by_tag[tags.UNTAGGED]["requests"] == 1
+    [day] = await ledger.usage("t1", [AT.day])
+    assert summed(by_tag) == day
+    next_day = quota.window(NOW + 86400)
+    await ledger.settle("t1", next_day.day, next_day.month, "next", 1, {"requests": 1}, "late")
+    assert await ledger.tag_usage("t1", [next_day.day]) == [
+        {"late": {**dict.fromkeys(quota.USAGE_FIELDS, 0), "requests": 1, "billed_tokens": 1}}
+    ]
+
+
+async def test_redis_holds_a_bounded_tag_hash_whatever_the_tags_sent(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    backend = RedisBackend(redis_url)
+    ledger = RedisLedger(backend, tags_per_day=5)
+    usage = {"requests": 1, "images": 1, "misses": 1}
+    await asyncio.gather(*(
+        ledger.settle("t1", AT.day, AT.month, f"s{i}", 2, usage, f"tag-{i}") for i in range(500)
+    ))  # fmt: skip
+    [by_tag] = await ledger.tag_usage("t1", [AT.day])
+    await backend.close()
+    assert redis_client.scard(redis_keys.day_tags("t1", AT.day)) == 5
+    fields = redis_client.hkeys(redis_keys.usage_day_by_tag("t1", AT.day))
+    held = {field.decode().partition("|")[0] for field in fields}
+    assert len(held) == 6  # five tags and other
+    assert tags.OTHER in held
+    assert len(fields) == 6 * 4  # requests, images, misses, billed_tokens
+    assert by_tag[tags.OTHER]["billed_tokens"] == 2 * 495
+    ttl = redis_client.ttl(redis_keys.usage_day_by_tag("t1", AT.day))
+    assert 0 < ttl <= DAY_TTL

@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 
-from gateway import quota
+import pytest
+
+import gateway.store.pending as pending_module
+from gateway import quota, tags
 from gateway.store import StoreError
 from gateway.store.base import Settlement, StoreFull
 from gateway.store.memory_ledger import MemoryLedger
@@ -24,11 +27,11 @@ class FullLedger(MemoryLedger):
 
     async def settle(
         self, team_id: str, day: str, month: str, request_id: str, billed: int,
-        usage: Mapping[str, int],
+        usage: Mapping[str, int], tag: str = tags.UNTAGGED,
     ) -> None:  # fmt: skip
         if self.mode == "full":
             raise FULL
-        await super().settle(team_id, day, month, request_id, billed, usage)
+        await super().settle(team_id, day, month, request_id, billed, usage, tag)
         if self.mode == "timing_out":
             raise StoreError("timeout")
 
@@ -54,6 +57,22 @@ async def test_refused_settles_are_merged_per_team_and_day_and_written_once() ->
     await pending.write(ledger)
     assert (len(pending), pending.failing) == (0, False)
     assert await used(ledger) == await used(ledger, "u") == (1000, 10_000)
+
+
+async def test_refused_settles_are_merged_per_tag_and_past_so_many_under_other(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(pending_module, "MOST_MERGED", 3)
+    ledger, pending = FullLedger(), PendingSettles()
+    for i in range(10):
+        pending.add(settle(f"r{i}")._replace(tag=f"job-{i % 5}"), failure=FULL)
+    assert len(pending) == 3 + 1  # job-0, job-1, job-2, and other for the rest
+    ledger.mode = "ok"
+    await pending.write(ledger)
+    [by_tag] = await ledger.tag_usage("t", [AT.day])
+    requests = {tag: counts["requests"] for tag, counts in by_tag.items()}
+    assert requests == {"job-0": 2, "job-1": 2, "job-2": 2, tags.OTHER: 4}
+    assert await used(ledger) == (10, 100)
 
 
 async def test_ids_are_kept_only_to_release_reservations_and_at_most_so_many() -> None:

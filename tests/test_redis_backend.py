@@ -77,10 +77,10 @@ async def test_an_error_in_a_script_or_in_its_prelude_names_its_own_file_and_lin
     """admit.lua runs after usage.lua: a line of either is named as it stands in its file,
     not as it stands in what Redis ran."""
     admit = backend.script("admit.lua", prelude="usage.lua")
-    keys = [f"{{t}}:{n}" for n in range(7)]
+    keys = [f"{{t}}:{n}" for n in range(10)]
     ttls = [60, 60, 60, 60, 60]
-    # limits, TTLs, answered markers, then a request: requests, images, texts, tokens, most
-    # tokens, n, pairs
+    # limits, TTLs, answered markers, the lease and lapsed leases, the most tags a day, then
+    # a request: requests, images, texts, tokens, most tokens, n, pairs, tag
     a_usage_amount_that_is_no_number = [
         -1,
         -1,
@@ -90,6 +90,9 @@ async def test_an_error_in_a_script_or_in_its_prelude_names_its_own_file_and_lin
         *ttls,
         0,  # no settled markers whose answers came back, and how long they would live
         3600,
+        900,  # a lease, and the most lapsed leases released
+        64,
+        100,
         1,
         1,
         0,
@@ -98,13 +101,33 @@ async def test_an_error_in_a_script_or_in_its_prelude_names_its_own_file_and_lin
         1,
         "hits",
         "many",
+        "a-tag",
     ]
     with pytest.raises(StoreError) as in_prelude:
         await backend.call("admit", admit(keys=keys, args=a_usage_amount_that_is_no_number))
     line = line_of("usage.lua", "usage[field] = usage[field] + tonumber(ARGV[p + 1])")
     assert f": lua/usage.lua:{line}: " in str(in_prelude.value)
 
-    a_limit_that_is_no_number = ["many", -1, -1, -1, -1, *ttls, 0, 3600, 1, 1, 0, 0, -1, 0]
+    a_limit_that_is_no_number = [
+        "many",
+        -1,
+        -1,
+        -1,
+        -1,
+        *ttls,
+        0,
+        3600,
+        900,  # a lease, and the most lapsed leases released
+        64,
+        100,
+        1,
+        1,
+        0,
+        0,
+        -1,
+        0,
+        "t",
+    ]
     with pytest.raises(StoreError) as in_script:
         await backend.call("admit", admit(keys=keys, args=a_limit_that_is_no_number))
     line = line_of("admit.lua", "if limits[i] >= 0 and asked[i] > 0")

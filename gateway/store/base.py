@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
+from gateway import tags
 from gateway.quota import Decision, Demand, Window
 from gateway.teams import KeyRecord, Team
 
@@ -48,21 +49,24 @@ class QuotaLedger(Protocol):
     """What the request path asks of the ledger: decisions, settles and item costs."""
 
     async def admit(
-        self, team: Team, want: Demand, at: Window, usage: Mapping[str, int], request_id: str
-    ) -> Decision:
+        self, team: Team, want: Demand, at: Window, usage: Mapping[str, int], request_id: str,
+        tag: str = tags.UNTAGGED,
+    ) -> Decision:  # fmt: skip
         """Atomically: check ``want`` against the team's limits; if it fits, count it, reserve
         its tokens (under ``request_id``) and add ``usage`` to the day; if not, count a
         rejection. An admit that added usage also marks ``request_id`` settled: the request
-        was answered already, and needs no :meth:`settle`."""
+        was answered already, and needs no :meth:`settle`. What it adds to the day it adds to
+        the day's ``tag`` too (or ``other``: :func:`gateway.tags.kept`)."""
         ...
 
     async def settle(
         self, team_id: str, day: str, month: str, request_id: str, billed: int,
-        usage: Mapping[str, int],
+        usage: Mapping[str, int], tag: str = tags.UNTAGGED,
     ) -> None:  # fmt: skip
         """Once per ``request_id``, atomically: release what it reserved on ``day`` (of
-        ``month``), add ``billed`` to that day and month and ``usage`` to the day. Settling
-        the same id again changes nothing, so a settle may be retried after a timeout."""
+        ``month``), add ``billed`` to that day and month and ``usage`` to the day, and both
+        to the day's ``tag`` (or ``other``: :func:`gateway.tags.kept`). Settling the same id
+        again changes nothing, so a settle may be retried after a timeout."""
         ...
 
     async def item_cost(self, model: str) -> int | None:
@@ -81,6 +85,7 @@ class Settlement(NamedTuple):
     request_id: str
     billed: int
     usage: Counter[str]
+    tag: str = tags.UNTAGGED
 
 
 class Ledger(QuotaLedger, Protocol):
@@ -131,6 +136,11 @@ class Ledger(QuotaLedger, Protocol):
 
     async def usage(self, team_id: str, days: Sequence[str]) -> list[dict[str, int]]:
         """The team's usage of each day, in order (zeros where nothing was recorded)."""
+        ...
+
+    async def tag_usage(self, team_id: str, days: Sequence[str]) -> list[dict[str, dict[str, int]]]:
+        """The team's usage of each day by tag, in order: each tag with any counts, and
+        its counts (every usage field but ``reserved_tokens``)."""
         ...
 
     async def take_usage_reads(

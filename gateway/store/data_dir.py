@@ -32,6 +32,7 @@ from gateway.store.sqlite import SqliteStore
 from gateway.store.sqlite_backend import PRIVATE, SqliteBackend
 from gateway.store.sqlite_ledger import SCHEMA as LEDGER_SCHEMA
 from gateway.store.sqlite_ledger import SqliteLedger
+from gateway.tags import DEFAULT_TAGS_PER_DAY
 
 log = logging.getLogger(__name__)
 
@@ -44,17 +45,21 @@ class DataDir:
     """The open directory: ``store`` and ``ledger``, until :meth:`close`."""
 
     def __init__(
-        self, path: Path, lock: int, ledger: SqliteBackend, cache: SqliteBackend, cache_bytes: int
-    ) -> None:
+        self, path: Path, lock: int, ledger: SqliteBackend, cache: SqliteBackend, cache_bytes: int,
+        tags_per_day: int = DEFAULT_TAGS_PER_DAY,
+    ) -> None:  # fmt: skip
         self.path = path
         self._lock = lock
         self._backends = (ledger, cache)
-        self.ledger = SqliteLedger(ledger)
+        self.ledger = SqliteLedger(ledger, tags_per_day=tags_per_day)
         self.store = SqliteStore(cache, cache_bytes)
 
     @classmethod
-    async def open(cls, path: Path, cache_bytes: int) -> DataDir:
-        """Lock the directory (made if missing) and open its files; raises DataDirError."""
+    async def open(
+        cls, path: Path, cache_bytes: int, tags_per_day: int = DEFAULT_TAGS_PER_DAY
+    ) -> DataDir:
+        """Lock the directory (made if missing) and open its files; raises DataDirError.
+        ``tags_per_day``: a team's most tags a day (:mod:`gateway.tags`)."""
         lock = take_lock(path)
         if (mode := _mode(path)) & 0o077:
             log.warning(
@@ -67,7 +72,7 @@ class DataDir:
             for name, schema in (("ledger", LEDGER_SCHEMA), ("cache", CACHE_SCHEMA)):
                 opened.append(await SqliteBackend.open(path / f"{name}.sqlite3", schema))
             ledger, cache = opened
-            data = cls(path, lock, ledger, cache, cache_bytes)
+            data = cls(path, lock, ledger, cache, cache_bytes, tags_per_day)
             released, tokens = await data.ledger.release_leftovers()
         except StoreError as exc:
             for backend in opened:

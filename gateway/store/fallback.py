@@ -19,7 +19,7 @@ import secrets
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
-from gateway import metrics
+from gateway import metrics, tags
 from gateway.quota import Decision, Demand, Window
 from gateway.store.base import Coordinator, Mark, QuotaLedger, Settlement, StoreError
 from gateway.store.memory_coordinator import MemoryCoordinator
@@ -137,12 +137,13 @@ class FallbackLedger:
         self._decided_here: set[str] = set()  # admitted by the local ledger, to settle there
 
     async def admit(
-        self, team: Team, want: Demand, at: Window, usage: Mapping[str, int], request_id: str
-    ) -> Decision:
+        self, team: Team, want: Demand, at: Window, usage: Mapping[str, int], request_id: str,
+        tag: str = tags.UNTAGGED,
+    ) -> Decision:  # fmt: skip
         failure: StoreError | None = None
         if self._local is None or not self._pending.failing:
             try:
-                return await self._shared.admit(team, want, at, usage, request_id)
+                return await self._shared.admit(team, want, at, usage, request_id, tag)
             except StoreError as exc:
                 metrics.STORE_ERRORS.labels(operation="admit").inc()
                 failure = exc
@@ -150,10 +151,10 @@ class FallbackLedger:
             assert failure is not None
             self._pending.add(self._release(team, at, request_id), reserved=False, failure=failure)
             raise failure
-        decision = await self._local.admit(team, want, at, usage, request_id)
+        decision = await self._local.admit(team, want, at, usage, request_id, tag)
         if decision.allowed and not usage:
             self._decided_here.add(request_id)
-        kept = Settlement(team.id, at.day, at.month, request_id, 0, Counter(usage))
+        kept = Settlement(team.id, at.day, at.month, request_id, 0, Counter(usage), tag)
         if not decision.allowed:
             kept = self._release(team, at, request_id)
         self._pending.add(kept, failure=failure)
@@ -166,9 +167,9 @@ class FallbackLedger:
 
     async def settle(
         self, team_id: str, day: str, month: str, request_id: str, billed: int,
-        usage: Mapping[str, int],
+        usage: Mapping[str, int], tag: str = tags.UNTAGGED,
     ) -> None:  # fmt: skip
-        settlement = Settlement(team_id, day, month, request_id, billed, Counter(usage))
+        settlement = Settlement(team_id, day, month, request_id, billed, Counter(usage), tag)
         reserved = True  # admitted in the store: it may hold a reservation there
         if self._local is not None and request_id in self._decided_here:
             self._decided_here.discard(request_id)

@@ -12,7 +12,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 
-from gateway import quota
+from gateway import quota, tags
 from gateway.quota import Decision, Demand, Window
 from gateway.store import rate
 from gateway.teams import KeyRecord, Team
@@ -21,7 +21,8 @@ SETTLED_REMEMBERED = 100_000  # settle ids kept to make retried settles no-ops
 
 
 class MemoryLedger:
-    def __init__(self) -> None:
+    def __init__(self, tags_per_day: int = tags.DEFAULT_TAGS_PER_DAY) -> None:
+        self._tags_per_day = tags_per_day
         self._teams: dict[str, Team] = {}
         self._keys: dict[str, KeyRecord] = {}
         self._team_keys: dict[str, dict[str, str]] = {}
@@ -29,6 +30,7 @@ class MemoryLedger:
         # team → its minute, and the requests, images and texts counted in it
         self._minutes: dict[str, tuple[int, tuple[int, int, int]]] = {}
         self._days: dict[tuple[str, str], Counter[str]] = {}
+        self._tag_days: dict[tuple[str, str], dict[str, Counter[str]]] = {}  # → tag → counts
         self._months: dict[tuple[str, str], Counter[str]] = {}
         self._reserved: dict[str, int] = {}  # request id → tokens it reserved
         self._settled: OrderedDict[str, float] = OrderedDict()
@@ -89,8 +91,9 @@ class MemoryLedger:
         self._last_used[record.sha256] = now
 
     async def admit(
-        self, team: Team, want: Demand, at: Window, usage: Mapping[str, int], request_id: str
-    ) -> Decision:
+        self, team: Team, want: Demand, at: Window, usage: Mapping[str, int], request_id: str,
+        tag: str = tags.UNTAGGED,
+    ) -> Decision:  # fmt: skip
         minute, counts = self._minutes.get(team.id, (at.minute, (0, 0, 0)))
         if minute != at.minute:
             counts = (0, 0, 0)
@@ -104,6 +107,7 @@ class MemoryLedger:
         decision = quota.decide(team, want, counts, budgets, held)
         if not decision.allowed:
             day["rejected"] += 1
+            self._tagged(team.id, at.day, tag)["rejected"] += 1
             return decision
         requests, images, texts = counts
         counts = (requests + want.requests, images + want.images, texts + want.texts)
@@ -115,12 +119,13 @@ class MemoryLedger:
             self._reserved[request_id] = reserve
         day.update(usage)
         if any(usage.values()):  # usage added: the request was answered, no settle follows
+            self._tagged(team.id, at.day, tag).update(usage)
             self._mark_settled(request_id)
         return decision
 
     async def settle(
         self, team_id: str, day: str, month: str, request_id: str, billed: int,
-        usage: Mapping[str, int],
+        usage: Mapping[str, int], tag: str = tags.UNTAGGED,
     ) -> None:  # fmt: skip
         if request_id in self._settled:
             return
@@ -131,6 +136,16 @@ class MemoryLedger:
             counts["reserved_tokens"] -= reserved
             counts["billed_tokens"] += billed
         day_counts.update(usage)
+        if billed or any(usage.values()):
+            tagged = self._tagged(team_id, day, tag)
+            tagged.update(usage)
+            tagged["billed_tokens"] += billed
+
+    def _tagged(self, team_id: str, day: str, tag: str) -> Counter[str]:
+        """The counts of ``tag`` on the team's day, or of the tag it counts under
+        (:func:`gateway.tags.kept`)."""
+        known = self._tag_days.setdefault((team_id, day), {})
+        return known.setdefault(tags.kept(tag, known, self._tags_per_day), Counter())
 
     def _mark_settled(self, request_id: str) -> None:
         self._settled[request_id] = time.monotonic()
@@ -141,6 +156,16 @@ class MemoryLedger:
         empty: Counter[str] = Counter()
         return [
             {field: self._days.get((team_id, day), empty)[field] for field in quota.USAGE_FIELDS}
+            for day in days
+        ]
+
+    async def tag_usage(self, team_id: str, days: Sequence[str]) -> list[dict[str, dict[str, int]]]:
+        return [
+            {
+                tag: {field: counts[field] for field in quota.USAGE_FIELDS}
+                for tag, counts in sorted(self._tag_days.get((team_id, day), {}).items())
+                if any(counts.values())
+            }
             for day in days
         ]
 

@@ -2,13 +2,14 @@
 
 While Redis refuses writes (full at its ``maxmemory``, or down) every request's settle comes
 here; kept one by one, they would grow with the outage. So what the store surely did not run
-(:class:`StoreRefused`, or not asked) is merged: per team, day and month one settle of the
-sum of its tokens and usage, under an id of its own. Of a request admitted in the store
+(:class:`StoreRefused`, or not asked) is merged: per team, day, month and tag one settle of
+the sum of its tokens and usage, under an id of its own. Of a request admitted in the store
 before the failure only its id is kept beside that, to release what it reserved there. A
 settle that may have run (it timed out) is kept whole, under its own id, until the store
 answers: the store applies each id once, so writing it again cannot count it twice.
 
-Memory is then bounded by the teams and days with usage, the requests under way when the
+Memory is then bounded by the teams and days with usage (their tags: past ``MOST_MERGED``
+settles kept, a new tag's counts merge under ``other``), the requests under way when the
 store began to fail, and those whose settle timed out; ids to release past ``MOST_IDS`` are
 let go of (logged): what they reserved stays reserved in the store until its lease lapses
 (:mod:`gateway.store.redis_ledger`).
@@ -22,13 +23,15 @@ import logging
 import secrets
 from collections import Counter
 
-from gateway import metrics
+from gateway import metrics, tags
 from gateway.store.base import QuotaLedger, Settlement, StoreError, StoreRefused
 
 log = logging.getLogger(__name__)
 MOST_IDS = 100_000  # ids kept to release their reservations: a few MB at most
+MOST_MERGED = 100_000  # merged settles; past it a new tag's counts merge under other
 
 Day = tuple[str, str, str]  # team, day, month
+Tagged = tuple[str, str, str, str]  # team, day, month, tag
 
 
 class PendingSettles:
@@ -36,7 +39,7 @@ class PendingSettles:
 
     def __init__(self, most_ids: int = MOST_IDS) -> None:
         self._most_ids = most_ids
-        self._merged: dict[Day, Settlement] = {}
+        self._merged: dict[Tagged, Settlement] = {}
         self._releases: dict[Day, dict[str, None]] = {}  # ids, in the order they came
         self._whole: list[Settlement] = []  # may have run: written again under their ids
         self._writing = asyncio.Lock()
@@ -65,7 +68,9 @@ class PendingSettles:
     def _merge(self, settlement: Settlement) -> None:
         if not settlement.billed and not any(settlement.usage.values()):
             return
-        day: Day = (settlement.team_id, settlement.day, settlement.month)
+        day: Tagged = (settlement.team_id, settlement.day, settlement.month, settlement.tag)
+        if day not in self._merged and len(self._merged) >= MOST_MERGED:
+            day, settlement = (*day[:3], tags.OTHER), settlement._replace(tag=tags.OTHER)
         kept = self._merged.get(day)
         if kept is None:  # under an id of its own: the request's may be released apart
             fresh = secrets.token_hex(16)
@@ -126,8 +131,8 @@ class PendingSettles:
             failed = [outcome for outcome in done if isinstance(outcome, StoreError)]
             if failed:
                 raise failed[0]
-        for day in list(self._merged):
-            settlement = self._merged.pop(day)  # sealed: what comes meanwhile starts another
+        for tagged in list(self._merged):
+            settlement = self._merged.pop(tagged)  # sealed: what comes meanwhile starts another
             try:
                 await ledger.settle(*settlement)
             except StoreRefused:

@@ -9,7 +9,8 @@ slot and no script is refused ``CROSSSLOT``:
 
 - ``{t:<team id>}`` (:func:`team_tag`): a team's record and its key index, its per-minute
   counters (requests, images and URLs, texts, upstream calls; minutes counted from the epoch),
-  its usage and token hashes per UTC day and month, each admitted request's reservation and
+  its usage and token hashes per UTC day and month, its usage per day by tag (and the day's
+  tags), each admitted request's reservation and
   settled marker, the leases of its reservations under way, and the rate of its usage reads.
 - ``{upstream}``: the upstream pace (GCRA's theoretical arrival time), the pause every replica
   holds after Nomic's 429, and the call slots.
@@ -75,6 +76,17 @@ def calls_in_minute(team_id: str, minute: int) -> str:
 def usage_day(team_id: str, day: str) -> str:
     """The hash of the team's usage and tokens on ``day`` (``YYYY-MM-DD``, UTC)."""
     return _team(team_id, f"day:{day}")
+
+
+def usage_day_by_tag(team_id: str, day: str) -> str:
+    """The hash of the team's usage on ``day`` by tag, fields ``<tag>|<field>``
+    (:mod:`gateway.tags`)."""
+    return _team(team_id, f"tagday:{day}")
+
+
+def day_tags(team_id: str, day: str) -> str:
+    """The set of the team's tags on ``day`` counted toward its bound of tags a day."""
+    return _team(team_id, f"tags:{day}")
 
 
 def usage_month(team_id: str, month: str) -> str:

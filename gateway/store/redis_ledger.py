@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from gateway import quota, unattributed
+from gateway import quota, tags, unattributed
 from gateway.batching import Coalescer
 from gateway.quota import Decision, Demand, Window
 from gateway.store import redis_keys
@@ -79,12 +79,14 @@ class _Admission(NamedTuple):
     want: Demand
     usage: Mapping[str, int]
     request_id: str
+    tag: str
 
 
 class _Settlement(NamedTuple):
     request_id: str
     billed: int
     usage: Mapping[str, int]
+    tag: str
 
 
 def lease_for(request_deadline_seconds: float) -> int:
@@ -93,9 +95,13 @@ def lease_for(request_deadline_seconds: float) -> int:
 
 
 class RedisLedger:
-    def __init__(self, backend: RedisBackend, lease_seconds: int = LEASE_FLOOR_SECONDS) -> None:
+    def __init__(
+        self, backend: RedisBackend, lease_seconds: int = LEASE_FLOOR_SECONDS,
+        tags_per_day: int = tags.DEFAULT_TAGS_PER_DAY,
+    ) -> None:  # fmt: skip
         self._backend = backend
         self._lease_seconds = lease_seconds
+        self._tags_per_day = tags_per_day
         self._redis = backend.client
         self._admit = backend.script("admit.lua", prelude="usage.lua")
         self._settle = backend.script("settle.lua", prelude="usage.lua")
@@ -210,10 +216,11 @@ class RedisLedger:
         )
 
     async def admit(
-        self, team: Team, want: Demand, at: Window, usage: Mapping[str, int], request_id: str
-    ) -> Decision:
+        self, team: Team, want: Demand, at: Window, usage: Mapping[str, int], request_id: str,
+        tag: str = tags.UNTAGGED,
+    ) -> Decision:  # fmt: skip
         group = _AdmitGroup(team.id, at.minute, at.day, at.month, quota.limit_values(team))
-        return await self._admissions.submit(group, _Admission(want, usage, request_id))
+        return await self._admissions.submit(group, _Admission(want, usage, request_id, tag))
 
     async def _admit_batch(self, group: _AdmitGroup, members: list[_Admission]) -> list[Decision]:
         """One script call decides every request of the batch, in order (``lua/admit.lua``)."""
@@ -225,16 +232,18 @@ class RedisLedger:
             redis_keys.usage_day(team_id, group.day),
             redis_keys.usage_month(team_id, group.month),
             redis_keys.leases(team_id),
+            redis_keys.usage_day_by_tag(team_id, group.day),
+            redis_keys.day_tags(team_id, group.day),
         ]
         forget = self._to_forget(team_id)
         args: list[Any] = [*group.limits, MINUTE_TTL, DAY_TTL, MONTH_TTL, RESERVATION_TTL,
                            SETTLED_TTL, len(forget), ANSWERED_TTL, self._lease_seconds,
-                           LAPSED_AT_ONCE]  # fmt: skip
+                           LAPSED_AT_ONCE, self._tags_per_day]  # fmt: skip
         for member in members:
             keys += (redis_keys.reservation(team_id, member.request_id),
                      redis_keys.settled(team_id, member.request_id))  # fmt: skip
             pairs = _pairs(member.usage)
-            args += (*member.want, len(pairs) // 2, *pairs)
+            args += (*member.want, len(pairs) // 2, *pairs, member.tag)
         answers, released, tokens = await self._forgetting(
             team_id, forget, self._call("admit", self._admit(keys=[*keys, *forget], args=args))
         )
@@ -275,9 +284,10 @@ class RedisLedger:
 
     async def settle(
         self, team_id: str, day: str, month: str, request_id: str, billed: int,
-        usage: Mapping[str, int],
+        usage: Mapping[str, int], tag: str = tags.UNTAGGED,
     ) -> None:  # fmt: skip
-        await self._settles.submit((team_id, day, month), _Settlement(request_id, billed, usage))
+        settlement = _Settlement(request_id, billed, usage, tag)
+        await self._settles.submit((team_id, day, month), settlement)
 
     async def _settle_batch(
         self, group: tuple[str, str, str], members: list[_Settlement]
@@ -286,13 +296,15 @@ class RedisLedger:
         team_id, day, month = group
         forget = self._to_forget(team_id)
         keys = [redis_keys.usage_day(team_id, day), redis_keys.usage_month(team_id, month),
-                redis_keys.leases(team_id)]  # fmt: skip
-        args: list[Any] = [DAY_TTL, MONTH_TTL, SETTLED_TTL, len(forget), ANSWERED_TTL]
+                redis_keys.leases(team_id), redis_keys.usage_day_by_tag(team_id, day),
+                redis_keys.day_tags(team_id, day)]  # fmt: skip
+        args: list[Any] = [DAY_TTL, MONTH_TTL, SETTLED_TTL, len(forget), ANSWERED_TTL,
+                           self._tags_per_day]  # fmt: skip
         for member in members:
             keys += (redis_keys.settled(team_id, member.request_id),
                      redis_keys.reservation(team_id, member.request_id))  # fmt: skip
             pairs = _pairs(member.usage)
-            args += (member.billed, len(pairs) // 2, *pairs)
+            args += (member.billed, len(pairs) // 2, *pairs, member.tag)
         settled = self._call("settle", self._settle(keys=[*keys, *forget], args=args))
         await self._forgetting(team_id, forget, settled)
         self._answered.setdefault(team_id, []).extend(
@@ -349,3 +361,20 @@ class RedisLedger:
             {field: int(value or 0) for field, value in zip(quota.USAGE_FIELDS, row, strict=True)}
             for row in rows
         ]
+
+    async def tag_usage(self, team_id: str, days: Sequence[str]) -> list[dict[str, dict[str, int]]]:
+        hashes = await self._backend.pipelined("usage read", lambda pipe: [
+            pipe.hgetall(redis_keys.usage_day_by_tag(team_id, day)) for day in days
+        ])  # fmt: skip
+        return [_by_tag(found) for found in hashes]
+
+
+def _by_tag(found: Mapping[bytes, bytes]) -> dict[str, dict[str, int]]:
+    """A day's tag hash (fields ``<tag>|<field>``) as tag → its usage, tags in order."""
+    by_tag: dict[str, dict[str, int]] = {}
+    for name, amount in sorted(found.items()):
+        tag, _, field = name.decode().rpartition("|")
+        counts = by_tag.setdefault(tag, dict.fromkeys(quota.USAGE_FIELDS, 0))
+        if field in counts:
+            counts[field] = int(amount)
+    return by_tag

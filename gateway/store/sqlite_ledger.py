@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import orjson
 
-from gateway import quota, unattributed
+from gateway import quota, tags, unattributed
 from gateway.quota import Decision, Demand, Window
 from gateway.store import rate
 from gateway.store.sqlite_backend import SqliteBackend
@@ -44,6 +44,10 @@ CREATE TABLE IF NOT EXISTS usage (
     team TEXT NOT NULL, period TEXT NOT NULL, field TEXT NOT NULL, amount INTEGER NOT NULL,
     PRIMARY KEY (team, period, field)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tag_usage (
+    team TEXT NOT NULL, day TEXT NOT NULL, tag TEXT NOT NULL, field TEXT NOT NULL,
+    amount INTEGER NOT NULL, PRIMARY KEY (team, day, tag, field)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS reserved (
     request_id TEXT PRIMARY KEY, team TEXT NOT NULL, day TEXT NOT NULL, month TEXT NOT NULL,
     tokens INTEGER NOT NULL
@@ -58,10 +62,19 @@ _ADD = (
     "ON CONFLICT (team, period, field) DO UPDATE SET amount = amount + excluded.amount"
 )
 
+_ADD_TAGGED = (
+    "INSERT INTO tag_usage VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (team, day, tag, field) DO UPDATE SET amount = amount + excluded.amount"
+)
+
 
 class SqliteLedger:
-    def __init__(self, backend: SqliteBackend, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, backend: SqliteBackend, clock: Callable[[], float] = time.time,
+        tags_per_day: int = tags.DEFAULT_TAGS_PER_DAY,
+    ) -> None:  # fmt: skip
         self._backend = backend
+        self._tags_per_day = tags_per_day
         self._clock = clock
         self._settles = 0
         self._usage_reads = rate.Rates()  # by team (or sign-in address)
@@ -78,7 +91,9 @@ class SqliteLedger:
         for team_id, day, month, tokens in rows:
             _add(db, team_id, day, {"reserved_tokens": -tokens})
             _add(db, team_id, month, {"reserved_tokens": -tokens})
-            _add(db, unattributed.TEAM_ID, day, {"billed_tokens": tokens, "upstream_errors": 1})
+            charged = {"billed_tokens": tokens, "upstream_errors": 1}
+            _add(db, unattributed.TEAM_ID, day, charged)
+            self._add_tagged(db, unattributed.TEAM_ID, day, tags.UNTAGGED, charged)
             _add(db, unattributed.TEAM_ID, month, {"billed_tokens": tokens})
         db.execute("DELETE FROM reserved")
         db.execute("DELETE FROM settled WHERE at < ?", (self._clock() - SETTLED_KEPT_SECONDS,))
@@ -168,15 +183,16 @@ class SqliteLedger:
         ))  # fmt: skip
 
     async def admit(
-        self, team: Team, want: Demand, at: Window, usage: Mapping[str, int], request_id: str
-    ) -> Decision:
+        self, team: Team, want: Demand, at: Window, usage: Mapping[str, int], request_id: str,
+        tag: str = tags.UNTAGGED,
+    ) -> Decision:  # fmt: skip
         return await self._backend.run(
-            "admit", lambda db: self._admit(db, team, want, at, usage, request_id)
+            "admit", lambda db: self._admit(db, team, want, at, usage, request_id, tag)
         )
 
     def _admit(
         self, db: sqlite3.Connection, team: Team, want: Demand, at: Window,
-        usage: Mapping[str, int], request_id: str,
+        usage: Mapping[str, int], request_id: str, tag: str,
     ) -> Decision:  # fmt: skip
         row = db.execute(
             "SELECT requests, images, texts FROM minutes WHERE team = ? AND minute = ?",
@@ -189,6 +205,7 @@ class SqliteLedger:
         decision = quota.decide(team, want, counts, (sum(day), sum(month)), held)
         if not decision.allowed:
             _add(db, team.id, at.day, {"rejected": 1})
+            self._add_tagged(db, team.id, at.day, tag, {"rejected": 1})
             return decision
         requests, images, texts = counts
         db.execute(
@@ -205,21 +222,22 @@ class SqliteLedger:
             db.execute("INSERT INTO reserved VALUES (?, ?, ?, ?, ?)",
                        (request_id, team.id, at.day, at.month, reserve))  # fmt: skip
         _add(db, team.id, at.day, usage)
+        self._add_tagged(db, team.id, at.day, tag, usage)
         if any(usage.values()):  # usage added: the request was answered, no settle follows
             self._mark_settled(db, request_id)
         return decision
 
     async def settle(
         self, team_id: str, day: str, month: str, request_id: str, billed: int,
-        usage: Mapping[str, int],
+        usage: Mapping[str, int], tag: str = tags.UNTAGGED,
     ) -> None:  # fmt: skip
-        await self._backend.run(
-            "settle", lambda db: self._settle(db, team_id, day, month, request_id, billed, usage)
-        )
+        await self._backend.run("settle", lambda db: self._settle(
+            db, team_id, day, month, request_id, billed, usage, tag
+        ))  # fmt: skip
 
     def _settle(
         self, db: sqlite3.Connection, team_id: str, day: str, month: str, request_id: str,
-        billed: int, usage: Mapping[str, int],
+        billed: int, usage: Mapping[str, int], tag: str,
     ) -> None:  # fmt: skip
         if db.execute("SELECT 1 FROM settled WHERE request_id = ?", (request_id,)).fetchone():
             return
@@ -232,6 +250,29 @@ class SqliteLedger:
         _add(db, team_id, day, tokens)
         _add(db, team_id, day, usage)
         _add(db, team_id, month, tokens)
+        self._add_tagged(db, team_id, day, tag, {**usage, "billed_tokens": billed})
+
+    def _add_tagged(
+        self, db: sqlite3.Connection, team_id: str, day: str, tag: str,
+        amounts: Mapping[str, int],
+    ) -> None:  # fmt: skip
+        """Add ``amounts`` to the team's day under ``tag``, or under the tag it counts under
+        (:func:`gateway.tags.kept`)."""
+        if not any(amounts.values()):
+            return
+        under = tag
+        found = db.execute(
+            "SELECT 1 FROM tag_usage WHERE team = ? AND day = ? AND tag = ? LIMIT 1",
+            (team_id, day, tag),
+        ).fetchone()
+        if found is None:  # a new tag of the day: within the bound, or counted as other
+            known = [row[0] for row in db.execute(
+                "SELECT DISTINCT tag FROM tag_usage WHERE team = ? AND day = ?", (team_id, day)
+            )]  # fmt: skip
+            under = tags.kept(tag, known, self._tags_per_day)
+        db.executemany(_ADD_TAGGED, [
+            (team_id, day, under, field, amount) for field, amount in amounts.items() if amount
+        ])  # fmt: skip
 
     def _mark_settled(self, db: sqlite3.Connection, request_id: str) -> None:
         now = self._clock()
@@ -255,6 +296,27 @@ class SqliteLedger:
         found = await self._backend.run("usage read", read)
         return [
             {field: found.get(day, {}).get(field, 0) for field in quota.USAGE_FIELDS}
+            for day in days
+        ]
+
+    async def tag_usage(self, team_id: str, days: Sequence[str]) -> list[dict[str, dict[str, int]]]:
+        def read(db: sqlite3.Connection) -> dict[str, dict[str, dict[str, int]]]:
+            found: dict[str, dict[str, dict[str, int]]] = {}
+            rows = db.execute(
+                "SELECT day, tag, field, amount FROM tag_usage WHERE team = ? "
+                "AND day IN (SELECT value FROM json_each(?)) ORDER BY day, tag",
+                (team_id, orjson.dumps(list(days)).decode()),
+            )
+            for day, tag, field, amount in rows:
+                found.setdefault(day, {}).setdefault(tag, {})[field] = amount
+            return found
+
+        found = await self._backend.run("usage read", read)
+        return [
+            {
+                tag: {field: counts.get(field, 0) for field in quota.USAGE_FIELDS}
+                for tag, counts in found.get(day, {}).items()
+            }
             for day in days
         ]
 

@@ -9,7 +9,8 @@
 -- lease names them) and returns how many and the tokens they held.
 -- KEYS: 1 the team's requests this minute, 2 its images this minute, 3 its texts this
 --       minute, 4 its usage hash of the day, 5 its token hash of the month, 6 its leases
---       (a sorted set: reservations by the time their lease ends), then for each request:
+--       (a sorted set: reservations by the time their lease ends), 7 its usage hash of the
+--       day by tag, 8 the set of the day's tags counted toward the bound, then for each request:
 --       its reservation (read back by settle.lua) and the marker that it is settled (set
 --       when its usage is recorded here), then settled markers whose answers came back (see
 --       settle.lua) (one team: one hash slot)
@@ -18,9 +19,10 @@
 --       6 seconds a minute counter lives, 7 a day hash, 8 a month hash, 9 a reservation,
 --       10 a settled marker, 11 how many markers whose answers came back end KEYS, 12 seconds
 --       they live from now, 13 seconds a lease lasts, 14 the most lapsed leases to release,
---       then for each request: requests, images, texts, its expected
---       tokens, the most tokens it can cost (-1: no more than expected), n, and n usage field
---       and amount pairs added to the day hash if it is admitted
+--       15 the most tags a day (write_tags), then for each request: requests, images, texts,
+--       its expected tokens, the most tokens it can cost (-1: no more than expected), n, n
+--       usage field and amount pairs added to the day hash (and under its tag) if it is
+--       admitted, and its tag (its rejection is counted under it)
 -- Returns {answers, lapsed reservations released, the tokens they held}: for each request
 --       {1} when admitted, else {0, which limit (1..5), its value, what remains of it, what
 --       the request asked of it}.
@@ -56,11 +58,13 @@ local used = {
 local held = tonumber(month[2] or 0)  -- tokens the team's requests under way reserved
 local added = {0, 0, 0, 0}  -- requests, images, texts, tokens reserved
 local usage, fields, rejected = {}, {}, 0
-local answers, member, at = {}, 0, 15
+local tagged, tag_order = {}, {}
+local answers, member, at = {}, 0, 16
 while at <= #ARGV do
   member = member + 1
   local reserve, most = tonumber(ARGV[at + 3]), tonumber(ARGV[at + 4])
   local pairs = tonumber(ARGV[at + 5])
+  local tag = ARGV[at + 6 + 2 * pairs]
   if held + added[4] > 0 then reserve = math.max(reserve, most) end
   local asked = {tonumber(ARGV[at]), tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2]), reserve,
                  reserve}
@@ -75,17 +79,19 @@ while at <= #ARGV do
     for i = 1, 5 do used[i] = used[i] + asked[i] end
     for i = 1, 4 do added[i] = added[i] + asked[i] end
     if reserve > 0 then
-      local reservation = KEYS[5 + 2 * member]
+      local reservation = KEYS[7 + 2 * member]
       redis.call('SET', reservation, reserve, 'EX', ARGV[9])
       redis.call('ZADD', KEYS[6], now + tonumber(ARGV[13]), lease(KEYS[4], KEYS[5], reservation))
     end
     add_usage(usage, fields, at + 6, pairs)
-    if pairs > 0 then redis.call('SET', KEYS[6 + 2 * member], 1, 'EX', ARGV[10]) end
+    add_tagged_usage(tagged, tag_order, tag, at + 6, pairs)
+    if pairs > 0 then redis.call('SET', KEYS[8 + 2 * member], 1, 'EX', ARGV[10]) end
   else
     rejected = rejected + 1
+    add_tagged(tagged, tag_order, tag, 'rejected', 1)
   end
   answers[member] = answer
-  at = at + 6 + 2 * pairs
+  at = at + 7 + 2 * pairs
 end
 for i = 1, 3 do
   if added[i] > 0 then
@@ -101,5 +107,10 @@ end
 write_usage(KEYS[4], usage, fields)
 if rejected > 0 then redis.call('HINCRBY', KEYS[4], 'rejected', rejected) end
 redis.call('EXPIRE', KEYS[4], ARGV[7])
+if #tag_order > 0 then
+  write_tags(KEYS[7], KEYS[8], tonumber(ARGV[15]), tagged, tag_order)
+  redis.call('EXPIRE', KEYS[7], ARGV[7])
+  redis.call('EXPIRE', KEYS[8], ARGV[7])
+end
 if redis.call('ZCARD', KEYS[6]) > 0 then redis.call('EXPIRE', KEYS[6], ARGV[9]) end
 return {answers, released, tokens}
