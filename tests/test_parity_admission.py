@@ -2,7 +2,7 @@
 rules) and the Redis ledger (``lua/admit.lua``, ``lua/settle.lua``) are fed the same random
 sequences of admissions and settles, one at a time and in concurrent groups (which the
 Redis ledger sends as one script call per team), at the same times, and must give the same
-decisions and the same usage.
+decisions and the same usage, by day and by tag (past the bound of tags a day too).
 
 Both take their time from the caller (the window of minute, day and month), so both are driven
 with the same times exactly. Times only go forward, as a clock does: the memory ledger keeps a
@@ -17,7 +17,7 @@ from typing import Any
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from gateway import quota
+from gateway import quota, tags
 from gateway.quota import Demand
 from gateway.store.memory_ledger import MemoryLedger
 from gateway.store.redis_ledger import RedisLedger
@@ -45,10 +45,14 @@ DEMAND = st.builds(
     Demand, st.integers(0, 1), st.integers(0, 5), st.integers(0, 5), st.integers(0, 40),
     st.integers(-1, 60),
 )  # fmt: skip
-ADMIT = st.tuples(st.just("admit"), st.sampled_from(TEAMS), DEMAND, USAGE)
+TAGS_PER_DAY = 2  # so that sequences pass the bound
+TAG = st.sampled_from(["j1", "j2", "j3", "j4", tags.UNTAGGED, tags.OTHER])
+ADMIT = st.tuples(st.just("admit"), st.sampled_from(TEAMS), DEMAND, USAGE, TAG)
 # Settles name a request by its number among those admitted so far (any: refused, unknown
 # to the store, settled already), and may be retried.
-SETTLE = st.tuples(st.just("settle"), st.integers(0, 40), st.integers(0, 50), USAGE, st.booleans())
+SETTLE = st.tuples(
+    st.just("settle"), st.integers(0, 40), st.integers(0, 50), USAGE, st.booleans(), TAG
+)
 # A group of admissions or of settles made at once (an admission and a settle racing have no
 # order to agree on), then how many of TIMES to move forward.
 AT_ONCE = st.lists(ADMIT, min_size=1, max_size=4) | st.lists(SETTLE, min_size=1, max_size=4)
@@ -75,28 +79,30 @@ class Replay:
             at = min(at + forward, len(TIMES) - 1)
         for team, day in sorted(self.days):
             seen.append((team, day, await self.ledger.usage(team, [day])))
+            seen.append((team, day, await self.ledger.tag_usage(team, [day])))
         return seen
 
     async def step(self, number: int, step: tuple[Any, ...], window: quota.Window) -> Any:
         if step[0] == "admit":
-            _, team, want, usage = step
+            _, team, want, usage, tag = step
             request_id = f"r{len(self.admitted)}-{number}"
             self.admitted.append((request_id, team, window))
             self.days.add((team, window.day))
-            return await self.ledger.admit(self.teams[team], want, window, usage, request_id)
-        _, pick, billed, usage, retried = step
+            return await self.ledger.admit(self.teams[team], want, window, usage, request_id, tag)
+        _, pick, billed, usage, retried, tag = step
         if not self.admitted:
             return None
         request_id, team, at = self.admitted[pick % len(self.admitted)]
         for _ in range(1 + retried):
-            await self.ledger.settle(team, at.day, at.month, request_id, billed, usage)
+            await self.ledger.settle(team, at.day, at.month, request_id, billed, usage, tag)
         return request_id
 
 
 async def on_redis(redis_url: str, limits: dict[str, Limits], sequence: list[Any]) -> list[Any]:
     backend = open_redis_backend(redis_url)
     try:
-        return await Replay(RedisLedger(backend), limits).run(sequence)
+        ledger = RedisLedger(backend, tags_per_day=TAGS_PER_DAY)
+        return await Replay(ledger, limits).run(sequence)
     finally:
         await backend.close()
 
@@ -105,13 +111,13 @@ async def on_redis(redis_url: str, limits: dict[str, Limits], sequence: list[Any
 @given(st.fixed_dictionaries({team: LIMITS for team in TEAMS}), SEQUENCES)
 @example(  # an admission that adds no usage leaves its request to be settled
     dict.fromkeys(TEAMS, Limits()),
-    [([("admit", "a", Demand(1, 1, 0, 0), {"hits": 0})], 0),
-     ([("settle", 0, 7, {"misses": 1}, False)], 0)],
+    [([("admit", "a", Demand(1, 1, 0, 0), {"hits": 0}, "j1")], 0),
+     ([("settle", 0, 7, {"misses": 1}, False, "j1")], 0)],
 )  # fmt: skip
 def test_redis_admits_and_settles_as_the_memory_ledger(
     redis_url: str, limits: dict[str, Limits], sequence: list[Any]
 ) -> None:
     flush(redis_url)
-    in_memory = asyncio.run(Replay(MemoryLedger(), limits).run(sequence))
+    in_memory = asyncio.run(Replay(MemoryLedger(TAGS_PER_DAY), limits).run(sequence))
     on_redis_ = asyncio.run(on_redis(redis_url, limits, sequence))
     assert on_redis_ == in_memory
