@@ -33,7 +33,8 @@ against each other.
 
 It is a module of its own, beside the ``gateway`` package and never imported by it: the tests,
 the benchmark, the deployment check and ``scripts/fake_nomic.sh`` (``python -m fake_nomic``)
-share it. It needs Pillow, from the test extras, and the container image leaves it out.
+share it, run from a checkout (it is not installed with the gateway). It needs Pillow, from
+the test extras, and the container image leaves it out.
 """
 
 from __future__ import annotations
