@@ -12,6 +12,7 @@ local after = math.max(tonumber(redis.call('GET', KEYS[1]) or 0), now) + cost * 
 local over = after - now - at_once * interval
 -- Over by less than a microsecond is the clock's rounding (rate.py's TOLERANCE_MS).
 if over > 0.001 then return math.max(1, math.ceil(over)) end
--- Kept a second past the time the rate is full again: absent, it is full.
-redis.call('SET', KEYS[1], string.format('%.3f', after), 'PX', math.ceil(after - now) + 1000)
+-- Kept a second past the time the rate is full again: absent, it is full. Written with every
+-- digit of the double (17), as rate.py keeps it: rounded, the next spend's wait could differ.
+redis.call('SET', KEYS[1], string.format('%.17g', after), 'PX', math.ceil(after - now) + 1000)
 return 0
