@@ -193,7 +193,7 @@ class RedisLedger:
         record = KeyRecord.from_json(orjson.loads(raw))
         return dataclasses.replace(
             record,
-            revoked=_float(revoked) if revoked is not None else record.revoked,
+            revoked=record.revoked if record.revoked is not None else _float(revoked),
             expires=_earliest(record.expires, _float(expires)),
         )
 
