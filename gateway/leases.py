@@ -3,7 +3,8 @@ upstream call slot) lapses by itself unless the holder renews it.
 
 So a holder that dies, or loses the store and cannot give back what it held, blocks the
 other replicas for one lease at most, not for as long as its work might have taken. One
-task renews everything held, a third of a lease apart, while anything is.
+task renews everything held, a third of a lease apart (on the sleep it is given), while
+anything is.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ log = logging.getLogger(__name__)
 
 class Heartbeat:
     def __init__(
-        self, renew: Callable[[list[str], int], Awaitable[None]], lease_seconds: float, what: str
-    ) -> None:
+        self, renew: Callable[[list[str], int], Awaitable[None]], lease_seconds: float, what: str,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:  # fmt: skip
         self._renew = renew
+        self._sleep = sleep
         self.lease_ms = round(lease_seconds * 1000)
         self._what = what
         self._held: set[str] = set()
@@ -41,7 +44,7 @@ class Heartbeat:
     async def _beat(self) -> None:
         try:
             while self._held:
-                await asyncio.sleep(self.lease_ms / 3000)
+                await self._sleep(self.lease_ms / 3000)
                 if not self._held:
                     break
                 try:

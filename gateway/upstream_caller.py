@@ -85,7 +85,9 @@ class UpstreamCaller:
         self.turns = Turns()  # the rate's calls, teams in turn
         self._holder = uuid.uuid4().hex
         self._slot_ids = itertools.count()
-        self._slots = Heartbeat(coordinator.renew_slots, lease_seconds, "upstream call slots")
+        self._slots = Heartbeat(
+            coordinator.renew_slots, lease_seconds, "upstream call slots", sleep=sleep
+        )
         self.call_seconds = 0.0  # how long upstream calls took lately (a moving average)
 
     def holder(self) -> str:

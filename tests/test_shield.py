@@ -146,10 +146,10 @@ def shield_policy(**changes: Any) -> Policy:
 
 
 def make_shield(clock: FakeClock, nomic: Nomic, **changes: Any) -> Shield:
-    breaker = Breaker(failures_to_open=changes.pop("failures_to_open", 5), clock=clock)
+    breaker = Breaker(changes.pop("failures_to_open", 5), 5.0, 60.0, clock=clock)
     return Shield(
         nomic, MemoryCoordinator(clock), shield_policy(**changes), breaker=breaker,
-        clock=clock, sleep=clock.sleep, wall_clock=clock, rng=Fixed(),
+        lease_seconds=3.0, clock=clock, sleep=clock.sleep, wall_clock=clock, rng=Fixed(),
     )  # fmt: skip
 
 
@@ -342,6 +342,20 @@ async def test_full_batches_go_at_once_spaced_by_the_rate() -> None:
         answers = shield.submit(IMAGES, [job(b"%d" % i) for i in range(6)])
         await clock.run(asyncio.gather(*answers))
         assert nomic.times == [0.0, 0.25, 0.5]  # 4 calls a second, one at a time
+    finally:
+        await clock.run(shield.drain())
+
+
+async def test_a_call_slot_is_renewed_while_its_call_runs_and_given_back_when_it_ends() -> None:
+    clock = FakeClock()
+    nomic = Nomic(clock, latency=10.0)  # over three leases of 3 s
+    shield = make_shield(clock, nomic, batch_items=1, concurrency=1, rate_calls=1000)
+    try:
+        answers = shield.submit(IMAGES, [job(b"x"), job(b"y", owner=1)])
+        await clock.run(asyncio.gather(*answers))
+        assert nomic.times[0] == 0.0
+        # the one slot was held for all of the first call, then taken at the next poll for it
+        assert 10.0 <= nomic.times[1] < 10.0 + 0.015
     finally:
         await clock.run(shield.drain())
 
