@@ -42,6 +42,7 @@ from gateway.shield_policy import (
     Sent,
     Verdict,
     after_failure,
+    calls_for,
     judge,
 )
 from gateway.store.memory_coordinator import MemoryCoordinator
@@ -288,6 +289,53 @@ async def test_a_shared_lane_fills_a_batch_with_each_team_in_turn() -> None:
     assert [item.job.content for item in lanes.take_batch(lane, lambda t: t != "a")] == []
     assert len(lanes.take_all(lane)) == 3
     assert lanes.queued == lanes.queued_calls == 0
+
+
+KEYS = [(IMAGES, ""), (IMAGES, "a"), (TEXTS, "b")]  # a shared lane, and two teams' own
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["add", "batch", "all"]), st.integers(0, 2),
+                  st.sampled_from("abc"), st.integers(1, 12), st.integers(1, 4000)),
+        max_size=30,
+    )
+)  # fmt: skip
+def test_the_lanes_counts_stay_what_their_queues_hold(
+    steps: list[tuple[str, int, str, int, int]],
+) -> None:
+    """The counts the lanes keep as misses come and go (items, bytes, the calls they need,
+    by lane and by team) equal what counting their queues afresh gives."""
+    policy = shield_policy(batch_items=8, text_batch_items=4, batch_bytes=10_000)
+    lanes, loop = Lanes(policy), asyncio.new_event_loop()
+    try:
+        made = {key: lanes.make(key) for key in KEYS}
+        for step, (what, index, team, count, size) in enumerate(steps):
+            lane = made[KEYS[index]]
+            team = KEYS[index][1] or team
+            if what == "add":
+                jobs = [Job(b"%d %d " % (step, i) + b"x" * size, step, START + 60, team=team)
+                        for i in range(count)]  # fmt: skip
+                lanes.enqueue(lane, [Waiting(j, loop.create_future()) for j in jobs], START)
+            elif what == "batch":
+                lanes.take_batch(lane, None)
+            else:
+                lanes.take_all(lane)
+        for lane in made.values():
+            items = list(lane.jobs)
+            assert lane.bytes == sum(len(item.job.content) for item in items)
+            assert lane.calls == calls_for(len(items), lane.bytes, lane.most, policy)
+            teams = {item.job.team for item in items}
+            expected = {
+                team: lane.calls if not lane.shared else
+                calls_for(lane.jobs.count(team), lane.jobs.size(team), lane.most, policy)
+                for team in teams
+            }  # fmt: skip
+            assert lane.team_calls == {team: n for team, n in expected.items() if n}
+        assert lanes.queued == sum(len(lane.jobs) for lane in made.values())
+        assert lanes.queued_calls == sum(lane.calls for lane in made.values())
+    finally:
+        loop.close()
 
 
 async def test_a_batch_keeps_to_its_bytes_but_takes_a_large_first_item() -> None:
