@@ -5,12 +5,13 @@ a team whose calls of the minute are made."""
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway.errors import CallsUsedUp
 from gateway.models import Spec, TextOptions
@@ -21,7 +22,7 @@ from gateway.store.memory_coordinator import MemoryCoordinator
 from gateway.store.redis_coordinator import RedisCoordinator
 from gateway.team_calls import TeamCalls, must_fail
 from gateway.upstream import UpstreamResult
-from tests.conftest import open_redis_backend
+from tests.conftest import flush, open_redis_backend
 from tests.helpers import policy as make_policy
 
 MINUTE = 29_500_000  # a UTC minute, counted from the epoch
@@ -88,31 +89,50 @@ async def test_replicas_racing_never_count_more_than_the_limit(coordinator: Coor
     assert sum(taken) == 7
 
 
+# A take (with a limit) or a give-back, by a team, after the clock moves on a minute (one
+# time in five) or not.
+TAKE_OR_GIVE_BACK = st.none() | st.sampled_from((0, 1, 3, 5))
+FORWARD = st.sampled_from((0, 0, 0, 0, 1))
+TEAM_CALLS = st.lists(
+    st.tuples(FORWARD, st.sampled_from(("a", "b", "c")), TAKE_OR_GIVE_BACK),
+    max_size=60,
+)
+
+
+async def count_both(url: str, steps: list[tuple[int, str, int | None]]) -> list[Any]:
+    """What each take answered: (on Redis, in the embedded store)."""
+    backend = open_redis_backend(url)
+    try:
+        shared, embedded = RedisCoordinator(backend), MemoryCoordinator()
+        minute, answers = MINUTE, []
+        for forward, team, limit in steps:
+            minute += forward
+            if limit is None:
+                await shared.give_back_team_call(team, minute)
+                await embedded.give_back_team_call(team, minute)
+            else:
+                answers.append((await shared.take_team_call(team, minute, limit),
+                                await embedded.take_team_call(team, minute, limit)))  # fmt: skip
+        return answers
+    finally:
+        await backend.close()
+
+
 @pytest.mark.parametrize("store_url", ["redis", "cluster"], indirect=True)
-async def test_lua_counts_as_the_embedded_store_does(store_url: str) -> None:
+# store_url names a store, flushed below for each example
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(TEAM_CALLS)
+def test_lua_counts_as_the_embedded_store_does(
+    store_url: str, steps: list[tuple[int, str, int | None]]
+) -> None:
     """team_call.lua and untake_team_call.lua against MemoryCoordinator's rule, fed the same
     random sequences of takes and give-backs over teams, limits and minutes (never going
     back: the embedded store keeps the latest minute only)."""
-    backend = open_redis_backend(store_url)
-    try:
-        shared = RedisCoordinator(backend)
-        for seed in range(5):
-            rng = random.Random(seed)
-            embedded = MemoryCoordinator()
-            minute = MINUTE + 1000 * seed  # each seed its own minutes
-            for _ in range(150):
-                minute += rng.random() < 0.05
-                team = rng.choice(("a", "b", "c"))
-                if rng.random() < 0.3:
-                    await shared.give_back_team_call(team, minute)
-                    await embedded.give_back_team_call(team, minute)
-                    continue
-                limit = rng.choice((0, 1, 3, 5))
-                assert await shared.take_team_call(team, minute, limit) == (
-                    await embedded.take_team_call(team, minute, limit)
-                ), (seed, team, minute, limit)
-    finally:
-        await backend.close()
+    flush(store_url)
+    answers = asyncio.run(count_both(store_url, steps))
+    assert [on_redis for on_redis, _ in answers] == [in_memory for _, in_memory in answers]
 
 
 async def test_a_team_is_charged_to_its_limit_then_refused_without_asking_again() -> None:
