@@ -36,7 +36,7 @@ class RedisCoordinator:
         self._renew_slots = backend.script("renew_slots.lua", prelude="upstream.lua")
         self._unclaim = backend.script("unclaim.lua")
         self._renew = backend.script("renew.lua")
-        self._hold = backend.script("hold.lua")
+        self._hold = backend.script("hold.lua", prelude="upstream.lua")
         self._team_call = backend.script("team_call.lua")
         self._untake_team_call = backend.script("untake_team_call.lua")
 

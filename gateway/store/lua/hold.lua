@@ -1,10 +1,9 @@
--- Pause every replica's upstream calls: Nomic asked for it (Retry-After).
+-- Pause every replica's upstream calls: Nomic asked for it (Retry-After); runs after
+-- upstream.lua.
 -- Times are in milliseconds, on the Redis server's clock.
 -- KEYS: 1 the end of the pause, read by pace.lua
 -- ARGV: 1 the pause
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local resume = now + tonumber(ARGV[1])
+local resume = now_ms() + tonumber(ARGV[1])
 if tonumber(redis.call('GET', KEYS[1]) or 0) < resume then
   redis.call('SET', KEYS[1], resume, 'PX', tonumber(ARGV[1]) + 1000)
 end

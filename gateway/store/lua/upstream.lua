@@ -1,5 +1,6 @@
--- The prelude of slot.lua, pace.lua and start_call.lua (run before each, see
--- RedisBackend.script): the global cap and rate of upstream calls, shared by every replica.
+-- The prelude of slot.lua, pace.lua, start_call.lua, renew_slots.lua and hold.lua (run before
+-- each, see RedisBackend.script): the global cap and rate of upstream calls, shared by every
+-- replica.
 -- Times are in milliseconds, on the Redis server's clock (replicas' clocks may differ).
 
 local function now_ms()
