@@ -22,6 +22,11 @@ def test_team_keys_keep_their_names() -> None:
     assert redis_keys.reservation("research", "r1") == "ng:v1:{t:research}:reserved:r1"
     assert redis_keys.settled("research", "r1") == "ng:v1:{t:research}:settled:r1"
     assert redis_keys.usage_reads("research") == "ng:v1:{t:research}:usage_reads"
+    assert redis_keys.leases("research") == "ng:v1:{t:research}:leases"
+    assert redis_keys.usage_day_by_tag("research", "2026-03-01") == (
+        "ng:v1:{t:research}:tagday:2026-03-01"
+    )
+    assert redis_keys.day_tags("research", "2026-03-01") == "ng:v1:{t:research}:tags:2026-03-01"
 
 
 def test_global_keys_keep_their_names() -> None:
@@ -43,7 +48,9 @@ def test_keys_one_script_touches_share_a_cluster_slot() -> None:
     team = [
         redis_keys.team_record("a"), redis_keys.requests_in_minute("a", 1),
         redis_keys.usage_day("a", "2026-03-01"), redis_keys.settled("a", "r"),
-        redis_keys.calls_in_minute("a", 1), redis_keys.team_tag("a"),
+        redis_keys.calls_in_minute("a", 1), redis_keys.leases("a"),
+        redis_keys.usage_day_by_tag("a", "2026-03-01"), redis_keys.day_tags("a", "2026-03-01"),
+        redis_keys.team_tag("a"),
     ]  # fmt: skip
     assert {key_slot(key.encode()) for key in team} == {key_slot(b"t:a")}
     upstream = {redis_keys.PACE, redis_keys.HOLD, redis_keys.SLOTS}
