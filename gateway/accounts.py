@@ -36,7 +36,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from gateway import metrics, quota
 from gateway.assembly import Answer, Bill, Completed, FetchFailed, Lookup
@@ -51,6 +51,7 @@ from gateway.unattributed import TEAM_ID as UNATTRIBUTED
 from gateway.unattributed import Unattributed
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 LEARN_WAIT_SECONDS = 60.0  # as the default request deadline; app.py passes the one set
 
 
@@ -476,15 +477,36 @@ async def usage_rows(
     """Usage of each team and day with any activity, ordered by team then day."""
     rows: list[dict[str, object]] = []
     for team_id in team_ids:
-        try:
-            counts = await ledger.usage(team_id, days)
-        except StoreError as exc:
-            why = "full" if isinstance(exc, StoreFull) else "unavailable"
-            message = f"the usage store is {why}; retry shortly"
-            raise StoreUnavailable(message, retry_after=1) from exc
+        counts = await _read_usage(ledger.usage(team_id, days))
         rows.extend(
             {"team": team_id, "day": day, **row}
             for day, row in zip(days, counts, strict=True)
             if any(row.values())
         )
     return rows
+
+
+async def tag_usage_rows(
+    ledger: Ledger, team_ids: list[str], days: list[str]
+) -> list[dict[str, object]]:
+    """Usage of each team, day and tag with any activity, ordered by team, day, then tag
+    (:mod:`gateway.tags`): the rows of a team's day add up to its row of
+    :func:`usage_rows`."""
+    rows: list[dict[str, object]] = []
+    for team_id in team_ids:
+        by_day = await _read_usage(ledger.tag_usage(team_id, days))
+        rows.extend(
+            {"team": team_id, "day": day, "tag": tag, **counts}
+            for day, by_tag in zip(days, by_day, strict=True)
+            for tag, counts in sorted(by_tag.items())
+        )
+    return rows
+
+
+async def _read_usage(read: Awaitable[T]) -> T:
+    """What ``read`` returns; a store that fails is answered 503, retry shortly."""
+    try:
+        return await read
+    except StoreError as exc:
+        why = "full" if isinstance(exc, StoreFull) else "unavailable"
+        raise StoreUnavailable(f"the usage store is {why}; retry shortly", retry_after=1) from exc

@@ -18,11 +18,12 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
-from gateway.spend import CHARGEBACK_COLUMNS, write_csv
+from gateway.spend import CHARGEBACK_COLUMNS, CHARGEBACK_TAG_COLUMNS, write_csv
 from gateway.teams import LIMIT_NAMES, SWITCHES, key_hash, well_formed
 
 USAGE_COLUMNS = ("team", "day", "requests", "images", "texts", "hits", "misses",
                  "billed_tokens", "saved_tokens", "upstream_errors", "rejected")  # fmt: skip
+TAG_USAGE_COLUMNS = (*USAGE_COLUMNS[:2], "tag", *USAGE_COLUMNS[2:])
 MONEY_COLUMNS = ("billed_cost", "saved_cost", "currency")  # with the gateway's prices set
 TEAM_COLUMNS = ("id", "name", *LIMIT_NAMES, *SWITCHES)
 KEY_COLUMNS = ("id", "prefix", "created", "last_used", "expires", "revoked")
@@ -77,9 +78,12 @@ def add_commands(commands: Any) -> None:
     usage.add_argument("--team")
     usage.add_argument("--since", help="YYYY-MM-DD (default: six days before --until)")
     usage.add_argument("--until", help="YYYY-MM-DD (default: today, UTC)")
+    by_tag = "one row per team, day and tag (X-Gateway-Tag) instead of per team and day"
+    usage.add_argument("--by-tag", action="store_true", help=by_tag)
     text = "one row per team of a month's usage, budget and cost (CSV with --csv)"
     chargeback = commands.add_parser("chargeback", help=text, parents=[common])
     chargeback.add_argument("--month", help="YYYY-MM (default: this month, UTC)")
+    chargeback.add_argument("--by-tag", action="store_true", help="one row per team and tag")
 
 
 def _team_fields(parser: argparse.ArgumentParser) -> None:
@@ -117,13 +121,17 @@ def _print_hash() -> int:
 
 def _call(client: AdminClient, args: argparse.Namespace) -> tuple[Any, Sequence[str]]:
     team = f"/admin/teams/{urllib.parse.quote(getattr(args, 'team', '') or '', safe='')}"
+    by = {"by": "tag"} if getattr(args, "by_tag", False) else {}
     if args.command == "usage":
         query = {k: v for k in ("team", "since", "until") if (v := getattr(args, k))}
-        path = "/admin/usage?" + urllib.parse.urlencode(query)
-        return _priced(client.request("GET", path)["usage"], USAGE_COLUMNS)
+        path = "/admin/usage?" + urllib.parse.urlencode({**query, **by})
+        columns = TAG_USAGE_COLUMNS if by else USAGE_COLUMNS
+        return _priced(client.request("GET", path)["usage"], columns)
     if args.command == "chargeback":
-        path = "/admin/chargeback?" + urllib.parse.urlencode({"month": args.month or ""})
-        return _priced(client.request("GET", path)["chargeback"], CHARGEBACK_COLUMNS)
+        query = {"month": args.month or "", **by}
+        path = "/admin/chargeback?" + urllib.parse.urlencode(query)
+        columns = CHARGEBACK_TAG_COLUMNS if by else CHARGEBACK_COLUMNS
+        return _priced(client.request("GET", path)["chargeback"], columns)
     if args.command == "teams":
         if args.action == "list":
             return client.request("GET", "/admin/teams")["teams"], TEAM_COLUMNS

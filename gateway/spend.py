@@ -18,10 +18,12 @@ from gateway.prices import Pricing
 from gateway.teams import Team
 
 DAY_SECONDS = 86400
+UNATTRIBUTED_NAME = "billed by Nomic, charged to no team"
 CHARGEBACK_COLUMNS = (
     "month", "team", "name", "requests", "images", "texts", "hits", "misses",
     "billed_tokens", "saved_tokens", "tokens_per_month",
 )  # fmt: skip
+CHARGEBACK_TAG_COLUMNS = (*CHARGEBACK_COLUMNS[:3], "tag", *CHARGEBACK_COLUMNS[3:])
 MONEY_COLUMNS = ("billed_cost", "saved_cost", "currency")
 
 
@@ -98,6 +100,15 @@ def totals(rows: Iterable[Mapping[str, object]]) -> dict[str, int]:
     return total
 
 
+def tag_totals(rows: Iterable[Mapping[str, object]]) -> list[tuple[str, dict[str, int]]]:
+    """Rows by tag (``tag`` in each) summed per tag: most tokens billed first, then by tag."""
+    by_tag: dict[str, list[Mapping[str, object]]] = {}
+    for row in rows:
+        by_tag.setdefault(str(row.get("tag", "")), []).append(row)
+    summed = [(tag, totals(tagged)) for tag, tagged in by_tag.items()]
+    return sorted(summed, key=lambda pair: (-pair[1]["billed_tokens"], pair[0]))
+
+
 def hit_ratio(usage: Mapping[str, int]) -> float | None:
     """Hits over inputs answered (None: none answered)."""
     answered = usage.get("hits", 0) + usage.get("misses", 0)
@@ -153,14 +164,17 @@ def month_budget(team: Team, used: int, now: float) -> Budget:
 
 def chargeback_row(
     month: str, team_id: str, team: Team | None, rows: Sequence[Mapping[str, object]],
-    pricing: Pricing | None,
+    pricing: Pricing | None, tag: str | None = None,
 ) -> dict[str, object]:  # fmt: skip
-    """One team's month: its usage summed, its monthly budget, and with prices its cost."""
+    """One team's month (or, with ``tag``, that tag's share of it, ``rows`` being its rows):
+    its usage summed, its monthly budget, and with prices its cost. No team: the
+    :mod:`unattributed <gateway.unattributed>` account, named as such."""
     summed = totals(rows)
     row: dict[str, object] = {
         "month": month,
         "team": team_id,
-        "name": team.name if team is not None else "",
+        "name": team.name if team is not None else UNATTRIBUTED_NAME,
+        **({} if tag is None else {"tag": tag}),
         **{field: summed[field] for field in CHARGEBACK_COLUMNS[3:-1]},
         "tokens_per_month": team.limits.tokens_per_month if team is not None else None,
     }

@@ -80,9 +80,10 @@ async def test_money_is_tokens_times_price_in_every_view(
         (admin_row,) = (await (await client.get("/admin/usage", headers=ADMIN)).json())["usage"]
         assert admin_row == row
         charge = await (await client.get("/admin/chargeback", headers=ADMIN)).json()
-        (charged,) = charge["chargeback"]
+        charged, no_team = charge["chargeback"]  # the team, then what no team is charged
         assert (charged["billed_tokens"], charged["billed_cost"]) == (billed, str(cost(billed)))
         assert charged["saved_cost"] == str(cost(saved))
+        assert (no_team["team"], no_team["billed_cost"]) == ("unattributed", "0.00")
 
         monkeypatch.setenv("GATEWAY_ADMIN_TOKEN", ADMIN_TOKEN)
         base = str(client.make_url("")).rstrip("/")
@@ -96,7 +97,7 @@ async def test_money_is_tokens_times_price_in_every_view(
         assert await asyncio.to_thread(cli.main, ["usage", "--url", base]) == 0
         assert str(cost(billed)) in capsys.readouterr().out
         assert await asyncio.to_thread(cli.main, ["chargeback", "--url", base, "--csv"]) == 0
-        (line,) = csv.DictReader(io.StringIO(capsys.readouterr().out))
+        line, _ = csv.DictReader(io.StringIO(capsys.readouterr().out))
         assert (line["team"], line["billed_cost"]) == ("research", str(cost(billed)))
 
         assert (await sign_in(client, key)).status == 303
@@ -114,7 +115,7 @@ async def test_money_is_tokens_times_price_in_every_view(
         assert _total(operator, "saved_cost") == shown(saved)
         exported = await client.get("/console/operator/chargeback.csv")
         assert exported.content_type == "text/csv"
-        (line,) = csv.DictReader(io.StringIO(await exported.text()))
+        line, _ = csv.DictReader(io.StringIO(await exported.text()))
         assert (line["billed_cost"], line["saved_cost"]) == (str(cost(billed)), str(cost(saved)))
     finally:
         await client.close()

@@ -106,7 +106,7 @@ def error_page(status: int, message: str) -> str:
 
 
 class Breakdown(NamedTuple):
-    """Usage split by something (kind today; tag when the ledger keeps it)."""
+    """Usage split by something: kind (inputs only), or tag (tokens too)."""
 
     title: str
     column: str
@@ -188,11 +188,14 @@ def breakdown_section(breakdown: Breakdown, pricing: Pricing | None) -> str:
     for name, inputs, billed, saved in breakdown.rows:
         tokens = ""
         if with_tokens:
-            tokens = "".join(f"<td>{num(value or 0)}</td>" for value in (billed, saved))
+            tokens = "".join(
+                f'<td data-field="{field}_tokens">{num(value or 0)}</td>'
+                for field, value in (("billed", billed), ("saved", saved))
+            )
             if pricing is not None:
                 tokens += "".join(
-                    f"<td>{money(pricing.cost(value or 0), pricing)}</td>"
-                    for value in (billed, saved)
+                    f'<td data-field="{field}_cost">{money(pricing.cost(value or 0), pricing)}</td>'
+                    for field, value in (("billed", billed), ("saved", saved))
                 )
         rows.append(f'<tr data-{e(breakdown.column)}="{e(name)}"><th scope="row">{e(name)}</th>'
                     f"<td>{num(inputs)}</td>{tokens}</tr>")  # fmt: skip
@@ -203,8 +206,13 @@ def breakdown_section(breakdown: Breakdown, pricing: Pricing | None) -> str:
     return (
         f'<section class="card"><h2>{e(breakdown.title)}</h2><div class="scroll"><table>'
         f"<thead><tr><th>{e(breakdown.column)}</th><th>inputs</th>{head}</tr></thead>"
-        f"<tbody>{''.join(rows)}</tbody></table></div>{note}</section>"
+        f"<tbody>{''.join(rows) or _nothing(2 + 4 * with_tokens)}</tbody></table></div>"
+        f"{note}</section>"
     )
+
+
+def _nothing(columns: int) -> str:
+    return f'<tr><td colspan="{columns}">Nothing in these days.</td></tr>'
 
 
 def totals_list(pairs: Sequence[tuple[str, str, str]]) -> str:
@@ -314,8 +322,18 @@ class TeamSpend(NamedTuple):
     keys: Sequence[KeyRecord]
 
 
+class TagSpend(NamedTuple):
+    """One tag of a team, this month."""
+
+    team: str
+    tag: str
+    billed: int
+    saved: int
+
+
 class OperatorView(NamedTuple):
     teams: Sequence[TeamSpend]  # by spend this month, most first
+    tags: Sequence[TagSpend]  # the teams' tags by spend this month, most first
     process: Sequence[tuple[str, Sequence[tuple[str, str]]]]  # what this process counted
     pricing: Pricing | None
     month: str
@@ -340,7 +358,8 @@ def operator_page(view: OperatorView, csrf: str) -> str:
         f'<form method="get" action="/console/operator/chargeback.csv" class="row">'
         f'<label for="month">Chargeback (CSV, one row per team)</label>'
         f'<input id="month" name="month" value="{e(view.month)}" pattern="[0-9]{{4}}-[0-9]{{2}}" '
-        'size="8"><button type="submit">Download</button></form></section>'
+        'size="8"><label><input type="checkbox" name="by" value="tag"> per tag</label>'
+        '<button type="submit">Download</button></form></section>'
     )
     money_head = "<th>cost</th>" if pricing is not None else ""
     rows = []
@@ -370,10 +389,36 @@ def operator_page(view: OperatorView, csrf: str) -> str:
     manage = "".join(_manage_team(spent, csrf, view.now) for spent in view.teams)
     body = (
         '<h1>Operator</h1><div class="grid">'
-        f"{summary}{table}{process}{_create_team(csrf)}</div>"
+        f"{summary}{table}{_tags_table(view.tags, pricing)}{process}{_create_team(csrf)}</div>"
         f'<h2 class="section">Teams</h2><div class="grid">{manage}</div>'
     )
     return layout("Operator", body, Who("Operator", csrf))
+
+
+def _tags_table(tags: Sequence[TagSpend], pricing: Pricing | None) -> str:
+    head = "<th>team</th><th>tag</th><th>tokens billed</th><th>tokens saved</th>"
+    if pricing is not None:
+        head += "<th>cost billed</th><th>saved</th>"
+    rows = []
+    for spent in tags:
+        cells = f'<td data-field="billed_tokens">{num(spent.billed)}</td>'
+        cells += f'<td data-field="saved_tokens">{num(spent.saved)}</td>'
+        if pricing is not None:
+            cells += (
+                f'<td data-field="billed_cost">{money(pricing.cost(spent.billed), pricing)}</td>'
+            )
+            cells += f'<td data-field="saved_cost">{money(pricing.cost(spent.saved), pricing)}</td>'
+        rows.append(
+            f'<tr data-team="{e(spent.team)}" data-tag="{e(spent.tag)}"><td>{e(spent.team)}</td>'
+            f'<th scope="row">{e(spent.tag)}</th>{cells}</tr>'
+        )
+    return (
+        '<section class="card wide" id="tags"><h2>Tags by spend this month</h2>'
+        f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(rows) or _nothing(6)}</tbody></table></div>"
+        '<p class="note">The jobs requests named (X-Gateway-Tag), most spent first; the '
+        "chargeback CSV per tag lists every one.</p></section>"
+    )
 
 
 def _bar(budget: Budget) -> str:

@@ -32,7 +32,7 @@ from aiohttp import web
 from multidict import MultiDict, MultiDictProxy
 
 from gateway import metrics, spend
-from gateway.accounts import usage_rows
+from gateway.accounts import tag_usage_rows, usage_rows
 from gateway.appkeys import ACCOUNTS, LEDGER, SETTINGS, STORE
 from gateway.console import pages, sessions
 from gateway.console.charts import DayBar
@@ -57,6 +57,7 @@ SIGN_IN_FORM_SECONDS = 3600  # how long a sign-in form's nonce cookie lasts
 FORM_BYTES = 64 * 1024  # a posted form's bytes, read as they come, whatever the headers say
 FORM_FIELDS = 64
 SPAN_DAYS = 90  # what a team's page reads; it shows the last 30 or 90
+TAG_ROWS_SHOWN = 50  # the operator's page: the teams' tags that spent most this month
 CSP = (
     "default-src 'self'; script-src 'none'; object-src 'none'; style-src 'self'; "
     "img-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
@@ -468,8 +469,9 @@ async def team_page(request: web.Request) -> web.StreamResponse:
     team = signed.team
     assert team is not None
     ledger = request.config_dict[LEDGER]
-    wait_ms = await ledger.take_usage_reads(
-        team.id, SPAN_DAYS, DAYS_READ_PER_SECOND, DAYS_READ_AT_ONCE
+    days = 90 if request.query.get("days") == "90" else 30
+    wait_ms = await ledger.take_usage_reads(  # by day, and by tag for the days shown
+        team.id, SPAN_DAYS + days, DAYS_READ_PER_SECOND, DAYS_READ_AT_ONCE
     )
     if wait_ms:
         return error(
@@ -477,7 +479,6 @@ async def team_page(request: web.Request) -> web.StreamResponse:
         )
     await request.config_dict[ACCOUNTS].flush()  # this process's latest counts
     now = time.time()
-    days = 90 if request.query.get("days") == "90" else 30
     span = spend.days_back(now, SPAN_DAYS)
     rows = await usage_rows(ledger, [team.id], span)
     by_day = {str(row["day"]): row for row in rows}
@@ -486,6 +487,7 @@ async def team_page(request: web.Request) -> web.StreamResponse:
     month = spend.month_of(now)
     month_rows = [row for day, row in by_day.items() if day.startswith(month)]
     totals = spend.totals(shown_rows)
+    tagged = spend.tag_totals(await tag_usage_rows(ledger, [team.id], shown))
     view = pages.TeamView(
         team=team,
         days=days,
@@ -503,7 +505,7 @@ async def team_page(request: web.Request) -> web.StreamResponse:
         month=spend.month_budget(team, spend.totals(month_rows)["billed_tokens"], now),
         keys=signed.keys,
         pricing=request.config_dict[SETTINGS].pricing,
-        breakdowns=[_by_kind(totals)],
+        breakdowns=[_by_kind(totals), _by_tag(tagged, days)],
         now=now,
     )
     return html(pages.team_page(view, signed.csrf))
@@ -524,6 +526,19 @@ def _by_kind(totals: dict[str, int]) -> pages.Breakdown:
     )
 
 
+def _by_tag(tagged: list[tuple[str, dict[str, int]]], days: int) -> pages.Breakdown:
+    return pages.Breakdown(
+        f"By tag, last {days} days",
+        "tag",
+        [
+            (tag, t["images"] + t["texts"], t["billed_tokens"], t["saved_tokens"])
+            for tag, t in tagged
+        ],
+        "A request names its job in the X-Gateway-Tag header (or, on /v1/embeddings, its user "
+        "field); untagged: none named; other: the tags of a day past the most a team may have.",
+    )
+
+
 # --- the operator's page -----------------------------------------------------------------
 
 
@@ -532,8 +547,11 @@ async def operator_page(request: web.Request) -> web.StreamResponse:
     signed = await _require(request, "operator")
     now = time.time()
     await request.config_dict[ACCOUNTS].flush()
+    ledger = request.config_dict[LEDGER]
+    teams = await _teams_by_spend(ledger, now)
     view = pages.OperatorView(
-        teams=await _teams_by_spend(request.config_dict[LEDGER], now),
+        teams=teams,
+        tags=await _tags_by_spend(ledger, [spent.team.id for spent in teams], now),
         process=await _process_figures(request),
         pricing=request.config_dict[SETTINGS].pricing,
         month=spend.month_of(now),
@@ -544,10 +562,9 @@ async def operator_page(request: web.Request) -> web.StreamResponse:
 
 async def _teams_by_spend(ledger: Ledger, now: float) -> list[pages.TeamSpend]:
     today = spend.days_back(now, 1)[0]
-    month_so_far = [day for day in spend.month_days(spend.month_of(now)) if day <= today]
     found = []
     for team in await ledger.list_teams():
-        rows = await usage_rows(ledger, [team.id], month_so_far)
+        rows = await usage_rows(ledger, [team.id], _month_so_far(now))
         month = spend.totals(rows)
         today_billed = sum(_field(row, "billed_tokens") for row in rows if row["day"] == today)
         found.append(pages.TeamSpend(
@@ -558,6 +575,23 @@ async def _teams_by_spend(ledger: Ledger, now: float) -> list[pages.TeamSpend]:
             await ledger.list_keys(team.id),
         ))  # fmt: skip
     return sorted(found, key=lambda spent: (-spent.month.used, spent.team.id))
+
+
+async def _tags_by_spend(ledger: Ledger, team_ids: list[str], now: float) -> list[pages.TagSpend]:
+    """The teams' tags this month, most tokens billed first (the first TAG_ROWS_SHOWN)."""
+    found = [
+        pages.TagSpend(team_id, tag, summed["billed_tokens"], summed["saved_tokens"])
+        for team_id in team_ids
+        for tag, summed in spend.tag_totals(
+            await tag_usage_rows(ledger, [team_id], _month_so_far(now))
+        )
+    ]
+    return sorted(found, key=lambda t: (-t.billed, t.team, t.tag))[:TAG_ROWS_SHOWN]
+
+
+def _month_so_far(now: float) -> list[str]:
+    today = spend.days_back(now, 1)[0]
+    return [day for day in spend.month_days(spend.month_of(now)) if day <= today]
 
 
 def _sampled(metric: Any, **match: str) -> dict[str, float]:
@@ -618,10 +652,12 @@ async def chargeback_csv(request: web.Request) -> web.StreamResponse:
         month, days = spend.requested_month(request.query.get("month"), time.time())
     except ValueError:
         return error(422, "The month must be YYYY-MM.")
+    by_tag = request.query.get("by") == "tag"
     await request.config_dict[ACCOUNTS].flush()
-    rows = await admin.chargeback_rows(request, month, days)
+    rows = await admin.chargeback_rows(request, month, days, by_tag=by_tag)
     pricing: Pricing | None = request.config_dict[SETTINGS].pricing
-    columns = [*spend.CHARGEBACK_COLUMNS, *(spend.MONEY_COLUMNS if pricing else ())]
+    named = spend.CHARGEBACK_TAG_COLUMNS if by_tag else spend.CHARGEBACK_COLUMNS
+    columns = [*named, *(spend.MONEY_COLUMNS if pricing else ())]
     out = io.StringIO()
     spend.write_csv(out, columns, rows)
     return web.Response(

@@ -17,12 +17,12 @@ import orjson
 from aiohttp import web
 
 from gateway import spend, teams, unattributed
-from gateway.accounts import usage_rows
+from gateway.accounts import tag_usage_rows, usage_rows
 from gateway.appkeys import ACCOUNTS, LEDGER, SETTINGS
 from gateway.auth import bearer_matches
 from gateway.errors import Conflict, InvalidRequest, NotFound, StoreUnavailable, Unauthorized
 from gateway.middlewares import Handler
-from gateway.routes.user import requested_days
+from gateway.routes.user import by_tag, requested_days
 from gateway.store import StoreError
 from gateway.store.base import Ledger
 from gateway.teams import SWITCHES, InvalidTeam, KeyRecord, Limits, Team
@@ -258,7 +258,8 @@ async def usage(request: web.Request) -> web.Response:
         team_ids = [team.id for team in await ledger.list_teams()]
         if unattributed.TEAM_ID not in team_ids:  # what no team is charged: shown if any
             team_ids.append(unattributed.TEAM_ID)
-    rows = await usage_rows(ledger, team_ids, days)
+    read = tag_usage_rows if by_tag(request) else usage_rows
+    rows = await read(ledger, team_ids, days)
     pricing = request.config_dict[SETTINGS].pricing
     return web.json_response(
         {"usage": rows if pricing is None else list(map(pricing.priced, rows))}
@@ -267,23 +268,34 @@ async def usage(request: web.Request) -> web.Response:
 
 async def chargeback(request: web.Request) -> web.Response:
     """``GET /admin/chargeback?month=YYYY-MM`` (default: this month): one row per team with
-    its month's usage, monthly budget and, with prices set, its cost."""
+    its month's usage, monthly budget and, with prices set, its cost; with ``by=tag``, one
+    row per team and tag. The ``unattributed`` account comes last, so the rows add up to
+    what Nomic billed."""
     try:
         month, days = spend.requested_month(request.query.get("month"), time.time())
     except ValueError:
         raise InvalidRequest("month must be YYYY-MM", loc=("query", "month")) from None
+    tagged = by_tag(request)
     await request.config_dict[ACCOUNTS].flush()
-    return web.json_response({"chargeback": await chargeback_rows(request, month, days)})
+    rows = await chargeback_rows(request, month, days, by_tag=tagged)
+    return web.json_response({"chargeback": rows})
 
 
 async def chargeback_rows(
-    request: web.Request, month: str, days: list[str]
+    request: web.Request, month: str, days: list[str], *, by_tag: bool = False
 ) -> list[dict[str, object]]:
-    """Every team's row of ``month``'s chargeback, by team id."""
+    """Every team's row of ``month``'s chargeback (``by_tag``: a row per team and tag), by
+    team id, then the ``unattributed`` account's."""
     ledger = _ledger(request)
     pricing = request.config_dict[SETTINGS].pricing
+    accounts: list[tuple[str, Team | None]] = [(t.id, t) for t in await ledger.list_teams()]
+    accounts.append((unattributed.TEAM_ID, None))
     rows = []
-    for team in await ledger.list_teams():
-        used = await usage_rows(ledger, [team.id], days)
-        rows.append(spend.chargeback_row(month, team.id, team, used, pricing))
+    for team_id, team in accounts:
+        if not by_tag:
+            used = await usage_rows(ledger, [team_id], days)
+            rows.append(spend.chargeback_row(month, team_id, team, used, pricing))
+            continue
+        for tag, summed in spend.tag_totals(await tag_usage_rows(ledger, [team_id], days)):
+            rows.append(spend.chargeback_row(month, team_id, team, [summed], pricing, tag))
     return rows

@@ -10,7 +10,7 @@ import re
 from aiohttp import web
 
 from gateway import quota
-from gateway.accounts import usage_rows
+from gateway.accounts import tag_usage_rows, usage_rows
 from gateway.appkeys import ACCOUNTS, AUTH, LEDGER, SETTINGS
 from gateway.errors import InvalidRequest, QuotaExceeded, StoreUnavailable
 from gateway.store import StoreError
@@ -32,11 +32,13 @@ async def current_user(request: web.Request) -> web.Response:
 
 
 async def own_usage(request: web.Request) -> web.Response:
-    """A team's usage by day. Each day asked for is a read of the store: a team reads at most
-    :data:`DAYS_READ_PER_SECOND` a second (:data:`DAYS_READ_AT_ONCE` at once), all processes
-    and replicas together, then gets ``429``."""
+    """A team's usage by day (``by=tag``: by day and tag). Each day asked for is a read of
+    the store: a team reads at most :data:`DAYS_READ_PER_SECOND` a second
+    (:data:`DAYS_READ_AT_ONCE` at once), all processes and replicas together, then gets
+    ``429``."""
     team = await request.app[AUTH].team_for(request.headers.get("Authorization"))
     days = requested_days(request)
+    read = tag_usage_rows if by_tag(request) else usage_rows
     try:
         wait_ms = await request.app[LEDGER].take_usage_reads(
             team.id, len(days), DAYS_READ_PER_SECOND, DAYS_READ_AT_ONCE
@@ -51,7 +53,7 @@ async def own_usage(request: web.Request) -> web.Response:
             loc=("query",), retry_after=math.ceil(wait_ms / 1000),
         )  # fmt: skip
     await request.app[ACCOUNTS].flush()  # this process's latest counts
-    rows = await usage_rows(request.app[LEDGER], [team.id], days)
+    rows = await read(request.app[LEDGER], [team.id], days)
     pricing = request.app[SETTINGS].pricing  # with prices set, each row's cost beside it
     return web.json_response(
         {"usage": rows if pricing is None else list(map(pricing.priced, rows))}
@@ -73,6 +75,15 @@ def requested_days(request: web.Request) -> list[str]:
             loc=("query", "since"),
         )
     return [(start + datetime.timedelta(days=i)).isoformat() for i in range(count)]
+
+
+def by_tag(request: web.Request) -> bool:
+    """Whether the query asks for rows by tag (``by=tag``) rather than by day (``by=day``,
+    the default); 422 naming ``by`` for anything else."""
+    by = request.query.get("by") or "day"
+    if by not in ("day", "tag"):
+        raise InvalidRequest("by must be day or tag", loc=("query", "by"))
+    return by == "tag"
 
 
 def _day(request: web.Request, name: str) -> datetime.date | None:
