@@ -38,7 +38,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NamedTuple, TypeVar
 
-from gateway import metrics, quota
+from gateway import metrics, quota, tags
 from gateway.assembly import Answer, Bill, Completed, FetchFailed, Lookup
 from gateway.errors import GatewayError, Overloaded, QuotaExceeded, StoreUnavailable
 from gateway.models import Kind
@@ -53,6 +53,7 @@ from gateway.unattributed import Unattributed
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 LEARN_WAIT_SECONDS = 60.0  # as the default request deadline; app.py passes the one set
+MOST_OPEN = 10_000  # counts a usage buffer keeps per team, day and tag between two flushes
 
 
 class Reservation(NamedTuple):
@@ -66,6 +67,7 @@ class Reservation(NamedTuple):
     learner: bool  # this request teaches the model's cost; the others wait for it
     inputs: int = 0  # what a failed request counts (see failed_usage)
     hits: int = 0
+    tag: str = tags.UNTAGGED  # the job it names (gateway.tags)
 
 
 def answered_usage(answer: Answer, kind: Kind) -> dict[str, int]:
@@ -107,14 +109,22 @@ class UsageBuffer:
         self._ledger = ledger
         self.unattributed = unattributed or Unattributed()
         self._clock = clock
-        self._open: dict[tuple[str, str, str], Settlement] = {}
+        self._open: dict[tuple[str, str, str, str], Settlement] = {}
         self.pending = PendingSettles()
 
-    def add(self, team_id: str, at: Window, billed: int, usage: dict[str, int]) -> None:
-        key = (team_id, at.day, at.month)
+    def add(
+        self, team_id: str, at: Window, billed: int, usage: dict[str, int],
+        tag: str = tags.UNTAGGED,
+    ) -> None:  # fmt: skip
+        """Count ``billed`` and ``usage`` to the team's day under ``tag`` (past
+        :data:`MOST_OPEN` counts open, a new tag's go under ``other``: the store bounds the
+        tags it keeps, this bounds what waits for it)."""
+        key = (team_id, at.day, at.month, tag)
+        if key not in self._open and len(self._open) >= MOST_OPEN:
+            key, tag = (team_id, at.day, at.month, tags.OTHER), tags.OTHER
         entry = self._open.get(key)
         if entry is None:
-            entry = Settlement(team_id, at.day, at.month, secrets.token_hex(16), 0, Counter())
+            entry = Settlement(team_id, at.day, at.month, secrets.token_hex(16), 0, Counter(), tag)
         entry.usage.update(usage)
         self._open[key] = entry._replace(billed=entry.billed + billed)
 
@@ -162,11 +172,12 @@ class Accounts:
         # (team, per-minute limit) → the refusal that used it up, and its minute
         self._used_up: dict[tuple[str, LimitName], tuple[quota.Decision, int]] = {}
 
-    def refuse_early(self, team: Team, kind: Kind) -> None:
+    def refuse_early(self, team: Team, kind: Kind, tag: str = tags.UNTAGGED) -> None:
         """Raise :class:`QuotaExceeded` if this process saw a per-minute limit that a request
         of ``kind`` counts toward used up this minute (see
         :func:`quota.refuses_every_request`): the request is then refused before its body is
-        read, and counted as rejected. Images and URLs count toward the same limits."""
+        read, and counted as rejected (under ``tag``, the header's). Images and URLs count
+        toward the same limits."""
         if not self._used_up:
             return
         for limit in quota.minute_limits(kind):
@@ -178,7 +189,7 @@ class Accounts:
             if at.minute != minute or not quota.refuses_every_request(team, decision):
                 del self._used_up[(team.id, limit)]
                 continue
-            self.buffer.add(team.id, at, 0, {"rejected": 1})
+            self.buffer.add(team.id, at, 0, {"rejected": 1}, tag)
             raise _exceeded(team, decision, at, None)
 
     async def admit_answered(self, team: Team, lookup: Lookup, answer: Answer) -> None:
@@ -190,16 +201,16 @@ class Accounts:
         want = quota.demand(team, request.kind, len(lookup.cache_keys), lookup.cached_inputs, 0)
         usage = answered_usage(answer, request.kind)
         if quota.applies(team, want):
-            await self._decide(team, want, at, usage)
+            await self._decide(team, want, at, usage, request.tag)
         else:
-            self.buffer.add(team.id, at, 0, usage)
+            self.buffer.add(team.id, at, 0, usage, request.tag)
         _count_tokens(team, request.model, request.kind, answer)
 
     async def reserve(self, team: Team, lookup: Lookup) -> Reservation:
         """Admit a request with misses, reserving their expected cost, or raise
         :class:`QuotaExceeded` (or :class:`StoreUnavailable`); :meth:`settle` it once it
         is answered or has failed."""
-        model, kind = lookup.request.model, lookup.request.kind
+        model, kind, tag = lookup.request.model, lookup.request.kind, lookup.request.tag
         if kind == "text":  # within the text's own bound, whatever other texts cost
             learner = False
             costs = list(map(lookup.cost, lookup.missing))
@@ -213,22 +224,23 @@ class Accounts:
         inputs, hits = len(lookup.cache_keys), lookup.cached_inputs
         want = quota.demand(team, kind, inputs, hits, reserve, most)
         if not quota.applies(team, want):
-            return Reservation(team, model, kind, at, None, learner, inputs, hits)
+            return Reservation(team, model, kind, at, None, learner, inputs, hits, tag)
         try:
-            request_id = await self._decide(team, want, at, {})
+            request_id = await self._decide(team, want, at, {}, tag)
         except BaseException:  # refused, or cancelled: the next request learns the cost
             self._end_learning(model, learner)
             raise
-        return Reservation(team, model, kind, at, request_id, learner, inputs, hits)
+        return Reservation(team, model, kind, at, request_id, learner, inputs, hits, tag)
 
     async def _decide(
-        self, team: Team, want: quota.Demand, at: Window, usage: dict[str, int]
+        self, team: Team, want: quota.Demand, at: Window, usage: dict[str, int], tag: str
     ) -> str:
-        """Admit ``want`` (adding ``usage``) in the ledger under a new request id, returned;
-        raise what a refusal or a store that cannot decide is answered with."""
+        """Admit ``want`` (adding ``usage``, under ``tag`` too) in the ledger under a new
+        request id, returned; raise what a refusal or a store that cannot decide is answered
+        with."""
         request_id = secrets.token_hex(16)  # a fifth of what uuid4().hex costs
         try:
-            decision = await self._ledger.admit(team, want, at, usage, request_id)
+            decision = await self._ledger.admit(team, want, at, usage, request_id, tag)
         except StoreError as exc:
             why = "full" if isinstance(exc, StoreFull) else "unavailable"
             message = f"the usage store is {why}; retry shortly"
@@ -322,11 +334,11 @@ class Accounts:
                 await self._share_cost(model)
         finally:
             self._end_learning(model, reservation.learner)
-        request_id = reservation.request_id
+        request_id, tag = reservation.request_id, reservation.tag
         if request_id is None:
-            self.buffer.add(team.id, at, billed, usage)
+            self.buffer.add(team.id, at, billed, usage, tag)
         else:
-            await self._ledger.settle(team.id, at.day, at.month, request_id, billed, usage)
+            await self._ledger.settle(team.id, at.day, at.month, request_id, billed, usage, tag)
 
     async def _cost_known_or_my_turn(self, model: str) -> bool:
         """Wait until the model's item cost is known, or until it is this request's turn to

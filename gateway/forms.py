@@ -17,6 +17,7 @@ from urllib.parse import unquote_plus
 
 import multipart
 
+from gateway import tags
 from gateway.answers import Shape
 from gateway.errors import InvalidRequest
 from gateway.keys import content_digest
@@ -50,6 +51,7 @@ class ParsedRequest(NamedTuple):
     costs: tuple[Cost, ...] = ()  # each text's (Spec.cost), worked out once; images: none
     shape: Shape = "nomic"  # of its answer: the API its client speaks
     field: str = ""  # where its items stand in the client's body; empty: Nomic's name
+    tag: str = tags.UNTAGGED  # the job it names, its usage kept under (gateway.tags)
 
     @classmethod
     def of(
@@ -62,6 +64,7 @@ class ParsedRequest(NamedTuple):
         shape: Shape = "nomic",
         field: str = "",
         costed: bool = True,
+        tag: str = tags.UNTAGGED,
     ) -> ParsedRequest:
         """A request of ``items``, digesting each and, for texts, working out their costs
         (unless not ``costed``: then each missed text's cost is worked out after the lookup,
@@ -70,7 +73,7 @@ class ParsedRequest(NamedTuple):
         digests = [content_digest(item) for item in items]
         spec = Spec(model, kind, text)
         costs = tuple(map(spec.cost, items)) if costed and spec.text is not None else ()
-        return cls(model, kind, items, digests, text, costs, shape, field)
+        return cls(model, kind, items, digests, text, costs, shape, field, tag)
 
     @property
     def spec(self) -> Spec:

@@ -4,7 +4,9 @@ read into the texts request Nomic's route takes, and errors in OpenAI's shape. P
 The request (OpenAI's API reference): ``input``, a string or a list of strings; ``model``
 (required); ``encoding_format``, ``"float"`` (the API's default) or ``"base64"`` (what the
 OpenAI SDK sends unless told otherwise); ``dimensions`` (Nomic's ``dimensionality``, with
-its rules per model); ``user`` (accepted, unused). Nomic's own options come as extension
+its rules per model); ``user``, read as the request's tag, the job its usage is kept under
+(:mod:`gateway.tags`: the ``X-Gateway-Tag`` header wins when both are given; a ``user`` that
+is no tag is refused, naming it). Nomic's own options come as extension
 fields (the SDK's ``extra_body``): ``task_type``, ``long_text_mode`` and
 ``max_tokens_per_text``. Left out, they are what the official ``nomic`` client sends
 (``search_document``, ``truncate``, no token limit), not Nomic's API defaults, so a text
@@ -21,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
-from gateway import text_forms
+from gateway import tags, text_forms
 from gateway.answers import Shape
 from gateway.errors import GatewayError, InvalidRequest, Loc, UnknownModel
 from gateway.model_table import ModelTable
@@ -40,6 +42,7 @@ class EmbeddingsRequest(NamedTuple):
 
     texts: TextRequest
     shape: Shape
+    tag: str = tags.UNTAGGED  # its user field's
 
 
 def parse_embeddings_request(
@@ -64,14 +67,22 @@ def parse_embeddings_request(
     nomic["long_text_mode"] = fields.get("long_text_mode", CLIENT_LONG_TEXT_MODE)
     if "max_tokens_per_text" in fields:
         nomic["max_tokens_per_text"] = fields["max_tokens_per_text"]
-    user = fields.get("user")
-    if user is not None and not isinstance(user, str):
-        raise InvalidRequest("user must be a string", loc=("body", "user"))
+    tag = _tag(fields.get("user"))
     try:
         texts = text_forms.text_request(nomic, limits)
     except InvalidRequest as exc:
         raise type(exc)(exc.msg, loc=openai_loc(exc.loc)) from None
-    return EmbeddingsRequest(texts, _shape(fields))
+    return EmbeddingsRequest(texts, _shape(fields), tag)
+
+
+def _tag(user: object) -> str:
+    """The tag ``user`` names (none: untagged)."""
+    if user is not None and not isinstance(user, str):
+        raise InvalidRequest("user must be a string", loc=("body", "user"))
+    try:
+        return tags.check(user)
+    except tags.InvalidTag as exc:
+        raise InvalidRequest(f"user, the request's tag, {exc}", loc=("body", "user")) from None
 
 
 def refuse_query(query: Iterable[str]) -> None:
@@ -170,6 +181,8 @@ def error_body(error: GatewayError) -> tuple[int, dict[str, object]]:
 def _param(loc: Loc) -> str | None:
     """The request field an error is about, as OpenAI names it (``input[3]``); None for
     what is not a field of the body."""
+    if loc[:2] == ("header", tags.HEADER):
+        return tags.HEADER
     if len(loc) < 2 or loc[0] not in ("body", "query") or not isinstance(loc[1], str):
         return None  # not a field (a decode error's position in the body)
     param = str(loc[1])

@@ -68,11 +68,10 @@ async def new_key(client: Client, team: str, **fields: Any) -> str:
     return await make_team(client.session, str(client.make_url("")).rstrip("/"), team, **fields)
 
 
-async def embed_texts(client: Client, key: str, texts: list[str]) -> None:
+async def embed_texts(client: Client, key: str, texts: list[str], tag: str | None = None) -> None:
     body = {"texts": texts, "model": "nomic-embed-text-v1.5"}
-    response = await client.post(
-        "/v1/embedding/text", json=body, headers={"Authorization": f"Bearer {key}"}
-    )
+    headers = {"Authorization": f"Bearer {key}", **({"X-Gateway-Tag": tag} if tag else {})}
+    response = await client.post("/v1/embedding/text", json=body, headers=headers)
     assert response.status == 200, await response.text()
 
 

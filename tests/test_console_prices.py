@@ -139,3 +139,85 @@ async def test_without_prices_no_money_is_shown(fake_nomic: FakeNomic) -> None:
         assert 'class="money"' not in await (await client.get("/console/team")).text()
     finally:
         await client.close()
+
+
+async def test_money_by_tag_is_tokens_times_price_in_every_view(
+    fake_nomic: FakeNomic, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = await console_client(fake_nomic, prices=(("*", PRICE),), currency="EUR")
+    try:
+        key = await new_key(client, "research")
+        jobs = {"nightly": ["one", "two words", "three words here"], "adhoc": ["a b c d e f"]}
+        for job, texts in jobs.items():
+            await embed_texts(client, key, texts, job)
+        await embed_texts(client, key, jobs["nightly"][:2], "nightly")  # hits: saved
+        own = await client.get("/v1/usage?by=tag", headers={"Authorization": f"Bearer {key}"})
+        rows = {row["tag"]: row for row in (await own.json())["usage"]}
+        assert set(rows) == set(jobs)
+        billed = {job: rows[job]["billed_tokens"] for job in jobs}
+        saved = {job: rows[job]["saved_tokens"] for job in jobs}
+        assert all(billed.values())
+        assert saved["nightly"] > 0
+        for job, row in rows.items():
+            assert (row["billed_cost"], row["saved_cost"], row["currency"]) == (
+                str(cost(billed[job])), str(cost(saved[job])), "EUR"
+            )  # fmt: skip
+        admin_rows = await (await client.get("/admin/usage?by=tag", headers=ADMIN)).json()
+        assert {row["tag"]: row for row in admin_rows["usage"]} == rows
+        charge = await client.get("/admin/chargeback?by=tag", headers=ADMIN)
+        charged = {row["tag"]: row for row in (await charge.json())["chargeback"]}
+        assert {job: charged[job]["billed_cost"] for job in jobs} == {
+            job: str(cost(billed[job])) for job in jobs
+        }
+
+        monkeypatch.setenv("GATEWAY_ADMIN_TOKEN", ADMIN_TOKEN)
+        base = str(client.make_url("")).rstrip("/")
+        capsys.readouterr()
+        usage = ["usage", "--url", base, "--by-tag"]
+        assert await asyncio.to_thread(cli.main, [*usage, "--json"]) == 0
+        printed = {row["tag"]: row["billed_cost"] for row in json.loads(capsys.readouterr().out)}
+        assert printed == {job: str(cost(billed[job])) for job in jobs}
+        assert await asyncio.to_thread(cli.main, [*usage, "--csv"]) == 0
+        lines = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+        assert {line["tag"]: line["saved_cost"] for line in lines} == {
+            job: str(cost(saved[job])) for job in jobs
+        }
+        assert await asyncio.to_thread(cli.main, usage) == 0
+        table = capsys.readouterr().out.splitlines()
+        for job in jobs:
+            (line,) = [line for line in table if f" {job} " in line]
+            assert str(cost(billed[job])) in line.split()
+        chargeback = ["chargeback", "--url", base, "--by-tag", "--csv"]
+        assert await asyncio.to_thread(cli.main, chargeback) == 0
+        lines = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+        assert {(line["team"], line["tag"]): line["billed_cost"] for line in lines} == {
+            ("research", job): str(cost(billed[job])) for job in jobs
+        }
+
+        assert (await sign_in(client, key)).status == 303
+        page = await (await client.get("/console/team")).text()
+        for job in jobs:
+            assert _tag_cell(page, job, "billed_cost") == shown(billed[job])
+            assert _tag_cell(page, job, "saved_cost") == shown(saved[job])
+
+        client.session.cookie_jar.clear()
+        assert (await sign_in(client, ADMIN_TOKEN)).status == 303
+        operator = await (await client.get("/console/operator")).text()
+        for job in jobs:
+            assert _tag_cell(operator, job, "billed_cost") == shown(billed[job])
+        exported = await client.get("/console/operator/chargeback.csv?by=tag")
+        lines = list(csv.DictReader(io.StringIO(await exported.text())))
+        assert {line["tag"]: line["billed_cost"] for line in lines} == {
+            job: str(cost(billed[job])) for job in jobs
+        }
+    finally:
+        await client.close()
+
+
+def _tag_cell(page: str, tag: str, field: str) -> str:
+    """The money in ``field``'s cell of ``tag``'s row (the first table that has one)."""
+    row = re.search(rf'<tr [^>]*data-tag="{tag}".*?</tr>', page)
+    assert row is not None, tag
+    found = re.search(rf'data-field="{field}"><span class="money">([^<]+)</span>', row.group(0))
+    assert found is not None, (tag, field)
+    return found.group(1)

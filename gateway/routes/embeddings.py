@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import HttpVersion11, web
 
-from gateway import answer_room, forms, malloc, text_forms
+from gateway import answer_room, forms, malloc, tags, text_forms
 from gateway.answers import Shape
 from gateway.appkeys import (
     ACCOUNTS,
@@ -30,7 +30,7 @@ from gateway.appkeys import (
 )
 from gateway.assembly import Answer, Completed, FetchFailed, Lookup, assemble
 from gateway.body_budget import Claim
-from gateway.errors import BodyTimeout, PayloadTooLarge
+from gateway.errors import BodyTimeout, InvalidRequest, PayloadTooLarge
 from gateway.middlewares import LOG_FIELDS
 from gateway.models import Kind
 from gateway.teams import Team
@@ -53,18 +53,22 @@ async def serve(
     read: Callable[[web.Request, Claim], Awaitable[forms.ParsedRequest]],
     kind: Kind,
 ) -> web.Response:
-    """Judge the request before its body (key, the limits a request of ``kind`` counts
-    toward, room for the body), ``read`` the body, and answer it."""
+    """Judge the request before its body (key, tag, the limits a request of ``kind``
+    counts toward, room for the body), ``read`` the body, and answer it. A tag in the
+    ``X-Gateway-Tag`` header wins over one the body names (OpenAI's ``user``)."""
     app = request.app
     deadline = time.monotonic() + app[SETTINGS].request_deadline_seconds
     team = await app[AUTH].team_for(request.headers.get("Authorization"))
     log = request[LOG_FIELDS]
     log["team"] = team.id
-    app[ACCOUNTS].refuse_early(team, kind)
+    tag = header_tag(request)
+    app[ACCOUNTS].refuse_early(team, kind, tag or tags.UNTAGGED)
     claim = app[BODY_BUDGET].claim(team.id)
     try:
         with claim:
             parsed = await read(request, claim)
+            if tag is not None:
+                parsed = parsed._replace(tag=tag)
             if claim.bytes >= malloc.TRIM_AFTER_BYTES:
                 malloc.release_freed_memory()  # the socket's chunks, joined into images now
             log.update(model=parsed.model, items=len(parsed.items))
@@ -72,6 +76,18 @@ async def serve(
     finally:
         if claim.largest >= malloc.TRIM_AFTER_BYTES:
             malloc.release_freed_memory()  # the images, answered
+
+
+def header_tag(request: web.Request) -> str | None:
+    """The tag the ``X-Gateway-Tag`` header names (None: none, or empty); a malformed
+    one is refused, naming the header (:mod:`gateway.tags`)."""
+    value = request.headers.get(tags.HEADER)
+    if not value:
+        return None
+    try:
+        return tags.check(value)
+    except tags.InvalidTag as exc:
+        raise InvalidRequest(f"{tags.HEADER} {exc}", loc=("header", tags.HEADER)) from None
 
 
 async def _embed(
@@ -175,15 +191,18 @@ def _parse_texts(
 
 
 def texts_request(
-    texts: text_forms.TextRequest, shape: Shape = "nomic", field: str = "", costed: bool = True
-) -> forms.ParsedRequest:
-    """The request of validated ``texts``, answered in ``shape`` (its items at ``field``).
-    ``costed``: each text's cost worked out now, as a large body's are, in the heavy-work
-    thread; a small body's are worked out on the loop, for its misses alone."""
+    texts: text_forms.TextRequest, shape: Shape = "nomic", field: str = "", costed: bool = True,
+    tag: str = tags.UNTAGGED,
+) -> forms.ParsedRequest:  # fmt: skip
+    """The request of validated ``texts``, answered in ``shape`` (its items at ``field``),
+    of the job ``tag``. ``costed``: each text's cost worked out now, as a large body's are,
+    in the heavy-work thread; a small body's are worked out on the loop, for its misses
+    alone."""
     items = [text.encode() for text in texts.texts]
     return forms.ParsedRequest.of(
-        texts.model, "text", items, texts.options(), shape=shape, field=field, costed=costed
-    )
+        texts.model, "text", items, texts.options(), shape=shape, field=field, costed=costed,
+        tag=tag,
+    )  # fmt: skip
 
 
 async def _stream(request: web.Request, claim: Claim, feed: Callable[[bytes], object]) -> None:

@@ -46,7 +46,7 @@ def _parse(
 ) -> forms.ParsedRequest:
     parsed = openai_shape.parse_embeddings_request(body, limits, aliases, content_type)
     costed = len(body) >= embeddings.OFF_LOOP_BYTES
-    return embeddings.texts_request(parsed.texts, parsed.shape, "input", costed)
+    return embeddings.texts_request(parsed.texts, parsed.shape, "input", costed, parsed.tag)
 
 
 async def list_models(request: web.Request) -> web.Response:
