@@ -8,6 +8,14 @@ local function now_ms()
   return tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 end
 
+-- Keep the slots twice as long as the latest lease in them has left (past it, none is held):
+-- as long as that, whatever lease this caller has, so a replica with a shorter lease (its
+-- settings changed) never drops another's slot with the set.
+local function keep_slots(slots, now)
+  local latest = redis.call('ZRANGE', slots, -1, -1, 'WITHSCORES')[2]
+  if latest then redis.call('PEXPIRE', slots, 2 * (tonumber(latest) - now)) end
+end
+
 -- Take one of cap call slots (a sorted set of holders, scored by the end of their lease) for
 -- holder until now + lease; false when all are held. A holder that dies without releasing
 -- its slot loses it when the lease ends.
@@ -15,7 +23,7 @@ local function take_slot(slots, holder, cap, lease, now)
   redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
   if redis.call('ZCARD', slots) >= cap then return false end
   redis.call('ZADD', slots, now + lease, holder)
-  redis.call('PEXPIRE', slots, lease * 2)
+  keep_slots(slots, now)
   return true
 end
 
@@ -44,6 +52,6 @@ local function renew_slots(slots, holders, lease, now)
   for _, holder in ipairs(holders) do
     renewed = renewed + redis.call('ZADD', slots, 'XX', 'CH', now + lease, holder)
   end
-  if renewed > 0 then redis.call('PEXPIRE', slots, lease * 2) end
+  if renewed > 0 then keep_slots(slots, now) end
   return renewed
 end
