@@ -103,36 +103,39 @@ def ms(most: int) -> st.SearchStrategy[int]:
 
 
 HOLDERS = st.sampled_from(("h1", "h2", "h3"))
+REPLICA = st.sampled_from((0, 0, 0, 1))  # whose lease a slot is taken or renewed with
 WAIT = ms(2000)
 # Each call comes after the clock moves on: by nothing, some ms, a lease or an interval.
 ADVANCE = st.just(0) | ms(2000) | st.sampled_from(("lease", "interval"))
 CALLS = st.one_of(
     st.tuples(st.just("pace"), WAIT),
     st.tuples(st.just("hold"), WAIT),
-    st.tuples(st.just("slot"), HOLDERS),
-    st.tuples(st.just("start"), HOLDERS, WAIT),
-    st.tuples(st.just("renew"), st.lists(HOLDERS, max_size=3)),
+    st.tuples(st.just("slot"), HOLDERS, REPLICA),
+    st.tuples(st.just("start"), HOLDERS, WAIT, REPLICA),
+    st.tuples(st.just("renew"), st.lists(HOLDERS, max_size=3), REPLICA),
     st.tuples(st.just("release"), HOLDERS),
 )
-# The settings every caller shares (as replicas share theirs): interval ms, burst, cap, lease ms
+# The settings callers share (as replicas share theirs): interval ms, burst, cap, lease ms; and
+# the lease of a replica whose settings differ (as during a rolling change of them).
 INTERVAL = st.sampled_from((10, 50, 100, 250)) | st.integers(1, 400)
 LEASE = st.sampled_from((100, 500, 1000)) | st.integers(100, 3000)
-SETTINGS = st.tuples(INTERVAL, st.integers(1, 4), st.integers(1, 2), LEASE)
+SETTINGS = st.tuples(INTERVAL, st.integers(1, 4), st.integers(1, 2), LEASE, LEASE)
 
 
 async def call(coordinator: Any, step: tuple[Any, ...], setting: tuple[int, ...]) -> Any:
-    interval, burst, cap, lease = setting
+    interval, burst, cap, *leases = setting
     match step:
         case ("pace", max_wait):
             return await coordinator.pace(interval, burst, max_wait)
         case ("hold", pause):
             return await coordinator.hold(pause)
-        case ("slot", holder):
-            return await coordinator.acquire_slot(holder, cap, lease)
-        case ("start", holder, max_wait):
+        case ("slot", holder, replica):
+            return await coordinator.acquire_slot(holder, cap, leases[replica])
+        case ("start", holder, max_wait, replica):
+            lease = leases[replica]
             return await coordinator.start_call(holder, cap, lease, interval, burst, max_wait)
-        case ("renew", holders):
-            return await coordinator.renew_slots(holders, lease)
+        case ("renew", holders, replica):
+            return await coordinator.renew_slots(holders, leases[replica])
         case ("release", holder):
             return await coordinator.release_slot(holder)
     raise AssertionError(step)
