@@ -172,8 +172,11 @@ async def screenshots(folder: Path) -> None:
                 usage = {"requests": billed // 900, "images": billed // 1200,
                          "texts": billed // 400, "hits": saved // 300, "misses": billed // 300,
                          "saved_tokens": saved}  # fmt: skip
-                await ledger.settle(team, day.isoformat(), day.strftime("%Y-%m"),
-                                    f"seed-{team}-{i}", billed, usage)  # fmt: skip
+                for share, job in ((6, "nightly-reindex"), (3, "search-backfill"), (1, "adhoc")):
+                    part = {field: amount * share // 10 for field, amount in usage.items()}
+                    await ledger.settle(team, day.isoformat(), day.strftime("%Y-%m"),
+                                        f"seed-{team}-{i}-{job}", billed * share // 10, part,
+                                        job)  # fmt: skip
         async with browser() as chrome:
             await chrome.sign_in(base, keys["research"])
             await chrome.screenshot(folder / "console-team.png")

@@ -38,9 +38,10 @@ async def test_a_team_sees_its_own_usage_and_chart_and_nothing_of_another(
     try:
         key = await make_team(gateway.session, base, "research", name="Research")
         other = await make_team(gateway.session, base, "marketing", name="Marketing Dept")
-        await embed_texts(gateway, key, ["one", "two words", "three words here"])
-        await embed_texts(gateway, key, ["one", "two words"])  # hits
-        await embed_texts(gateway, other, ["marketing's own text, billed to marketing"])
+        await embed_texts(gateway, key, ["one", "two words", "three words here"], "reindex")
+        await embed_texts(gateway, key, ["one", "two words"])  # hits, untagged
+        await embed_texts(gateway, key, ["a question asked once"], "adhoc")
+        await embed_texts(gateway, other, ["marketing's own text"], "marketing-campaign")
         async with browser() as chrome:
             await chrome.sign_in(base, key)
             assert (await chrome.url()).endswith("/console/team")
@@ -63,6 +64,14 @@ async def test_a_team_sees_its_own_usage_and_chart_and_nothing_of_another(
                     cells[field] = number(await chrome.call(lambda c=cell: c.text))
                 shown[day] = cells
             assert shown == {day: {f: row[f] for f in FIELDS} for day, row in expected.items()}
+            by_tag = await gateway.get(
+                f"/v1/usage?since={since}&by=tag", headers={"Authorization": f"Bearer {key}"}
+            )
+            tagged = {row["tag"]: row for row in (await by_tag.json())["usage"]}
+            assert set(tagged) == {"reindex", "adhoc", "untagged"}
+            for tag, row in tagged.items():  # one day: the tag's row is its day's
+                cell = await chrome.find(f"tr[data-tag='{tag}'] [data-field=billed_tokens]")
+                assert number(await chrome.call(lambda c=cell: c.text)) == row["billed_tokens"]
             billed = sum(row["billed_tokens"] for row in expected.values())
             assert number(await chrome.text("[data-total=billed_tokens]")) == billed
             assert (

@@ -183,7 +183,7 @@ def _int(value: object) -> int:
 
 def breakdown_section(breakdown: Breakdown, pricing: Pricing | None) -> str:
     """A table of inputs (and tokens, where the ledger splits them) by kind, or by tag."""
-    with_tokens = any(row[2] is not None for row in breakdown.rows)
+    with_tokens = _with_tokens(breakdown)
     rows = []
     for name, inputs, billed, saved in breakdown.rows:
         tokens = ""
@@ -204,7 +204,8 @@ def breakdown_section(breakdown: Breakdown, pricing: Pricing | None) -> str:
         head += "<th>cost billed</th><th>saved</th>"
     note = f'<p class="note">{e(breakdown.note)}</p>' if breakdown.note else ""
     return (
-        f'<section class="card"><h2>{e(breakdown.title)}</h2><div class="scroll"><table>'
+        f'<section class="{"card wide" if with_tokens else "card"}"><h2>{e(breakdown.title)}</h2>'
+        '<div class="scroll"><table>'
         f"<thead><tr><th>{e(breakdown.column)}</th><th>inputs</th>{head}</tr></thead>"
         f"<tbody>{''.join(rows) or _nothing(2 + 4 * with_tokens)}</tbody></table></div>"
         f"{note}</section>"
@@ -213,6 +214,11 @@ def breakdown_section(breakdown: Breakdown, pricing: Pricing | None) -> str:
 
 def _nothing(columns: int) -> str:
     return f'<tr><td colspan="{columns}">Nothing in these days.</td></tr>'
+
+
+def _with_tokens(breakdown: Breakdown) -> bool:
+    """Whether the ledger splits tokens this way (by tag: yes; by kind: no)."""
+    return any(row[2] is not None for row in breakdown.rows)
 
 
 def totals_list(pairs: Sequence[tuple[str, str, str]]) -> str:
@@ -266,6 +272,8 @@ def key_state(key: KeyRecord, now: float) -> str:
 def team_page(view: TeamView, csrf: str) -> str:
     team, totals, pricing = view.team, view.totals, view.pricing
     ratio = hit_ratio(totals)
+    narrow = [b for b in view.breakdowns if not _with_tokens(b)]  # beside the limits' card
+    wide = [b for b in view.breakdowns if _with_tokens(b)]
     span = "".join(
         f'<a href="/console/team?days={d}"{" aria-current=page" if d == view.days else ""}>'
         f"{d} days</a>"
@@ -302,8 +310,9 @@ def team_page(view: TeamView, csrf: str) -> str:
         f"{budget_card('Today', view.today, pricing, 'billed_today')}"
         f"{budget_card('This month', view.month, pricing, 'billed_month')}"
         f"{chart}"
-        f"{''.join(breakdown_section(b, pricing) for b in view.breakdowns)}"
+        f"{''.join(breakdown_section(b, pricing) for b in narrow)}"
         f"{limits_section(team, totals['rejected'], view.days)}"
+        f"{''.join(breakdown_section(b, pricing) for b in wide)}"
         f"{keys_section(view.keys, view.now)}"
         f'<section class="card wide"><h2>Day by day, last {view.days} days</h2>'
         f"{usage_table(view.rows, pricing)}</section></div>"
