@@ -52,7 +52,6 @@ from gateway.unattributed import Unattributed
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-LEARN_WAIT_SECONDS = 60.0  # as the default request deadline; app.py passes the one set
 MOST_OPEN = 10_000  # counts a usage buffer keeps per team, day and tag between two flushes
 
 
@@ -157,8 +156,8 @@ class Accounts:
         ledger: QuotaLedger,
         buffer: UsageBuffer,
         estimator: TokenEstimator,
+        learn_wait_seconds: float,
         clock: Callable[[], float] = time.time,
-        learn_wait_seconds: float = LEARN_WAIT_SECONDS,
     ) -> None:
         self._ledger = ledger
         self._estimator = estimator
@@ -469,18 +468,17 @@ def _count_tokens(team: Team, model: str, kind: Kind, answer: Answer) -> None:
 
 
 @contextlib.asynccontextmanager
-async def flushing(accounts: Accounts, every_seconds: float) -> AsyncIterator[None]:
+async def flushing(buffer: UsageBuffer, every_seconds: float) -> AsyncIterator[None]:
     """Write buffered usage every ``every_seconds`` while the app runs, and once more at the
-    end, after the last request and the last settle."""
-    task = asyncio.create_task(accounts.buffer.run(every_seconds))
+    end (after the last request and the last settle: the app drains them first)."""
+    task = asyncio.create_task(buffer.run(every_seconds))
     try:
         yield
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        await accounts.drain()
-        await accounts.buffer.flush()
+        await buffer.flush()
 
 
 async def usage_rows(

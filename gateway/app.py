@@ -1,4 +1,6 @@
-"""``create_app(settings)``: wiring, and the lifetime of every resource (``cleanup_ctx``)."""
+"""``create_app(settings)``: the composition root. Every part is built here from the settings
+(the miss path's timings once, :class:`gateway.timings.MissTimings`), each resource in a
+``cleanup_ctx`` of its own: opened in the order listed, closed in the reverse."""
 
 from __future__ import annotations
 
@@ -21,26 +23,32 @@ from gateway.appkeys import (
     BODY_BUDGET,
     BODY_LIMITS,
     COORDINATOR,
+    ESTIMATOR,
     HEAVY_WORK,
     LEDGER,
     MODEL_ALIASES,
     PIPELINE,
     SETTINGS,
+    SHIELD,
     STORE,
     TEXT_LIMITS,
+    TIMINGS,
     UPSTREAM,
+    USAGE,
 )
 from gateway.auth import Authenticator
 from gateway.body_budget import BodyBudget
 from gateway.breaker import Breaker
 from gateway.config import Settings
 from gateway.console import routes as console
+from gateway.fetch import Fetcher
 from gateway.forms import BodyLimits
+from gateway.hot import HotCache
 from gateway.middlewares import request_context
 from gateway.pipeline import Pipeline
 from gateway.quota import TokenEstimator
 from gateway.routes import admin, embeddings, openai, ops, user
-from gateway.shield import Policy
+from gateway.shield import Shield
 from gateway.store import MemoryStore, RedisStore, StoreError
 from gateway.store.base import QuotaLedger
 from gateway.store.data_dir import DataDir
@@ -51,6 +59,7 @@ from gateway.store.redis_backend import RedisBackend
 from gateway.store.redis_coordinator import RedisCoordinator
 from gateway.store.redis_ledger import RedisLedger, lease_for
 from gateway.text_forms import TextLimits
+from gateway.timings import MissTimings
 from gateway.unattributed import Unattributed
 from gateway.upstream import NomicClient
 
@@ -64,7 +73,13 @@ def create_app(settings: Settings) -> web.Application:
     app[BODY_LIMITS] = BodyLimits(settings.max_image_bytes, settings.max_items, settings.models)
     app[TEXT_LIMITS] = TextLimits(settings.max_items, settings.max_text_bytes, settings.models)
     app[BODY_BUDGET] = BodyBudget(settings.body_bytes_in_flight, settings.max_body_bytes)
-    app.cleanup_ctx.extend([_heavy_work_ctx, _store_ctx, _pipeline_ctx])
+    app[TIMINGS] = MissTimings.of(settings)
+    app[ESTIMATOR] = TokenEstimator(settings.tokens_per_item_estimate)  # for fetches and budgets
+    # Closed in the reverse order: requests run to their end (and their settles) before the
+    # fetcher stops, its fetches end before the shield stops sending, the shield's calls
+    # before the session closes; the last usage is written before the store closes.
+    app.cleanup_ctx.extend([_heavy_work_ctx, _store_ctx, _usage_ctx, _upstream_ctx, _shield_ctx,
+                            _pipeline_ctx, _accounts_ctx])  # fmt: skip
     for path, handler in (("/v1/embedding/image", embeddings.embed_image),
                           ("/v1/embedding/text", embeddings.embed_text)):  # fmt: skip
         app.router.add_post(path, handler, expect_handler=embeddings.expect_body_later)
@@ -83,13 +98,6 @@ def create_app(settings: Settings) -> web.Application:
     if settings.console:
         app.add_subapp("/console", console.create_console())
     return app
-
-
-def shield_policy(settings: Settings) -> Policy:
-    metrics.UPSTREAM_RATE_LIMIT.set(
-        settings.upstream_rate_calls / settings.upstream_rate_period_seconds
-    )
-    return Policy.of(settings)
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -190,41 +198,67 @@ async def _heavy_work_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
+async def _usage_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Usage counted in the process (and what Nomic billed that no team is charged), written
+    every ``usage_flush_seconds`` and once more at the end."""
+    buffer = app[USAGE] = UsageBuffer(app[LEDGER], Unattributed())
+    async with flushing(buffer, app[SETTINGS].usage_flush_seconds):
+        yield
+
+
+async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Nomic's client, on a session of its own."""
     settings = app[SETTINGS]
-    estimator = TokenEstimator(settings.tokens_per_item_estimate)
-    unattributed = Unattributed()  # what Nomic billed that no team is charged
-    buffer = UsageBuffer(app[LEDGER], unattributed)
+    timeout = aiohttp.ClientTimeout(total=settings.upstream_timeout_seconds)
+    async with aiohttp.ClientSession(timeout=timeout, raise_for_status=False) as session:
+        app[UPSTREAM] = NomicClient(
+            session, settings.upstream_url, settings.nomic_api_key, app[USAGE].unattributed
+        )
+        yield
+
+
+async def _shield_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The upstream shield and its breaker: at the end, what it holds is sent before it
+    stops."""
+    settings, timings = app[SETTINGS], app[TIMINGS]
+    policy = timings.shield
+    metrics.UPSTREAM_RATE_LIMIT.set(policy.rate_calls / policy.rate_period_seconds)
+    breaker = Breaker(
+        settings.breaker_failures, timings.breaker_open_seconds, timings.breaker_max_open_seconds
+    )
+    shield = app[SHIELD] = Shield(
+        app[UPSTREAM], app[COORDINATOR], policy, breaker=breaker,
+        lease_seconds=timings.lease_seconds,
+    )  # fmt: skip
+    yield
+    await shield.drain()
+
+
+async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The pipeline: the hot cache and the fetcher in front of the shield. At the end, the
+    fetches under way are stored (one taken over from another replica is handed to the
+    shield, which is still sending)."""
+    settings = app[SETTINGS]
+    hot = HotCache(settings.hot_cache_bytes)
+    fetcher = Fetcher(
+        app[STORE], app[SHIELD], app[COORDINATOR], hot, app[ESTIMATOR], app[TIMINGS],
+        shares_fetches=settings.redis_url is not None, unattributed=app[USAGE].unattributed,
+    )  # fmt: skip
+    app[PIPELINE] = Pipeline(app[STORE], hot, fetcher)
+    yield
+    await fetcher.drain()
+
+
+async def _accounts_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Admission and settling. At the end, requests whose handlers the shutdown cancelled
+    still run to their end, and are settled: the fetcher and the shield serve them first."""
+    settings, buffer = app[SETTINGS], app[USAGE]
     ledger: QuotaLedger = app[LEDGER]
     if settings.redis_url is not None or settings.data_dir is not None:  # one that can fail
         fail_open = settings.on_store_failure == "open"
         ledger = FallbackLedger(app[LEDGER], buffer.pending, fail_open=fail_open)
     accounts = app[ACCOUNTS] = Accounts(
-        ledger, buffer, estimator, learn_wait_seconds=settings.request_deadline_seconds
+        ledger, buffer, app[ESTIMATOR], learn_wait_seconds=app[TIMINGS].deadline_seconds
     )
-    timeout = aiohttp.ClientTimeout(total=settings.upstream_timeout_seconds)
-    async with aiohttp.ClientSession(timeout=timeout, raise_for_status=False) as session:
-        upstream = app[UPSTREAM] = NomicClient(
-            session, settings.upstream_url, settings.nomic_api_key, unattributed
-        )
-        pipeline = app[PIPELINE] = Pipeline(
-            app[STORE],
-            upstream,
-            app[COORDINATOR],
-            policy=shield_policy(settings),
-            url_ttl_seconds=settings.url_ttl_seconds,
-            stale_grace_seconds=settings.stale_grace_seconds,
-            estimator=estimator,
-            breaker=Breaker(settings.breaker_failures, settings.breaker_open_seconds),
-            remember_seconds=settings.redis_timeout_seconds + 1.0,
-            lease_seconds=max(3.0, 3 * settings.redis_timeout_seconds),
-            shares_fetches=settings.redis_url is not None,
-            hot_cache_bytes=settings.hot_cache_bytes,
-            unattributed=unattributed,
-        )
-        async with flushing(accounts, settings.usage_flush_seconds):
-            yield
-            # Requests whose handlers the shutdown cancelled still run to their end (and may
-            # not have reached the shield yet): the pipeline serves them before it stops.
-            await accounts.drain()
-            await pipeline.drain()
+    yield
+    await accounts.drain()

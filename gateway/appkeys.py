@@ -6,15 +6,18 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from gateway.accounts import Accounts
+from gateway.accounts import Accounts, UsageBuffer
 from gateway.auth import Authenticator
 from gateway.body_budget import BodyBudget
 from gateway.config import Settings
 from gateway.forms import BodyLimits
 from gateway.pipeline import Pipeline
+from gateway.quota import TokenEstimator
+from gateway.shield import Shield
 from gateway.store import Store
 from gateway.store.base import Coordinator, Ledger
 from gateway.text_forms import TextLimits
+from gateway.timings import MissTimings
 from gateway.upstream import NomicClient
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -26,6 +29,10 @@ COORDINATOR = web.AppKey("coordinator", Coordinator)
 AUTH = web.AppKey("auth", Authenticator)
 ACCOUNTS = web.AppKey("accounts", Accounts)
 PIPELINE = web.AppKey("pipeline", Pipeline)
+SHIELD = web.AppKey("shield", Shield)
+USAGE = web.AppKey("usage", UsageBuffer)  # usage counted in the process, written every second
+TIMINGS = web.AppKey("timings", MissTimings)  # the miss path's, derived once
+ESTIMATOR = web.AppKey("estimator", TokenEstimator)  # what an item is likely to cost
 UPSTREAM = web.AppKey("upstream", NomicClient)
 BODY_BUDGET = web.AppKey("body_budget", BodyBudget)
 MODEL_ALIASES = web.AppKey("model_aliases", dict[str, str])  # another name: a served model

@@ -3,7 +3,7 @@
 Closed: calls go through; ``failures_to_open`` failures in a row open it. Open: calls are
 refused at once, for a cool-down that doubles each time it reopens (up to ``max_open``).
 After the cool-down it is half-open: calls go through again, the first success closes it and
-the first failure opens it again.
+the first failure opens it again. Its numbers are the settings' (the app passes them).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ State = Literal["closed", "open", "half_open"]
 class Breaker:
     def __init__(
         self,
-        failures_to_open: int = 5,
-        open_seconds: float = 5.0,
-        max_open_seconds: float = 60.0,
+        failures_to_open: int,
+        open_seconds: float,
+        max_open_seconds: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._failures_to_open = failures_to_open

@@ -3,9 +3,9 @@
 :meth:`Fetcher.fetch` takes a request's missing cache keys and returns an :class:`Outcome`
 for each: what happened to it, and so who pays for it.
 
-- In this process, one future per key in flight: the first request to miss a key owns its
-  fetch, later ones join it. An answered future is remembered a little longer, for lookups
-  that began before the entry was stored.
+- In this process, one future per key in flight (:class:`gateway.in_flight.InFlight`): the
+  first request to miss a key owns its fetch, later ones join it. An answered future is
+  remembered a little longer, for lookups that began before the entry was stored.
 - Across replicas (a shared store), the owner takes the key's in-flight mark; the same round
   trip reads the entry, in case another replica stored it since the lookup. A key marked by
   another replica is watched through the store until its entry appears (paid there), or its
@@ -16,6 +16,9 @@ for each: what happened to it, and so who pays for it.
 A fetch this request owns that is still running at its deadline goes on: its entry is stored
 for the next request, and what it cost is the request's bill still pending
 (:attr:`Fetched.pending`), so it is still billed.
+
+Its timings are the miss path's (:class:`gateway.timings.MissTimings`), and time is a
+parameter: the clocks and the sleep it waits on are given, the real ones by default.
 """
 
 from __future__ import annotations
@@ -26,20 +29,22 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from typing import Any, NamedTuple, Protocol
 
 from gateway import entries, metrics
 from gateway.assembly import Outcome
 from gateway.entries import Entry
 from gateway.errors import CallsUsedUp, GatewayError, UpstreamError, UpstreamTimeout, Withdrawn
 from gateway.hot import HotCache
+from gateway.in_flight import InFlight, Landed, succeeded
 from gateway.leases import Heartbeat
 from gateway.models import EMPTY_COSTS, Cost, Spec
 from gateway.quota import TokenEstimator
-from gateway.shield import Embedded, Job, Shield
+from gateway.shield import Embedded, Job
 from gateway.store import Store, StoreError
 from gateway.store.base import Coordinator
+from gateway.timings import MissTimings
 from gateway.unattributed import Unattributed
 
 log = logging.getLogger(__name__)
@@ -47,12 +52,10 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = (0.02, 0.05, 0.1, 0.2)  # watching another replica's fetch: quick, then calmer
 
 
-class Landed(NamedTuple):
-    """What an in-flight future resolves with: the entry, and whether this process fetched it
-    upstream (else another replica did, and paid)."""
+class Upstream(Protocol):
+    """Where the owned misses go (:class:`gateway.shield.Shield`): a future for each job."""
 
-    entry: Entry
-    here: bool
+    def submit(self, spec: Spec, jobs: Sequence[Job]) -> list[asyncio.Future[Embedded]]: ...
 
 
 class Fetched(NamedTuple):
@@ -78,34 +81,35 @@ class Fetcher:
     def __init__(
         self,
         store: Store,
-        shield: Shield,
+        upstream: Upstream,
         coordinator: Coordinator,
         hot: HotCache,
         estimator: TokenEstimator,
+        timings: MissTimings,
         *,
-        url_ttl_seconds: int,
-        stale_grace_seconds: int,
         shares_fetches: bool,
-        remember_seconds: float = 2.0,
-        lease_seconds: float = 3.0,
         unattributed: Unattributed | None = None,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._store = store
-        self._shield = shield
+        self._upstream = upstream
         self._unattributed = unattributed or Unattributed()  # what Nomic billed to no team
         self._coordinator = coordinator
         self._hot = hot
         self._estimator = estimator
-        self._url_ttl_seconds = url_ttl_seconds
-        self._stale_grace_seconds = stale_grace_seconds
+        self._timings = timings
         self._shares_fetches = shares_fetches
-        self._remember_seconds = remember_seconds
         self._clock = clock
+        self._monotonic = monotonic
+        self._sleep = sleep
         self._holder = uuid.uuid4().hex
         self._owners = itertools.count()
-        self._inflight: dict[str, asyncio.Future[Landed]] = {}
-        self._marks = Heartbeat(self._renew_marks, lease_seconds, "in-flight marks")
+        self._inflight = InFlight(
+            timings.remember_seconds, clock=clock, monotonic=monotonic, sleep=sleep
+        )
+        self._marks = Heartbeat(self._renew_marks, timings.lease_seconds, "in-flight marks")
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -125,16 +129,16 @@ class Fetcher:
         request worked that out already."""
         owner = Owner(next(self._owners), team, costs, calls_per_minute)
         futures, owned = await self._start(spec, wanted, deadline, owner)
-        await _wait(futures.values(), deadline)
+        await self._wait(futures.values(), deadline)
         # A fetch it joined that its owner withdrew (the owner's request used up its resends
         # on items Nomic refused, or its team its calls of the minute): this request takes it
         # over, once, on its own account.
         withdrawn = {k: wanted[k] for k, f in futures.items() if k not in owned and _withdrawn(f)}
-        if withdrawn and time.monotonic() < deadline:
+        if withdrawn and self._monotonic() < deadline:
             again, taken = await self._start(spec, withdrawn, deadline, owner)
             futures.update(again)
             owned |= taken
-            await _wait(again.values(), deadline)
+            await self._wait(again.values(), deadline)
         outcomes: dict[str, Outcome] = {}
         late: list[asyncio.Future[Landed]] = []
         for key, future in futures.items():
@@ -147,12 +151,26 @@ class Fetcher:
             outcomes[key] = outcome
         return Fetched(outcomes, asyncio.ensure_future(_late_tokens(late)) if late else None)
 
+    async def _wait(self, futures: Iterable[asyncio.Future[Landed]], deadline: float) -> None:
+        """Until every future is done, or ``deadline`` (a monotonic instant) comes."""
+        pending = [f for f in futures if not f.done()]
+        left = deadline - self._monotonic()
+        if not pending or left <= 0:
+            return
+        timer: asyncio.Future[Any] = asyncio.ensure_future(self._sleep(left))
+        try:
+            while pending and not timer.done():
+                await asyncio.wait([*pending, timer], return_when=asyncio.FIRST_COMPLETED)
+                pending = [f for f in pending if not f.done()]
+        finally:
+            timer.cancel()
+
     async def _start(
         self, spec: Spec, wanted: Mapping[str, bytes], deadline: float, owner: Owner
     ) -> tuple[dict[str, asyncio.Future[Landed]], set[str]]:
         """Join what is in flight and send the rest upstream for ``owner``: each key's
         future, and the keys it owns."""
-        futures, owned = self._join_or_own(wanted)
+        futures, owned = self._inflight.join_or_own(wanted)
         if owned:
             try:
                 await self._dispatch(
@@ -161,25 +179,6 @@ class Fetcher:
             except BaseException:  # cancelled before the shield had them: nobody would
                 self._fail(owned, UpstreamError("the request was cancelled"))
                 raise
-        return futures, owned
-
-    def _join_or_own(
-        self, wanted: Mapping[str, bytes]
-    ) -> tuple[dict[str, asyncio.Future[Landed]], set[str]]:
-        """Join fetches already in flight; own the rest."""
-        loop = asyncio.get_running_loop()
-        now = self._clock()
-        futures: dict[str, asyncio.Future[Landed]] = {}
-        owned: set[str] = set()
-        for key in wanted:
-            future = self._inflight.get(key)
-            if future is not None and _succeeded(future) and not future.result().entry.fresh(now):
-                future = None  # a remembered answer that has since gone stale: fetch anew
-            if future is None:
-                future = self._inflight[key] = loop.create_future()
-                future.add_done_callback(_consume_exception)
-                owned.add(key)
-            futures[key] = future
         return futures, owned
 
     async def _dispatch(
@@ -197,7 +196,7 @@ class Fetcher:
                 for content, cost in zip(wanted.values(), costs, strict=True)
             ]
             try:
-                answers = self._shield.submit(spec, jobs)
+                answers = self._upstream.submit(spec, jobs)
             except GatewayError as exc:
                 self._fail(wanted, exc)
                 self._spawn(self._unmark(list(wanted)))
@@ -246,13 +245,13 @@ class Fetcher:
         for attempt in itertools.count():
             if not pending:
                 return
-            if time.monotonic() >= deadline:
+            if self._monotonic() >= deadline:
                 error = UpstreamTimeout(
                     "another replica's upstream call did not finish in time", retry_after=1
                 )
                 self._fail(pending, error)
                 return
-            await asyncio.sleep(POLL_SECONDS[min(attempt, len(POLL_SECONDS) - 1)])
+            await self._sleep(POLL_SECONDS[min(attempt, len(POLL_SECONDS) - 1)])
             keys = list(pending)
             try:
                 marks = await self._coordinator.fetching(keys)
@@ -279,7 +278,7 @@ class Fetcher:
         # What a URL points at may change: its entry is fresh for a while. An image's bytes or
         # a text are what they are: theirs never expire.
         url = spec.kind == "url"
-        fresh_until = math.ceil(self._clock() + self._url_ttl_seconds) if url else 0
+        fresh_until = math.ceil(self._clock() + self._timings.url_ttl_seconds) if url else 0
         stored: list[tuple[str, bytes]] = []
         for key, weight, answer in zip(keys, weights, answers, strict=True):
             error = answer.exception()
@@ -298,7 +297,7 @@ class Fetcher:
                           entries.base64_of(blob))  # fmt: skip
             self._land(key, entry, here=True)
             stored.append((key, blob))
-        ttl = self._url_ttl_seconds + self._stale_grace_seconds if url else None
+        ttl = self._timings.url_ttl_seconds + self._timings.stale_grace_seconds if url else None
         try:
             await self._store.set_many(stored, ttl)
         except StoreError as exc:
@@ -313,20 +312,10 @@ class Fetcher:
 
     def _land(self, key: str, entry: Entry, *, here: bool) -> None:
         self._hot.put(key, entry)
-        future = self._inflight.get(key)
-        if future is not None and not future.done():
-            future.set_result(Landed(entry, here))
-            # Lookups that began before the entry was stored may still miss it: they find
-            # the answer here for a while instead of fetching again.
-            asyncio.get_running_loop().call_later(self._remember_seconds, self._forget, key, future)
+        self._inflight.land(key, entry, here=here)
 
     def _fail(self, keys: Iterable[str], error: GatewayError) -> None:
-        """Fail these keys' fetches, and forget them at once: the next request asks again."""
-        for key in keys:
-            future = self._inflight.get(key)
-            if future is not None and not future.done():
-                del self._inflight[key]
-                future.set_exception(error)
+        self._inflight.fail(keys, error)
 
     async def _unmark(self, keys: list[str]) -> None:
         if not self._shares_fetches:
@@ -336,10 +325,6 @@ class Fetcher:
             await self._coordinator.release_fetches(keys, self._holder)
         except StoreError as exc:
             log.warning("in-flight marks left to lapse: %s", exc)
-
-    def _forget(self, key: str, future: asyncio.Future[Landed]) -> None:
-        if self._inflight.get(key) is future:
-            del self._inflight[key]
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
@@ -351,6 +336,7 @@ class Fetcher:
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._marks.stop()
+        await self._inflight.stop()
 
 
 def stored_entry(key: str, blob: bytes | None) -> Entry | None:
@@ -368,7 +354,7 @@ def stored_entry(key: str, blob: bytes | None) -> Entry | None:
 async def _late_tokens(late: Sequence[asyncio.Future[Landed]]) -> int:
     """What a request's fetches that outlived its deadline cost upstream, once they end."""
     await asyncio.wait(late)
-    return sum(f.result().entry.tokens for f in late if _succeeded(f) and f.result().here)
+    return sum(f.result().entry.tokens for f in late if succeeded(f) and f.result().here)
 
 
 def _outcome(future: asyncio.Future[Landed], owned: bool) -> Outcome:
@@ -393,24 +379,8 @@ def _gateway_error(error: BaseException) -> GatewayError:
     return UpstreamError("the upstream call failed unexpectedly")
 
 
-async def _wait(futures: Iterable[asyncio.Future[Landed]], deadline: float) -> None:
-    pending = [f for f in futures if not f.done()]
-    if pending:
-        await asyncio.wait(pending, timeout=max(0.0, deadline - time.monotonic()))
-
-
 def _withdrawn(future: asyncio.Future[Landed]) -> bool:
     """Whether the fetch failed for its owner's sake, not the item's: another may take it."""
     if not future.done() or future.cancelled():
         return False
     return isinstance(future.exception(), Withdrawn | CallsUsedUp)
-
-
-def _succeeded(future: asyncio.Future[Landed]) -> bool:
-    return future.done() and not future.cancelled() and future.exception() is None
-
-
-def _consume_exception(future: asyncio.Future[Landed]) -> None:
-    """Mark a failed fetch's error as seen: a future no request waits on any more is fine."""
-    if not future.cancelled():
-        future.exception()

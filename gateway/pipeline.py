@@ -15,55 +15,32 @@ from collections.abc import Callable, Mapping
 
 from gateway import metrics
 from gateway.assembly import Bill, Completed, Lookup, assemble
-from gateway.breaker import Breaker
 from gateway.entries import Entry
 from gateway.fetch import Fetcher, stored_entry
 from gateway.forms import ParsedRequest
 from gateway.hot import HotCache
 from gateway.keys import SHARED, cache_keys
 from gateway.models import EMPTY_COSTS, Cost
-from gateway.quota import TokenEstimator
-from gateway.shield import Embedder, Policy, Shield
 from gateway.store import Store, StoreError
-from gateway.store.base import Coordinator
-from gateway.unattributed import Unattributed
 
 log = logging.getLogger(__name__)
 
 
 class Pipeline:
-    """Answers embedding requests from the store, and from upstream for what it misses."""
+    """Answers embedding requests from the store (``hot``, the in-process cache, in front),
+    and through ``fetcher`` for what it misses. It builds nothing: the app composes it."""
 
     def __init__(
         self,
         store: Store,
-        upstream: Embedder,
-        coordinator: Coordinator,
-        *,
-        policy: Policy,
-        url_ttl_seconds: int,
-        stale_grace_seconds: int,
-        estimator: TokenEstimator,
-        breaker: Breaker | None = None,
-        remember_seconds: float = 2.0,
-        lease_seconds: float = 3.0,
-        shares_fetches: bool = False,
-        hot_cache_bytes: int = 0,
-        unattributed: Unattributed | None = None,
+        hot: HotCache,
+        fetcher: Fetcher,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
+        self._hot = hot
+        self.fetcher = fetcher
         self._clock = clock
-        self._hot = HotCache(hot_cache_bytes)
-        self.shield = Shield(
-            upstream, coordinator, policy, breaker=breaker, lease_seconds=lease_seconds
-        )
-        self.fetcher = Fetcher(
-            store, self.shield, coordinator, self._hot, estimator,
-            url_ttl_seconds=url_ttl_seconds, stale_grace_seconds=stale_grace_seconds,
-            shares_fetches=shares_fetches, remember_seconds=remember_seconds,
-            lease_seconds=lease_seconds, unattributed=unattributed, clock=clock,
-        )  # fmt: skip
 
     async def lookup(self, request: ParsedRequest, scope: str = SHARED) -> Lookup:
         """Key every input (in the cache of ``scope``) and look all of them up in one store
@@ -114,13 +91,6 @@ class Pipeline:
         found = {key: entry for key, blob in zip(keys, blobs, strict=True)
                  if (entry := stored_entry(key, blob)) is not None}  # fmt: skip
         return found, True
-
-    async def drain(self) -> None:
-        """Wait for upstream fetches still running (at shutdown: their results get stored).
-        The fetcher's first: a watch of another replica's fetch that takes it over hands it
-        to the shield, which must still be sending."""
-        await self.fetcher.drain()
-        await self.shield.drain()
 
 
 def _costs(

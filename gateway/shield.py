@@ -78,15 +78,15 @@ class Shield:
         coordinator: Coordinator,
         policy: Policy,
         *,
-        breaker: Breaker | None = None,
-        lease_seconds: float = 3.0,
+        breaker: Breaker,
+        lease_seconds: float,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
         self.policy = policy
-        self.breaker = breaker or Breaker(clock=clock)
+        self.breaker = breaker
         self._clock = clock
         self._sleep = sleep
         self._caller = UpstreamCaller(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib.util
 import json
 import os
@@ -14,8 +15,19 @@ from typing import Any
 import aiohttp
 from aiohttp.test_utils import TestClient
 
+from gateway.breaker import Breaker
 from gateway.config import Settings
-from gateway.shield import Policy
+from gateway.fetch import Fetcher
+from gateway.hot import HotCache
+from gateway.pipeline import Pipeline
+from gateway.quota import TokenEstimator
+from gateway.shield import Embedder, Policy, Shield
+from gateway.store import Store
+from gateway.store.base import Coordinator
+from gateway.timings import MissTimings
+from gateway.unattributed import Unattributed
+
+DEFAULTS = Settings(nomic_api_key="not-a-real-key")
 
 
 def load_script(name: str) -> ModuleType:
@@ -55,7 +67,50 @@ async def post_urls(
 
 def policy(**changes: Any) -> Policy:
     """The shield's policy of the default settings, with ``changes``."""
-    return Policy.of(Settings(nomic_api_key="not-a-real-key"))._replace(**changes)
+    return Policy.of(DEFAULTS)._replace(**changes)
+
+
+def timings(**changes: Any) -> MissTimings:
+    """The miss path's timings of the default settings, with ``changes``."""
+    return dataclasses.replace(MissTimings.of(DEFAULTS), **changes)
+
+
+def breaker(**changes: Any) -> Breaker:
+    """The breaker of the default settings, with ``changes`` (its arguments, by name)."""
+    made = timings()
+    arguments = {"failures_to_open": DEFAULTS.breaker_failures,
+                 "open_seconds": made.breaker_open_seconds,
+                 "max_open_seconds": made.breaker_max_open_seconds}  # fmt: skip
+    return Breaker(**{**arguments, **changes})
+
+
+def shield(upstream: Embedder, coordinator: Coordinator, policy: Policy, **changes: Any) -> Shield:
+    """A shield as the app builds it (of the default settings), on ``policy``, with
+    ``changes`` (its keyword arguments)."""
+    arguments = {"breaker": breaker(), "lease_seconds": timings().lease_seconds}
+    return Shield(upstream, coordinator, policy, **{**arguments, **changes})
+
+
+class ComposedPipeline(Pipeline):
+    """A pipeline composed as the app composes it, with its shield, and drained in the
+    app's order (the fetcher's fetches, then the shield's calls)."""
+
+    def __init__(
+        self, store: Store, upstream: Embedder, coordinator: Coordinator, *, policy: Policy,
+        estimator: TokenEstimator, shares_fetches: bool = False,
+        unattributed: Unattributed | None = None, **changes: Any,
+    ) -> None:  # fmt: skip
+        self.shield = shield(upstream, coordinator, policy)
+        hot = HotCache(0)
+        fetcher = Fetcher(
+            store, self.shield, coordinator, hot, estimator, timings(**changes),
+            shares_fetches=shares_fetches, unattributed=unattributed,
+        )  # fmt: skip
+        super().__init__(store, hot, fetcher)
+
+    async def drain(self) -> None:
+        await self.fetcher.drain()
+        await self.shield.drain()
 
 
 async def run_official_client(

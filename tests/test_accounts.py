@@ -24,6 +24,7 @@ from gateway.store.memory_ledger import MemoryLedger
 from gateway.teams import Limits, Team
 
 AT = quota.window(1_800_000_000.0)
+LEARN_WAIT = 60.0  # a request waits this long for another to learn an item's cost
 
 
 class FlakyLedger(MemoryLedger):
@@ -124,7 +125,7 @@ async def used_up(
     for model in (MODEL, TEXT_MODEL):  # a miss's cost is known: no request waits to learn it
         estimator.observe(model, 10, 1)
     ledger = MemoryLedger()
-    accounts = Accounts(ledger, UsageBuffer(ledger), estimator, clock=lambda: clock[0])
+    accounts = Accounts(ledger, UsageBuffer(ledger), estimator, LEARN_WAIT, clock=lambda: clock[0])
     lookup, answer = one_input(hit, kind)
     with pytest.raises(QuotaExceeded):  # admitted until refused
         for _ in range(10):
@@ -215,7 +216,9 @@ def team_items(team: str, kind: str, outcome: str) -> float:
 async def test_a_text_requests_usage_lands_under_texts_and_an_images_under_images() -> None:
     ledger = MemoryLedger()
     estimator = TokenEstimator(1)
-    accounts = Accounts(ledger, UsageBuffer(ledger), estimator, clock=lambda: 1_800_000_000.0)
+    accounts = Accounts(
+        ledger, UsageBuffer(ledger), estimator, LEARN_WAIT, clock=lambda: 1_800_000_000.0
+    )
     team = Team("usage-kinds", "T", Limits(texts_per_minute=100))  # texts decided in the store
     kinds: tuple[Kind, ...] = ("text", "image", "url")
     for kind in kinds:
@@ -240,7 +243,9 @@ async def test_a_text_requests_usage_lands_under_texts_and_an_images_under_image
 async def test_texts_per_minute_refuses_text_requests_with_its_headers() -> None:
     ledger = MemoryLedger()
     clock = [1_800_000_000.0]
-    accounts = Accounts(ledger, UsageBuffer(ledger), TokenEstimator(1), clock=lambda: clock[0])
+    accounts = Accounts(
+        ledger, UsageBuffer(ledger), TokenEstimator(1), LEARN_WAIT, clock=lambda: clock[0]
+    )
     team = Team("tpm", "T", Limits(texts_per_minute=3), count_hits=False)
     lookup, _ = one_input(False, "text")
     for _ in range(3):
@@ -266,7 +271,9 @@ def priced_accounts() -> Accounts:
     ledger = MemoryLedger()
     estimator = TokenEstimator(1)
     estimator.observe(MODEL, 10, 1)
-    return Accounts(ledger, UsageBuffer(ledger), estimator, clock=lambda: 1_800_000_000.0)
+    return Accounts(
+        ledger, UsageBuffer(ledger), estimator, LEARN_WAIT, clock=lambda: 1_800_000_000.0
+    )
 
 
 async def refusal(accounts: Accounts, team: Team) -> QuotaExceeded:
@@ -351,7 +358,9 @@ class StallingLedger(MemoryLedger):
 
 async def test_a_learner_cancelled_while_admitted_hands_its_turn_to_the_next_request() -> None:
     ledger = StallingLedger()
-    accounts = Accounts(ledger, UsageBuffer(ledger), TokenEstimator(1))  # no item cost known
+    accounts = Accounts(
+        ledger, UsageBuffer(ledger), TokenEstimator(1), LEARN_WAIT
+    )  # no item cost known
     budget = Team("b", "B", Limits(tokens_per_day=1000))
     lookup, _ = one_image(hit=False)
     first = asyncio.create_task(accounts.reserve(budget, lookup))

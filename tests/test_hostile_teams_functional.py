@@ -256,16 +256,17 @@ async def test_the_queue_admits_no_more_texts_than_the_rate_serves_by_their_dead
 
     from gateway.errors import UpstreamUnavailable
     from gateway.models import TextOptions
-    from gateway.shield import Job, Shield
+    from gateway.shield import Job
     from gateway.store.memory_coordinator import MemoryCoordinator
     from tests.helpers import policy as make_policy
+    from tests.helpers import shield as make_shield
 
     def spec(max_tokens: int) -> Spec:
         options = TextOptions("search_document", None, "mean", max_tokens)
         return Spec("nomic-embed-text-v1.5", "text", options)
 
     async def admitted(requests: list[tuple[Spec, int]]) -> int:
-        shield = Shield(object(), MemoryCoordinator(), make_policy())  # type: ignore[arg-type]
+        shield = make_shield(object(), MemoryCoordinator(), make_policy())  # type: ignore[arg-type]
         count, waits = 0, []
         try:
             for n, (options, texts) in enumerate(requests):

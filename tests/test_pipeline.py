@@ -20,7 +20,7 @@ from gateway.store import MemoryStore
 from gateway.store.base import Mark
 from gateway.store.memory_coordinator import MemoryCoordinator
 from gateway.upstream import UpstreamResult
-from tests.helpers import policy
+from tests.helpers import ComposedPipeline, policy
 
 MODEL = "nomic-embed-vision-v1.5"
 
@@ -55,8 +55,8 @@ class StaleReadStore(MemoryStore):
         return values
 
 
-def make_pipeline(store: MemoryStore, embedder: CountingEmbedder) -> Pipeline:
-    return Pipeline(
+def make_pipeline(store: MemoryStore, embedder: CountingEmbedder) -> ComposedPipeline:
+    return ComposedPipeline(
         store, embedder, MemoryCoordinator(),
         policy=policy(batch_items=8, linger_seconds=0, max_attempts=1),
         url_ttl_seconds=60, stale_grace_seconds=0, estimator=TokenEstimator(1),
@@ -156,8 +156,10 @@ class FailingWhenReleased(CountingEmbedder):
         raise UpstreamServerError("Nomic answered HTTP 500")
 
 
-def replica(store: MemoryStore, coordinator: SharedMarks, embedder: CountingEmbedder) -> Pipeline:
-    return Pipeline(
+def replica(
+    store: MemoryStore, coordinator: SharedMarks, embedder: CountingEmbedder
+) -> ComposedPipeline:
+    return ComposedPipeline(
         store, embedder, coordinator,
         policy=policy(batch_items=8, linger_seconds=0, max_attempts=1),
         url_ttl_seconds=60, stale_grace_seconds=0, estimator=TokenEstimator(1),

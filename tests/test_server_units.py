@@ -18,16 +18,17 @@ from aiohttp.http_exceptions import BadHttpMessage, BadStatusLine, InvalidHeader
 
 from fake_nomic import png
 from gateway import logs
-from gateway.breaker import Breaker
 from gateway.config import Settings
 from gateway.connections import ConnectionGuard, budget
 from gateway.errors import LocalResourceError, UpstreamServerError
 from gateway.models import Spec, TextOptions
 from gateway.server import MAX_HEADER_LINE, MAX_REQUEST_LINE, refusal
-from gateway.shield import Job, Shield
+from gateway.shield import Job
 from gateway.store.memory_coordinator import MemoryCoordinator
 from gateway.upstream import NomicClient, UpstreamResult
+from tests.helpers import breaker as make_breaker
 from tests.helpers import policy as make_policy
+from tests.helpers import shield as make_shield
 
 
 class Clock:
@@ -289,10 +290,10 @@ class ShortOfDescriptors:
 
 
 async def test_the_shield_neither_retries_nor_counts_a_local_shortage() -> None:
-    upstream, breaker = ShortOfDescriptors(), Breaker(failures_to_open=2)
+    upstream, breaker = ShortOfDescriptors(), make_breaker(failures_to_open=2)
     policy = make_policy(linger_seconds=0, rate_calls=100_000, rate_period_seconds=1,
                          rate_burst=1000)  # fmt: skip
-    shield = Shield(upstream, MemoryCoordinator(), policy, breaker=breaker)
+    shield = make_shield(upstream, MemoryCoordinator(), policy, breaker=breaker)
     errors = []
     try:
         for attempt in range(5):
@@ -320,7 +321,7 @@ async def test_a_lane_nobody_uses_any_more_goes_away(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr("gateway.shield.LANE_IDLE_SECONDS", 0.05, raising=False)
     policy = make_policy(linger_seconds=0, rate_calls=100_000, rate_period_seconds=1,
                          rate_burst=1000)  # fmt: skip
-    shield = Shield(Answers(), MemoryCoordinator(), policy)
+    shield = make_shield(Answers(), MemoryCoordinator(), policy)
     try:
         for tokens in range(1, 101):
             options = TextOptions("search_document", None, "mean", tokens)

@@ -24,6 +24,7 @@ from gateway.team_calls import TeamCalls, must_fail
 from gateway.upstream import UpstreamResult
 from tests.conftest import flush, open_redis_backend
 from tests.helpers import policy as make_policy
+from tests.helpers import shield as make_shield
 
 MINUTE = 29_500_000  # a UTC minute, counted from the epoch
 IMAGES = Spec("nomic-embed-vision-v1.5", "image")
@@ -204,7 +205,7 @@ def text_spec(max_tokens: int) -> Spec:
 def shield_for(nomic: Nomic, wall: Any, coordinator: Coordinator | None = None) -> Shield:
     policy = make_policy(linger_seconds=0, rate_calls=100_000, rate_period_seconds=1,
                          rate_burst=1000)  # fmt: skip
-    return Shield(nomic, coordinator or MemoryCoordinator(), policy, wall_clock=wall)
+    return make_shield(nomic, coordinator or MemoryCoordinator(), policy, wall_clock=wall)
 
 
 async def outcomes(answers: Sequence[asyncio.Future[Embedded]]) -> list[str]:

@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from fake_nomic import FakeNomic, png
-from gateway.appkeys import PIPELINE
+from gateway.appkeys import SHIELD
 from tests.conftest import GatewayFactory, admin_get, team_headers
 from tests.helpers import image_form
 
@@ -100,7 +100,7 @@ async def test_one_text_requests_with_the_same_options_share_calls_and_are_count
     while not fake_nomic.text_calls:
         await asyncio.sleep(0.01)
     rest = [post(n) for n in range(1, 40)]
-    shield = gateway.server.app[PIPELINE].shield
+    shield = gateway.server.app[SHIELD]
     while shield.queued < 39:
         await asyncio.sleep(0.01)
     fake_nomic.release()

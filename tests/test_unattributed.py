@@ -22,7 +22,6 @@ from gateway.assembly import FetchFailed
 from gateway.errors import UpstreamError, UpstreamTimeout
 from gateway.forms import ParsedRequest
 from gateway.models import Spec
-from gateway.pipeline import Pipeline
 from gateway.quota import Demand, TokenEstimator
 from gateway.store import MemoryStore
 from gateway.store.base import Ledger
@@ -31,7 +30,7 @@ from gateway.store.memory_coordinator import MemoryCoordinator
 from gateway.teams import Limits, Team
 from gateway.upstream import NomicClient, UpstreamResult
 from tests.conftest import ADMIN, EVERY_STORE, chosen_store
-from tests.helpers import policy
+from tests.helpers import ComposedPipeline, policy
 
 Client = TestClient[Any, Any]
 NOW = 1_800_000_000.0
@@ -148,7 +147,7 @@ class _OneUnstorable:
 
 async def test_a_vector_that_cannot_be_stored_is_billed_to_the_unattributed_account() -> None:
     found = unattributed.Unattributed()
-    pipeline = Pipeline(
+    pipeline = ComposedPipeline(
         MemoryStore(10_000_000), _OneUnstorable(), MemoryCoordinator(),
         policy=policy(batch_items=8, linger_seconds=0, max_attempts=1),
         url_ttl_seconds=60, stale_grace_seconds=0, estimator=TokenEstimator(1),

@@ -27,6 +27,7 @@ from gateway.appkeys import (
     PIPELINE,
     SETTINGS,
     TEXT_LIMITS,
+    TIMINGS,
 )
 from gateway.assembly import Answer, Completed, FetchFailed, Lookup, assemble
 from gateway.body_budget import Claim
@@ -57,7 +58,7 @@ async def serve(
     counts toward, room for the body), ``read`` the body, and answer it. A tag in the
     ``X-Gateway-Tag`` header wins over one the body names (OpenAI's ``user``)."""
     app = request.app
-    deadline = time.monotonic() + app[SETTINGS].request_deadline_seconds
+    deadline = time.monotonic() + app[TIMINGS].deadline_seconds
     team = await app[AUTH].team_for(request.headers.get("Authorization"))
     log = request[LOG_FIELDS]
     log["team"] = team.id
