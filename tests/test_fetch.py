@@ -1,15 +1,14 @@
 """The Fetcher on a clock the test holds: single flight, remembering, deadlines, the bill
 still pending, stale entries, and other replicas' fetches watched, dropped and taken over.
 
-Nothing here waits for real: the Fetcher's clocks and sleep are :class:`FakeClock`'s, which
-moves only when a test advances it, and its upstream is :class:`HeldUpstream`, which answers
-only when a test says so."""
+Nothing here waits for real: the Fetcher's clocks (its wall clock and its monotonic one are
+the same here) and its sleep are a :class:`~tests.fake_clock.FakeClock`'s, which moves only
+when a test advances it, and its upstream is :class:`HeldUpstream`, which answers only when a
+test says so."""
 
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 from collections.abc import Iterator, Mapping, Sequence
 
 import pytest
@@ -26,53 +25,13 @@ from gateway.shield import Embedded, Job
 from gateway.store import MemoryStore
 from gateway.store.base import Coordinator
 from gateway.store.memory_coordinator import MemoryCoordinator
+from tests.fake_clock import START, FakeClock, settle
 from tests.helpers import timings
 from tests.test_pipeline import SharedMarks
 
 IMAGE = Spec("nomic-embed-vision-v1.5", "image")
 URL = Spec("nomic-embed-vision-v1.5", "url")
-WALL = 1_800_000_000.0  # the wall clock when the fake one reads 0
 VECTOR = [0.5, 0.25]
-EPSILON = 1e-9  # sleeps that end when the clock is advanced to them, whatever the rounding
-
-
-class FakeClock:
-    """The Fetcher's clocks and sleep: time moves only in :meth:`advance`, which wakes the
-    sleepers whose time came, in order, letting the loop run after each."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
-        self._order = itertools.count()
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def time(self) -> float:
-        return WALL + self.now
-
-    async def sleep(self, seconds: float) -> None:
-        woken = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._sleepers, (self.now + max(seconds, 0.0), next(self._order), woken))
-        await woken
-
-    async def advance(self, seconds: float) -> None:
-        end = self.now + seconds
-        await settle()
-        while self._sleepers and self._sleepers[0][0] <= end + EPSILON:
-            due, _, woken = heapq.heappop(self._sleepers)
-            self.now = max(self.now, due)
-            if not woken.done():
-                woken.set_result(None)
-            await settle()
-        self.now = end
-        await settle()
-
-
-async def settle() -> None:
-    """Let every task that can run, run (nothing here waits on real I/O)."""
-    for _ in range(50):
-        await asyncio.sleep(0)
 
 
 class HeldUpstream:
@@ -114,14 +73,14 @@ class Rig:
         self.fetcher = Fetcher(
             self.store, self.upstream, coordinator or MemoryCoordinator(), HotCache(0),
             TokenEstimator(1), timings(**changes), shares_fetches=shared,
-            clock=self.clock.time, monotonic=self.clock.monotonic, sleep=self.clock.sleep,
+            clock=self.clock, monotonic=self.clock, sleep=self.clock.sleep,
         )  # fmt: skip
 
     def fetch(
         self, wanted: Mapping[str, bytes], *, within: float = 10.0, spec: Spec = IMAGE,
         stale: Mapping[str, Entry] | None = None, team: str = "t",
     ) -> asyncio.Task[Fetched]:  # fmt: skip
-        deadline = self.clock.monotonic() + within
+        deadline = self.clock() + within
         return asyncio.ensure_future(
             self.fetcher.fetch(spec, wanted, stale or {}, deadline, team)
         )  # fmt: skip
@@ -184,7 +143,7 @@ async def test_a_remembered_url_answer_past_its_ttl_is_fetched_anew() -> None:
     rig.upstream.answer()
     first = await fetch
     assert first.outcomes["u"].entry is not None
-    assert first.outcomes["u"].entry.fresh_until == WALL + 10
+    assert first.outcomes["u"].entry.fresh_until == START + 10
     await rig.clock.advance(9)
     assert hows(await rig.fetch({"u": b"https://example.com/a.png"}, spec=URL)) == {"u": "joined"}
     await rig.clock.advance(1)  # the remembered answer is no longer fresh
@@ -263,7 +222,7 @@ async def test_a_pending_fetch_that_fails_costs_nothing(rig: Rig) -> None:
 
 
 async def test_a_stale_entry_serves_when_its_fetch_fails(rig: Rig) -> None:
-    old = Entry(b"[0.5,0.25]", 5, int(WALL) - 1)
+    old = Entry(b"[0.5,0.25]", 5, int(START) - 1)
     fetch = rig.fetch({"u": b"https://example.com/a.png"}, spec=URL, stale={"u": old})
     await settle()
     rig.upstream.fail(UpstreamServerError("Nomic answered HTTP 500"))
