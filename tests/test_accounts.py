@@ -11,6 +11,7 @@ from collections.abc import Mapping
 import pytest
 from prometheus_client import REGISTRY
 
+import gateway.accounts as accounts_module
 from gateway import quota, tags
 from gateway.accounts import Accounts, UsageBuffer
 from gateway.assembly import Answer, Bill, Lookup
@@ -386,3 +387,21 @@ async def test_waiting_for_another_request_to_learn_a_cost_is_bounded() -> None:
     assert "learning" in refused.value.msg
     await accounts.settle(learner, None, Bill(0))  # the learner ends: the next request learns
     assert (await accounts.reserve(budget, lookup)).learner
+
+
+async def test_the_usage_buffer_keeps_tags_apart_and_past_so_many_under_other(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(accounts_module, "MOST_OPEN", 3)
+    ledger = MemoryLedger()
+    buffer = UsageBuffer(ledger)
+    at = quota.window(1_800_000_000.0)
+    for number in range(10):
+        buffer.add("t", at, 2, {"requests": 1}, f"job-{number % 5}")
+    await buffer.flush()
+    [by_tag] = await ledger.tag_usage("t", [at.day])
+    assert {tag: counts["billed_tokens"] for tag, counts in by_tag.items()} == {
+        "job-0": 4, "job-1": 4, "job-2": 4, tags.OTHER: 8
+    }  # fmt: skip
+    [day] = await ledger.usage("t", [at.day])
+    assert (day["requests"], day["billed_tokens"]) == (10, 20)
