@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 from fake_nomic import FakeNomic, png
 from gateway import quota, tags
 from gateway.store import redis_keys
-from tests.conftest import GatewayFactory, admin_get, team_headers
+from tests.conftest import ADMIN, GatewayFactory, admin_get, team_headers
 from tests.helpers import image_form
 
 TEXT_MODEL = "nomic-embed-text-v1.5"
@@ -135,3 +135,14 @@ async def test_a_malformed_tag_is_refused_in_the_routes_own_shape(
     assert user.status == 400
     assert (await user.json())["error"]["param"] == "user"
     assert "1 to 64 letters" in (await user.json())["error"]["message"]
+
+
+async def test_usage_is_read_by_day_or_by_tag_and_nothing_else(
+    make_redis_gateway: GatewayFactory,
+) -> None:
+    client = await make_redis_gateway()
+    for path in ("/v1/usage?by=month", "/admin/usage?by=team", "/admin/chargeback?by=day"):
+        response = await client.get(path, headers=ADMIN if "admin" in path else {})
+        assert response.status == 422, path
+        (detail,) = (await response.json())["detail"]
+        assert detail["loc"] == ["query", "by"]

@@ -14,7 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client import REGISTRY
 
-from fake_nomic import png
+from fake_nomic import FakeNomic, png
 from gateway import quota, unattributed
 from gateway.accounts import UsageBuffer
 from gateway.appkeys import ACCOUNTS
@@ -30,7 +30,7 @@ from gateway.store.memory_coordinator import MemoryCoordinator
 from gateway.teams import Limits, Team
 from gateway.upstream import NomicClient, UpstreamResult
 from tests.conftest import ADMIN, EVERY_STORE, chosen_store
-from tests.helpers import ComposedPipeline, policy
+from tests.helpers import ComposedPipeline, image_form, policy
 
 Client = TestClient[Any, Any]
 NOW = 1_800_000_000.0
@@ -135,6 +135,21 @@ async def test_the_account_cannot_be_created_and_is_shown_in_admin_usage(gateway
     rows = (await response.json())["usage"]
     [row] = [row for row in rows if row["team"] == unattributed.TEAM_ID]
     assert (row["billed_tokens"], row["misses"], row["upstream_errors"]) == (11, 1, 1)
+
+
+async def test_the_chargeback_lists_the_account_so_it_adds_up_to_what_nomic_billed(
+    gateway: Client, fake_nomic: FakeNomic
+) -> None:
+    image = await gateway.post("/v1/embedding/image", data=image_form([png(1), png(2)]))
+    assert image.status == 200, await image.text()
+    gateway.app[ACCOUNTS].buffer.unattributed.record("malformed_answer", tokens=11, items=1)
+    nomic_billed = 2 * fake_nomic.tokens_per_image + 11  # what the fake, and the bad call, billed
+    for by in ("team", "tag"):
+        response = await gateway.get(f"/admin/chargeback?by={by}", headers=ADMIN)
+        rows = (await response.json())["chargeback"]
+        assert rows[-1]["team"] == unattributed.TEAM_ID
+        assert rows[-1]["billed_tokens"] == 11
+        assert sum(row["billed_tokens"] for row in rows) == nomic_billed
 
 
 class _OneUnstorable:

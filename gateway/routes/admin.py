@@ -275,7 +275,7 @@ async def chargeback(request: web.Request) -> web.Response:
         month, days = spend.requested_month(request.query.get("month"), time.time())
     except ValueError:
         raise InvalidRequest("month must be YYYY-MM", loc=("query", "month")) from None
-    tagged = by_tag(request)
+    tagged = by_tag(request, plain="team")
     await request.config_dict[ACCOUNTS].flush()
     rows = await chargeback_rows(request, month, days, by_tag=tagged)
     return web.json_response({"chargeback": rows})

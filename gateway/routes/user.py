@@ -77,12 +77,13 @@ def requested_days(request: web.Request) -> list[str]:
     return [(start + datetime.timedelta(days=i)).isoformat() for i in range(count)]
 
 
-def by_tag(request: web.Request) -> bool:
-    """Whether the query asks for rows by tag (``by=tag``) rather than by day (``by=day``,
-    the default); 422 naming ``by`` for anything else."""
-    by = request.query.get("by") or "day"
-    if by not in ("day", "tag"):
-        raise InvalidRequest("by must be day or tag", loc=("query", "by"))
+def by_tag(request: web.Request, plain: str = "day") -> bool:
+    """Whether the query asks for rows by tag (``by=tag``) rather than the ``plain`` rows
+    (``by=day``, or for the chargeback ``by=team``: the default); 422 naming ``by`` for
+    anything else."""
+    by = request.query.get("by") or plain
+    if by not in (plain, "tag"):
+        raise InvalidRequest(f"by must be {plain} or tag", loc=("query", "by"))
     return by == "tag"
 
 
