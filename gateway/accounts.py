@@ -22,9 +22,8 @@ an image, the most an image cost; a text, the most a text cost per token of its 
 times its own estimate, and never more than the most the text itself can cost
 (:meth:`gateway.models.Spec.bound`, which is also all it reserves before any answer). So
 another team's texts can raise what a text reserves only up to that bound. Before an
-image's cost is known (no replica has seen Nomic answer yet), a team with a token budget
-sends its image misses one request at a time: the first answer teaches the cost, so
-concurrent first requests cannot pass a budget together.
+image's cost is known, a team with a token budget sends its image misses one request at a
+time (:mod:`gateway.cost_lessons`).
 """
 
 from __future__ import annotations
@@ -40,7 +39,8 @@ from typing import Any, NamedTuple, TypeVar
 
 from gateway import metrics, quota, tags
 from gateway.assembly import Answer, Bill, Completed, FetchFailed, Lookup
-from gateway.errors import GatewayError, Overloaded, QuotaExceeded, StoreUnavailable
+from gateway.cost_lessons import CostLessons
+from gateway.errors import GatewayError, QuotaExceeded, StoreUnavailable
 from gateway.models import Kind
 from gateway.quota import TokenEstimator, Window
 from gateway.store import StoreError
@@ -162,12 +162,10 @@ class Accounts:
         self._ledger = ledger
         self._estimator = estimator
         self._clock = clock
-        self._learn_wait_seconds = learn_wait_seconds  # for another request to learn a cost
+        self._lessons = CostLessons(ledger, estimator, learn_wait_seconds)
         self.buffer = buffer
         self._settling: set[asyncio.Task[Any]] = set()  # and the requests run to their end
         self._prompt: set[asyncio.Task[None]] = set()  # the settles that wait for nothing
-        self._learning: dict[str, asyncio.Event] = {}
-        self._recorded_cost: dict[str, int] = {}
         # (team, per-minute limit) → the refusal that used it up, and its minute
         self._used_up: dict[tuple[str, LimitName], tuple[quota.Decision, int]] = {}
 
@@ -216,7 +214,7 @@ class Accounts:
             reserve = sum(self._estimator.text_cost(model, c.weight, c.bound or 1) for c in costs)
             most = sum(c.bound or 1 for c in costs)
         else:
-            learner = _has_budget(team) and await self._cost_known_or_my_turn(model)
+            learner = _has_budget(team) and await self._lessons.known_or_my_turn(model)
             reserve = len(lookup.missing) * self._estimator.per_item(model)
             most = -1  # an image's cost is known once learned: no more than expected
         at = quota.window(self._clock())
@@ -227,7 +225,7 @@ class Accounts:
         try:
             request_id = await self._decide(team, want, at, {}, tag)
         except BaseException:  # refused, or cancelled: the next request learns the cost
-            self._end_learning(model, learner)
+            self._lessons.end(model, learner)
             raise
         return Reservation(team, model, kind, at, request_id, learner, inputs, hits, tag)
 
@@ -330,62 +328,14 @@ class Accounts:
         billed += late
         try:
             if reservation.kind != "text":  # a text's cost needs no other replica's
-                await self._share_cost(model)
+                await self._lessons.share(model)
         finally:
-            self._end_learning(model, reservation.learner)
+            self._lessons.end(model, reservation.learner)
         request_id, tag = reservation.request_id, reservation.tag
         if request_id is None:
             self.buffer.add(team.id, at, billed, usage, tag)
         else:
             await self._ledger.settle(team.id, at.day, at.month, request_id, billed, usage, tag)
-
-    async def _cost_known_or_my_turn(self, model: str) -> bool:
-        """Wait until the model's item cost is known, or until it is this request's turn to
-        learn it (then True); raise :class:`Overloaded` (503) if neither comes within
-        ``learn_wait_seconds``: the requests learning before it each take up to their
-        deadline, and may all fail."""
-        end = asyncio.get_running_loop().time() + self._learn_wait_seconds
-        while not self._estimator.known(model):
-            try:
-                shared = await self._ledger.item_cost(model)
-            except StoreError:
-                shared = None
-            if shared is not None:
-                self._estimator.seed(model, shared)
-                self._recorded_cost[model] = shared
-                return False
-            turn = self._learning.get(model)
-            if turn is None:
-                self._learning[model] = asyncio.Event()
-                return True
-            left = end - asyncio.get_running_loop().time()
-            try:
-                await asyncio.wait_for(turn.wait(), max(left, 0.0))
-            except TimeoutError:
-                raise Overloaded(
-                    f"the cost of {model} is not known yet: an earlier request is learning it; "
-                    "retry shortly",
-                    retry_after=1,
-                ) from None
-        return False
-
-    def _end_learning(self, model: str, learner: bool) -> None:
-        if learner:
-            turn = self._learning.pop(model, None)
-            if turn is not None:
-                turn.set()
-
-    async def _share_cost(self, model: str) -> None:
-        """Tell the other replicas what this one learned of an item's cost, when it changed."""
-        if not self._estimator.known(model):
-            return
-        cost = self._estimator.per_item(model)
-        if self._recorded_cost.get(model) != cost:
-            try:
-                await self._ledger.record_item_cost(model, cost)
-                self._recorded_cost[model] = cost
-            except StoreError as exc:
-                log.warning("could not share the learned item cost: %s", exc)
 
     async def drain(self) -> None:
         """Wait for the settles under way, and the requests run to their end."""

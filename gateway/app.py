@@ -251,7 +251,8 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _accounts_ctx(app: web.Application) -> AsyncIterator[None]:
     """Admission and settling. At the end, requests whose handlers the shutdown cancelled
-    still run to their end, and are settled: the fetcher and the shield serve them first."""
+    still run to their end and are settled, while the fetcher and the shield (closed after)
+    still serve them."""
     settings, buffer = app[SETTINGS], app[USAGE]
     ledger: QuotaLedger = app[LEDGER]
     if settings.redis_url is not None or settings.data_dir is not None:  # one that can fail

@@ -109,7 +109,9 @@ class Fetcher:
         self._inflight = InFlight(
             timings.remember_seconds, clock=clock, monotonic=monotonic, sleep=sleep
         )
-        self._marks = Heartbeat(self._renew_marks, timings.lease_seconds, "in-flight marks")
+        self._marks = Heartbeat(
+            self._renew_marks, timings.lease_seconds, "in-flight marks", sleep=sleep
+        )
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property

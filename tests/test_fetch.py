@@ -311,3 +311,31 @@ async def test_an_entry_another_replica_stored_since_the_lookup_is_answered_at_o
     assert rig.upstream.calls == []
     await rig.fetcher.drain()
     assert marks.marks == {}
+
+
+class RenewedMarks(SharedMarks):
+    """Shared marks that record when each renewal came, by the fetcher's clock."""
+
+    def __init__(self, store: MemoryStore, clock: FakeClock) -> None:
+        super().__init__(store)
+        self.clock = clock
+        self.renewals: list[tuple[float, list[str], int]] = []
+
+    async def renew_fetches(self, keys: Sequence[str], holder: str, lease_ms: int) -> None:
+        self.renewals.append((self.clock() - START, sorted(keys), lease_ms))
+
+
+async def test_a_mark_is_renewed_every_third_of_its_lease_while_its_fetch_runs() -> None:
+    store = MemoryStore(10_000_000)
+    marks = RenewedMarks(store, FakeClock())
+    rig = Rig(marks, store, lease_seconds=3.0)
+    marks.clock = rig.clock
+    fetch = rig.fetch({"k": b"img"}, within=60.0)
+    await rig.clock.advance(3.5)
+    assert marks.renewals == [(1.0, ["k"], 3000), (2.0, ["k"], 3000), (3.0, ["k"], 3000)]
+    rig.upstream.answer()
+    await fetch
+    await rig.fetcher.drain()
+    await rig.clock.advance(3.0)
+    assert len(marks.renewals) == 3  # released: renewed no more
+    assert marks.marks == {}
