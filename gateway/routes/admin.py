@@ -246,6 +246,7 @@ async def rotate(
 
 async def usage(request: web.Request) -> web.Response:
     days = requested_days(request)
+    read = tag_usage_rows if by_tag(request) else usage_rows
     await request.config_dict[ACCOUNTS].flush()  # this process's latest counts
     team_id = request.query.get("team")
     ledger = _ledger(request)
@@ -258,7 +259,6 @@ async def usage(request: web.Request) -> web.Response:
         team_ids = [team.id for team in await ledger.list_teams()]
         if unattributed.TEAM_ID not in team_ids:  # what no team is charged: shown if any
             team_ids.append(unattributed.TEAM_ID)
-    read = tag_usage_rows if by_tag(request) else usage_rows
     rows = await read(ledger, team_ids, days)
     pricing = request.config_dict[SETTINGS].pricing
     return web.json_response(
