@@ -21,6 +21,7 @@ import aiohttp
 import pytest
 import redis
 from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import HealthCheck, settings
 
 from fake_nomic import FAKE_API_KEY, FakeNomic
 from gateway.app import create_app
@@ -32,6 +33,11 @@ from gateway.store.memory_coordinator import MemoryCoordinator
 from gateway.store.memory_ledger import MemoryLedger
 from gateway.store.redis_coordinator import RedisCoordinator
 from gateway.store.redis_ledger import RedisLedger
+
+# Hypothesis's deadline (200 ms an example) and its too_slow check are timings asserted: on a
+# machine shared with other work an example can take longer through no fault of the code.
+settings.register_profile("suite", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("suite")
 
 STORES = ("memory", "redis", "cluster")
 # The store contract's tests run on these: the embedded store in memory and on disk too.
