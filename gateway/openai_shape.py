@@ -5,8 +5,8 @@ The request (OpenAI's API reference): ``input``, a string or a list of strings; 
 (required); ``encoding_format``, ``"float"`` (the API's default) or ``"base64"`` (what the
 OpenAI SDK sends unless told otherwise); ``dimensions`` (Nomic's ``dimensionality``, with
 its rules per model); ``user``, read as the request's tag, the job its usage is kept under
-(:mod:`gateway.tags`: the ``X-Gateway-Tag`` header wins when both are given; a ``user`` that
-is no tag is refused, naming it). Nomic's own options come as extension
+(:mod:`gateway.tags`: the ``X-Gateway-Tag`` header wins when both are given; OpenAI takes
+any string, so a ``user`` that is no tag is made one). Nomic's own options come as extension
 fields (the SDK's ``extra_body``): ``task_type``, ``long_text_mode`` and
 ``max_tokens_per_text``. Left out, they are what the official ``nomic`` client sends
 (``search_document``, ``truncate``, no token limit), not Nomic's API defaults, so a text
@@ -76,13 +76,13 @@ def parse_embeddings_request(
 
 
 def _tag(user: object) -> str:
-    """The tag ``user`` names (none: untagged)."""
-    if user is not None and not isinstance(user, str):
+    """The tag ``user`` names (none: untagged; one that is no tag is made one, as OpenAI
+    takes any string: :func:`tags.from_user`)."""
+    if user is None:
+        return tags.UNTAGGED
+    if not isinstance(user, str):
         raise InvalidRequest("user must be a string", loc=("body", "user"))
-    try:
-        return tags.check(user)
-    except tags.InvalidTag as exc:
-        raise InvalidRequest(f"user, the request's tag, {exc}", loc=("body", "user")) from None
+    return tags.from_user(user)
 
 
 def refuse_query(query: Iterable[str]) -> None:

@@ -3,7 +3,9 @@
 A request names its job in the ``X-Gateway-Tag`` header (on every embedding route), or on
 OpenAI's route in its ``user`` field (the header wins when both are given). A tag is 1 to
 :data:`MAX_LENGTH` characters: letters, digits and ``. _ - : @ +``, starting with a letter
-or digit. A request without one counts under :data:`UNTAGGED`.
+or digit; a header that is not one is refused. OpenAI takes any string as ``user``, so a
+client that works there must work here: a ``user`` that is no tag is made one
+(:func:`from_user`). A request without one counts under :data:`UNTAGGED`.
 
 The ledger keeps each team's usage per day and tag beside its usage per day, in the same
 atomic write. A team has at most ``tags_per_day`` distinct tags a day (the setting
@@ -24,6 +26,7 @@ OTHER = "other"
 MAX_LENGTH = 64
 DEFAULT_TAGS_PER_DAY = 100
 _TAG = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._:@+-]{{0,{MAX_LENGTH - 1}}}")
+_NOT_IN_TAGS = re.compile(r"[^A-Za-z0-9._:@+-]+")
 RULE = f"1 to {MAX_LENGTH} letters, digits and . _ - : @ + (starting with a letter or digit)"
 
 
@@ -39,6 +42,17 @@ def check(value: str | None) -> str:
     if _TAG.fullmatch(value) is None:
         raise InvalidTag(f"must be {RULE}; got {value[:20]!r}{'...' if len(value) > 20 else ''}")
     return value
+
+
+def from_user(user: str) -> str:
+    """The tag an OpenAI ``user`` names: itself if it is a tag; else each run of characters
+    a tag cannot hold becomes one ``_``, what a tag cannot start with is dropped from the
+    front, and the rest cut to :data:`MAX_LENGTH` (``"Ada Lovelace"``: ``Ada_Lovelace``;
+    nothing left: :data:`UNTAGGED`). Users that differ only there share a tag."""
+    if _TAG.fullmatch(user) is not None:
+        return user
+    made = _NOT_IN_TAGS.sub("_", user).lstrip("._:@+-")[:MAX_LENGTH]
+    return made or UNTAGGED
 
 
 def kept(tag: str, known: Collection[str], most: int) -> str:

@@ -28,6 +28,16 @@ def test_a_malformed_tag_is_refused_with_the_rule(value: str) -> None:
         tags.check(value)
 
 
+@pytest.mark.parametrize(
+    ("user", "tag"),
+    [("u-1", "u-1"), ("Ada Lovelace", "Ada_Lovelace"), ("  =1+1", "1+1"), ("a/b|c", "a_b_c"),
+     ("élan", "lan"), ("???", tags.UNTAGGED), ("", tags.UNTAGGED), ("x" * 80, "x" * 64)],
+)  # fmt: skip
+def test_an_openai_user_that_is_no_tag_is_made_one(user: str, tag: str) -> None:
+    assert tags.from_user(user) == tag
+    assert tags.check(tags.from_user(user)) == tag  # always a well-formed tag
+
+
 def test_kept_admits_tags_up_to_the_bound_then_other() -> None:
     known = {"a", tags.UNTAGGED, tags.OTHER}
     assert tags.kept("b", known, 2) == "b"  # untagged and other do not count
