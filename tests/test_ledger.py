@@ -31,6 +31,17 @@ def team(**limits: int | None) -> Team:
     return Team("t1", "Team one", Limits(**limits), True, NOW)
 
 
+async def test_a_deleted_team_is_remembered_among_the_former(ledger: Ledger) -> None:
+    assert await ledger.former_teams() == []
+    assert await ledger.create_team(team())
+    renamed = dataclasses.replace(team(), name="Renamed")
+    assert await ledger.update_team(renamed)
+    assert await ledger.delete_team("t1")
+    assert not await ledger.delete_team("t1")
+    assert await ledger.former_teams() == [renamed]  # as it last was
+    assert await ledger.list_teams() == []
+
+
 async def test_teams(ledger: Ledger) -> None:
     assert await ledger.create_team(team())
     assert not await ledger.create_team(team())

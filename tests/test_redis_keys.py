@@ -31,6 +31,7 @@ def test_team_keys_keep_their_names() -> None:
 
 def test_global_keys_keep_their_names() -> None:
     assert redis_keys.TEAMS == "ng:v1:teams"
+    assert redis_keys.FORMER_TEAMS == "ng:v1:former_teams"
     assert redis_keys.key_record("ab12") == "ng:v1:key:ab12"
     assert redis_keys.key_state("ab12") == "ng:v1:keystate:ab12"
     assert redis_keys.secret("console-sessions") == "ng:v1:secret:console-sessions"

@@ -29,7 +29,7 @@ from gateway.store.data_dir import DataDir
 from gateway.store.memory_coordinator import MemoryCoordinator
 from gateway.teams import Limits, Team
 from gateway.upstream import NomicClient, UpstreamResult
-from tests.conftest import ADMIN, EVERY_STORE, chosen_store
+from tests.conftest import ADMIN, EVERY_STORE, chosen_store, team_headers
 from tests.helpers import ComposedPipeline, image_form, policy
 
 Client = TestClient[Any, Any]
@@ -150,6 +150,32 @@ async def test_the_chargeback_lists_the_account_so_it_adds_up_to_what_nomic_bill
         assert rows[-1]["team"] == unattributed.TEAM_ID
         assert rows[-1]["billed_tokens"] == 11
         assert sum(row["billed_tokens"] for row in rows) == nomic_billed
+
+
+async def test_a_team_deleted_this_month_stays_in_the_chargeback_named_deleted(
+    gateway: Client, fake_nomic: FakeNomic
+) -> None:
+    """Its usage was billed by Nomic all the same: without its row the export would not add
+    up. A team deleted before the month has none."""
+    gone = await team_headers(gateway, "gone")
+    image = await gateway.post("/v1/embedding/image", data=image_form([png(3)]), headers=gone)
+    assert image.status == 200, await image.text()
+    assert (await gateway.delete("/admin/teams/gone", headers=ADMIN)).status == 204
+    assert (await gateway.delete("/admin/teams/idle", headers=ADMIN)).status == 404
+    await team_headers(gateway, "idle")
+    assert (await gateway.delete("/admin/teams/idle", headers=ADMIN)).status == 204
+    for by in ("team", "tag"):
+        response = await gateway.get(f"/admin/chargeback?by={by}", headers=ADMIN)
+        rows = (await response.json())["chargeback"]
+        [row] = [row for row in rows if row["team"] == "gone"]
+        assert row["name"] == "Gone (deleted)"
+        assert row["billed_tokens"] == fake_nomic.tokens_per_image
+        assert row["tokens_per_month"] is None
+        assert "idle" not in {row["team"] for row in rows}  # deleted with no usage: no row
+    made_again = await team_headers(gateway, "gone")  # one id: one row, the team's own
+    assert made_again
+    rows = (await (await gateway.get("/admin/chargeback", headers=ADMIN)).json())["chargeback"]
+    assert [row["name"] for row in rows if row["team"] == "gone"] == ["Gone"]
 
 
 class _OneUnstorable:

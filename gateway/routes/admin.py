@@ -285,16 +285,23 @@ async def chargeback_rows(
     request: web.Request, month: str, days: list[str], *, by_tag: bool = False
 ) -> list[dict[str, object]]:
     """Every team's row of ``month``'s chargeback (``by_tag``: a row per team and tag), by
-    team id, then the ``unattributed`` account's."""
+    team id, then those of teams deleted since that have usage in ``month`` (named as
+    deleted: their usage was billed all the same), then the ``unattributed`` account's."""
     ledger = _ledger(request)
     pricing = request.config_dict[SETTINGS].pricing
-    accounts: list[tuple[str, Team | None]] = [(t.id, t) for t in await ledger.list_teams()]
+    teams = await ledger.list_teams()
+    current = {team.id for team in teams}
+    former = [dataclasses.replace(team, name=f"{team.name} (deleted)")
+              for team in await ledger.former_teams() if team.id not in current]  # fmt: skip
+    deleted = {team.id for team in former}
+    accounts: list[tuple[str, Team | None]] = [(t.id, t) for t in [*teams, *former]]
     accounts.append((unattributed.TEAM_ID, None))
     rows = []
     for team_id, team in accounts:
         if not by_tag:
             used = await usage_rows(ledger, [team_id], days)
-            rows.append(spend.chargeback_row(month, team_id, team, used, pricing))
+            if used or team_id not in deleted:  # a team deleted before the month: no row
+                rows.append(spend.chargeback_row(month, team_id, team, used, pricing))
             continue
         for tag, summed in spend.tag_totals(await tag_usage_rows(ledger, [team_id], days)):
             rows.append(spend.chargeback_row(month, team_id, team, [summed], pricing, tag))

@@ -110,7 +110,13 @@ class Ledger(QuotaLedger, Protocol):
     async def list_teams(self) -> list[Team]: ...
 
     async def delete_team(self, team_id: str) -> bool:
-        """Remove a team (its usage stays); False if there was none."""
+        """Remove a team (its usage stays, and the team is remembered among the
+        :meth:`former_teams`); False if there was none."""
+        ...
+
+    async def former_teams(self) -> list[Team]:
+        """Every team deleted, as it last was (one per id), by id: their usage is still
+        billed (the monthly chargeback lists them)."""
         ...
 
     async def put_key(self, record: KeyRecord) -> None:

@@ -24,6 +24,7 @@ class MemoryLedger:
     def __init__(self, tags_per_day: int = tags.DEFAULT_TAGS_PER_DAY) -> None:
         self._tags_per_day = tags_per_day
         self._teams: dict[str, Team] = {}
+        self._former: dict[str, Team] = {}  # deleted, as each id last was
         self._keys: dict[str, KeyRecord] = {}
         self._team_keys: dict[str, dict[str, str]] = {}
         self._last_used: dict[str, float] = {}
@@ -61,7 +62,14 @@ class MemoryLedger:
         return sorted(self._teams.values(), key=lambda team: team.id)
 
     async def delete_team(self, team_id: str) -> bool:
-        return self._teams.pop(team_id, None) is not None
+        team = self._teams.pop(team_id, None)
+        if team is None:
+            return False
+        self._former[team_id] = team
+        return True
+
+    async def former_teams(self) -> list[Team]:
+        return sorted(self._former.values(), key=lambda team: team.id)
 
     async def put_key(self, record: KeyRecord) -> None:
         self._keys[record.sha256] = record

@@ -23,6 +23,7 @@ starts from the key; secrets and item costs are global.
 from __future__ import annotations
 
 TEAMS = "ng:v1:teams"  # the set of every team's id
+FORMER_TEAMS = "ng:v1:former_teams"  # the hash of every deleted team's id to its last record
 
 PACE = "ng:v1:{upstream}:tat"
 HOLD = "ng:v1:{upstream}:hold"

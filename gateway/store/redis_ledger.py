@@ -159,11 +159,20 @@ class RedisLedger:
         return [team for team in teams if team is not None]
 
     async def delete_team(self, team_id: str) -> bool:
-        deleted = await self._call(
-            "team delete", self._redis.delete(redis_keys.team_record(team_id))
-        )
+        """Remember the team among the former first (another slot: a command of its own),
+        so that a team deleted is never in neither."""
+        record = redis_keys.team_record(team_id)
+        read = await self._call("team read", self._redis.get(record))
+        if read is not None:
+            await self._call("team index", self._redis.hset(redis_keys.FORMER_TEAMS, team_id, read))
+        deleted = await self._call("team delete", self._redis.delete(record))
         await self._call("team index", self._redis.srem(redis_keys.TEAMS, team_id))
         return bool(deleted)
+
+    async def former_teams(self) -> list[Team]:
+        former = await self._call("team index", self._redis.hgetall(redis_keys.FORMER_TEAMS))
+        teams = (Team.from_json(orjson.loads(raw)) for raw in former.values())
+        return sorted(teams, key=lambda team: team.id)
 
     async def put_key(self, record: KeyRecord) -> None:
         await self._call(

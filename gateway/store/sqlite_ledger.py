@@ -32,6 +32,7 @@ SETTLED_KEPT_SECONDS = 2 * 86400
 SETTLED_PRUNED_EVERY = 4096  # settles between two prunings of old settle ids
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS teams (id TEXT PRIMARY KEY, team BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS former_teams (id TEXT PRIMARY KEY, team BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS keys (
     sha256 TEXT PRIMARY KEY, team TEXT NOT NULL, record BLOB NOT NULL, last_used REAL
 );
@@ -136,9 +137,18 @@ class SqliteLedger:
 
     async def delete_team(self, team_id: str) -> bool:
         def delete(db: sqlite3.Connection) -> bool:
+            db.execute("INSERT OR REPLACE INTO former_teams SELECT id, team FROM teams "
+                       "WHERE id = ?", (team_id,))  # fmt: skip
             return db.execute("DELETE FROM teams WHERE id = ?", (team_id,)).rowcount == 1
 
         return await self._backend.run("team delete", delete)
+
+    async def former_teams(self) -> list[Team]:
+        def every(db: sqlite3.Connection) -> list[Team]:
+            rows = db.execute("SELECT team FROM former_teams ORDER BY id")
+            return [Team.from_json(orjson.loads(row[0])) for row in rows]
+
+        return await self._backend.run("team read", every)
 
     async def put_key(self, record: KeyRecord) -> None:
         await self._backend.run("key write", lambda db: db.execute(
