@@ -10,7 +10,8 @@ for each: what happened to it, and so who pays for it.
   trip reads the entry, in case another replica stored it since the lookup. A key marked by
   another replica is watched through the store until its entry appears (paid there), or its
   mark disappears without one (given up: this process fetches it). Marks are leases, renewed
-  by their owner while it fetches, so a dead owner's mark lapses within ``lease_seconds``.
+  by their owner while it fetches, so a dead owner's mark lapses within ``lease_seconds``
+  (:class:`gateway.marks.Marks`).
 - The owned rest goes to the shield; each answer is stored, then its mark released.
 
 A fetch this request owns that is still running at its deadline goes on: its entry is stored
@@ -28,7 +29,6 @@ import itertools
 import logging
 import math
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
@@ -38,7 +38,7 @@ from gateway.entries import Entry
 from gateway.errors import CallsUsedUp, GatewayError, UpstreamError, UpstreamTimeout, Withdrawn
 from gateway.hot import HotCache
 from gateway.in_flight import InFlight, Landed, succeeded
-from gateway.leases import Heartbeat
+from gateway.marks import Marks
 from gateway.models import EMPTY_COSTS, Cost, Spec
 from gateway.quota import TokenEstimator
 from gateway.shield import Embedded, Job
@@ -96,22 +96,17 @@ class Fetcher:
         self._store = store
         self._upstream = upstream
         self._unattributed = unattributed or Unattributed()  # what Nomic billed to no team
-        self._coordinator = coordinator
         self._hot = hot
         self._estimator = estimator
         self._timings = timings
-        self._shares_fetches = shares_fetches
         self._clock = clock
         self._monotonic = monotonic
         self._sleep = sleep
-        self._holder = uuid.uuid4().hex
         self._owners = itertools.count()
         self._inflight = InFlight(
             timings.remember_seconds, clock=clock, monotonic=monotonic, sleep=sleep
         )
-        self._marks = Heartbeat(
-            self._renew_marks, timings.lease_seconds, "in-flight marks", sleep=sleep
-        )
+        self._marks = Marks(coordinator, timings.lease_seconds, shared=shares_fetches, sleep=sleep)
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -188,7 +183,7 @@ class Fetcher:
     ) -> None:
         """Send what no other replica is fetching to the shield; watch the rest."""
         elsewhere: dict[str, bytes] = {}
-        if self._shares_fetches:
+        if self._marks.shared:
             wanted, elsewhere = await self._mark(wanted)
         if wanted:
             costs = [owner.costs.get(key) or spec.cost(content) for key, content in wanted.items()]
@@ -201,7 +196,7 @@ class Fetcher:
                 answers = self._upstream.submit(spec, jobs)
             except GatewayError as exc:
                 self._fail(wanted, exc)
-                self._spawn(self._unmark(list(wanted)))
+                self._spawn(self._marks.release(list(wanted)))
             else:
                 weights = [job.weight for job in jobs]
                 self._spawn(self._fill(spec, list(wanted), weights, answers))
@@ -213,9 +208,7 @@ class Fetcher:
         process's to fetch, and what another replica fetches. What another replica stored
         since the lookup is answered here."""
         try:
-            marks = await self._coordinator.claim_fetches(
-                list(wanted), self._holder, self._marks.lease_ms
-            )
+            marks = await self._marks.claim(list(wanted))
         except StoreError:
             return wanted, {}  # no marks: fetch it here (maybe twice across replicas)
         mine: dict[str, bytes] = {}
@@ -231,13 +224,9 @@ class Fetcher:
                 mine[key] = content
             else:
                 elsewhere[key] = content
-        self._marks.hold(mine)
         if done:
-            self._spawn(self._unmark(done))
+            self._spawn(self._marks.release(done))
         return mine, elsewhere
-
-    async def _renew_marks(self, keys: list[str], lease_ms: int) -> None:
-        await self._coordinator.renew_fetches(keys, self._holder, lease_ms)
 
     async def _watch(
         self, spec: Spec, pending: dict[str, bytes], deadline: float, owner: Owner
@@ -256,7 +245,7 @@ class Fetcher:
             await self._sleep(POLL_SECONDS[min(attempt, len(POLL_SECONDS) - 1)])
             keys = list(pending)
             try:
-                marks = await self._coordinator.fetching(keys)
+                marks = await self._marks.read(keys)
             except StoreError:
                 continue
             dropped: dict[str, bytes] = {}
@@ -305,7 +294,7 @@ class Fetcher:
         except StoreError as exc:
             metrics.STORE_ERRORS.labels(operation="set").inc()
             log.warning("could not store %d fetched embeddings: %s", len(stored), exc)
-        await self._unmark(keys)  # after the store: a free mark and no entry means given up
+        await self._marks.release(keys)  # after the store: a free mark and no entry means given up
 
     def _decode(self, key: str, blob: bytes | None) -> Entry | None:
         """The fresh entry of ``blob``, if it is one."""
@@ -318,15 +307,6 @@ class Fetcher:
 
     def _fail(self, keys: Iterable[str], error: GatewayError) -> None:
         self._inflight.fail(keys, error)
-
-    async def _unmark(self, keys: list[str]) -> None:
-        if not self._shares_fetches:
-            return
-        self._marks.drop(keys)  # not renewed: one left behind soon lapses
-        try:
-            await self._coordinator.release_fetches(keys, self._holder)
-        except StoreError as exc:
-            log.warning("in-flight marks left to lapse: %s", exc)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
