@@ -22,11 +22,13 @@ Reasons:
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from typing import Literal
 
 from gateway import metrics
 
+log = logging.getLogger(__name__)
 TEAM_ID = "unattributed"
 Reason = Literal["malformed_answer", "unstorable", "timeout", "killed"]
 
@@ -35,6 +37,18 @@ def count(reason: Reason, *, tokens: int, items: int) -> None:
     """Only the metrics, for what is written to the account by other means."""
     metrics.UNATTRIBUTED_TOKENS.labels(reason=reason).inc(tokens)
     metrics.UNATTRIBUTED_ITEMS.labels(reason=reason).inc(items)
+
+
+def count_killed(requests: int, tokens: int, whose: str) -> None:
+    """Count and log the reservations of ``requests`` released because the process that made
+    them died before it settled them (``whose`` says which), ``tokens`` in all; the caller
+    writes them to the account."""
+    count("killed", tokens=tokens, items=requests)
+    log.warning(
+        "released %d reservations of %s: whatever Nomic billed for them is charged to no "
+        "team; the %d tokens they reserved are counted to the account %r",
+        requests, whose, tokens, TEAM_ID,
+    )  # fmt: skip
 
 
 class Unattributed:

@@ -80,13 +80,8 @@ class DataDir:
             os.close(lock)
             raise DataDirError(f"GATEWAY_DATA_DIR={path} cannot be used: {exc}") from exc
         if released:
-            unattributed.count("killed", tokens=tokens, items=released)
-            log.warning(
-                "released %d reservations of requests that the last process to use %s did not "
-                "settle (it was killed): whatever Nomic billed for them is charged to no team; "
-                "the %d tokens they reserved are counted to the account %r",
-                released, path, tokens, unattributed.TEAM_ID,
-            )  # fmt: skip
+            whose = f"requests that the last process to use {path} did not settle (it was killed)"
+            unattributed.count_killed(released, tokens, whose)
         return data
 
     async def close(self) -> None:

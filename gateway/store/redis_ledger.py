@@ -274,13 +274,8 @@ class RedisLedger:
     ) -> None:
         """Count the reservations an admission released, their leases lapsed, to the
         ``unattributed`` account (in its own slot: a call of its own)."""
-        unattributed.count("killed", tokens=tokens, items=released)
-        log.warning(
-            "released %d reservations of team %r whose leases lapsed (a replica died before "
-            "it settled them): whatever Nomic billed for them is charged to no team; the %d "
-            "tokens they reserved are counted to the account %r",
-            released, team_id, tokens, unattributed.TEAM_ID,
-        )  # fmt: skip
+        whose = f"team {team_id!r} whose leases lapsed (a replica died before it settled them)"
+        unattributed.count_killed(released, tokens, whose)
         usage = {"upstream_errors": released}
         request_id = f"lapsed-{secrets.token_hex(8)}"
         try:
