@@ -145,7 +145,7 @@ class AnswerRoom:
 
 class Keeper(Protocol):
     """The connection a request came on, when it keeps a reservation until its answer is
-    handed over (:class:`gateway.server.GatewayRequestHandler`)."""
+    handed over (:class:`gateway.guarded_connection.GuardedConnection`)."""
 
     @property
     def answer_room(self) -> AnswerRoom: ...

@@ -22,7 +22,7 @@ from gateway.config import Settings
 from gateway.connections import ConnectionGuard, budget
 from gateway.errors import LocalResourceError, UpstreamServerError
 from gateway.models import Spec, TextOptions
-from gateway.server import MAX_HEADER_LINE, MAX_REQUEST_LINE, refusal
+from gateway.refusals import MAX_HEADER_LINE, MAX_REQUEST_LINE, refusal
 from gateway.shield import Job
 from gateway.store.memory_coordinator import MemoryCoordinator
 from gateway.upstream import NomicClient, UpstreamResult

@@ -10,7 +10,8 @@ from gateway.config import Settings
 from gateway.connections import ConnectionGuard, Patience
 from gateway.errors import Overloaded
 from gateway.held_bytes import ByteBudget, Held, choose, weight
-from gateway.server import Refusal, end_of_head, raw_answer
+from gateway.refusals import Refusal, raw_answer
+from gateway.request_head import end_of_head
 
 PATIENCE = Patience(slow_seconds=2.0, body_bytes_per_second=8192, body_window_seconds=5.0)
 
