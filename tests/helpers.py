@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp.test_utils import TestClient
+from prometheus_client import REGISTRY
 
 from gateway.breaker import Breaker
 from gateway.config import Settings
@@ -28,6 +29,17 @@ from gateway.timings import MissTimings
 from gateway.unattributed import Unattributed
 
 DEFAULTS = Settings(nomic_api_key="not-a-real-key")
+
+
+def metric_value(sample: str, **labels: str) -> float:
+    """What this process's ``sample`` (e.g. ``gateway_store_errors_total``) counts, summed
+    over every label set that has ``labels`` (none given: every one); 0 before any."""
+    return sum(
+        found.value
+        for metric in REGISTRY.collect()
+        for found in metric.samples
+        if found.name == sample and labels.items() <= found.labels.items()
+    )
 
 
 def load_script(name: str) -> ModuleType:

@@ -9,7 +9,6 @@ import dataclasses
 from collections.abc import Mapping
 
 import pytest
-from prometheus_client import REGISTRY
 
 import gateway.accounts as accounts_module
 from gateway import quota, tags
@@ -23,6 +22,7 @@ from gateway.quota import TokenEstimator
 from gateway.store import StoreError
 from gateway.store.memory_ledger import MemoryLedger
 from gateway.teams import Limits, Team
+from tests.helpers import metric_value
 
 AT = quota.window(1_800_000_000.0)
 LEARN_WAIT = 60.0  # a request waits this long for another to learn an item's cost
@@ -210,8 +210,7 @@ async def test_a_used_up_requests_per_minute_refuses_every_kind_early() -> None:
 
 
 def team_items(team: str, kind: str, outcome: str) -> float:
-    labels = {"team": team, "kind": kind, "outcome": outcome}
-    return REGISTRY.get_sample_value("gateway_team_items_total", labels) or 0.0
+    return metric_value("gateway_team_items_total", team=team, kind=kind, outcome=outcome)
 
 
 async def test_a_text_requests_usage_lands_under_texts_and_an_images_under_images() -> None:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import redis
-from prometheus_client import REGISTRY
 
 from gateway import quota
 from gateway.accounts import UsageBuffer
@@ -19,6 +18,7 @@ from gateway.store.fallback import FallbackLedger
 from gateway.store.redis_ledger import RedisLedger
 from gateway.teams import Limits, Team
 from tests.conftest import RestartableRedis, free_port, spawn_redis
+from tests.helpers import metric_value
 
 AT = quota.window(1_800_000_000.0)
 MISS = {"requests": 1, "images": 1, "misses": 1}
@@ -30,7 +30,7 @@ def team(**limits: int) -> Team:
 
 
 def admit_errors() -> float:
-    return REGISTRY.get_sample_value("gateway_store_errors_total", {"operation": "admit"}) or 0.0
+    return metric_value("gateway_store_errors_total", operation="admit")
 
 
 def ledgers(

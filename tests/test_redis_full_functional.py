@@ -19,11 +19,10 @@ import pytest
 import redis
 import yaml
 from aiohttp.test_utils import TestClient
-from prometheus_client import REGISTRY
 
 from fake_nomic import FakeNomic, png
 from tests.conftest import admin_get, free_port, spawn_redis, start_gateway, team_headers
-from tests.helpers import image_form
+from tests.helpers import image_form, metric_value
 from tests.test_faults_functional import billed_by_fake, until
 
 Client = TestClient[Any, Any]
@@ -40,13 +39,7 @@ class Answered(NamedTuple):
 
 
 def refused_writes() -> float:
-    return sum(
-        sample.value
-        for metric in REGISTRY.collect()
-        if metric.name == "gateway_store_full"
-        for sample in metric.samples
-        if sample.name == "gateway_store_full_total"
-    )
+    return metric_value("gateway_store_full_total")
 
 
 class Load:

@@ -9,7 +9,6 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from prometheus_client import REGISTRY
 
 from gateway import quota, unattributed
 from gateway.quota import Demand
@@ -17,6 +16,7 @@ from gateway.store import redis_keys
 from gateway.store.redis_ledger import LAPSED_AT_ONCE, RedisLedger
 from gateway.teams import Limits, Team
 from tests.conftest import chosen_store, open_redis_backend, sync_client
+from tests.helpers import metric_value
 
 NOW = 1_800_000_000.0
 AT = quota.window(NOW)
@@ -55,10 +55,7 @@ def leases(url: str) -> int:
 
 
 def killed_tokens() -> float:
-    value = REGISTRY.get_sample_value(
-        "gateway_unattributed_tokens_total", {"reason": "killed"}
-    )  # fmt: skip
-    return value or 0.0
+    return metric_value("gateway_unattributed_tokens_total", reason="killed")
 
 
 async def lapse() -> None:

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import redis
-from prometheus_client import REGISTRY
 from redis.crc import key_slot
 
 from fake_nomic import FakeNomic
@@ -29,6 +28,7 @@ from tests.conftest import (
     stop_nodes,
     team_headers,
 )
+from tests.helpers import metric_value
 from tests.test_faults_functional import billed_by_fake
 from tests.test_redis_full_functional import Load
 
@@ -166,10 +166,4 @@ async def test_slots_moving_between_masters_under_load_cost_no_answer_and_no_usa
 
 
 def store_errors() -> float:
-    return sum(
-        sample.value
-        for metric in REGISTRY.collect()
-        if metric.name == "gateway_store_errors"
-        for sample in metric.samples
-        if sample.name == "gateway_store_errors_total"
-    )
+    return metric_value("gateway_store_errors_total")

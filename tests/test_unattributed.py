@@ -12,7 +12,6 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient
-from prometheus_client import REGISTRY
 
 from fake_nomic import FakeNomic, png
 from gateway import quota, unattributed
@@ -30,7 +29,7 @@ from gateway.store.memory_coordinator import MemoryCoordinator
 from gateway.teams import Limits, Team
 from gateway.upstream import NomicClient, UpstreamResult
 from tests.conftest import ADMIN, EVERY_STORE, chosen_store, team_headers
-from tests.helpers import ComposedPipeline, image_form, policy
+from tests.helpers import ComposedPipeline, image_form, metric_value, policy
 
 Client = TestClient[Any, Any]
 NOW = 1_800_000_000.0
@@ -44,7 +43,7 @@ def store_url(request: pytest.FixtureRequest) -> str | None:
 
 
 def counted(name: str, reason: str) -> float:
-    return REGISTRY.get_sample_value(f"gateway_unattributed_{name}_total", {"reason": reason}) or 0
+    return metric_value(f"gateway_unattributed_{name}_total", reason=reason)
 
 
 class _Answer:
