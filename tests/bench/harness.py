@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import IO, NamedTuple
 
 import orjson
 
@@ -83,16 +83,20 @@ def text_misses_template() -> bytes:
 
 @contextlib.contextmanager
 def process(
-    args: Sequence[str], env: dict[str, str] | None = None, cpus: str | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
+    args: Sequence[str], env: dict[str, str] | None = None, cpus: str | None = None,
+    log: IO[bytes] | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:  # fmt: skip
+    """``args`` running (on ``cpus`` if given, its stderr to ``log`` if given) until the
+    block ends; then stopped, killed if it takes over 20 s."""
     pinned = ["taskset", "-c", cpus, *args] if cpus else list(args)
-    proc = subprocess.Popen(pinned, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stderr = subprocess.DEVNULL if log is None else log
+    proc = subprocess.Popen(pinned, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
         yield proc
     finally:
         proc.terminate()
         try:
-            proc.wait(15)
+            proc.wait(20)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()

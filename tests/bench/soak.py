@@ -47,7 +47,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import IO, NamedTuple
+from typing import NamedTuple
 from urllib.parse import urlencode
 
 import aiohttp
@@ -227,22 +227,6 @@ def key_kinds(client: redis.Redis) -> Counter[str]:
         name = re.sub(r"\{[^}]*\}", "{*}", name)
         kinds[re.sub(r"[0-9a-f]{16,}|(?<![v\d])\d+", "*", name)] += 1
     return kinds
-
-
-@contextlib.contextmanager
-def process(
-    args: Sequence[str], env: dict[str, str], log: IO[bytes]
-) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=log)
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 class Soak:
@@ -525,7 +509,7 @@ def servers(args: argparse.Namespace, workdir: Path, logs: Sequence[Path]) -> It
         redis_process = start_redis(redis_port, workdir)  # replaced by the restart
         stack.callback(lambda: stop(redis_process if soak is None else soak.redis_process))
         fake_log = stack.enter_context((workdir / "fake.log").open("wb"))
-        fake_proc = stack.enter_context(process(fake, dict(os.environ), fake_log))
+        fake_proc = stack.enter_context(harness.process(fake, dict(os.environ), log=fake_log))
         harness.wait_http(fake_url + "/_fake/stats", fake_proc)
         replicas = []
         for log in logs:
@@ -539,7 +523,7 @@ def servers(args: argparse.Namespace, workdir: Path, logs: Sequence[Path]) -> It
                    **UNPACED}  # fmt: skip
             handle = stack.enter_context(log.open("wb"))
             serve = [PY, "-m", "gateway", "serve", "--port", str(port)]
-            proc = stack.enter_context(process(serve, env, handle))
+            proc = stack.enter_context(harness.process(serve, env, log=handle))
             harness.wait_http(f"http://127.0.0.1:{port}/healthz", proc)
             replicas.append((proc.pid, f"http://127.0.0.1:{port}"))
         soak = Soak(args, redis_process, redis_port, workdir, fake_url, replicas)
