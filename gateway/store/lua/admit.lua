@@ -2,7 +2,7 @@
 -- team's limits as the requests before it left them, and reserves its expected tokens, or the
 -- most it can cost while the team's requests under way hold tokens (quota.Demand.tokens).
 -- Counts are whole numbers; times are in seconds.
--- Runs after its prelude, usage.lua (add_usage, write_usage).
+-- Runs after its prelude, usage.lua (add_usage, write_usage, lease, the tag functions).
 -- Each reservation is leased: a request settles long before its lease ends, so one still
 -- held then was left by a process that died first. Each call first releases up to ARGV[14]
 -- such reservations of the team (from the day and month hashes they were counted in; a
@@ -99,10 +99,11 @@ for i = 1, 3 do
     redis.call('EXPIRE', KEYS[i], ARGV[6])
   end
 end
-if added[4] > 0 then
+if added[4] > 0 then  -- tokens reserved: each reservation added a lease
   redis.call('HINCRBY', KEYS[4], 'reserved_tokens', added[4])
   redis.call('HINCRBY', KEYS[5], 'reserved_tokens', added[4])
   redis.call('EXPIRE', KEYS[5], ARGV[8])
+  redis.call('EXPIRE', KEYS[6], ARGV[9])
 end
 write_usage(KEYS[4], usage, fields)
 if rejected > 0 then redis.call('HINCRBY', KEYS[4], 'rejected', rejected) end
@@ -112,5 +113,4 @@ if #tag_order > 0 then
   redis.call('EXPIRE', KEYS[7], ARGV[7])
   redis.call('EXPIRE', KEYS[8], ARGV[7])
 end
-if redis.call('ZCARD', KEYS[6]) > 0 then redis.call('EXPIRE', KEYS[6], ARGV[9]) end
 return {answers, released, tokens}

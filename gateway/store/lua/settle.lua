@@ -1,7 +1,7 @@
 -- Settle a batch of requests of one team and day, each once: release what it reserved, add
 -- what was billed and its usage. Idempotent per request: a settle retried after a timeout
 -- (that had in fact run) changes nothing. Counts are whole numbers; times are in seconds.
--- Runs after its prelude, usage.lua (add_usage, write_usage).
+-- Runs after its prelude, usage.lua (add_usage, write_usage, lease, the tag functions).
 -- A marker lives as long as a retry of its settle can come (ARGV 3); the caller names the
 -- markers whose answers reached it, to live ARGV 5 seconds from here, so only the markers of
 -- answers lost stay that long.
